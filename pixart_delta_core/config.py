@@ -1,0 +1,271 @@
+"""The transformer's configuration, detected from a checkpoint's keys and shapes (REFERENCE.md §1).
+
+Detection never guesses: what the weights do not say must come from a diffusers ``config.json``
+or an explicit hint, else it refuses with an error naming what the file looks like.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .checkpoint import TensorSource
+from .errors import CheckpointError
+from .layouts import DIFFUSERS_TABLE, RenamedSource
+
+log = logging.getLogger(__name__)
+
+HEAD_DIM = 72  # every released PixArt model uses 72-wide heads (XL: 1152 = 16 x 72)
+ALPHA_TOKENS = 120
+SIGMA_TOKENS = 300
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A PixArt-α/δ/Σ transformer: defaults are PixArt-XL-2 at 512 px."""
+
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    in_channels: int = 4
+    out_channels: int = 8
+    mlp_hidden: int = 4608
+    caption_channels: int = 4096
+    caption_length: int = ALPHA_TOKENS
+    micro_conditions: bool = False
+    null_caption: bool = True
+    sample_size: int = 64
+    interpolation_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise CheckpointError(f"hidden size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.micro_conditions and self.hidden_size % 3:
+            raise CheckpointError(f"micro-conditions need a hidden size divisible by 3, found {self.hidden_size}")
+        if self.sample_size % self.patch_size:
+            raise CheckpointError(f"sample size {self.sample_size} must be a multiple of patch size {self.patch_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def base_size(self) -> int:
+        """Patch-grid side at the training resolution: positions are scaled against it."""
+        return self.sample_size // self.patch_size
+
+    @property
+    def resolution(self) -> int:
+        """Training resolution in pixels (latents are 1/8 of the image)."""
+        return self.sample_size * 8
+
+    @property
+    def learned_sigma(self) -> bool:
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def family(self) -> str:
+        return "PixArt-Σ" if self.caption_length == SIGMA_TOKENS else "PixArt-α/δ"
+
+    def describe(self) -> str:
+        micro = "with micro-conditions" if self.micro_conditions else "no micro-conditions"
+        return (
+            f"{self.family} {self.resolution} px, depth {self.depth}, width {self.hidden_size}, "
+            f"{self.num_heads} heads, {self.caption_length} caption tokens of {self.caption_channels}, "
+            f"{micro}, position interpolation {self.interpolation_scale:g}"
+        )
+
+
+class Layout(Enum):
+    """How a checkpoint names its tensors."""
+
+    REFERENCE = "reference"
+    DIFFUSERS = "diffusers"
+    CONTROLNET_FULL = "reference ControlNet-Transformer (its base part)"
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A recognised transformer checkpoint: its config, layout, and its tensors in reference names."""
+
+    config: TransformerConfig
+    layout: Layout
+    prefix: str
+    tensors: TensorSource
+
+    def describe(self) -> str:
+        where = f", keys under {self.prefix!r}" if self.prefix else ""
+        return f"{self.layout.value} layout{where}: {self.config.describe()}"
+
+
+_REFERENCE_ANCHOR = "x_embedder.proj.weight"
+_DIFFUSERS_ANCHOR = "adaln_single.linear.weight"
+
+
+def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = None) -> Detected:
+    """Recognise a PixArt transformer in ``source``; ``hints`` are diffusers config fields."""
+    hints = dict(hints or {})
+    prefixes = {k[: -len(a)]: a for a in (_REFERENCE_ANCHOR, _DIFFUSERS_ANCHOR) for k in source.shapes if k.endswith(a)}
+    if not prefixes:
+        raise CheckpointError(f"{source.origin}: not a PixArt transformer: {identify(source)}")
+    if len(prefixes) > 1:
+        raise CheckpointError(
+            f"{source.origin}: ambiguous: it holds several transformers (under {sorted(prefixes)}); expected one"
+        )
+    prefix, anchor = next(iter(prefixes.items()))
+    view = source.without_prefix(prefix)
+    if anchor == _DIFFUSERS_ANCHOR:
+        layout = Layout.DIFFUSERS
+        view = RenamedSource(view, DIFFUSERS_TABLE)
+    elif prefix == "base_model." and any(k.startswith("controlnet.") for k in source.shapes):
+        layout = Layout.CONTROLNET_FULL
+    else:
+        layout = Layout.REFERENCE
+    others = len(source) - len(view.shapes) if anchor == _REFERENCE_ANCHOR else 0
+    if prefix and others:
+        log.info("%s: using the %d tensors under %r, ignoring %d others", source.origin, len(view), prefix, others)
+    return Detected(_config_from(view, hints), layout, prefix, view)
+
+
+def _shape(source: TensorSource, key: str, ndim: int) -> tuple[int, ...]:
+    shape = source.shapes.get(key)
+    if shape is None:
+        raise CheckpointError(f"{source.origin}: a PixArt transformer needs {key!r}, which is missing")
+    if len(shape) != ndim:
+        raise CheckpointError(f"{source.origin}: {key!r} should have {ndim} dimensions, found shape {list(shape)}")
+    return shape
+
+
+def _depth(source: TensorSource) -> int:
+    indices = {int(m.group(1)) for k in source.shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not indices:
+        raise CheckpointError(f"{source.origin}: no transformer blocks (blocks.N.*) found")
+    depth = max(indices) + 1
+    missing = sorted(set(range(depth)) - indices)
+    if missing:
+        raise CheckpointError(
+            f"{source.origin}: blocks {missing} are missing: found blocks 0..{depth - 1} except those "
+            f"(a truncated or partial checkpoint?)"
+        )
+    return depth
+
+
+def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:
+    hidden, in_channels, patch, patch_w = _shape(source, "x_embedder.proj.weight", 4)
+    if patch != patch_w:
+        raise CheckpointError(f"{source.origin}: non-square patches {patch}x{patch_w} are not PixArt")
+    out_features = _shape(source, "final_layer.linear.weight", 2)[0]
+    if out_features % (patch * patch):
+        raise CheckpointError(f"{source.origin}: final layer width {out_features} is not a multiple of {patch}x{patch}")
+    caption_channels = _shape(source, "y_embedder.y_proj.fc1.weight", 2)[1]
+    micro = "csize_embedder.mlp.0.weight" in source.shapes
+    if micro != ("ar_embedder.mlp.0.weight" in source.shapes):
+        raise CheckpointError(f"{source.origin}: has only one of the two micro-condition embedders (csize, ar)")
+    null_caption = "y_embedder.y_embedding" in source.shapes
+    tokens = _caption_length(source, hints, micro)
+    sample_size = _sample_size(source, hints, micro, patch)
+    return TransformerConfig(
+        depth=_depth(source),
+        hidden_size=hidden,
+        num_heads=_num_heads(source, hints, hidden),
+        patch_size=patch,
+        in_channels=in_channels,
+        out_channels=out_features // (patch * patch),
+        mlp_hidden=_shape(source, "blocks.0.mlp.fc1.weight", 2)[0],
+        caption_channels=caption_channels,
+        caption_length=tokens,
+        micro_conditions=micro,
+        null_caption=null_caption,
+        sample_size=sample_size,
+        interpolation_scale=float(hints.get("interpolation_scale") or _interpolation(sample_size, tokens)),
+    )
+
+
+def _interpolation(sample_size: int, tokens: int) -> float:
+    """Position interpolation: α 1 at 256/512 and 2 at 1024; Σ 0.5 at 256 up to 4 at 2K."""
+    if tokens == SIGMA_TOKENS:
+        return sample_size / 64
+    return float(max(sample_size // 64, 1))
+
+
+def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
+    if "y_embedder.y_embedding" in source.shapes:
+        return _shape(source, "y_embedder.y_embedding", 2)[0]
+    if "caption_length" in hints:
+        return int(hints["caption_length"])
+    pipeline = hints.get("_pipeline_class") or ""
+    if "Sigma" in pipeline:
+        return SIGMA_TOKENS
+    if "Alpha" in pipeline or micro:
+        return ALPHA_TOKENS  # micro-conditions exist only in PixArt-α/δ 1024-MS
+    raise CheckpointError(
+        f"{source.origin}: a diffusers-layout transformer without micro-conditions may be PixArt-α "
+        f"(120 caption tokens) or PixArt-Σ (300), and nothing in the file says which: load its "
+        f"diffusers folder (with model_index.json) or give the caption length explicitly"
+    )
+
+
+def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch: int) -> int:
+    if "pos_embed" in source.shapes:
+        tokens = _shape(source, "pos_embed", 3)[1]
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
+        return side * patch
+    if "sample_size" in hints:
+        return int(hints["sample_size"])
+    if micro:
+        return 128  # micro-conditions exist only in the 1024-MS models
+    raise CheckpointError(
+        f"{source.origin}: the training resolution is not in the weights (no pos_embed, no "
+        f"micro-conditions): load its diffusers folder (with config.json) or give the sample size"
+    )
+
+
+def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
+    for key in ("num_attention_heads", "num_heads"):
+        if key in hints:
+            return int(hints[key])
+    if "num_heads" in source.metadata:
+        return int(source.metadata["num_heads"])
+    if hidden % HEAD_DIM == 0:
+        return hidden // HEAD_DIM
+    raise CheckpointError(
+        f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
+        f"number of heads cannot be read from the weights; give it explicitly"
+    )
+
+
+# (key fragment, what it is): checked in order by ``identify``.
+_LOOKALIKES = (
+    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model (load it with the ControlNet loader)"),
+    ("copied_block.", "a PixArt ControlNet without its base model (load it with the ControlNet loader)"),
+    ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder (load it with the T5 loader)"),
+    ("text_model.encoder.layers.", "a CLIP text encoder"),
+    ("label_emb.", "an SDXL UNet"),
+    ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
+    ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet or VAE"),
+    ("double_blocks.0.", "a Flux transformer"),
+    ("joint_blocks.0.", "an SD3 transformer"),
+    ("decoder.up.0.block.0.conv1.weight", "a VAE (load it with the VAE loader)"),
+    ("post_quant_conv.weight", "a VAE (load it with the VAE loader)"),
+    ("lora_", "a LoRA"),
+    ("shared.weight", "a T5 text encoder (load it with the T5 loader)"),
+)
+
+
+def identify(source: TensorSource) -> str:
+    """A short phrase saying what a state dict looks like, for error messages."""
+    if not source.shapes:
+        return "the file holds no tensors (an empty state dict)"
+    for fragment, what in _LOOKALIKES:
+        if any(fragment in k for k in source.shapes):
+            return f"it looks like {what}"
+    sample = ", ".join(sorted(source.shapes)[:3])
+    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected PixArt keys such as x_embedder.proj.weight"

@@ -1,0 +1,13 @@
+"""The engine's own error types: each message says what was expected and what was found."""
+
+
+class PixArtDeltaError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class CheckpointError(PixArtDeltaError):
+    """A file or state dict that cannot be read, recognised or loaded."""
+
+
+class InputError(PixArtDeltaError):
+    """An argument outside what the engine accepts (a size, a step count, a strength...)."""

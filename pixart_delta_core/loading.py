@@ -1,0 +1,114 @@
+"""Strict, streaming loading: models are built on the meta device and filled tensor by tensor.
+
+No second full copy of the weights ever exists: each tensor is read, converted to the target
+dtype and device, and assigned; the source then drops what it held for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import StateDictSource, TensorSource, folder_config, open_checkpoint
+from .config import Detected, detect_transformer
+from .errors import CheckpointError
+from .ops import Ops
+from .transformer import PixArtTransformer
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RECOMPUTED = ("pos_embed",)  # the reference saves its training-size positions; they are recomputed
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'fp32' / 'fp16' / 'bf16' (or a torch dtype among those) -> torch dtype."""
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name in DTYPES:
+        return DTYPES[name]  # type: ignore[index]
+    raise CheckpointError(f"unknown weight dtype {name!r}: expected one of {', '.join(DTYPES)}")
+
+
+def as_source(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> TensorSource:
+    """A path (file or diffusers folder), a source, or an in-memory state dict, as a source."""
+    if isinstance(checkpoint, TensorSource):
+        return checkpoint
+    if isinstance(checkpoint, Mapping):
+        return StateDictSource(checkpoint)
+    return open_checkpoint(checkpoint)
+
+
+def inspect_transformer(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None = None
+) -> Detected:
+    """Detect a transformer checkpoint's layout and config without reading its weights."""
+    source = as_source(checkpoint)
+    return detect_transformer(source, {**folder_config(source), **(hints or {})})
+
+
+def load_transformer(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    dtype: str | torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    hints: Mapping[str, Any] | None = None,
+    ops: type[Ops] = Ops,
+) -> PixArtTransformer:
+    """Load a PixArt transformer from any supported layout, strictly, in ``dtype`` on ``device``."""
+    detected = inspect_transformer(checkpoint, hints)
+    log.info("loading %s", detected.describe())
+    model = PixArtTransformer(detected.config, ops=ops, device="meta")
+    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), ignore=RECOMPUTED)
+    return model
+
+
+def load_strict(
+    module: nn.Module,
+    tensors: TensorSource,
+    dtype: torch.dtype,
+    device: torch.device,
+    ignore: Iterable[str] = (),
+) -> None:
+    """Fill a meta-device ``module`` from ``tensors``: every key present, no extra, shapes equal."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    skipped = set(ignore)
+    provided = {k: s for k, s in tensors.shapes.items() if k not in skipped}
+    check_keys(expected, provided, tensors.origin)
+    for key, shape in expected.items():
+        stored = tensors.dtypes[key]
+        value = torch.empty(shape, dtype=dtype if stored.is_floating_point else stored, device=device)
+        tensors.read_into(key, value)
+        _assign(module, key, value)
+    module.eval().requires_grad_(False)
+
+
+def check_keys(expected: Mapping[str, tuple[int, ...]], provided: Mapping[str, tuple[int, ...]], origin: str) -> None:
+    """Raise one error naming every missing, unexpected and wrong-shaped key."""
+    missing = sorted(expected.keys() - provided.keys())
+    unexpected = sorted(provided.keys() - expected.keys())
+    wrong = [
+        f"{k}: expected {list(expected[k])}, found {list(provided[k])}"
+        for k in expected
+        if k in provided and expected[k] != provided[k]
+    ]
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            problems.append(f"{title}: {shown}")
+    if problems:
+        raise CheckpointError(f"{origin}: the weights do not match the detected model; " + "; ".join(problems))
+
+
+def _assign(module: nn.Module, key: str, value: torch.Tensor) -> None:
+    owner_name, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    if leaf in owner._parameters:
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
+    else:
+        setattr(owner, leaf, value)

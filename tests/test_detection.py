@@ -1,0 +1,117 @@
+"""Detection on the real checkpoint layouts, rebuilt as meta tensors from their manifests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pixart_delta_core.checkpoint import StateDictSource
+from pixart_delta_core.config import Layout, TransformerConfig, detect_transformer
+from pixart_delta_core.errors import CheckpointError
+from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
+from tests.helpers import manifest_source
+
+XL = TransformerConfig(depth=28, hidden_size=1152, num_heads=16, caption_channels=4096, mlp_hidden=4608)
+ALPHA_1024_MS = replace(XL, sample_size=128, interpolation_scale=2.0, micro_conditions=True)
+
+EXPECTED = {
+    "PixArt-XL-2-256x256.pth.json": (Layout.REFERENCE, replace(XL, sample_size=32, interpolation_scale=1.0)),
+    "PixArt-XL-2-512x512.pth.json": (Layout.REFERENCE, replace(XL, sample_size=64, interpolation_scale=1.0)),
+    "PixArt-XL-2-1024-MS.pth.json": (Layout.REFERENCE, ALPHA_1024_MS),
+    "PixArt-Sigma-XL-2-1024-MS.pth.json": (
+        Layout.REFERENCE,
+        replace(XL, sample_size=128, interpolation_scale=2.0, caption_length=300),
+    ),
+    "PixArt-XL-2-1024-ControlNet.pth.json": (Layout.CONTROLNET_FULL, ALPHA_1024_MS),
+    "PixArt-LCM-XL-2-1024-MS.transformer.safetensors.json": (
+        Layout.DIFFUSERS,
+        replace(ALPHA_1024_MS, null_caption=False),
+    ),
+}
+
+
+@pytest.mark.parametrize("manifest", sorted(EXPECTED))
+def test_every_real_layout_is_recognised(manifest: str) -> None:
+    detected = detect_transformer(manifest_source(manifest))
+    layout, config = EXPECTED[manifest]
+    assert detected.layout is layout
+    assert detected.config == config
+
+
+def test_controlnet_checkpoint_base_part_has_only_base_keys() -> None:
+    detected = detect_transformer(manifest_source("PixArt-XL-2-1024-ControlNet.pth.json"))
+    assert detected.prefix == "base_model."
+    assert not any(k.startswith("controlnet.") for k in detected.tensors.shapes)
+    assert detected.tensors.shapes["blocks.27.attn.qkv.weight"] == (3456, 1152)
+
+
+def test_diffusers_layout_is_seen_in_reference_names() -> None:
+    detected = detect_transformer(manifest_source("PixArt-LCM-XL-2-1024-MS.transformer.safetensors.json"))
+    shapes = detected.tensors.shapes
+    assert shapes["blocks.0.attn.qkv.weight"] == (3456, 1152)
+    assert shapes["blocks.0.cross_attn.kv_linear.bias"] == (2304,)
+    assert shapes["t_block.1.weight"] == (6912, 1152)
+    assert not any(k.startswith(("transformer_blocks.", "adaln_single.")) for k in shapes)
+
+
+def test_depth_42_variant_takes_its_depth_from_the_weights() -> None:
+    sigma = manifest_source("PixArt-Sigma-XL-2-1024-MS.pth.json")
+    tensors = {k: torch.empty(s, device="meta") for k, s in sigma.shapes.items()}
+    for index in range(28, 42):
+        for key, shape in sigma.shapes.items():
+            if key.startswith("blocks.0."):
+                tensors[key.replace("blocks.0.", f"blocks.{index}.", 1)] = torch.empty(shape, device="meta")
+    assert detect_transformer(StateDictSource(tensors)).config.depth == 42
+
+
+@pytest.mark.parametrize("prefix", ["model.diffusion_model.", "module.", "model."])
+def test_saver_prefixes_are_stripped(prefix: str) -> None:
+    source = manifest_source("PixArt-XL-2-512x512.pth.json")
+    tensors = {prefix + k: torch.empty(s, device="meta") for k, s in source.shapes.items()}
+    detected = detect_transformer(StateDictSource(tensors))
+    assert detected.prefix == prefix
+    assert detected.config == EXPECTED["PixArt-XL-2-512x512.pth.json"][1]
+
+
+def test_diffusers_layout_without_micro_conditions_needs_its_folder_config() -> None:
+    sigma = manifest_source("PixArt-Sigma-XL-2-1024-MS.pth.json")
+    meta = {k: torch.empty(s, device="meta") for k, s in sigma.shapes.items()}
+    diffusers = StateDictSource({k: v for k, v in to_diffusers(meta).items() if k not in REFERENCE_ONLY})
+    with pytest.raises(CheckpointError, match=r"PixArt-α .*or PixArt-Σ"):
+        detect_transformer(diffusers)
+    hints = {"sample_size": 128, "interpolation_scale": 2, "_pipeline_class": "PixArtSigmaPipeline"}
+    config = detect_transformer(diffusers, hints).config
+    assert config == replace(EXPECTED["PixArt-Sigma-XL-2-1024-MS.pth.json"][1], null_caption=False)
+
+
+def _without(source: StateDictSource, drop: str) -> StateDictSource:
+    return StateDictSource(
+        {k: torch.empty(s, device="meta") for k, s in source.shapes.items() if not k.startswith(drop)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: manifest_source("t5xxl_fp16.safetensors.json"), "T5 text encoder"),
+        (lambda: StateDictSource({}), "no tensors"),
+        (lambda: _without(manifest_source("PixArt-XL-2-1024-ControlNet.pth.json"), "base_model."), "ControlNet"),
+        (lambda: StateDictSource({"decoder.up.0.block.0.conv1.weight": torch.empty(1)}), "VAE"),
+        (
+            lambda: StateDictSource({"model.diffusion_model.input_blocks.0.0.weight": torch.empty(1)}),
+            "Stable Diffusion UNet",
+        ),
+        (lambda: StateDictSource({"something.else": torch.empty(1)}), "unknown model"),
+        (lambda: _without(manifest_source("PixArt-XL-2-512x512.pth.json"), "blocks.5."), r"blocks \[5\] are missing"),
+        (
+            lambda: _without(manifest_source("PixArt-XL-2-1024-MS.pth.json"), "ar_embedder."),
+            "only one of the two micro",
+        ),
+    ],
+    ids=["t5", "empty", "controlnet-only", "vae", "sd-unet", "unknown", "missing-block", "half-micro"],
+)
+def test_refusals_say_what_the_file_looks_like(build, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        detect_transformer(build())

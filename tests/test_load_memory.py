@@ -1,0 +1,28 @@
+"""Loading never holds a second full copy of the weights (measured in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "load_memory.py"
+BOUND = 1.3  # peak resident-memory growth while loading / size of the loaded weights
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "diffusers"])
+def test_peak_memory_while_loading_a_mid_size_checkpoint(tmp_path: Path, fmt: str) -> None:
+    """A 4-block, 1152-wide transformer stored in fp32 and loaded as bf16 (the conversion path)."""
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--format", fmt, "--dtype", "bf16", "--cache", str(tmp_path), "--ours-only"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])["ours"]
+    assert result["model_bytes"] > 150e6
+    assert result["ratio"] <= BOUND, f"loading grew memory by {result['ratio']}x the model's size"
