@@ -1,6 +1,15 @@
-"""pixart-delta: PixArt-δ for ComfyUI. ComfyUI imports this file as the pack's entry point."""
+"""pixart-delta: PixArt-δ for ComfyUI.
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+ComfyUI imports this file as a package named after the pack's folder. Tools that walk the checkout
+(pytest collecting a folder named ``pixart-delta``, say) may import it as a lone module, where the
+nodes' package cannot be resolved: it then exports no nodes instead of failing.
+"""
+
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    NODE_CLASS_MAPPINGS: dict[str, type] = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 WEB_DIRECTORY = "./web"
 
