@@ -14,7 +14,9 @@ from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
 from pixart_delta_core.random_weights import randomize_
 from pixart_delta_core.transformer import PixArtTransformer
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+ROOT = Path(__file__).resolve().parent.parent
+# ../shared beside the project's checkout; a worktree sits one level deeper, so the nearest one above counts.
+SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "fixtures").is_dir()), ROOT.parent / "shared")
 MANIFESTS = SHARED / "fixtures" / "manifests"
 TOKENIZER = SHARED / "fixtures" / "t5_tokenizer"
 
