@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import T5EncoderModel
 
+from pixart_delta_core import cli
+from pixart_delta_core.demo import demo_transformer
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5, detect_t5
 from pixart_delta_core.text import TextEmbedding, inspect_text_encoder, load_text_encoder, load_tokenizer
@@ -424,3 +426,11 @@ def test_the_xxl_single_file_layout_is_recognised(variant: str) -> None:
         k: tuple(v.shape) for k, v in build_t5(found.config, torch.bfloat16).state_dict().items() if k not in TIED
     }
     assert expected == found.tensors.shapes
+
+
+def test_info_command_describes_a_t5_file_and_still_a_transformer(files, tmp_path: Path, capsys) -> None:
+    pixart = save(tmp_path, demo_transformer().state_dict(), "pixart.safetensors")
+    assert cli.main(["info", str(files["single"]), str(files["pipeline"]), str(pixart)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("T5 text encoder, T5-v1.1 encoder (HF names): 2 layers, width 32") == 2
+    assert "PixArt transformer" in out
