@@ -1,12 +1,14 @@
-"""Peak memory while loading a transformer checkpoint: ours vs diffusers, each in a fresh process.
+"""Peak memory while loading a checkpoint: ours vs diffusers/transformers, each in a fresh process.
 
     python benchmarks/load_memory.py [--depth 4] [--format pth] [--file-dtype fp32] [--dtype bf16]
+    python benchmarks/load_memory.py --model t5 [--depth 4] [--format safetensors] [--file-dtype fp8_e4m3fn]
 
-Writes a synthetic PixArt-XL-width checkpoint (random weights, real key layout) into a cache
-folder once, then loads it in child processes and prints one JSON line: for each loader, the
-growth of the process's resident memory while loading (peak minus before) over the size of the
-loaded weights. 1.0 means no copy beyond the model itself. diffusers runs only for the diffusers
-folder format (its own layout).
+Writes a synthetic checkpoint (random weights, real key layout) into a cache folder once: a
+PixArt-XL-width transformer, or a T5-v1.1 encoder 1024 wide with T5-XXL's vocabulary. Then loads it
+in child processes and prints one JSON line: for each loader, the growth of the process's resident
+memory while loading (peak minus before) over the size of the loaded weights. 1.0 means no copy
+beyond the model itself. diffusers runs only for the diffusers folder format (its own layout),
+transformers only for the T5 HF folder.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FORMATS = ("pth", "safetensors", "diffusers")
+sys.path.insert(0, str(ROOT))  # this checkout's engine, even where another copy is installed
+FORMATS = {"transformer": ("pth", "safetensors", "diffusers"), "t5": ("safetensors", "hf-folder")}
+FILE_DTYPES = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")
+T5_SIZES = {"d_model": 1024, "d_kv": 64, "num_heads": 16, "d_ff": 2816}  # T5-v1.1-large's widths
 
 
 def rss_bytes(field: str) -> int:
@@ -68,31 +73,73 @@ def write_checkpoint(folder: Path, depth: int, fmt: str, file_dtype: str) -> Pat
     return path
 
 
-def child(loader: str, path: Path, dtype: str) -> dict:
-    """Runs in a fresh process: load once, report memory growth and model size."""
+def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
+    """A T5-v1.1 encoder in HF names: a single file (as ComfyUI users hold them) or an HF folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5
+
+    config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": depth}
+    generator = torch.Generator().manual_seed(0)
+    dtype = _file_dtype(file_dtype)
+    weights = {
+        key: (torch.randn(value.shape, generator=generator) * value.shape[-1] ** -0.5).to(dtype)
+        for key, value in build_t5(config, torch.float32).state_dict().items()
+        if key not in TIED
+    }
+    if fmt == "safetensors":
+        path = folder / f"t5_{file_dtype}.safetensors"
+        save_file(weights, str(path))
+    else:
+        path = folder / "text_encoder"
+        path.mkdir()
+        save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    return path
+
+
+def _file_dtype(name: str):
     import torch
 
+    from pixart_delta_core.loading import parse_dtype
+
+    return getattr(torch, name.replace("fp8", "float8")) if name.startswith("fp8") else parse_dtype(name)
+
+
+def model_bytes(model) -> int:
+    """Bytes held by a model's tensors, each shared (tied) tensor counted once."""
+    held = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    return sum(held.values())
+
+
+def child(model_kind: str, loader: str, path: Path, dtype: str) -> dict:
+    """Runs in a fresh process: load once, report memory growth and model size."""
     from pixart_delta_core.loading import load_transformer, parse_dtype
+    from pixart_delta_core.t5_loading import load_t5
 
     if loader == "diffusers":
         from diffusers import PixArtTransformer2DModel
+    if loader == "transformers":
+        from transformers import T5EncoderModel
     before = rss_bytes("VmRSS")
     reset_peak()
     if loader == "ours":
-        model = load_transformer(path, dtype=dtype)
+        model = load_t5(path, dtype=dtype) if model_kind == "t5" else load_transformer(path, dtype=dtype)
+    elif loader == "transformers":
+        model = T5EncoderModel.from_pretrained(path, dtype=parse_dtype(dtype), local_files_only=True)
     else:
         model = PixArtTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=parse_dtype(dtype))
     for tensor in model.state_dict().values():  # a loader may leave weights memory-mapped: touch them all
-        tensor.float().sum()
+        tensor.sum()
     peak = rss_bytes("VmHWM")
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    del torch
+    size = model_bytes(model)
     return {"growth_bytes": peak - before, "model_bytes": size, "ratio": round((peak - before) / size, 3)}
 
 
-def measure(loader: str, path: Path, dtype: str) -> dict:
+def measure(model_kind: str, loader: str, path: Path, dtype: str) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", loader, "--path", str(path), "--dtype", dtype],
+        [sys.executable, __file__, "--model", model_kind, "--child", loader, "--path", str(path), "--dtype", dtype],
         capture_output=True,
         text=True,
         check=True,
@@ -103,30 +150,39 @@ def measure(loader: str, path: Path, dtype: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--format", choices=FORMATS, default="pth")
-    parser.add_argument("--file-dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--model", choices=tuple(FORMATS), default="transformer")
+    parser.add_argument("--depth", type=int, default=4, help="transformer blocks or T5 layers")
+    parser.add_argument(
+        "--format", default=None, help="transformer: pth, safetensors, diffusers; t5: safetensors, hf-folder"
+    )
+    parser.add_argument("--file-dtype", default=None, choices=FILE_DTYPES, help="transformer default fp32, t5 fp16")
     parser.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--ours-only", action="store_true", help="skip the diffusers loader")
+    parser.add_argument("--ours-only", action="store_true", help="skip the diffusers/transformers loader")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pixart-delta-bench")
-    parser.add_argument("--child", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "diffusers", "transformers"), help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.path, args.dtype)))
+        print(json.dumps(child(args.model, args.child, args.path, args.dtype)))
         return
-    folder = args.cache / f"load-{args.format}-{args.file_dtype}-d{args.depth}"
+    fmt = args.format or FORMATS[args.model][0]
+    if fmt not in FORMATS[args.model]:
+        parser.error(f"--format for {args.model}: one of {', '.join(FORMATS[args.model])}")
+    file_dtype = args.file_dtype or ("fp16" if args.model == "t5" else "fp32")
+    folder = args.cache / f"load-{args.model}-{fmt}-{file_dtype}-d{args.depth}"
     done = folder / "done"
     if not done.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        write_checkpoint(folder, args.depth, args.format, args.file_dtype)
+        write = write_t5 if args.model == "t5" else write_checkpoint
+        write(folder, args.depth, fmt, file_dtype)
         done.write_text("")
     path = next(p for p in folder.iterdir() if p.name != "done")
-    result = {"benchmark": "load_memory", "format": args.format, "file_dtype": args.file_dtype, "dtype": args.dtype}
-    result["ours"] = measure("ours", path, args.dtype)
-    if args.format == "diffusers" and not args.ours_only:
-        result["diffusers"] = measure("diffusers", path, args.dtype)
-        result["ours_over_diffusers"] = round(result["ours"]["growth_bytes"] / result["diffusers"]["growth_bytes"], 3)
+    result = {"benchmark": "load_memory", "model": args.model, "format": fmt, "file_dtype": file_dtype}
+    result |= {"dtype": args.dtype, "ours": measure(args.model, "ours", path, args.dtype)}
+    other = {"diffusers": "diffusers", "hf-folder": "transformers"}.get(fmt)
+    if other and not args.ours_only:
+        result[other] = measure(args.model, other, path, args.dtype)
+        result[f"ours_over_{other}"] = round(result["ours"]["growth_bytes"] / result[other]["growth_bytes"], 3)
     result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps(result))
 

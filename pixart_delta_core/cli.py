@@ -9,18 +9,26 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import PixArtDeltaError
+from .errors import CheckpointError, PixArtDeltaError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .loading import inspect_transformer
+    from .text import inspect_text_encoder
 
     for path in args.files:
-        detected = inspect_transformer(path)
-        source = detected.tensors
+        try:
+            detected = inspect_transformer(path)
+            what, source = f"PixArt transformer, {detected.describe()}", detected.tensors
+        except CheckpointError as not_pixart:
+            try:
+                found = inspect_text_encoder(path)
+            except CheckpointError:
+                raise not_pixart from None
+            what, source = f"T5 text encoder, {found.describe()}", found.tensors
         dtypes = sorted({str(d).removeprefix("torch.") for d in source.dtypes.values()})
         print(f"{path}")
-        print(f"  PixArt transformer, {detected.describe()}")
+        print(f"  {what}")
         print(f"  {len(source)} tensors, {source.nbytes() / 2**20:.1f} MiB as stored ({', '.join(dtypes)})")
     return 0
 
@@ -43,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pixart_delta_core", description="PixArt-δ engine")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="say what a checkpoint is and its detected configuration")
-    info.add_argument("files", nargs="+", type=Path, help="checkpoint files or diffusers folders")
+    info = sub.add_parser("info", help="say what a checkpoint (transformer or T5) is and its detected configuration")
+    info.add_argument("files", nargs="+", type=Path, help="checkpoint files, diffusers or HF T5 folders")
     info.set_defaults(run=cmd_info)
     demo = sub.add_parser("demo", help="run the engine on its built-in demo model")
     demo.set_defaults(run=cmd_demo)

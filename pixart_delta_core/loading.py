@@ -7,7 +7,7 @@ dtype and device, and assigned; the source then drops what it held for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,23 +67,46 @@ def load_transformer(
     return model
 
 
+Place = Callable[[nn.Module, str, TensorSource, torch.dtype, torch.device], None]
+"""The per-tensor step of streaming loading: ``place(module, key, tensors, dtype, device)``."""
+
+
+def place_tensor(module: nn.Module, key: str, tensors: TensorSource, dtype: torch.dtype, device: torch.device) -> None:
+    """Read ``tensors[key]`` into a new tensor on ``device`` (floating point in ``dtype``) and put it in ``module``.
+
+    This is the one place where a tensor is allocated and filled: a loader that stores some layers
+    differently (kept in fp32, quantized while streaming) passes its own ``Place`` to ``load_strict``.
+    """
+    stored = tensors.dtypes[key]
+    value = torch.empty(tensors.shapes[key], dtype=dtype if stored.is_floating_point else stored, device=device)
+    tensors.read_into(key, value)
+    assign(module, key, value)
+
+
 def load_strict(
     module: nn.Module,
     tensors: TensorSource,
     dtype: torch.dtype,
     device: torch.device,
     ignore: Iterable[str] = (),
+    tied: Mapping[str, str] | None = None,
+    place: Place = place_tensor,
 ) -> None:
-    """Fill a meta-device ``module`` from ``tensors``: every key present, no extra, shapes equal."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    skipped = set(ignore)
+    """Fill a meta-device ``module`` from ``tensors``: every key present, no extra, shapes equal.
+
+    ``tied`` maps a key to the key whose parameter it shares (tied embeddings): it is not read,
+    even when the file holds a copy, and ends up the very same tensor as its target.
+    """
+    tied = dict(tied or {})
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if k not in tied}
+    skipped = set(ignore) | tied.keys()
     provided = {k: s for k, s in tensors.shapes.items() if k not in skipped}
     check_keys(expected, provided, tensors.origin)
-    for key, shape in expected.items():
-        stored = tensors.dtypes[key]
-        value = torch.empty(shape, dtype=dtype if stored.is_floating_point else stored, device=device)
-        tensors.read_into(key, value)
-        _assign(module, key, value)
+    for key in expected:
+        place(module, key, tensors, dtype, device)
+    for key, target in tied.items():
+        owner_name, _, leaf = key.rpartition(".")
+        setattr(module.get_submodule(owner_name), leaf, module.get_parameter(target))
     module.eval().requires_grad_(False)
 
 
@@ -105,7 +128,8 @@ def check_keys(expected: Mapping[str, tuple[int, ...]], provided: Mapping[str, t
         raise CheckpointError(f"{origin}: the weights do not match the detected model; " + "; ".join(problems))
 
 
-def _assign(module: nn.Module, key: str, value: torch.Tensor) -> None:
+def assign(module: nn.Module, key: str, value: torch.Tensor) -> None:
+    """Put ``value`` in ``module`` under ``key`` (a frozen parameter if the key is one, else a buffer)."""
     owner_name, _, leaf = key.rpartition(".")
     owner = module.get_submodule(owner_name)
     if leaf in owner._parameters:

@@ -12,9 +12,12 @@ from pixart_delta_core.checkpoint import StateDictSource
 from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
 from pixart_delta_core.random_weights import randomize_
+from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED
 from pixart_delta_core.transformer import PixArtTransformer
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+ROOT = Path(__file__).resolve().parent.parent
+# ../shared beside the project's checkout; a worktree sits one level deeper, so the nearest one above counts.
+SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "fixtures").is_dir()), ROOT.parent / "shared")
 MANIFESTS = SHARED / "fixtures" / "manifests"
 TOKENIZER = SHARED / "fixtures" / "t5_tokenizer"
 
@@ -32,6 +35,10 @@ TINY_MS = TransformerConfig(
     micro_conditions=True,
     interpolation_scale=2.0,
 )
+
+
+# T5-v1.1 sizes for tests; the vocabulary stays T5-XXL's so the real tokenizer fits.
+TINY_T5 = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 2}
 
 
 def need_shared(path: Path) -> Path:
@@ -76,3 +83,22 @@ def diffusers_twin(model: PixArtTransformer):
     weights = {k: v for k, v in to_diffusers(model.state_dict()).items() if k not in REFERENCE_ONLY}
     twin.load_state_dict(weights, strict=True)
     return twin.eval()
+
+
+def random_t5(seed: int = 0, **sizes: int):
+    """transformers' T5EncoderModel, T5-v1.1 with TINY_T5 sizes (or ``sizes``) and random fp32 weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(**{**T5_V1_1_XXL, **TINY_T5, **sizes}, is_encoder_decoder=False, use_cache=False)
+    model = randomize_(T5EncoderModel(config), seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layer_norm" in name:  # RMS-norm gains near 1, as trained ones are
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def t5_file_weights(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """What a single-file T5 holds: HF names, the embedding once (as ``shared.weight``), in ``dtype``."""
+    return {k: v.to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items() if k not in TIED}

@@ -1,0 +1,212 @@
+"""Prompts to PixArt caption embeddings: the T5 tokenizer and T5-v1.1 encoder (REFERENCE.md §2).
+
+Prompts are prepared as the reference does (lower-cased, optionally cleaned), padded or truncated to
+the model's caption length (120 tokens for α/δ, 300 for Σ) and encoded with their attention mask.
+The encoder only runs up to the longest real prompt in the batch: T5's outputs at real tokens do not
+depend on the padding after them, so the rest is zeros with mask 0, as PixArt's cross-attention never
+reads it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase, T5EncoderModel, T5TokenizerFast
+
+from .captions import prepare_prompt
+from .errors import CheckpointError, InputError
+from .loading import parse_dtype
+from .t5_loading import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+_WHERE_TOKENIZERS_ARE = (
+    "a folder with tokenizer.json or spiece.model: ComfyUI ships one in comfy/text_encoders/t5_tokenizer, "
+    "an HF T5 folder has its own, a PixArt diffusers repository has one in tokenizer/"
+)
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """Caption embeddings [B, L, C] (zeros where the mask is 0) and their mask [B, L] (int64, 1 = real token)."""
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 3 or tuple(self.mask.shape) != tuple(self.embeddings.shape[:2]):
+            raise InputError(
+                f"caption embeddings must be [B, L, C] with a [B, L] mask, found {list(self.embeddings.shape)} "
+                f"and {list(self.mask.shape)}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.embeddings.shape[1]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbedding:
+        """The same embedding on ``device`` and/or in ``dtype`` (the mask stays int64)."""
+        return TextEmbedding(self.embeddings.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    def repeat(self, times: int) -> TextEmbedding:
+        """Each prompt ``times`` times in a row (several images per prompt)."""
+        if times < 1:
+            raise InputError(f"repeat count must be at least 1, found {times}")
+        return TextEmbedding(self.embeddings.repeat_interleave(times, 0), self.mask.repeat_interleave(times, 0))
+
+
+class TextEncoder:
+    """The T5 tokenizer and encoder together: ``encode`` turns prompts into a ``TextEmbedding``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, model: T5EncoderModel, dtype: torch.dtype) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self._dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the encoder was loaded in (in fp16 its feed-forward output projections stay fp32)."""
+        return self._dtype
+
+    @property
+    def width(self) -> int:
+        """Channels of each token's embedding (4096 for T5-XXL)."""
+        return self.model.config.d_model
+
+    def to(self, device: torch.device | str) -> TextEncoder:
+        """Move the encoder to ``device`` (in place) and return it."""
+        self.model.to(device)
+        return self
+
+    def tokenize(
+        self, prompts: Sequence[str], max_length: int, clean_caption: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask [B, n], n the longest prompt's token count (at most ``max_length``)."""
+        if max_length < 1:
+            raise InputError(f"caption length must be at least 1 token, found {max_length}")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise InputError("no prompts to encode: expected at least one (an empty string is a valid prompt)")
+        texts = [prepare_prompt(p, clean_caption) for p in prompts]
+        self._warn_if_truncated(texts, max_length)
+        batch = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+        return batch.input_ids, batch.attention_mask.long()
+
+    def _warn_if_truncated(self, texts: list[str], max_length: int) -> None:
+        for i, ids in enumerate(self.tokenizer(texts, verbose=False).input_ids):
+            dropped = len(ids) - max_length
+            if dropped > 0:
+                lost = self.tokenizer.decode(ids[max_length - 1 : -1])
+                log.warning(
+                    "prompt %d is %d tokens long but the model reads %d: the last %d tokens were dropped (%r)",
+                    i,
+                    len(ids),
+                    max_length,
+                    dropped,
+                    lost,
+                )
+
+    def encode(self, prompts: Sequence[str], max_length: int, clean_caption: bool = False) -> TextEmbedding:
+        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (REFERENCE.md §2)."""
+        ids, mask = self.tokenize(prompts, max_length, clean_caption)  # [B, n], n <= max_length
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, n, C]
+        batch, real = mask.shape
+        embeddings = hidden.new_zeros(batch, max_length, hidden.shape[-1])  # [B, L, C]
+        embeddings[:, :real] = hidden.masked_fill(mask[..., None] == 0, 0)
+        full_mask = mask.new_zeros(batch, max_length)  # [B, L]
+        full_mask[:, :real] = mask
+        return TextEmbedding(embeddings, full_mask)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The T5 tokenizer in a folder (or beside a tokenizer.json / spiece.model), from local files only."""
+    path = Path(path)
+    folder = path.parent if path.is_file() and path.name in TOKENIZER_FILES else path
+    if not folder.is_dir() or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path}: no T5 tokenizer there: expected {_WHERE_TOKENIZERS_ARE}")
+    if not (folder / "tokenizer.json").is_file() and not _has_protobuf():
+        raise CheckpointError(
+            f"{folder}: this tokenizer comes as spiece.model only, and reading one needs the protobuf package: "
+            f"install it (pip install protobuf), or pass a folder with tokenizer.json"
+        )
+    try:
+        tokenizer = T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError, ImportError, RuntimeError) as err:
+        raise CheckpointError(f"{folder}: cannot read the T5 tokenizer: {err}") from err
+    pad, eos = T5_V1_1_XXL["pad_token_id"], T5_V1_1_XXL["eos_token_id"]
+    if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (pad, eos) or tokenizer("").input_ids != [eos]:
+        raise CheckpointError(
+            f"{folder}: not a T5 tokenizer: expected padding as token {pad} and end-of-text as token {eos}, with "
+            f"an empty text encoded as end-of-text alone; found padding {tokenizer.pad_token!r} = "
+            f"{tokenizer.pad_token_id}, end-of-text {tokenizer.eos_token!r} = {tokenizer.eos_token_id}"
+        )
+    return tokenizer
+
+
+def _has_protobuf() -> bool:
+    try:
+        return importlib.util.find_spec("google.protobuf") is not None
+    except ModuleNotFoundError:  # no ``google`` namespace at all
+        return False
+
+
+def find_tokenizer(weights: str | Path) -> Path:
+    """The tokenizer folder that comes with T5 weights: in an HF folder, or ``tokenizer/`` beside its weights."""
+    weights = Path(weights)
+    if weights.is_dir():
+        candidates = [weights, weights / "tokenizer", weights.parent / "tokenizer"]
+    elif weights.name.startswith("model") and (weights.parent / "config.json").is_file():
+        candidates = [weights.parent, weights.parent.parent / "tokenizer"]  # a file of an HF folder
+    else:
+        candidates = []
+    for folder in candidates:
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return folder
+    looked = f"looked in {', '.join(str(c) for c in candidates)}" if candidates else "a single file carries none"
+    raise CheckpointError(f"{weights}: no T5 tokenizer found ({looked}): pass tokenizer=, {_WHERE_TOKENIZERS_ARE}")
+
+
+def inspect_text_encoder(checkpoint: Checkpoint) -> T5Checkpoint:
+    """Recognise a T5 encoder file or folder without reading its weights; ``.describe()`` says what it is."""
+    return inspect_t5(checkpoint)
+
+
+def load_text_encoder(
+    checkpoint: Checkpoint,
+    dtype: str | torch.dtype = "bf16",
+    device: torch.device | str = "cpu",
+    tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
+) -> TextEncoder:
+    """Load T5 weights (single file, HF folder, or tensors) and their tokenizer (found beside a path, or given)."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        if tokenizer is None and not isinstance(checkpoint, (str, Path)):
+            raise InputError(
+                f"T5 weights given as tensors carry no tokenizer: pass tokenizer=, {_WHERE_TOKENIZERS_ARE}"
+            )
+        tokenizer = load_tokenizer(tokenizer if tokenizer is not None else find_tokenizer(checkpoint))
+    found = inspect_t5(checkpoint)
+    vocab = found.config["vocab_size"]
+    if len(tokenizer) > vocab:
+        raise CheckpointError(
+            f"{found.tensors.origin}: the tokenizer has {len(tokenizer)} tokens but the encoder embeds only {vocab}: "
+            f"they do not belong together"
+        )
+    torch_dtype = parse_dtype(dtype)
+    return TextEncoder(tokenizer, load_t5(found, torch_dtype, device), torch_dtype)
