@@ -1,0 +1,277 @@
+"""Sampling: LCM (PixArt-δ, REFERENCE.md §3) and classic solvers with classifier-free guidance.
+
+One loop drives any of diffusers' schedulers (they implement the solvers correctly); this module
+adds what PixArt needs around them: the reference LCM timesteps, learned-sigma outputs, CFG over a
+single batched forward, img2img strength, the ControlNet hook per step, and noise drawn from the
+seed on the CPU generator so that a seed gives the same image on every device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    SASolverScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch import Tensor
+
+from .errors import InputError
+from .text import TextEmbedding
+from .transformer import ControlHook, PixArtTransformer
+
+log = logging.getLogger(__name__)
+
+TRAIN_STEPS = 1000
+# PixArt's noise schedule: linear betas 1e-4 -> 0.02 over 1000 steps, epsilon prediction.
+NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": TRAIN_STEPS,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+}
+LCM_ORIGINAL_STEPS = 50  # the teacher's DDIM schedule the LCM was distilled on (skip k = 20)
+
+
+class Sampler(Enum):
+    """The samplers users can pick; the value is the name shown in the UI and on the command line."""
+
+    LCM = "lcm"
+    DPM_SOLVER = "dpm_solver++"
+    SA_SOLVER = "sa_solver"
+    EULER = "euler"
+    EULER_ANCESTRAL = "euler_ancestral"
+    DDIM = "ddim"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to build a sampler's scheduler, and the settings the reference uses with it."""
+
+    scheduler: type[SchedulerMixin]
+    options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 20
+    guidance: float = 4.5
+    max_steps: int = TRAIN_STEPS
+
+
+SAMPLERS: dict[Sampler, SamplerSpec] = {
+    Sampler.LCM: SamplerSpec(
+        LCMScheduler,
+        {"original_inference_steps": LCM_ORIGINAL_STEPS, "timestep_scaling": 10.0, "set_alpha_to_one": True},
+        steps=4,
+        guidance=0.0,
+        max_steps=LCM_ORIGINAL_STEPS,
+    ),
+    Sampler.DPM_SOLVER: SamplerSpec(
+        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
+    ),
+    Sampler.SA_SOLVER: SamplerSpec(SASolverScheduler, {}, steps=25, guidance=3.0),
+    Sampler.EULER: SamplerSpec(EulerDiscreteScheduler, {}, steps=20, guidance=4.5),
+    Sampler.EULER_ANCESTRAL: SamplerSpec(EulerAncestralDiscreteScheduler, {}, steps=20, guidance=4.5),
+    Sampler.DDIM: SamplerSpec(DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}, steps=25, guidance=4.5),
+}
+
+
+class LcmTimesteps(Enum):
+    """Which timesteps LCM visits: the reference repository's, or diffusers' LCMScheduler's."""
+
+    REFERENCE = "reference"  # 4 steps: 999, 759, 519, 279
+    DIFFUSERS = "diffusers"  # 4 steps: 999, 759, 499, 259
+
+
+def reference_lcm_timesteps(steps: int) -> list[int]:
+    """Every (50 // steps)-th of the 50 distillation timesteps (19, 39, ..., 999), from the top."""
+    skip = (LCM_ORIGINAL_STEPS // steps) * (TRAIN_STEPS // LCM_ORIGINAL_STEPS)
+    return [TRAIN_STEPS - 1 - i * skip for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What to run: sampler, steps, guidance (CFG when > 1), img2img strength."""
+
+    sampler: Sampler = Sampler.LCM
+    steps: int = 4
+    guidance: float = 0.0
+    strength: float = 1.0
+    lcm_timesteps: LcmTimesteps = LcmTimesteps.REFERENCE
+
+    def __post_init__(self) -> None:
+        spec = SAMPLERS[self.sampler]
+        if not 1 <= self.steps <= spec.max_steps:
+            raise InputError(f"{self.sampler.value} takes 1 to {spec.max_steps} steps, got {self.steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise InputError(f"strength (denoise) must be in (0, 1], got {self.strength}")
+        if not 0.0 <= self.guidance <= 100.0:
+            raise InputError(f"guidance must be between 0 and 100, got {self.guidance}")
+        if self.steps_run == 0:
+            raise InputError(
+                f"strength {self.strength} with {self.steps} steps runs no step (int(steps x strength) = 0): "
+                f"raise the strength or the steps"
+            )
+
+    @classmethod
+    def defaults(cls, sampler: Sampler | str, **overrides: Any) -> SamplingSettings:
+        """The reference settings for ``sampler`` (LCM: 4 steps, no CFG; DPM-Solver++: 14 steps, 4.5)."""
+        sampler = parse_sampler(sampler)
+        spec = SAMPLERS[sampler]
+        return cls(**{"sampler": sampler, "steps": spec.steps, "guidance": spec.guidance, **overrides})
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance > 1.0
+
+    @property
+    def steps_run(self) -> int:
+        """Steps actually run: all of them, or the last int(steps x strength) for img2img."""
+        return min(int(self.steps * self.strength), self.steps)
+
+
+def parse_sampler(name: Sampler | str) -> Sampler:
+    if isinstance(name, Sampler):
+        return name
+    try:
+        return Sampler(name)
+    except ValueError:
+        raise InputError(f"unknown sampler {name!r}: expected one of {', '.join(s.value for s in Sampler)}") from None
+
+
+@dataclass(frozen=True)
+class ControlSchedule:
+    """A ControlNet hook and the fraction of the steps where it acts: start <= i / steps < end."""
+
+    hook: ControlHook
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise InputError(f"control start/end must satisfy 0 <= start < end <= 1, got {self.start}, {self.end}")
+
+    def active(self, step: int, steps: int) -> bool:
+        return self.start <= step / steps < self.end
+
+
+StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, current latents)
+
+
+def make_scheduler(settings: SamplingSettings, device: torch.device | str = "cpu") -> tuple[SchedulerMixin, Tensor]:
+    """The scheduler for ``settings`` and the timesteps this run visits (img2img: the last ones)."""
+    spec = SAMPLERS[settings.sampler]
+    scheduler = spec.scheduler(**NOISE_SCHEDULE, **spec.options)
+    if settings.sampler is Sampler.LCM and settings.lcm_timesteps is LcmTimesteps.REFERENCE:
+        scheduler.set_timesteps(timesteps=reference_lcm_timesteps(settings.steps), device=device)
+    else:
+        scheduler.set_timesteps(settings.steps, device=device)
+    start = (settings.steps - settings.steps_run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler, scheduler.timesteps[start:]
+
+
+def null_caption(transformer: PixArtTransformer, like: TextEmbedding) -> TextEmbedding:
+    """The learned null caption (``y_embedding``) as the unconditional input, as the reference does.
+
+    The reference applies the prompt's own mask to it, so the same mask is kept here.
+    """
+    if not transformer.config.null_caption:
+        raise InputError(
+            "this transformer has no learned null caption (diffusers-layout weights do not carry one): "
+            "give a negative prompt for classifier-free guidance"
+        )
+    table = transformer.y_embedder.y_embedding  # [L, C]
+    if like.length > table.shape[0]:
+        raise InputError(f"caption of {like.length} tokens is longer than the model's {table.shape[0]}")
+    return TextEmbedding(table[None, : like.length].expand(like.batch_size, -1, -1), like.mask)
+
+
+def _padded(caption: TextEmbedding, length: int) -> TextEmbedding:
+    """The caption padded with masked-out zeros to ``length`` tokens."""
+    extra = length - caption.length
+    if extra == 0:
+        return caption
+    return TextEmbedding(F.pad(caption.embeddings, (0, 0, 0, extra)), F.pad(caption.mask, (0, extra)))
+
+
+def _for_batch(caption: TextEmbedding, batch: int) -> TextEmbedding:
+    """One caption per image: a prompt repeated for the images made from it."""
+    if caption.batch_size == batch:
+        return caption
+    if batch % caption.batch_size:
+        raise InputError(f"{caption.batch_size} prompts cannot fill a batch of {batch} images (need a multiple)")
+    return caption.repeat(batch // caption.batch_size)
+
+
+def sample(
+    transformer: PixArtTransformer,
+    cond: TextEmbedding,
+    settings: SamplingSettings,
+    noise: Tensor,
+    *,
+    uncond: TextEmbedding | None = None,
+    init_latents: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    image_size: tuple[int, int] | None = None,
+    control: ControlSchedule | None = None,
+    on_step: StepCallback | None = None,
+) -> Tensor:
+    """Denoise ``noise`` [B, 4, h, w] into scaled latents (fp32) on the transformer's device.
+
+    ``init_latents`` (scaled) start an img2img run at ``settings.strength``; ``generator`` (CPU)
+    draws the noise that stochastic samplers add between steps; ``uncond`` is required when
+    ``settings.guided``. ``on_step`` may raise to stop the run (the host's cancel button).
+    """
+    device = transformer.device
+    batch = noise.shape[0]
+    transformer.check_latent_size(*noise.shape[-2:])
+    scheduler, timesteps = make_scheduler(settings, device)
+    caption = _for_batch(cond, batch)
+    if settings.guided:
+        if uncond is None:
+            raise InputError(f"guidance {settings.guidance} needs an unconditional caption (a negative prompt)")
+        uncond = _for_batch(uncond, batch)
+        length = max(uncond.length, caption.length)
+        pair = (_padded(uncond.to(device, caption.embeddings.dtype), length), _padded(caption.to(device), length))
+        caption = TextEmbedding(torch.cat([p.embeddings for p in pair]), torch.cat([p.mask for p in pair]))
+    caption = caption.to(device)
+    noise = noise.to(device, torch.float32)
+    if init_latents is not None and settings.strength < 1.0:
+        start = timesteps[:1].repeat(batch)
+        latents = scheduler.add_noise(init_latents.to(device, torch.float32), noise, start)
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for index, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents, t)
+        if settings.guided:
+            model_input = torch.cat([model_input, model_input])
+        hook = control.hook if control is not None and control.active(index, len(timesteps)) else None
+        with torch.no_grad():
+            out = transformer(model_input, t.reshape(1), caption.embeddings, caption.mask, image_size, hook)
+        eps = out[:, : transformer.config.in_channels].float()  # learned sigma: keep the noise half
+        if settings.guided:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents, return_dict=False, **step_options)[0]
+        if on_step is not None:
+            on_step(index + 1, len(timesteps), latents)
+    return latents
+
+
+def initial_noise(batch: int, height: int, width: int, seed: int, channels: int = 4) -> tuple[Tensor, torch.Generator]:
+    """Noise [B, C, h, w] (fp32, CPU) from ``seed``, and the generator to keep drawing from."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(batch, channels, height, width, generator=generator), generator

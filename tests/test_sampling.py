@@ -1,0 +1,245 @@
+"""Sampling parity with diffusers' PixArtAlphaPipeline on identical random weights and noise.
+
+Both sides get the same caption embeddings and the same CPU generator (fp32 throughout).
+
+Tolerance: final latents agree within 1e-4 where the latents are O(1). A random transformer does
+not predict the noise it is given, so its x0 estimate at t = 999 is the prediction error divided by
+sqrt(alpha_bar_999) = 0.0064: text-to-image latents reach O(1e3), where one fp32 step is already
+6e-5. There the bound is relative: max |ours - theirs| <= 1e-5 x max |latents| (measured: 2e-7 to
+6e-7). The img2img case below starts from O(1) latents and is held to 1e-4 absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from diffusers import PixArtAlphaPipeline
+
+from pixart_delta_core.errors import InputError
+from pixart_delta_core.sampling import (
+    ControlSchedule,
+    LcmTimesteps,
+    Sampler,
+    SamplingSettings,
+    initial_noise,
+    make_scheduler,
+    null_caption,
+    reference_lcm_timesteps,
+    sample,
+)
+from pixart_delta_core.text import TextEmbedding
+from tests.helpers import TINY, TINY_MS, diffusers_twin, random_transformer
+
+TOLERANCE = 1e-4  # absolute, for O(1) latents
+RELATIVE = 1e-5  # relative to the largest latent, for the O(1e3) latents of random weights
+SEED = 1234
+# diffusers' pipeline feeds micro-conditions only to models trained at 1024 px (sample size 128)
+TINY_1024 = replace(TINY_MS, sample_size=128)
+
+
+def caption(
+    batch: int, lengths: list[int], seed: int, tokens: int = 10, channels: int = TINY_MS.caption_channels
+) -> TextEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, tokens, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return TextEmbedding(torch.randn(batch, tokens, channels, generator=g) * mask[..., None], mask)
+
+
+@pytest.fixture(scope="module")
+def models():
+    model = random_transformer(TINY_1024, seed=7)
+    return model, diffusers_twin(model)
+
+
+def assert_latents_match(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape
+    scale = theirs.abs().max().item()
+    diff = (ours - theirs).abs().max().item()
+    bound = TOLERANCE if scale <= 1 else RELATIVE * scale
+    assert diff <= bound, f"max abs difference {diff:.3g} > {bound:.3g} (latents up to {scale:.3g})"
+
+
+def run_both(
+    models,
+    settings: SamplingSettings,
+    batch: int = 2,
+    size: tuple[int, int] = (16, 24),
+    init_latents: torch.Tensor | None = None,
+):
+    model, twin = models
+    channels = model.config.caption_channels
+    cond = caption(batch, [3, 8][:batch], seed=1, channels=channels)
+    uncond = caption(batch, [1, 1][:batch], seed=2, channels=channels) if settings.guided else None
+    noise, generator = initial_noise(batch, *size, seed=SEED)
+    ours = sample(model, cond, settings, noise, uncond=uncond, generator=generator, init_latents=init_latents)
+
+    scheduler, timesteps = make_scheduler(settings)
+    start = None
+    if init_latents is not None:  # diffusers' PixArt pipeline has no img2img: hand it the noised start
+        start = scheduler.add_noise(init_latents, noise, timesteps[:1])
+        generator = torch.Generator().manual_seed(SEED)
+        torch.randn(noise.shape, generator=generator)  # the noise drawn above
+    pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=twin, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    custom = {"timesteps": timesteps.tolist()} if settings.sampler is Sampler.LCM else {}
+    theirs = pipe(
+        negative_prompt=None,
+        prompt_embeds=cond.embeddings,
+        prompt_attention_mask=cond.mask,
+        negative_prompt_embeds=None if uncond is None else uncond.embeddings,
+        negative_prompt_attention_mask=None if uncond is None else uncond.mask,
+        num_inference_steps=None if custom else settings.steps,
+        guidance_scale=settings.guidance,
+        height=size[0] * 8,
+        width=size[1] * 8,
+        generator=generator if start is not None else torch.Generator().manual_seed(SEED),
+        latents=start,
+        output_type="latent",
+        use_resolution_binning=False,
+        **custom,
+    ).images
+    return ours, theirs
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.REFERENCE),
+        SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.DIFFUSERS),
+        SamplingSettings(Sampler.LCM, steps=2, guidance=3.0),
+        SamplingSettings(Sampler.DPM_SOLVER, steps=6, guidance=4.5),
+        SamplingSettings(Sampler.EULER, steps=5, guidance=4.5),
+    ],
+    ids=["lcm4-reference", "lcm4-diffusers", "lcm2-guided", "dpm++-cfg", "euler-cfg"],
+)
+def test_final_latents_match_diffusers(models, settings: SamplingSettings) -> None:
+    ours, theirs = run_both(models, settings)
+    assert_latents_match(ours, theirs)
+
+
+def test_lcm_img2img_from_unit_scale_latents_matches_within_1e_4(models) -> None:
+    init = torch.randn(1, 4, 16, 24, generator=torch.Generator().manual_seed(9))
+    ours, theirs = run_both(models, SamplingSettings(Sampler.LCM, steps=4, strength=0.5), batch=1, init_latents=init)
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
+
+
+def test_a_model_without_micro_conditions_matches_diffusers() -> None:
+    model = random_transformer(TINY, seed=8)
+    ours, theirs = run_both((model, diffusers_twin(model)), SamplingSettings(Sampler.LCM, steps=4), batch=1)
+    assert_latents_match(ours, theirs)
+
+
+def test_lcm_timestep_conventions() -> None:
+    assert reference_lcm_timesteps(4) == [999, 759, 519, 279]
+    assert reference_lcm_timesteps(2) == [999, 499]
+    _, diffusers = make_scheduler(SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.DIFFUSERS))
+    assert diffusers.tolist() == [999, 759, 499, 259]
+
+
+def test_img2img_runs_the_last_steps_of_the_schedule() -> None:
+    _, full = make_scheduler(SamplingSettings(Sampler.DPM_SOLVER, steps=14))
+    _, half = make_scheduler(SamplingSettings(Sampler.DPM_SOLVER, steps=14, strength=0.5))
+    assert half.tolist() == full[7:].tolist()
+    _, lcm = make_scheduler(SamplingSettings(Sampler.LCM, steps=4, strength=0.5))
+    assert lcm.tolist() == [519, 279]
+
+
+def test_img2img_starts_from_the_noised_init_latents(models) -> None:
+    """With strength s, the first model input is init noised to the first visited timestep."""
+    model, _ = models
+    init = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    noise, generator = initial_noise(1, 16, 16, seed=SEED)
+    settings = SamplingSettings(Sampler.LCM, steps=4, strength=0.5)
+    seen = []
+    original = model.forward
+    model.forward = lambda x, *args, **kwargs: seen.append(x.clone()) or original(x, *args, **kwargs)
+    try:
+        sample(model, caption(1, [4], seed=1), settings, noise, init_latents=init, generator=generator)
+    finally:
+        del model.forward
+    scheduler, timesteps = make_scheduler(settings)
+    assert len(seen) == 2
+    assert torch.allclose(seen[0], scheduler.add_noise(init, noise, timesteps[:1]), atol=1e-6)
+
+
+def test_same_seed_same_latents_other_seed_other_latents(models) -> None:
+    model, _ = models
+    settings = SamplingSettings(Sampler.LCM, steps=3)
+
+    def run(seed: int) -> torch.Tensor:
+        noise, generator = initial_noise(1, 16, 16, seed=seed)
+        return sample(model, caption(1, [5], seed=1), settings, noise, generator=generator)
+
+    assert torch.equal(run(5), run(5))
+    assert not torch.allclose(run(5), run(6))
+
+
+def test_one_prompt_fills_a_batch_and_step_callback_counts(models) -> None:
+    model, _ = models
+    noise, generator = initial_noise(3, 16, 16, seed=SEED)
+    steps = []
+    out = sample(
+        model,
+        caption(1, [5], seed=1),
+        SamplingSettings(Sampler.LCM, steps=4),
+        noise,
+        generator=generator,
+        on_step=lambda i, n, x: steps.append((i, n)),
+    )
+    assert out.shape == (3, 4, 16, 16)
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_null_caption_follows_the_reference(models) -> None:
+    model, _ = models
+    cond = caption(2, [3, 6], seed=1)
+    null = null_caption(model, cond)
+    assert torch.equal(null.mask, cond.mask)
+    assert torch.equal(null.embeddings[1], model.y_embedder.y_embedding[: cond.length])
+
+
+def test_control_schedule_acts_on_its_fraction_of_steps(models) -> None:
+    model, _ = models
+    calls = []
+
+    def hook(tokens, ctx):
+        calls.append(tokens.shape[0])
+        return ()
+
+    noise, generator = initial_noise(1, 16, 16, seed=SEED)
+    settings = SamplingSettings(Sampler.DPM_SOLVER, steps=8, guidance=2.0)
+    cond = caption(1, [4], seed=1)
+    sample(model, cond, settings, noise, uncond=cond, generator=generator, control=ControlSchedule(hook, 0.25, 0.75))
+    assert calls == [2, 2, 2, 2]  # steps 2..5 of 8, cond and uncond in one batch
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampler": Sampler.LCM, "steps": 0}, "1 to 50 steps"),
+        ({"sampler": Sampler.LCM, "steps": 51}, "1 to 50 steps"),
+        ({"sampler": Sampler.DPM_SOLVER, "steps": 14, "strength": 0.0}, r"strength \(denoise\) must be in \(0, 1\]"),
+        ({"sampler": Sampler.DPM_SOLVER, "steps": 14, "strength": 1.5}, r"must be in \(0, 1\]"),
+        ({"sampler": Sampler.LCM, "steps": 2, "strength": 0.4}, "runs no step"),
+        ({"sampler": Sampler.EULER, "steps": 10, "guidance": -1.0}, "guidance must be"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        SamplingSettings(**kwargs)
+
+
+def test_guidance_without_an_unconditional_caption_is_refused(models) -> None:
+    model, _ = models
+    noise, _ = initial_noise(1, 16, 16, seed=0)
+    with pytest.raises(InputError, match="needs an unconditional caption"):
+        sample(model, caption(1, [3], seed=1), SamplingSettings(Sampler.DPM_SOLVER, steps=3, guidance=4.5), noise)
+
+
+def test_control_window_must_be_ordered() -> None:
+    with pytest.raises(InputError, match="0 <= start < end <= 1"):
+        ControlSchedule(lambda tokens, ctx: (), 0.8, 0.2)
