@@ -246,9 +246,12 @@ def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
 _LOOKALIKES = (
     ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model (load it with the ControlNet loader)"),
     ("copied_block.", "a PixArt ControlNet without its base model (load it with the ControlNet loader)"),
+    ("x_embedder.proj.weight", "a PixArt transformer (load it with the transformer loader)"),
+    ("adaln_single.linear.weight", "a PixArt transformer (load it with the transformer loader)"),
     ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder (load it with the T5 loader)"),
     ("text_model.encoder.layers.", "a CLIP text encoder"),
     ("label_emb.", "an SDXL UNet"),
+    ("time_embedding.linear_1.", "a diffusers UNet"),
     ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
     ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet or VAE"),
     ("double_blocks.0.", "a Flux transformer"),
@@ -260,7 +263,7 @@ _LOOKALIKES = (
 )
 
 
-def identify(source: TensorSource) -> str:
+def identify(source: TensorSource, expected: str = "PixArt keys such as x_embedder.proj.weight") -> str:
     """A short phrase saying what a state dict looks like, for error messages."""
     if not source.shapes:
         return "the file holds no tensors (an empty state dict)"
@@ -268,4 +271,4 @@ def identify(source: TensorSource) -> str:
         if any(fragment in k for k in source.shapes):
             return f"it looks like {what}"
     sample = ", ".join(sorted(source.shapes)[:3])
-    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected PixArt keys such as x_embedder.proj.weight"
+    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected {expected}"
