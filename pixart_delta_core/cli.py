@@ -13,14 +13,20 @@ from .errors import PixArtDeltaError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import open_checkpoint
     from .loading import inspect_transformer
+    from .vae import inspect_vae
+    from .vae_layout import is_vae
 
     for path in args.files:
-        detected = inspect_transformer(path)
+        if is_vae(open_checkpoint(path)):
+            detected, what = inspect_vae(path), "VAE"
+        else:
+            detected, what = inspect_transformer(path), "PixArt transformer"
         source = detected.tensors
         dtypes = sorted({str(d).removeprefix("torch.") for d in source.dtypes.values()})
         print(f"{path}")
-        print(f"  PixArt transformer, {detected.describe()}")
+        print(f"  {what}, {detected.describe()}")
         print(f"  {len(source)} tensors, {source.nbytes() / 2**20:.1f} MiB as stored ({', '.join(dtypes)})")
     return 0
 
