@@ -10,14 +10,13 @@ configs are the constants below, completed from the weights.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 from .checkpoint import TensorSource
-from .config import SIGMA_TOKENS, TransformerConfig, identify
+from .config import SIGMA_TOKENS, TransformerConfig, count_numbered, identify, shape_of
 from .errors import CheckpointError
 from .layouts import KeyTable, RenamedSource, Rule, prefixed
 
@@ -200,7 +199,7 @@ def detect_vae(
         log.info("%s: using the %d tensors under %r", source.origin, len(view), prefix)
     if any(k.startswith("encoder.down.") for k in view.shapes):
         layout = VaeLayout.LDM
-        tensors = RenamedSource(view, ldm_table(_count(view, "encoder.down.")))
+        tensors = RenamedSource(view, ldm_table(count_numbered(view, "encoder.down.", "encoder levels")))
     elif any(k.startswith("encoder.down_blocks.") for k in view.shapes):
         layout = VaeLayout.DIFFUSERS
         tensors = RenamedSource(view, LEGACY_DIFFUSERS_TABLE)
@@ -214,33 +213,13 @@ def detect_vae(
     return DetectedVae(config, layout, prefix, tensors, ignored, "scaling_factor" in known)
 
 
-def _count(source: TensorSource, prefix: str) -> int:
-    """How many numbered modules ``{prefix}0.``, ``{prefix}1.``... ``source`` holds; none may be missing."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for k in source.shapes if (m := pattern.match(k))}
-    if not indices:
-        raise CheckpointError(f"{source.origin}: no {prefix}N keys found")
-    count = max(indices) + 1
-    missing = sorted(set(range(count)) - indices)
-    if missing:
-        raise CheckpointError(f"{source.origin}: {prefix}N with N in {missing} are missing (a truncated checkpoint?)")
-    return count
-
-
-def _shape(source: TensorSource, key: str, ndim: int) -> tuple[int, ...]:
-    shape = source.shapes.get(key)
-    if shape is None:
-        raise CheckpointError(f"{source.origin}: a VAE needs {key!r}, which is missing")
-    if len(shape) != ndim:
-        raise CheckpointError(f"{source.origin}: {key!r} should have {ndim} dimensions, found shape {list(shape)}")
-    return shape
-
-
 def _config_from(source: TensorSource, base: VaeConfig, known: Mapping[str, Any]) -> VaeConfig:
     """The architecture read from the shapes (diffusers names); the rest from ``known``, then ``base``."""
-    blocks = _count(source, "encoder.down_blocks.")
-    channels = tuple(_shape(source, f"encoder.down_blocks.{i}.resnets.0.conv1.weight", 4)[0] for i in range(blocks))
-    latent_channels = _shape(source, "decoder.conv_in.weight", 4)[1]
+    blocks = count_numbered(source, "encoder.down_blocks.", "encoder levels")
+    channels = tuple(
+        shape_of(source, f"encoder.down_blocks.{i}.resnets.0.conv1.weight", 4, "a VAE")[0] for i in range(blocks)
+    )
+    latent_channels = shape_of(source, "decoder.conv_in.weight", 4, "a VAE")[1]
     if latent_channels != 4:
         raise CheckpointError(
             f"{source.origin}: a VAE with {latent_channels} latent channels; PixArt works in the 4-channel "
@@ -249,9 +228,9 @@ def _config_from(source: TensorSource, base: VaeConfig, known: Mapping[str, Any]
     return replace(
         base,
         block_out_channels=channels,
-        layers_per_block=_count(source, "encoder.down_blocks.0.resnets."),
-        in_channels=_shape(source, "encoder.conv_in.weight", 4)[1],
-        out_channels=_shape(source, "decoder.conv_out.weight", 4)[0],
+        layers_per_block=count_numbered(source, "encoder.down_blocks.0.resnets.", "first-level resnets"),
+        in_channels=shape_of(source, "encoder.conv_in.weight", 4, "a VAE")[1],
+        out_channels=shape_of(source, "decoder.conv_out.weight", 4, "a VAE")[0],
         latent_channels=latent_channels,
         **known,
     )
