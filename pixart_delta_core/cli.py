@@ -15,22 +15,30 @@ from .errors import CheckpointError, PixArtDeltaError
 def cmd_info(args: argparse.Namespace) -> int:
     from .loading import inspect_transformer
     from .text import inspect_text_encoder
+    from .vae import inspect_vae
 
+    inspectors = (("PixArt transformer", inspect_transformer), ("T5 text encoder", inspect_text_encoder))
+    inspectors += (("VAE", inspect_vae),)
     for path in args.files:
-        try:
-            detected = inspect_transformer(path)
-            what, source = f"PixArt transformer, {detected.describe()}", detected.tensors
-        except CheckpointError as not_pixart:
-            try:
-                found = inspect_text_encoder(path)
-            except CheckpointError:
-                raise not_pixart from None
-            what, source = f"T5 text encoder, {found.describe()}", found.tensors
+        detected, what = _first_that_reads(path, inspectors)
+        source = detected.tensors
         dtypes = sorted({str(d).removeprefix("torch.") for d in source.dtypes.values()})
         print(f"{path}")
-        print(f"  {what}")
+        print(f"  {what}, {detected.describe()}")
         print(f"  {len(source)} tensors, {source.nbytes() / 2**20:.1f} MiB as stored ({', '.join(dtypes)})")
     return 0
+
+
+def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
+    """The first inspector that recognises ``path``; else the first one's error (it says what the file is)."""
+    first: CheckpointError | None = None
+    for what, inspect in inspectors:
+        try:
+            return inspect(path), what
+        except CheckpointError as err:
+            first = first or err
+    assert first is not None
+    raise first
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

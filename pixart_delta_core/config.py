@@ -133,37 +133,40 @@ def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = N
     return Detected(_config_from(view, hints), layout, prefix, view)
 
 
-def _shape(source: TensorSource, key: str, ndim: int) -> tuple[int, ...]:
+def shape_of(source: TensorSource, key: str, ndim: int, model: str = "a PixArt transformer") -> tuple[int, ...]:
+    """The shape of a tensor that detection needs, or an error naming it."""
     shape = source.shapes.get(key)
     if shape is None:
-        raise CheckpointError(f"{source.origin}: a PixArt transformer needs {key!r}, which is missing")
+        raise CheckpointError(f"{source.origin}: {model} needs {key!r}, which is missing")
     if len(shape) != ndim:
         raise CheckpointError(f"{source.origin}: {key!r} should have {ndim} dimensions, found shape {list(shape)}")
     return shape
 
 
-def _depth(source: TensorSource) -> int:
-    indices = {int(m.group(1)) for k in source.shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+def count_numbered(source: TensorSource, prefix: str, what: str) -> int:
+    """How many numbered modules ``{prefix}0.``, ``{prefix}1.``... ``source`` holds; none may be missing."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in source.shapes if (m := pattern.match(k))}
     if not indices:
-        raise CheckpointError(f"{source.origin}: no transformer blocks (blocks.N.*) found")
-    depth = max(indices) + 1
-    missing = sorted(set(range(depth)) - indices)
+        raise CheckpointError(f"{source.origin}: no {what} ({prefix}N.*) found")
+    count = max(indices) + 1
+    missing = sorted(set(range(count)) - indices)
     if missing:
         raise CheckpointError(
-            f"{source.origin}: blocks {missing} are missing: found blocks 0..{depth - 1} except those "
+            f"{source.origin}: {what} {missing} are missing: found {what} 0..{count - 1} except those "
             f"(a truncated or partial checkpoint?)"
         )
-    return depth
+    return count
 
 
 def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:
-    hidden, in_channels, patch, patch_w = _shape(source, "x_embedder.proj.weight", 4)
+    hidden, in_channels, patch, patch_w = shape_of(source, "x_embedder.proj.weight", 4)
     if patch != patch_w:
         raise CheckpointError(f"{source.origin}: non-square patches {patch}x{patch_w} are not PixArt")
-    out_features = _shape(source, "final_layer.linear.weight", 2)[0]
+    out_features = shape_of(source, "final_layer.linear.weight", 2)[0]
     if out_features % (patch * patch):
         raise CheckpointError(f"{source.origin}: final layer width {out_features} is not a multiple of {patch}x{patch}")
-    caption_channels = _shape(source, "y_embedder.y_proj.fc1.weight", 2)[1]
+    caption_channels = shape_of(source, "y_embedder.y_proj.fc1.weight", 2)[1]
     micro = "csize_embedder.mlp.0.weight" in source.shapes
     if micro != ("ar_embedder.mlp.0.weight" in source.shapes):
         raise CheckpointError(f"{source.origin}: has only one of the two micro-condition embedders (csize, ar)")
@@ -171,13 +174,13 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
     tokens = _caption_length(source, hints, micro)
     sample_size = _sample_size(source, hints, micro, patch)
     return TransformerConfig(
-        depth=_depth(source),
+        depth=count_numbered(source, "blocks.", "transformer blocks"),
         hidden_size=hidden,
         num_heads=_num_heads(source, hints, hidden),
         patch_size=patch,
         in_channels=in_channels,
         out_channels=out_features // (patch * patch),
-        mlp_hidden=_shape(source, "blocks.0.mlp.fc1.weight", 2)[0],
+        mlp_hidden=shape_of(source, "blocks.0.mlp.fc1.weight", 2)[0],
         caption_channels=caption_channels,
         caption_length=tokens,
         micro_conditions=micro,
@@ -196,7 +199,7 @@ def _interpolation(sample_size: int, tokens: int) -> float:
 
 def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
     if "y_embedder.y_embedding" in source.shapes:
-        return _shape(source, "y_embedder.y_embedding", 2)[0]
+        return shape_of(source, "y_embedder.y_embedding", 2)[0]
     if "caption_length" in hints:
         return int(hints["caption_length"])
     pipeline = hints.get("_pipeline_class") or ""
@@ -213,7 +216,7 @@ def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) ->
 
 def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch: int) -> int:
     if "pos_embed" in source.shapes:
-        tokens = _shape(source, "pos_embed", 3)[1]
+        tokens = shape_of(source, "pos_embed", 3)[1]
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
@@ -251,6 +254,7 @@ _LOOKALIKES = (
     ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder (load it with the T5 loader)"),
     ("text_model.encoder.layers.", "a CLIP text encoder"),
     ("label_emb.", "an SDXL UNet"),
+    ("time_embedding.linear_1.", "a diffusers UNet"),
     ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
     ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet or VAE"),
     ("double_blocks.0.", "a Flux transformer"),

@@ -1,4 +1,4 @@
-"""Key layouts: the one declarative table between diffusers names and the reference names.
+"""Key layouts: declarative tables between another layout's names and ours.
 
 The engine's modules are named like the reference checkpoints (REFERENCE.md §1), so reference
 files load as they are. A diffusers file goes through ``DIFFUSERS_TRANSFORMER``: each rule maps one
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,10 +20,15 @@ from .errors import CheckpointError
 
 @dataclass(frozen=True)
 class Rule:
-    """Diffusers module names (concatenated on dim 0, in order) -> one reference module name."""
+    """Their module names (concatenated on dim 0, in order) -> one module name of ours.
+
+    Names may hold index placeholders (``{i}``, ``{j}``...) shared by both sides. ``squeeze``: theirs
+    stores the weight as a 1x1 convolution ``[out, in, 1, 1]``, ours as a linear layer ``[out, in]``.
+    """
 
     theirs: tuple[str, ...]
     ours: str
+    squeeze: bool = False
 
 
 # Inside one transformer block (the same rules serve the ControlNet's copied blocks).
@@ -41,7 +46,7 @@ BLOCK_RULES: tuple[Rule, ...] = (
 
 def prefixed(rules: Sequence[Rule], theirs: str, ours: str) -> tuple[Rule, ...]:
     """The same rules one level down, e.g. inside ``transformer_blocks.{i}.`` / ``blocks.{i}.``."""
-    return tuple(Rule(tuple(theirs + t for t in r.theirs), ours + r.ours) for r in rules)
+    return tuple(replace(r, theirs=tuple(theirs + t for t in r.theirs), ours=ours + r.ours) for r in rules)
 
 
 DIFFUSERS_TRANSFORMER: tuple[Rule, ...] = (
@@ -61,9 +66,18 @@ DIFFUSERS_TRANSFORMER: tuple[Rule, ...] = (
 )
 
 
+_PLACEHOLDER = re.compile(r"\\\{(\w+)\\\}")
+
+
 def _pattern(name: str) -> re.Pattern[str]:
     """``blocks.{i}.attn.qkv`` -> a regex that also matches ``.weight``/``.bias`` after it."""
-    return re.compile("^" + re.escape(name).replace(r"\{i\}", r"(\d+)") + r"(\..+)?$")
+    body = _PLACEHOLDER.sub(lambda m: f"(?P<{m.group(1)}>\\d+)", re.escape(name))
+    return re.compile("^" + body + r"(?P<_suffix>\..+)?$")
+
+
+def _squeezed(shape: Shape) -> Shape:
+    """A 1x1 convolution's weight shape as a linear layer's; any other shape unchanged."""
+    return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) else shape
 
 
 @dataclass(frozen=True)
@@ -74,42 +88,43 @@ class _Compiled:
 
 
 class KeyTable:
-    """Renames a whole state dict between two layouts with a list of ``Rule``s."""
+    """Renames a whole state dict between two layouts with a list of ``Rule``s (first match wins)."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self._rules = [_Compiled(r, tuple(_pattern(t) for t in r.theirs), _pattern(r.ours)) for r in rules]
 
-    def plan_to_ours(self, their_keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """Our key -> the keys of theirs it is made of. Keys no rule knows keep their name."""
-        parts: dict[tuple[int, str, str], dict[int, str]] = {}
-        plan: dict[str, tuple[str, ...]] = {}
+    def plan_to_ours(self, their_keys: Sequence[str]) -> dict[str, Rule]:
+        """Our key -> the rule, with concrete names, that builds it. Keys no rule knows keep their name."""
+        parts: dict[tuple[int, tuple[tuple[str, str], ...], str], dict[int, str]] = {}
+        plan: dict[str, Rule] = {}
         for key in their_keys:
             hit = self._match_theirs(key)
             if hit is None:
-                plan[key] = (key,)
+                plan[key] = Rule((key,), key)
                 continue
-            rule_index, part, index, suffix = hit
-            parts.setdefault((rule_index, index, suffix), {})[part] = key
-        for (rule_index, index, suffix), found in parts.items():
+            rule_index, part, indices, suffix = hit
+            parts.setdefault((rule_index, indices, suffix), {})[part] = key
+        for (rule_index, indices, suffix), found in parts.items():
             rule = self._rules[rule_index].rule
-            ours = rule.ours.replace("{i}", index) + suffix
+            ours = rule.ours.format(**dict(indices)) + suffix
             if len(found) != len(rule.theirs):
-                names = [t.replace("{i}", index) + suffix for t in rule.theirs]
+                names = [t.format(**dict(indices)) + suffix for t in rule.theirs]
                 missing = [n for n in names if n not in found.values()]
                 raise CheckpointError(
                     f"cannot build {ours!r}: it is the concatenation of {names}, and {missing} "
                     f"are missing from the checkpoint"
                 )
-            plan[ours] = tuple(found[p] for p in range(len(rule.theirs)))
+            plan[ours] = Rule(tuple(found[p] for p in range(len(rule.theirs))), ours, rule.squeeze)
         return plan
 
-    def _match_theirs(self, key: str) -> tuple[int, int, str, str] | None:
+    def _match_theirs(self, key: str) -> tuple[int, int, tuple[tuple[str, str], ...], str] | None:
         for rule_index, compiled in enumerate(self._rules):
             for part, pattern in enumerate(compiled.theirs):
                 m = pattern.match(key)
                 if m:
-                    index = m.group(1) if "{i}" in compiled.rule.theirs[part] else ""
-                    return rule_index, part, index, m.groups()[-1] or ""
+                    groups = m.groupdict()
+                    suffix = groups.pop("_suffix") or ""
+                    return rule_index, part, tuple(sorted(groups.items())), suffix
         return None
 
     def to_theirs(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,9 +134,11 @@ class KeyTable:
             for compiled in self._rules:
                 m = compiled.ours.match(key)
                 if m:
-                    index = m.group(1) if "{i}" in compiled.rule.ours else ""
-                    suffix = m.groups()[-1] or ""
-                    names = [t.replace("{i}", index) + suffix for t in compiled.rule.theirs]
+                    groups = m.groupdict()
+                    suffix = groups.pop("_suffix") or ""
+                    names = [t.format(**groups) + suffix for t in compiled.rule.theirs]
+                    if compiled.rule.squeeze and tensor.ndim == 2:
+                        tensor = tensor[:, :, None, None]
                     for name, piece in zip(names, tensor.chunk(len(names), dim=0), strict=True):
                         out[name] = piece.contiguous()
                     break
@@ -136,27 +153,35 @@ class RenamedSource(TensorSource):
     def __init__(self, inner: TensorSource, table: KeyTable) -> None:
         self._plan = table.plan_to_ours(list(inner.shapes))
         shapes: dict[str, Shape] = {}
-        for ours, theirs in self._plan.items():
-            first = inner.shapes[theirs[0]]
-            if any(inner.shapes[t][1:] != first[1:] for t in theirs):
-                found = {t: inner.shapes[t] for t in theirs}
+        for ours, rule in self._plan.items():
+            parts = [_squeezed(inner.shapes[t]) if rule.squeeze else inner.shapes[t] for t in rule.theirs]
+            if len(parts) == 1:
+                shapes[ours] = parts[0]
+                continue
+            if any(p[1:] != parts[0][1:] for p in parts):
+                found = {t: inner.shapes[t] for t in rule.theirs}
                 raise CheckpointError(f"cannot concatenate {found} into {ours!r}: their shapes differ")
-            shapes[ours] = (sum(inner.shapes[t][0] for t in theirs), *first[1:])
-        super().__init__(shapes, {k: inner.dtypes[v[0]] for k, v in self._plan.items()}, inner.origin, inner.metadata)
+            shapes[ours] = (sum(p[0] for p in parts), *parts[0][1:])
+        dtypes = {k: inner.dtypes[rule.theirs[0]] for k, rule in self._plan.items()}
+        super().__init__(shapes, dtypes, inner.origin, inner.metadata)
         self._inner = inner
 
     def _read(self, key: str) -> torch.Tensor:
-        theirs = self._plan[key]
+        theirs = self._plan[key].theirs
         if len(theirs) == 1:
-            return self._inner[theirs[0]]
-        return torch.cat([self._inner[t] for t in theirs], dim=0)
+            return self._inner[theirs[0]].reshape(self.shapes[key])
+        return torch.cat([self._inner[t] for t in theirs], dim=0).reshape(self.shapes[key])
 
     def read_into(self, key: str, out: torch.Tensor) -> None:
+        theirs = self._plan[key].theirs
+        if len(theirs) == 1:
+            self._inner.read_into(theirs[0], out.view(self._inner.shapes[theirs[0]]))
+            return
         start = 0
-        for part in self._plan[key]:
-            rows = self._inner.shapes[part][0]
-            self._inner.read_into(part, out[start : start + rows])
-            start += rows
+        for part in theirs:
+            stored = self._inner.shapes[part]
+            self._inner.read_into(part, out[start : start + stored[0]].view(stored))
+            start += stored[0]
 
 
 DIFFUSERS_TABLE = KeyTable(DIFFUSERS_TRANSFORMER)

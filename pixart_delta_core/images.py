@@ -1,0 +1,92 @@
+"""Images between PIL, tensors and the VAE's [-1, 1] range, and fitting an image to a size.
+
+Tensors here are channels first, [B,C,H,W]; ComfyUI's IMAGE ([B,H,W,C] in [0, 1]) is moved to that
+order by the nodes before it reaches the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InputError
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Images [B,3,H,W] (or [3,H,W]) in [-1, 1] -> RGB PIL images (clamped, rounded to 8 bits)."""
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"expected images shaped [batch, 3, height, width], found {list(images.shape)}")
+    pixels = ((images.detach().float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)  # [B,3,H,W]
+    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
+def from_pil(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images of one size -> [B,3,H,W] in [-1, 1] (converted to RGB; alpha is dropped)."""
+    images = [images] if isinstance(images, Image.Image) else list(images)
+    sizes = {im.size for im in images}
+    if len(sizes) != 1:
+        raise InputError(f"expected images of one size, found sizes (width, height) {sorted(sizes)}")
+    return torch.stack([_unit_tensor(im) for im in images]) * 2 - 1
+
+
+def _unit_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image -> [3,H,W] float32 in [0, 1]."""
+    array = np.array(image.convert("RGB"), dtype=np.uint8)  # [H,W,3]
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+def resize_and_crop(images: torch.Tensor, height: int, width: int, antialias: bool = False) -> torch.Tensor:
+    """[B,C,H,W] -> [B,C,height,width]: scaled (bilinear) to cover the size, keeping the aspect ratio, then
+    centre-cropped.
+
+    With ``antialias=False`` this is how the reference app and diffusers bring an image generated at
+    an aspect-ratio bin back to the size that was asked (same rounding, same interpolation).
+    """
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    ratio = max(height / h, width / w)
+    # Rounded down like the reference, but never below the size on the side that sets the ratio.
+    rh, rw = max(height, int(h * ratio)), max(width, int(w * ratio))
+    resized = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False, antialias=antialias)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return resized[..., top : top + height, left : left + width]
+
+
+def prepare_image(image: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Any image -> the VAE's input at a size: [B,3,height,width] in [-1, 1], resized to cover and
+    centre-cropped (antialiased, as the reference prepares control images).
+
+    ``image``: a PIL image, or a tensor [C,H,W] or [B,C,H,W], channels first, in [0, 1] (uint8: 0..255),
+    with C = 1 (grey), 3 (RGB) or 4 (RGBA; alpha dropped).
+    """
+    for name, side in (("height", height), ("width", width)):
+        if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
+            raise InputError(f"{name} must be a positive whole number of pixels, found {side!r}")
+    if isinstance(image, Image.Image):
+        pixels = _unit_tensor(image)[None]
+    elif isinstance(image, torch.Tensor):
+        pixels = _unit_channels_first(image)
+    else:
+        raise InputError(f"expected a PIL image or a tensor, found {type(image).__name__}")
+    fitted = resize_and_crop(pixels, height, width, antialias=True).clamp(0, 1)  # [B,3,height,width]
+    return fitted * 2 - 1
+
+
+def _unit_channels_first(image: torch.Tensor) -> torch.Tensor:
+    """A tensor image [C,H,W] / [B,C,H,W] in [0, 1] or uint8 -> [B,3,H,W] float32 in [0, 1]."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[1] not in (1, 3, 4):
+        raise InputError(
+            f"expected an image tensor [channels, height, width] or [batch, channels, height, width] with 1, 3 "
+            f"or 4 channels first, found shape {list(image.shape)}"
+        )
+    pixels = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    return pixels[:, :3].expand(-1, 3, -1, -1)  # grey: the one channel is repeated

@@ -1,0 +1,88 @@
+"""Image sizes: the aspect-ratio bins PixArt was trained on, the nearest bin, and size checks.
+
+PixArt trains on images grouped by aspect ratio into fixed sizes ("bins"), and the reference app
+and diffusers generate at the bin nearest to the asked aspect ratio, then resize and centre-crop the
+result to the asked size (``images.resize_and_crop``). The 1024-MS models take the size as a
+micro-condition, so sizes they were trained on give the best images.
+"""
+
+from __future__ import annotations
+
+from .config import TransformerConfig
+from .errors import InputError
+
+Size = tuple[int, int]  # (height, width) in pixels
+
+# The 1024 px training bins, (height, width), ascending aspect ratio; every side a multiple of 64.
+_TRAINING_1024: tuple[Size, ...] = (
+    (512, 2048), (512, 1984), (512, 1920), (512, 1856), (576, 1792), (576, 1728), (576, 1664), (640, 1600),
+    (640, 1536), (704, 1472), (704, 1408), (704, 1344), (768, 1344), (768, 1280), (832, 1216), (832, 1152),
+    (896, 1152), (896, 1088), (960, 1088), (960, 1024), (1024, 1024), (1024, 960), (1088, 960), (1088, 896),
+    (1152, 896), (1152, 832), (1216, 832), (1280, 768), (1344, 768), (1408, 704), (1472, 704), (1536, 640),
+    (1600, 640), (1664, 576), (1728, 576), (1792, 576), (1856, 512), (1920, 512), (1984, 512), (2048, 512),
+)  # fmt: skip
+# Extreme ratios the α/δ inference tables leave out (the 2K tables of PixArt-Σ keep them).
+_TRAINING_ONLY_RATIOS = frozenset({0.26, 0.27, 2.89, 3.11, 3.62, 3.75, 3.88})
+
+
+def bin_ratio(size: Size) -> float:
+    """A bin's aspect ratio height / width, rounded to 2 decimals as the reference tables list it."""
+    return round(size[0] / size[1], 2)
+
+
+def _scaled(sizes: tuple[Size, ...], factor: float) -> tuple[Size, ...]:
+    return tuple((int(h * factor), int(w * factor)) for h, w in sizes)
+
+
+_INFERENCE_1024 = tuple(s for s in _TRAINING_1024 if bin_ratio(s) not in _TRAINING_ONLY_RATIOS)
+
+# Resolution (px) -> the bins generation snaps to (what the reference app and diffusers use).
+ASPECT_RATIO_BINS: dict[int, tuple[Size, ...]] = {
+    256: _scaled(_INFERENCE_1024, 1 / 4),
+    512: _scaled(_INFERENCE_1024, 1 / 2),
+    1024: _INFERENCE_1024,
+    2048: _scaled(_TRAINING_1024, 2),
+}
+
+
+def bins_for(config: TransformerConfig) -> tuple[Size, ...]:
+    """The bins of a transformer's training resolution."""
+    bins = ASPECT_RATIO_BINS.get(config.resolution)
+    if bins is None:
+        raise InputError(
+            f"no aspect-ratio bins for a model trained at {config.resolution} px: bins exist for "
+            f"{', '.join(str(r) for r in ASPECT_RATIO_BINS)} px; give the size explicitly instead"
+        )
+    return bins
+
+
+def nearest_bin(height: int, width: int, bins: tuple[Size, ...] = ASPECT_RATIO_BINS[1024]) -> Size:
+    """The bin whose aspect ratio is nearest to height / width (the first one on a tie)."""
+    check_image_size(height, width, multiple=1)
+    ratio = height / width
+    return min(bins, key=lambda size: abs(bin_ratio(size) - ratio))
+
+
+SIZE_MULTIPLE = 16  # latents are 1/8 of the image and the transformer's patches 2 latents wide
+MAX_SIDE = 8192
+MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: the largest PixArt-Σ bins are 4.2
+
+
+def check_image_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> None:
+    """Raise ``InputError`` unless height and width are positive multiples of ``multiple`` within the limits."""
+    for name, side in (("height", height), ("width", width)):
+        if isinstance(side, bool) or not isinstance(side, int):
+            raise InputError(f"{name} must be a whole number of pixels, found {side!r}")
+        if side <= 0:
+            raise InputError(f"{name} must be a positive number of pixels, found {side}")
+        if side % multiple:
+            lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
+            nearest = f"{upper}" if lower == 0 else f"{lower} or {upper}"
+            raise InputError(f"{name} must be a multiple of {multiple} px, found {side} (nearest: {nearest})")
+        if side > MAX_SIDE:
+            raise InputError(f"{name} must be at most {MAX_SIDE} px, found {side}")
+    if height * width > MAX_PIXELS:
+        raise InputError(
+            f"{height}x{width} is {height * width / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.1f} "
+            f"(4096x4096)"
+        )

@@ -1,0 +1,170 @@
+"""The VAE between images and latents (REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
+
+Two latent spaces, kept apart in every name: **raw** latents are what the VAE encodes and decodes
+(ComfyUI's LATENT holds these); **scaled** latents (raw x scaling factor) are what the transformer
+and the samplers work in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+
+from .checkpoint import TensorSource, folder_config
+from .errors import InputError
+from .loading import as_source, load_strict, parse_dtype
+from .vae_layout import SD_VAE, DetectedVae, VaeConfig, detect_vae
+
+log = logging.getLogger(__name__)
+
+TILE_SIZE = 512  # pixels per side of one decoded tile (64 latents for the SD VAE)
+TILE_ABOVE_PIXELS = 2048 * 1024  # automatic tiling above 2 megapixels (every α/δ bin is at most 1 megapixel)
+
+
+class Vae:
+    """An SD/SDXL VAE: images in [-1, 1] <-> raw latents, one image at a time, outputs in float32."""
+
+    def __init__(
+        self,
+        model: AutoencoderKL,
+        config: VaeConfig,
+        tile_size: int = TILE_SIZE,
+        tile_above_pixels: int = TILE_ABOVE_PIXELS,
+    ) -> None:
+        if tile_size % config.downscale:
+            raise InputError(f"tile size {tile_size} px must be a multiple of the VAE's {config.downscale} px")
+        self.model = model
+        self.config = config
+        self.tile_above_pixels = tile_above_pixels
+        model.tile_sample_min_size = tile_size
+        model.tile_latent_min_size = tile_size // config.downscale
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.config.scaling_factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None) -> Vae:
+        """Move the weights in place (fp16 becomes fp32 where the VAE overflows in fp16); returns ``self``."""
+        self.model.to(device=device, dtype=None if dtype is None else storage_dtype(parse_dtype(dtype), self.config))
+        return self
+
+    def scale(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> the scaled latents the transformer works in."""
+        return raw_latents * self.scaling_factor
+
+    def unscale(self, scaled_latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (the transformer's) -> raw VAE latents."""
+        return scaled_latents / self.scaling_factor
+
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
+    ) -> torch.Tensor:
+        """Images [B,3,H,W] in [-1, 1] -> raw latents [B,4,H/8,W/8]: the posterior mean, or a sample of it.
+
+        Sampling draws its noise on the CPU (from ``generator`` if given), so a seed gives the same
+        latents on every device.
+        """
+        self._check(images, self.config.in_channels, self.config.downscale, "images")
+        if generator is not None and generator.device.type != "cpu":
+            raise InputError(f"the sampling generator must be a CPU generator, found one on {generator.device}")
+        b, _, h, w = images.shape
+        shape = (b, self.config.latent_channels, h // self.config.downscale, w // self.config.downscale)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32) if sample else None
+        out = []
+        for i in range(b):
+            posterior = self.model.encode(images[i : i + 1].to(self.device, self.dtype)).latent_dist
+            latent = posterior.mean  # [1,4,h,w]
+            if noise is not None:
+                latent = latent + posterior.std * noise[i : i + 1].to(self.device, self.dtype)
+            out.append(latent.float())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, raw_latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Raw latents [B,4,h,w] -> images [B,3,8h,8w], nominally in [-1, 1] (not clamped).
+
+        ``tiled``: decode in overlapping, blended tiles (less memory, slightly different pixels);
+        ``None`` tiles images above ``tile_above_pixels`` and falls back to tiles when memory runs out.
+        """
+        self._check(raw_latents, self.config.latent_channels, 1, "raw latents")
+        if tiled is None:
+            pixels = raw_latents.shape[2] * raw_latents.shape[3] * self.config.downscale**2
+            if pixels > self.tile_above_pixels:
+                tiled = True
+            else:
+                try:
+                    return self._decode(raw_latents, tiled=False)
+                except torch.cuda.OutOfMemoryError:
+                    log.warning("out of memory decoding %s latents at once: decoding in tiles", list(raw_latents.shape))
+                    tiled = True
+        return self._decode(raw_latents, tiled)
+
+    def _decode(self, raw_latents: torch.Tensor, tiled: bool) -> torch.Tensor:
+        out = []
+        for z in raw_latents.to(self.device, self.dtype).split(1):  # [1,4,h,w]
+            image = self.model.tiled_decode(z, return_dict=False)[0] if tiled else self.model.decode(z).sample
+            out.append(image.float())  # [1,3,8h,8w]
+        return torch.cat(out)
+
+    @staticmethod
+    def _check(tensor: torch.Tensor, channels: int, multiple: int, what: str) -> None:
+        if tensor.ndim != 4 or tensor.shape[1] != channels:
+            raise InputError(f"expected {what} shaped [batch, {channels}, height, width], found {list(tensor.shape)}")
+        if tensor.shape[2] % multiple or tensor.shape[3] % multiple:
+            raise InputError(f"{what} sides must be multiples of {multiple} px, found {list(tensor.shape[2:])}")
+
+
+def storage_dtype(requested: torch.dtype, config: VaeConfig) -> torch.dtype:
+    """The dtype the weights are held in: fp32 instead of fp16 for a VAE that overflows in fp16."""
+    if requested == torch.float16 and config.force_upcast:
+        log.info("this VAE overflows in fp16 (force_upcast): keeping its weights in fp32")
+        return torch.float32
+    return requested
+
+
+def inspect_vae(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    defaults: VaeConfig = SD_VAE,
+    hints: Mapping[str, Any] | None = None,
+) -> DetectedVae:
+    """Detect a VAE's layout and config without reading its weights.
+
+    ``checkpoint``: an LDM or diffusers file, a whole SD checkpoint, a diffusers VAE folder or a
+    pipeline folder (its ``vae/``). ``defaults`` fill what the file does not say (``SD_VAE`` for
+    PixArt-α/δ, ``SDXL_VAE`` for Σ: see ``vae_defaults_for``); ``hints`` are diffusers config fields.
+    """
+    if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
+        checkpoint = Path(checkpoint) / "vae"
+    source = as_source(checkpoint)
+    return detect_vae(source, {**folder_config(source), **(hints or {})}, defaults)
+
+
+def load_vae(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    dtype: str | torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    defaults: VaeConfig = SD_VAE,
+    hints: Mapping[str, Any] | None = None,
+) -> Vae:
+    """Load a VAE from any supported layout, strictly, in ``dtype`` on ``device`` (see ``inspect_vae``)."""
+    detected = inspect_vae(checkpoint, defaults, hints)
+    log.info("loading VAE: %s", detected.describe())
+    with torch.device("meta"):
+        model = AutoencoderKL(**detected.config.diffusers_kwargs())
+    dtype = storage_dtype(parse_dtype(dtype), detected.config)
+    load_strict(model, detected.tensors, dtype, torch.device(device), ignore=detected.ignored)
+    return Vae(model, detected.config)

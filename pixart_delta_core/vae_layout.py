@@ -1,0 +1,236 @@
+"""The VAE's configuration and key layouts, detected from a checkpoint's keys and shapes (REFERENCE.md §1).
+
+PixArt-α/δ decode with the SD 1.x VAE and PixArt-Σ with the SDXL VAE: one architecture (diffusers'
+``AutoencoderKL``), two latent scalings. Users hold it as an LDM single file (ComfyUI ``models/vae``,
+or inside a whole SD checkpoint under ``first_stage_model.``) or in diffusers layout. The engine's
+modules are diffusers' names; LDM files go through ``ldm_table``. Nothing is ever downloaded: the
+configs are the constants below, completed from the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+from .checkpoint import TensorSource
+from .config import SIGMA_TOKENS, TransformerConfig, count_numbered, identify, shape_of
+from .errors import CheckpointError
+from .layouts import KeyTable, RenamedSource, Rule, prefixed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """An SD-style KL autoencoder: defaults are the SD 1.x VAE (``sd-vae-ft-ema``/``-mse``)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+    force_upcast: bool = False  # fp16 weights overflow: keep them in fp32 when fp16 is asked
+
+    def __post_init__(self) -> None:
+        odd = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if odd:
+            raise CheckpointError(
+                f"block channels {list(self.block_out_channels)} must be multiples of the {self.norm_num_groups} "
+                f"group-norm groups, found {odd}; give the right norm_num_groups (a diffusers config.json field)"
+            )
+
+    @property
+    def downscale(self) -> int:
+        """Image pixels per latent pixel along each side (8 for SD and SDXL)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def diffusers_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``diffusers.AutoencoderKL``."""
+        blocks = len(self.block_out_channels)
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "down_block_types": ("DownEncoderBlock2D",) * blocks,
+            "up_block_types": ("UpDecoderBlock2D",) * blocks,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "norm_num_groups": self.norm_num_groups,
+            "scaling_factor": self.scaling_factor,
+            "force_upcast": self.force_upcast,
+        }
+
+    def describe(self) -> str:
+        channels = "-".join(str(c) for c in self.block_out_channels)
+        upcast = ", kept in fp32 when fp16 is asked" if self.force_upcast else ""
+        return (
+            f"{self.latent_channels} latent channels at 1/{self.downscale}, block channels {channels}, "
+            f"{self.layers_per_block} layers per block, {self.norm_num_groups} norm groups, "
+            f"scaling factor {self.scaling_factor:g}{upcast}"
+        )
+
+
+SD_VAE = VaeConfig()
+SDXL_VAE = replace(SD_VAE, scaling_factor=0.13025, force_upcast=True)  # the SDXL VAE overflows in fp16
+
+
+def vae_defaults_for(config: TransformerConfig) -> VaeConfig:
+    """The VAE a transformer was trained with: SDXL's for PixArt-Σ (300 caption tokens), else SD 1.x's."""
+    return SDXL_VAE if config.caption_length == SIGMA_TOKENS else SD_VAE
+
+
+def scaling_factor_for(config: TransformerConfig) -> float:
+    """Raw VAE latents times this are the transformer's (scaled) latents."""
+    return vae_defaults_for(config).scaling_factor
+
+
+# --- key layouts ---------------------------------------------------------------------------------
+
+_MID_RULES: tuple[Rule, ...] = (
+    Rule(("mid.block_1",), "mid_block.resnets.0"),
+    Rule(("mid.block_2",), "mid_block.resnets.1"),
+    Rule(("mid.attn_1.norm",), "mid_block.attentions.0.group_norm"),
+    Rule(("mid.attn_1.q",), "mid_block.attentions.0.to_q", squeeze=True),
+    Rule(("mid.attn_1.k",), "mid_block.attentions.0.to_k", squeeze=True),
+    Rule(("mid.attn_1.v",), "mid_block.attentions.0.to_v", squeeze=True),
+    Rule(("mid.attn_1.proj_out",), "mid_block.attentions.0.to_out.0", squeeze=True),
+    Rule(("norm_out",), "conv_norm_out"),
+)
+
+
+def _resnet(theirs: str, ours: str) -> tuple[Rule, ...]:
+    """One resnet: the same names inside, except LDM's ``nin_shortcut`` (matched first: the first match wins)."""
+    return Rule((f"{theirs}.nin_shortcut",), f"{ours}.conv_shortcut"), Rule((theirs,), ours)
+
+
+def ldm_table(num_blocks: int) -> KeyTable:
+    """LDM names -> diffusers names for a VAE of ``num_blocks`` resolution levels.
+
+    LDM numbers the decoder's levels from the highest resolution (``up.0``), diffusers from the
+    lowest (``up_blocks.0``): level ``i`` of diffusers is ``up.{num_blocks - 1 - i}``.
+    """
+    rules = [
+        *prefixed(_MID_RULES, "encoder.", "encoder."),
+        *prefixed(_MID_RULES, "decoder.", "decoder."),
+        *_resnet("encoder.down.{i}.block.{j}", "encoder.down_blocks.{i}.resnets.{j}"),
+        Rule(("encoder.down.{i}.downsample.conv",), "encoder.down_blocks.{i}.downsamplers.0.conv"),
+    ]
+    for i in range(num_blocks):
+        level = num_blocks - 1 - i
+        rules += _resnet(f"decoder.up.{level}.block.{{j}}", f"decoder.up_blocks.{i}.resnets.{{j}}")
+        rules.append(Rule((f"decoder.up.{level}.upsample.conv",), f"decoder.up_blocks.{i}.upsamplers.0.conv"))
+    return KeyTable(rules)
+
+
+# diffusers files written before its attention rewrite name the projections query/key/value/proj_attn.
+LEGACY_DIFFUSERS_TABLE = KeyTable(
+    [
+        Rule((f"{side}.mid_block.attentions.0.{old}",), f"{side}.mid_block.attentions.0.{new}")
+        for side in ("encoder", "decoder")
+        for old, new in (("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0"))
+    ]
+)
+
+
+# --- detection ------------------------------------------------------------------------------------
+
+
+class VaeLayout(Enum):
+    """How a VAE checkpoint names its tensors."""
+
+    LDM = "LDM (original Stable Diffusion)"
+    DIFFUSERS = "diffusers"
+
+
+@dataclass(frozen=True)
+class DetectedVae:
+    """A recognised VAE checkpoint: its config, layout, and its tensors in diffusers names."""
+
+    config: VaeConfig
+    layout: VaeLayout
+    prefix: str
+    tensors: TensorSource
+    ignored: tuple[str, ...] = ()  # training leftovers stored beside the model (loss, EMA state)
+    scaling_from_file: bool = False
+
+    def describe(self) -> str:
+        where = f", keys under {self.prefix!r}" if self.prefix else ""
+        said = "from its config" if self.scaling_from_file else "not in the file: 0.18215 for PixArt-α/δ, 0.13025 for Σ"
+        return f"{self.layout.value} layout{where}: {self.config.describe()} ({said})"
+
+
+_ANCHOR = "encoder.conv_in.weight"
+_LEFTOVERS = ("loss.", "model_ema.")  # LDM training checkpoints keep the discriminator and EMA state
+_FROM_CONFIG = ("norm_num_groups", "scaling_factor", "force_upcast")  # what the weights cannot tell
+
+
+def _prefixes(source: TensorSource) -> set[str]:
+    """Where VAEs sit in ``source``: ``""`` for a VAE file, ``"first_stage_model."`` in a whole SD checkpoint."""
+    found = {k[: -len(_ANCHOR)] for k in source.shapes if k.endswith(_ANCHOR)}
+    return {p for p in found if not p or p.endswith(".")}
+
+
+def is_vae(source: TensorSource) -> bool:
+    """Whether ``source`` holds a VAE (alone or inside a whole SD checkpoint)."""
+    return bool(_prefixes(source))
+
+
+def detect_vae(
+    source: TensorSource, hints: Mapping[str, Any] | None = None, defaults: VaeConfig = SD_VAE
+) -> DetectedVae:
+    """Recognise an SD/SDXL VAE in ``source``; ``hints`` are diffusers config fields, ``defaults`` the rest."""
+    prefixes = _prefixes(source)
+    if not prefixes:
+        expected = f"VAE keys such as {_ANCHOR}"
+        raise CheckpointError(f"{source.origin}: not a VAE: {identify(source, expected)}")
+    if len(prefixes) > 1:
+        raise CheckpointError(f"{source.origin}: ambiguous: it holds several VAEs (under {sorted(prefixes)})")
+    prefix = prefixes.pop()
+    view = source.without_prefix(prefix)
+    ignored = tuple(k for k in view.shapes if k.startswith(_LEFTOVERS))
+    if ignored:
+        log.info("%s: ignoring %d training tensors (%s...)", source.origin, len(ignored), ignored[0])
+    if prefix and len(view) < len(source):
+        log.info("%s: using the %d tensors under %r", source.origin, len(view), prefix)
+    if any(k.startswith("encoder.down.") for k in view.shapes):
+        layout = VaeLayout.LDM
+        tensors = RenamedSource(view, ldm_table(count_numbered(view, "encoder.down.", "encoder levels")))
+    elif any(k.startswith("encoder.down_blocks.") for k in view.shapes):
+        layout = VaeLayout.DIFFUSERS
+        tensors = RenamedSource(view, LEGACY_DIFFUSERS_TABLE)
+    else:
+        raise CheckpointError(
+            f"{source.origin}: has {_ANCHOR} but no encoder levels (encoder.down.N or encoder.down_blocks.N): "
+            f"not an SD-style VAE"
+        )
+    known = {k: v for k, v in (hints or {}).items() if k in _FROM_CONFIG and v is not None}
+    config = _config_from(tensors, defaults, known)
+    return DetectedVae(config, layout, prefix, tensors, ignored, "scaling_factor" in known)
+
+
+def _config_from(source: TensorSource, base: VaeConfig, known: Mapping[str, Any]) -> VaeConfig:
+    """The architecture read from the shapes (diffusers names); the rest from ``known``, then ``base``."""
+    blocks = count_numbered(source, "encoder.down_blocks.", "encoder levels")
+    channels = tuple(
+        shape_of(source, f"encoder.down_blocks.{i}.resnets.0.conv1.weight", 4, "a VAE")[0] for i in range(blocks)
+    )
+    latent_channels = shape_of(source, "decoder.conv_in.weight", 4, "a VAE")[1]
+    if latent_channels != 4:
+        raise CheckpointError(
+            f"{source.origin}: a VAE with {latent_channels} latent channels; PixArt works in the 4-channel "
+            f"latents of the SD 1.x and SDXL VAEs (16 channels is an SD3 or Flux VAE)"
+        )
+    return replace(
+        base,
+        block_out_channels=channels,
+        layers_per_block=count_numbered(source, "encoder.down_blocks.0.resnets.", "first-level resnets"),
+        in_channels=shape_of(source, "encoder.conv_in.weight", 4, "a VAE")[1],
+        out_channels=shape_of(source, "decoder.conv_out.weight", 4, "a VAE")[0],
+        latent_channels=latent_channels,
+        **known,
+    )

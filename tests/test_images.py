@@ -1,0 +1,96 @@
+"""Image conversions and fitting an image to a size (control images, sizes brought back from a bin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.image_processor import PixArtImageProcessor
+from PIL import Image
+
+from pixart_delta_core.errors import InputError
+from pixart_delta_core.images import from_pil, prepare_image, resize_and_crop, to_pil
+
+
+def random_pil(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    channels = len(mode)
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+
+
+def test_pil_to_tensor_and_back_is_lossless() -> None:
+    images = [random_pil(40, 24, seed) for seed in range(2)]
+    tensor = from_pil(images)
+    assert tensor.shape == (2, 3, 24, 40) and tensor.min() >= -1 and tensor.max() <= 1
+    back = to_pil(tensor)
+    assert all(np.array_equal(np.array(a), np.array(b)) for a, b in zip(images, back, strict=True))
+
+
+def test_to_pil_clamps_what_the_vae_overshoots() -> None:
+    image = to_pil(torch.tensor([-3.0, 0.0, 3.0]).view(1, 3, 1, 1))[0]
+    assert image.getpixel((0, 0)) == (0, 128, 255)
+
+
+def test_prepare_image_keeps_the_centre() -> None:
+    """A wide image with red margins and a blue centre a little wider than square, asked square: only blue is left."""
+    array = np.zeros((60, 180, 3), dtype=np.uint8)
+    array[:, :, 0] = 255
+    array[:, 45:135] = (0, 0, 255)
+    prepared = prepare_image(Image.fromarray(array), 32, 32)
+    assert prepared.shape == (1, 3, 32, 32)
+    expected = torch.tensor([-1.0, -1.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    torch.testing.assert_close(prepared, expected, rtol=0, atol=1e-6)
+
+
+def test_prepare_image_reads_pil_and_tensors_alike() -> None:
+    pil = random_pil(50, 30, seed=3)
+    unit = (from_pil(pil) + 1) / 2  # [1,3,30,50] in [0, 1]
+    expected = prepare_image(pil, 48, 64)
+    assert expected.shape == (1, 3, 48, 64) and expected.min() >= -1 and expected.max() <= 1
+    torch.testing.assert_close(prepare_image(unit[0], 48, 64), expected)
+    torch.testing.assert_close(prepare_image(unit.repeat(2, 1, 1, 1), 48, 64), expected.repeat(2, 1, 1, 1))
+    uint8 = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+    torch.testing.assert_close(prepare_image(uint8, 48, 64), expected)
+    rgba = torch.cat([unit, torch.zeros(1, 1, 30, 50)], dim=1)
+    torch.testing.assert_close(prepare_image(rgba, 48, 64), expected)
+
+
+def test_a_grey_image_becomes_three_equal_channels() -> None:
+    grey = prepare_image(random_pil(20, 20, mode="L"), 16, 16)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    from_tensor = prepare_image(torch.rand(1, 20, 20), 16, 16)
+    assert from_tensor.shape == (1, 3, 16, 16) and torch.equal(from_tensor[:, 0], from_tensor[:, 2])
+
+
+@pytest.mark.parametrize(
+    ("generated", "asked"),
+    [((1024, 1024), (1000, 1000)), ((1152, 896), (1100, 850)), ((768, 1344), (720, 1280)), ((512, 512), (512, 512))],
+)
+def test_back_from_a_bin_like_the_reference(generated: tuple[int, int], asked: tuple[int, int]) -> None:
+    images = torch.rand(1, 3, *generated, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ours = resize_and_crop(images, *asked)
+    theirs = PixArtImageProcessor.resize_and_crop_tensor(images, asked[1], asked[0])
+    assert ours.shape == (1, 3, *asked)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("image", "height", "width", "message"),
+    [
+        (torch.rand(2, 3), 16, 16, r"found shape \[2, 3\]"),
+        (torch.rand(1, 2, 8, 8), 16, 16, r"1, 3 or 4 channels first, found shape \[1, 2, 8, 8\]"),
+        (np.zeros((8, 8, 3)), 16, 16, "a PIL image or a tensor, found ndarray"),
+        (torch.rand(3, 8, 8), 0, 16, "height must be a positive whole number of pixels, found 0"),
+        (torch.rand(3, 8, 8), 16, 15.5, "width must be a positive whole number of pixels, found 15.5"),
+    ],
+)
+def test_bad_images_and_sizes(image, height, width, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare_image(image, height, width)
+
+
+def test_images_of_different_sizes_do_not_make_a_batch() -> None:
+    with pytest.raises(InputError, match="images of one size"):
+        from_pil([random_pil(8, 8), random_pil(8, 16)])
+    with pytest.raises(InputError, match=r"\[batch, 3, height, width\]"):
+        to_pil(torch.zeros(1, 4, 8, 8))
