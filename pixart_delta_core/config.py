@@ -133,37 +133,40 @@ def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = N
     return Detected(_config_from(view, hints), layout, prefix, view)
 
 
-def _shape(source: TensorSource, key: str, ndim: int) -> tuple[int, ...]:
+def required_shape(source: TensorSource, key: str, ndim: int, model: str = "a PixArt transformer") -> tuple[int, ...]:
+    """The shape of ``key``, which ``model`` cannot do without, checked for its number of dimensions."""
     shape = source.shapes.get(key)
     if shape is None:
-        raise CheckpointError(f"{source.origin}: a PixArt transformer needs {key!r}, which is missing")
+        raise CheckpointError(f"{source.origin}: {model} needs {key!r}, which is missing")
     if len(shape) != ndim:
         raise CheckpointError(f"{source.origin}: {key!r} should have {ndim} dimensions, found shape {list(shape)}")
     return shape
 
 
-def _depth(source: TensorSource) -> int:
-    indices = {int(m.group(1)) for k in source.shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+def indexed_count(source: TensorSource, prefix: str, label: str) -> int:
+    """How many numbered modules ``{prefix}N.*`` there are; refuses gaps (a partial checkpoint)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in source.shapes if (m := pattern.match(k))}
     if not indices:
-        raise CheckpointError(f"{source.origin}: no transformer blocks (blocks.N.*) found")
-    depth = max(indices) + 1
-    missing = sorted(set(range(depth)) - indices)
+        raise CheckpointError(f"{source.origin}: no {label} ({prefix}N.*) found")
+    count = max(indices) + 1
+    missing = sorted(set(range(count)) - indices)
     if missing:
         raise CheckpointError(
-            f"{source.origin}: blocks {missing} are missing: found blocks 0..{depth - 1} except those "
+            f"{source.origin}: {label} {missing} are missing: found {label} 0..{count - 1} except those "
             f"(a truncated or partial checkpoint?)"
         )
-    return depth
+    return count
 
 
 def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:
-    hidden, in_channels, patch, patch_w = _shape(source, "x_embedder.proj.weight", 4)
+    hidden, in_channels, patch, patch_w = required_shape(source, "x_embedder.proj.weight", 4)
     if patch != patch_w:
         raise CheckpointError(f"{source.origin}: non-square patches {patch}x{patch_w} are not PixArt")
-    out_features = _shape(source, "final_layer.linear.weight", 2)[0]
+    out_features = required_shape(source, "final_layer.linear.weight", 2)[0]
     if out_features % (patch * patch):
         raise CheckpointError(f"{source.origin}: final layer width {out_features} is not a multiple of {patch}x{patch}")
-    caption_channels = _shape(source, "y_embedder.y_proj.fc1.weight", 2)[1]
+    caption_channels = required_shape(source, "y_embedder.y_proj.fc1.weight", 2)[1]
     micro = "csize_embedder.mlp.0.weight" in source.shapes
     if micro != ("ar_embedder.mlp.0.weight" in source.shapes):
         raise CheckpointError(f"{source.origin}: has only one of the two micro-condition embedders (csize, ar)")
@@ -171,13 +174,13 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
     tokens = _caption_length(source, hints, micro)
     sample_size = _sample_size(source, hints, micro, patch)
     return TransformerConfig(
-        depth=_depth(source),
+        depth=indexed_count(source, "blocks.", "blocks"),
         hidden_size=hidden,
-        num_heads=_num_heads(source, hints, hidden),
+        num_heads=num_heads_from(source, hints, hidden),
         patch_size=patch,
         in_channels=in_channels,
         out_channels=out_features // (patch * patch),
-        mlp_hidden=_shape(source, "blocks.0.mlp.fc1.weight", 2)[0],
+        mlp_hidden=required_shape(source, "blocks.0.mlp.fc1.weight", 2)[0],
         caption_channels=caption_channels,
         caption_length=tokens,
         micro_conditions=micro,
@@ -196,7 +199,7 @@ def _interpolation(sample_size: int, tokens: int) -> float:
 
 def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
     if "y_embedder.y_embedding" in source.shapes:
-        return _shape(source, "y_embedder.y_embedding", 2)[0]
+        return required_shape(source, "y_embedder.y_embedding", 2)[0]
     if "caption_length" in hints:
         return int(hints["caption_length"])
     pipeline = hints.get("_pipeline_class") or ""
@@ -213,7 +216,7 @@ def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) ->
 
 def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch: int) -> int:
     if "pos_embed" in source.shapes:
-        tokens = _shape(source, "pos_embed", 3)[1]
+        tokens = required_shape(source, "pos_embed", 3)[1]
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
@@ -228,7 +231,8 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
     )
 
 
-def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
+def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, fallback: int | None = None) -> int:
+    """Heads from a hint, the file's metadata, PixArt's 72-wide heads, else ``fallback``, else refuse."""
     for key in ("num_attention_heads", "num_heads"):
         if key in hints:
             return int(hints[key])
@@ -236,6 +240,8 @@ def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
         return int(source.metadata["num_heads"])
     if hidden % HEAD_DIM == 0:
         return hidden // HEAD_DIM
+    if fallback is not None:
+        return fallback
     raise CheckpointError(
         f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
         f"number of heads cannot be read from the weights; give it explicitly"
