@@ -142,17 +142,16 @@ def detect_controlnet(
 def _root(source: TensorSource) -> tuple[str, str]:
     """(prefix, anchor) of the one ControlNet in ``source``, else an error saying what it holds."""
     roots = {
-        k[: -len(a)]: a
+        (k[: -len(a)], a)
         for a in (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR)
         for k in source.shapes
         if k.endswith(a) and (k == a or k[-len(a) - 1] == ".")
     }
     if len(roots) > 1:
-        raise CheckpointError(
-            f"{source.origin}: ambiguous: it holds several ControlNets (under {sorted(roots)}); expected one"
-        )
+        found = sorted(p + a.removesuffix("0.after_proj.weight") for p, a in roots)
+        raise CheckpointError(f"{source.origin}: ambiguous: it holds several ControlNets (under {found}); expected one")
     if roots:
-        return next(iter(roots.items()))
+        return roots.pop()
     if any("copied_block." in k or _ADAPTER_ROOT in k for k in source.shapes):
         raise CheckpointError(
             f"{source.origin}: a partial PixArt ControlNet: copy 0's after_proj ({_REFERENCE_ANCHOR!r} or "
