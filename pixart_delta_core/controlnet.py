@@ -3,6 +3,12 @@
 It never runs the base model: ``hook`` returns the ``control`` argument of ``PixArtTransformer.forward``,
 which the base calls once per forward with its tokens after block 0; the residuals it returns are
 added before base blocks 1..N.
+
+From a sampler: build ``hook = controlnet.hook(base, vae_latent * scaling_factor, strength)`` once
+per generation (it embeds the control once), then at each step pass ``control=hook`` to the base's
+forward when the step lies inside the chosen start/end fraction of the schedule, and nothing
+otherwise (the plain forward, no ControlNet cost). A CFG batch [uncond; cond] of 2B takes a control
+latent of batch 1 or B as it is; both halves see the same control.
 """
 
 from __future__ import annotations
