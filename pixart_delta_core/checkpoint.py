@@ -93,9 +93,13 @@ class TensorSource(Mapping[str, torch.Tensor]):
 
     def without_prefix(self, prefix: str) -> TensorSource:
         """The keys that start with ``prefix``, with the prefix removed."""
-        if not prefix:
+        return self.renamed_prefix(prefix, "")
+
+    def renamed_prefix(self, prefix: str, replacement: str) -> TensorSource:
+        """The keys that start with ``prefix``, with the prefix replaced (the same: a selection)."""
+        if not prefix and not replacement:
             return self
-        return _PrefixView(self, prefix)
+        return _PrefixView(self, prefix, replacement)
 
 
 class StateDictSource(TensorSource):
@@ -115,22 +119,26 @@ class StateDictSource(TensorSource):
 
 
 class _PrefixView(TensorSource):
-    def __init__(self, inner: TensorSource, prefix: str) -> None:
+    def __init__(self, inner: TensorSource, prefix: str, replacement: str) -> None:
         keys = [k for k in inner.shapes if k.startswith(prefix)]
         super().__init__(
-            {k[len(prefix) :]: inner.shapes[k] for k in keys},
-            {k[len(prefix) :]: inner.dtypes[k] for k in keys},
+            {replacement + k[len(prefix) :]: inner.shapes[k] for k in keys},
+            {replacement + k[len(prefix) :]: inner.dtypes[k] for k in keys},
             inner.origin,
             inner.metadata,
         )
         self._inner = inner
         self._prefix = prefix
+        self._replacement = replacement
+
+    def _theirs(self, key: str) -> str:
+        return self._prefix + key[len(self._replacement) :]
 
     def _read(self, key: str) -> torch.Tensor:
-        return self._inner[self._prefix + key]
+        return self._inner[self._theirs(key)]
 
     def read_into(self, key: str, out: torch.Tensor) -> None:
-        self._inner.read_into(self._prefix + key, out)
+        self._inner.read_into(self._theirs(key), out)
 
 
 class SafetensorsSource(TensorSource):

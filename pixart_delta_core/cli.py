@@ -13,12 +13,12 @@ from .errors import CheckpointError, PixArtDeltaError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .loading import inspect_transformer
+    from .loading import inspect_controlnet, inspect_transformer
     from .text import inspect_text_encoder
     from .vae import inspect_vae
 
-    inspectors = (("PixArt transformer", inspect_transformer), ("T5 text encoder", inspect_text_encoder))
-    inspectors += (("VAE", inspect_vae),)
+    inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
+    inspectors += (("T5 text encoder", inspect_text_encoder), ("VAE", inspect_vae))
     for path in args.files:
         detected, what = _first_that_reads(path, inspectors)
         source = detected.tensors

@@ -176,7 +176,7 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
     return TransformerConfig(
         depth=count_numbered(source, "blocks.", "transformer blocks"),
         hidden_size=hidden,
-        num_heads=_num_heads(source, hints, hidden),
+        num_heads=num_heads_from(source, hints, hidden),
         patch_size=patch,
         in_channels=in_channels,
         out_channels=out_features // (patch * patch),
@@ -231,7 +231,8 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
     )
 
 
-def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
+def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, fallback: int | None = None) -> int:
+    """Heads from a hint, the file's metadata, PixArt's 72-wide heads, else ``fallback``, else refuse."""
     for key in ("num_attention_heads", "num_heads"):
         if key in hints:
             return int(hints[key])
@@ -239,6 +240,8 @@ def _num_heads(source: TensorSource, hints: dict[str, Any], hidden: int) -> int:
         return int(source.metadata["num_heads"])
     if hidden % HEAD_DIM == 0:
         return hidden // HEAD_DIM
+    if fallback is not None:
+        return fallback
     raise CheckpointError(
         f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
         f"number of heads cannot be read from the weights; give it explicitly"

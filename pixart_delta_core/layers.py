@@ -58,6 +58,7 @@ class BlockContext(NamedTuple):
     caption: Tensor  # [B, L, C] projected caption tokens
     caption_mask: Tensor | None  # [B, L] bool, True = attend; None = attend to all
     modulation: Tensor  # [B, 6C] t_block(t), shared by all blocks
+    grid: tuple[int, int]  # (h, w) patch grid of the image tokens: N = h * w
 
 
 class PatchEmbed(nn.Module):

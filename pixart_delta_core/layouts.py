@@ -1,9 +1,10 @@
 """Key layouts: declarative tables between another layout's names and ours.
 
-The engine's modules are named like the reference checkpoints (REFERENCE.md §1), so reference
-files load as they are. A diffusers file goes through ``DIFFUSERS_TRANSFORMER``: each rule maps one
-or more diffusers tensors (concatenated on dim 0, for the fused ``qkv`` and ``kv_linear``) to one
-reference tensor, and back.
+The engine's modules are named like the reference checkpoints (REFERENCE.md §1, §4), so reference
+files load as they are. A diffusers transformer goes through ``DIFFUSERS_TRANSFORMER`` and a
+diffusers-style ControlNet adapter through ``CONTROLNET_ADAPTER``: each rule maps one or more of
+their tensors (concatenated on dim 0, for the fused ``qkv`` and ``kv_linear``) to one reference
+tensor, and back. The VAE's LDM table (vae_layout.py) is built from the same ``Rule``s.
 """
 
 from __future__ import annotations
@@ -198,3 +199,18 @@ def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     drop them before handing the result to diffusers itself.
     """
     return DIFFUSERS_TABLE.to_theirs(state_dict)
+
+
+# The diffusers-style ControlNet adapter (REFERENCE.md §4): ``before_proj`` exists on block 0 only.
+CONTROLNET_ADAPTER: tuple[Rule, ...] = (
+    Rule(("controlnet_blocks.{i}.before_proj",), "controlnet.{i}.before_proj"),
+    Rule(("controlnet_blocks.{i}.after_proj",), "controlnet.{i}.after_proj"),
+    *prefixed(BLOCK_RULES, "controlnet_blocks.{i}.transformer_block.", "controlnet.{i}.copied_block."),
+)
+
+ADAPTER_TABLE = KeyTable(CONTROLNET_ADAPTER)
+
+
+def to_adapter(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A reference-layout ControlNet state dict (``controlnet.*``) in the adapter's names, losing nothing."""
+    return ADAPTER_TABLE.to_theirs(state_dict)

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from .checkpoint import StateDictSource, TensorSource, folder_config, open_checkpoint
-from .config import Detected, detect_transformer
+from .config import Detected, TransformerConfig, detect_transformer
+from .controlnet import ControlNetTransformer
+from .controlnet_config import DetectedControlNet, detect_controlnet
 from .errors import CheckpointError
 from .ops import Ops
 from .transformer import PixArtTransformer
@@ -64,6 +66,37 @@ def load_transformer(
     log.info("loading %s", detected.describe())
     model = PixArtTransformer(detected.config, ops=ops, device="meta")
     load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), ignore=RECOMPUTED)
+    return model
+
+
+def inspect_controlnet(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    hints: Mapping[str, Any] | None = None,
+    base_config: TransformerConfig | None = None,
+) -> DetectedControlNet:
+    """Detect a ControlNet checkpoint's layout and config without reading its weights."""
+    source = as_source(checkpoint)
+    return detect_controlnet(source, {**folder_config(source), **(hints or {})}, base_config)
+
+
+def load_controlnet(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    base_config: TransformerConfig,
+    dtype: str | torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    ops: type[Ops] = Ops,
+    hints: Mapping[str, Any] | None = None,
+) -> ControlNetTransformer:
+    """Load the ControlNet of any supported layout for a base of ``base_config``, strictly, streaming.
+
+    From a reference full checkpoint only its ControlNet part is read: its base loads through
+    ``load_transformer``, or another base that fits (e.g. the LCM transformer) is used instead.
+    """
+    detected = inspect_controlnet(checkpoint, hints, base_config)
+    detected.config.check_fits(base_config)
+    log.info("loading %s", detected.describe())
+    model = ControlNetTransformer(detected.config, ops=ops, device="meta")
+    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device))
     return model
 
 

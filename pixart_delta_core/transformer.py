@@ -117,7 +117,8 @@ class PixArtTransformer(nn.Module):
         tokens = self.embed_latent(x)  # [B, N, C]
         t = self.embed_time(timestep, batch, image_size or (height * 8, width * 8))  # [B, C]
         caption, caption_mask = self.embed_caption(caption, caption_mask, batch)  # [B, L, C]
-        ctx = BlockContext(caption, caption_mask, self.t_block(t))
+        p = self.config.patch_size
+        ctx = BlockContext(caption, caption_mask, self.t_block(t), (height // p, width // p))
         tokens = self.blocks[0](tokens, ctx)
         residuals = control(tokens, ctx) if control is not None else ()
         if len(residuals) >= self.config.depth:

@@ -1,0 +1,187 @@
+"""The ControlNet-Transformer's configuration, detected from a checkpoint (PixArt-δ, REFERENCE.md §4).
+
+Three layouts hold one: the reference full checkpoint (``base_model.*`` + ``controlnet.*``), a
+ControlNet-only file (``controlnet.*``) and the diffusers-style adapter (``controlnet_blocks.*``).
+The number of copies and the widths come from the weights; ``check_fits`` refuses a ControlNet
+that was not made for the base transformer it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .checkpoint import TensorSource
+from .config import TransformerConfig, count_numbered, identify, num_heads_from, shape_of
+from .errors import CheckpointError, PixArtDeltaError
+from .layouts import ADAPTER_TABLE, RenamedSource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COPIES = 13  # PixArt-δ copies base blocks 0..12 of 28
+CONTROLNET_ROOT = "controlnet."  # our module names: controlnet.{i}.copied_block.*, .before_proj, .after_proj
+BASE_PART = "base_model."  # where the reference full checkpoint keeps its frozen base
+
+
+@dataclass(frozen=True)
+class ControlNetConfig:
+    """A ControlNet-Transformer: trainable copies of the first base blocks (defaults: PixArt-δ XL/2)."""
+
+    copies: int = DEFAULT_COPIES
+    hidden_size: int = 1152
+    num_heads: int = 16
+    mlp_hidden: int = 4608
+    caption_channels: int | None = None  # caption (T5) width of the base it was saved with, when known
+
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise CheckpointError(f"a ControlNet needs at least one copied block, found {self.copies}")
+        if self.hidden_size % self.num_heads:
+            raise CheckpointError(f"hidden size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+
+    @classmethod
+    def for_base(cls, base: TransformerConfig, copies: int = DEFAULT_COPIES) -> ControlNetConfig:
+        """The ControlNet that copies the first ``copies`` blocks of ``base``."""
+        config = cls(copies, base.hidden_size, base.num_heads, base.mlp_hidden, base.caption_channels)
+        config.check_fits(base)
+        return config
+
+    def describe(self) -> str:
+        captions = f", saved with a base reading {self.caption_channels}-wide captions" if self.caption_channels else ""
+        return (
+            f"ControlNet {self.hidden_size} wide with {self.num_heads} heads and {self.copies} copies "
+            f"(MLP {self.mlp_hidden}){captions}"
+        )
+
+    def mismatches(self, base: TransformerConfig) -> list[str]:
+        """What keeps this ControlNet from driving ``base``; empty when it fits."""
+        problems = []
+        if self.hidden_size != base.hidden_size:
+            problems.append(f"ControlNet is {self.hidden_size} wide; the base transformer is {base.hidden_size} wide")
+        if self.num_heads != base.num_heads:
+            problems.append(f"ControlNet has {self.num_heads} heads; the base transformer has {base.num_heads}")
+        if self.copies >= base.depth:
+            problems.append(
+                f"ControlNet has {self.copies} copies feeding base blocks 1..{self.copies}; the base transformer "
+                f"has depth {base.depth} (at least {self.copies + 1} needed)"
+            )
+        if self.caption_channels is not None and self.caption_channels != base.caption_channels:
+            problems.append(
+                f"ControlNet was saved with a base reading {self.caption_channels}-wide captions; the base "
+                f"transformer reads {base.caption_channels}-wide captions"
+            )
+        return problems
+
+    def check_fits(self, base: TransformerConfig, error: type[PixArtDeltaError] = CheckpointError) -> None:
+        """Raise ``error`` naming both models when this ControlNet cannot drive ``base``."""
+        problems = self.mismatches(base)
+        if problems:
+            raise error(
+                f"the ControlNet does not fit the base transformer: {'; '.join(problems)} "
+                f"(ControlNet: {self.describe()}; base transformer: {base.describe()})"
+            )
+
+
+class ControlNetLayout(Enum):
+    """How a checkpoint names its ControlNet tensors."""
+
+    FULL = "reference ControlNet-Transformer (the file also holds its base model)"
+    REFERENCE = "reference ControlNet-only"
+    ADAPTER = "diffusers-style ControlNet adapter"
+
+
+@dataclass(frozen=True)
+class DetectedControlNet:
+    """A recognised ControlNet checkpoint: its config, layout, and its tensors in our names (``controlnet.*``)."""
+
+    config: ControlNetConfig
+    layout: ControlNetLayout
+    prefix: str
+    tensors: TensorSource
+
+    def describe(self) -> str:
+        where = f", keys under {self.prefix!r}" if self.prefix else ""
+        return f"{self.layout.value} layout{where}: {self.config.describe()}"
+
+
+_REFERENCE_ANCHOR = CONTROLNET_ROOT + "0.after_proj.weight"
+_ADAPTER_ROOT = "controlnet_blocks."
+_ADAPTER_ANCHOR = _ADAPTER_ROOT + "0.after_proj.weight"
+_TRANSFORMER_ANCHORS = ("x_embedder.proj.weight", "adaln_single.linear.weight")
+_CAPTION_ANCHORS = ("y_embedder.y_proj.fc1.weight", "caption_projection.linear_1.weight")
+_MODEL = "a PixArt ControlNet"
+
+
+def detect_controlnet(
+    source: TensorSource, hints: Mapping[str, Any] | None = None, base: TransformerConfig | None = None
+) -> DetectedControlNet:
+    """Recognise a PixArt ControlNet in ``source``; ``base`` supplies the heads when the weights cannot."""
+    hints = dict(hints or {})
+    prefix, anchor = _root(source)
+    view = source.without_prefix(prefix)
+    if anchor == _ADAPTER_ANCHOR:
+        layout, own = ControlNetLayout.ADAPTER, _ADAPTER_ROOT
+        tensors: TensorSource = RenamedSource(view.renamed_prefix(own, own), ADAPTER_TABLE)
+    else:
+        has_base = any(k.startswith(BASE_PART) for k in view.shapes)
+        layout, own = (ControlNetLayout.FULL if has_base else ControlNetLayout.REFERENCE), CONTROLNET_ROOT
+        tensors = view.renamed_prefix(own, own)
+    strays = sorted(k for k in view.shapes if not k.startswith((own, BASE_PART)))
+    if strays:
+        shown = ", ".join(strays[:8]) + (f", ... ({len(strays)} in all)" if len(strays) > 8 else "")
+        raise CheckpointError(f"{source.origin}: unexpected tensors beside the ControlNet's own: {shown}")
+    others = len(source) - sum(1 for k in view.shapes if k.startswith(own))
+    if others:
+        log.info("%s: using the ControlNet under %r, ignoring %d other tensors", source.origin, prefix + own, others)
+    return DetectedControlNet(_config_from(tensors, source, hints, base), layout, prefix, tensors)
+
+
+def _root(source: TensorSource) -> tuple[str, str]:
+    """(prefix, anchor) of the one ControlNet in ``source``, else an error saying what it holds."""
+    roots = {
+        (k[: -len(a)], a)
+        for a in (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR)
+        for k in source.shapes
+        if k.endswith(a) and (k == a or k[-len(a) - 1] == ".")
+    }
+    if len(roots) > 1:
+        found = sorted(p + a.removesuffix("0.after_proj.weight") for p, a in roots)
+        raise CheckpointError(f"{source.origin}: ambiguous: it holds several ControlNets (under {found}); expected one")
+    if roots:
+        return roots.pop()
+    if any("copied_block." in k or _ADAPTER_ROOT in k for k in source.shapes):
+        raise CheckpointError(
+            f"{source.origin}: a partial PixArt ControlNet: copy 0's after_proj ({_REFERENCE_ANCHOR!r} or "
+            f"{_ADAPTER_ANCHOR!r}) is missing"
+        )
+    if any(k.endswith(_TRANSFORMER_ANCHORS) for k in source.shapes):
+        raise CheckpointError(
+            f"{source.origin}: not a PixArt ControlNet: it is a PixArt transformer without ControlNet copies "
+            f"(load it with the transformer loader)"
+        )
+    raise CheckpointError(f"{source.origin}: not a PixArt ControlNet: {identify(source)}")
+
+
+def _config_from(
+    tensors: TensorSource, source: TensorSource, hints: dict[str, Any], base: TransformerConfig | None
+) -> ControlNetConfig:
+    rows, hidden = shape_of(tensors, _REFERENCE_ANCHOR, 2, _MODEL)
+    if rows != hidden:
+        raise CheckpointError(f"{source.origin}: {_REFERENCE_ANCHOR!r} should be square, found {[rows, hidden]}")
+    fallback = base.num_heads if base is not None and hidden % base.num_heads == 0 else None
+    return ControlNetConfig(
+        copies=count_numbered(tensors, CONTROLNET_ROOT, "ControlNet copies"),
+        hidden_size=hidden,
+        num_heads=num_heads_from(tensors, hints, hidden, fallback),
+        mlp_hidden=shape_of(tensors, CONTROLNET_ROOT + "0.copied_block.mlp.fc1.weight", 2, _MODEL)[0],
+        caption_channels=_caption_channels(source),
+    )
+
+
+def _caption_channels(source: TensorSource) -> int | None:
+    """The caption width of a base model saved in the same file, if there is exactly one."""
+    widths = {s[1] for k, s in source.shapes.items() if k.endswith(_CAPTION_ANCHORS) and len(s) == 2}
+    return widths.pop() if len(widths) == 1 else None
