@@ -275,3 +275,42 @@ def initial_noise(batch: int, height: int, width: int, seed: int, channels: int 
     """Noise [B, C, h, w] (fp32, CPU) from ``seed``, and the generator to keep drawing from."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn(batch, channels, height, width, generator=generator), generator
+
+
+def generate_latents(
+    transformer: PixArtTransformer,
+    cond: TextEmbedding,
+    settings: SamplingSettings,
+    *,
+    seed: int,
+    batch: int,
+    height: int,
+    width: int,
+    uncond: TextEmbedding | None = None,
+    init_latents: Tensor | None = None,
+    control: ControlSchedule | None = None,
+    image_size: tuple[int, int] | None = None,
+    on_step: StepCallback | None = None,
+) -> Tensor:
+    """Text (and optionally an image) to scaled latents [B, 4, height, width]: noise from ``seed``,
+    the reference null caption as the unconditional input when guidance has no negative prompt.
+    """
+    if settings.guided and uncond is None:
+        uncond = null_caption(transformer, cond)
+    if init_latents is not None and init_latents.shape[0] not in (1, batch):
+        raise InputError(f"{init_latents.shape[0]} init latents cannot start a batch of {batch}")
+    noise, generator = initial_noise(batch, height, width, seed, transformer.config.in_channels)
+    if init_latents is not None:
+        init_latents = init_latents.expand(batch, -1, -1, -1)
+    return sample(
+        transformer,
+        cond,
+        settings,
+        noise,
+        uncond=uncond,
+        init_latents=init_latents,
+        generator=generator,
+        image_size=image_size,
+        control=control,
+        on_step=on_step,
+    )
