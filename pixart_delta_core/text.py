@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, T5EncoderModel, T5TokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
 from .captions import prepare_prompt
 from .errors import CheckpointError, InputError
@@ -147,7 +147,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
             f"install it (pip install protobuf), or pass a folder with tokenizer.json"
         )
     try:
-        tokenizer = T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, ImportError, RuntimeError) as err:
         raise CheckpointError(f"{folder}: cannot read the T5 tokenizer: {err}") from err
     pad, eos = T5_V1_1_XXL["pad_token_id"], T5_V1_1_XXL["eos_token_id"]

@@ -130,6 +130,12 @@ class PixArtTransformer(nn.Module):
         out = self.final_layer(tokens, t)  # [B, N, p*p*out]
         return self.unpatchify(out, height, width)
 
+    def reference_state_dict(self) -> dict[str, Tensor]:
+        """The weights as the reference saves them: with the ``pos_embed`` buffer of the training size."""
+        c = self.config
+        pos = sincos_pos_embed(c.hidden_size, c.base_size, c.base_size, c.base_size, c.interpolation_scale)
+        return {**self.state_dict(), "pos_embed": pos.to(self.dtype)[None]}  # [1, N, C]
+
     def unpatchify(self, tokens: Tensor, height: int, width: int) -> Tensor:
         """[B, h*w, p*p*c] -> [B, c, h*p, w*p]."""
         p = self.config.patch_size

@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 from pixart_delta_core.checkpoint import StateDictSource, open_checkpoint
 from pixart_delta_core.config import Layout
 from pixart_delta_core.errors import CheckpointError
-from pixart_delta_core.layers import sincos_pos_embed
 from pixart_delta_core.layouts import DIFFUSERS_TABLE, REFERENCE_ONLY, RenamedSource, to_diffusers
 from pixart_delta_core.loading import inspect_transformer, load_transformer
 from tests.helpers import TINY_MS, random_transformer
@@ -21,15 +20,8 @@ from tests.helpers import TINY_MS, random_transformer
 MARKER_NAME = "pickle-ran-code"
 
 
-def reference_state_dict(model) -> dict[str, torch.Tensor]:
-    """What the reference saves: our keys plus the training-size ``pos_embed`` buffer."""
-    c = model.config
-    pos = sincos_pos_embed(c.hidden_size, c.base_size, c.base_size, c.base_size, c.interpolation_scale)
-    return {**model.state_dict(), "pos_embed": pos.float()[None]}
-
-
 def write_layouts(model, folder: Path) -> dict[str, Path]:
-    sd = reference_state_dict(model)
+    sd = model.reference_state_dict()
     paths = {
         "pth": folder / "ref.pth",
         "prefixed-pth": folder / "prefixed.pth",
@@ -90,7 +82,7 @@ def test_dtype_choice(model_and_files, dtype: str) -> None:
 
 def test_reference_to_diffusers_and_back_is_lossless(model_and_files) -> None:
     model, _ = model_and_files
-    original = reference_state_dict(model)
+    original = model.reference_state_dict()
     there = to_diffusers(original)
     assert "transformer_blocks.0.attn1.to_k.weight" in there and "blocks.0.attn.qkv.weight" not in there
     back = RenamedSource(StateDictSource(there), DIFFUSERS_TABLE)
@@ -171,7 +163,7 @@ def test_missing_file_and_empty_folder(tmp_path: Path) -> None:
 
 def test_a_partial_block_names_the_missing_key(model_and_files, tmp_path: Path) -> None:
     model, _ = model_and_files
-    sd = reference_state_dict(model)
+    sd = model.reference_state_dict()
     del sd["blocks.1.mlp.fc2.weight"]
     path = tmp_path / "partial.safetensors"
     save_file(sd, str(path))
@@ -181,7 +173,7 @@ def test_a_partial_block_names_the_missing_key(model_and_files, tmp_path: Path) 
 
 def test_a_wrong_shaped_tensor_is_named_with_both_shapes(model_and_files, tmp_path: Path) -> None:
     model, _ = model_and_files
-    sd = reference_state_dict(model)
+    sd = model.reference_state_dict()
     sd["blocks.2.attn.proj.weight"] = torch.zeros(48, 40)
     path = tmp_path / "wrong.safetensors"
     save_file(sd, str(path))
@@ -191,7 +183,7 @@ def test_a_wrong_shaped_tensor_is_named_with_both_shapes(model_and_files, tmp_pa
 
 def test_an_extra_tensor_is_unexpected(model_and_files, tmp_path: Path) -> None:
     model, _ = model_and_files
-    sd = {**reference_state_dict(model), "blocks.0.attn.extra": torch.zeros(3)}
+    sd = {**model.reference_state_dict(), "blocks.0.attn.extra": torch.zeros(3)}
     path = tmp_path / "extra.safetensors"
     save_file(sd, str(path))
     with pytest.raises(CheckpointError, match=r"unexpected: blocks\.0\.attn\.extra"):

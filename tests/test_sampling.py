@@ -1,12 +1,8 @@
 """Sampling parity with diffusers' PixArtAlphaPipeline on identical random weights and noise.
 
-Both sides get the same caption embeddings and the same CPU generator (fp32 throughout).
-
-Tolerance: final latents agree within 1e-4 where the latents are O(1). A random transformer does
-not predict the noise it is given, so its x0 estimate at t = 999 is the prediction error divided by
-sqrt(alpha_bar_999) = 0.0064: text-to-image latents reach O(1e3), where one fp32 step is already
-6e-5. There the bound is relative: max |ours - theirs| <= 1e-5 x max |latents| (measured: 2e-7 to
-6e-7). The img2img case below starts from O(1) latents and is held to 1e-4 absolute.
+Both sides get the same caption embeddings and the same CPU generator (fp32 throughout); the
+tolerance is explained at ``tests.helpers.assert_latents_match``. The img2img case starts from O(1)
+latents and is held to 1e-4 absolute.
 """
 
 from __future__ import annotations
@@ -30,10 +26,8 @@ from pixart_delta_core.sampling import (
     sample,
 )
 from pixart_delta_core.text import TextEmbedding
-from tests.helpers import TINY, TINY_MS, diffusers_twin, random_transformer
+from tests.helpers import TINY, TINY_MS, TOLERANCE, assert_latents_match, diffusers_twin, random_transformer
 
-TOLERANCE = 1e-4  # absolute, for O(1) latents
-RELATIVE = 1e-5  # relative to the largest latent, for the O(1e3) latents of random weights
 SEED = 1234
 # diffusers' pipeline feeds micro-conditions only to models trained at 1024 px (sample size 128)
 TINY_1024 = replace(TINY_MS, sample_size=128)
@@ -53,14 +47,6 @@ def caption(
 def models():
     model = random_transformer(TINY_1024, seed=7)
     return model, diffusers_twin(model)
-
-
-def assert_latents_match(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    assert ours.shape == theirs.shape
-    scale = theirs.abs().max().item()
-    diff = (ours - theirs).abs().max().item()
-    bound = TOLERANCE if scale <= 1 else RELATIVE * scale
-    assert diff <= bound, f"max abs difference {diff:.3g} > {bound:.3g} (latents up to {scale:.3g})"
 
 
 def run_both(

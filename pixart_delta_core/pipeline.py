@@ -1,0 +1,283 @@
+"""Text (and optionally an init or control image) to images, one stage at a time.
+
+Stages: encode the prompts with T5, free T5; encode any init or control image with the VAE;
+denoise with the transformer (and ControlNet), free them; decode with the VAE. Only one large model
+is in memory at a time unless ``keep_loaded`` asks to keep them between calls.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .controlnet import ControlNetTransformer
+from .errors import InputError
+from .images import prepare_image, resize_and_crop, to_pil
+from .loading import inspect_transformer, load_controlnet, load_transformer, parse_dtype
+from .resolution import bins_for, check_image_size, nearest_bin
+from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents, parse_sampler
+from .text import TextEmbedding, TextEncoder, load_text_encoder
+from .transformer import PixArtTransformer
+from .vae import Vae, load_vae
+from .vae_layout import vae_defaults_for
+
+log = logging.getLogger(__name__)
+
+PathLike = str | Path
+ImageInput = Image.Image | PathLike | torch.Tensor
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto': CUDA when present, else Apple's MPS, else the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device, accelerated: str = "fp16") -> torch.dtype:
+    """'auto': ``accelerated`` on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
+    if str(dtype) == "auto":
+        return parse_dtype(accelerated if device.type != "cpu" else "fp32")
+    return parse_dtype(dtype)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control image for the ControlNet-Transformer and how it acts (REFERENCE.md §4)."""
+
+    image: ImageInput
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    sample: bool = False  # sample the VAE posterior (from the seed) instead of taking its mean
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a run made: the images, their scaled latents, and the size they were generated at."""
+
+    images: list[Image.Image]
+    latents: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass
+class PixArtPipeline:
+    """The staged text-to-image pipeline over model files (any layout the loaders read)."""
+
+    transformer: PathLike
+    t5: PathLike
+    vae: PathLike
+    tokenizer: PathLike | None = None
+    controlnet: PathLike | None = None
+    device: str | torch.device = "auto"
+    dtype: str | torch.dtype = "auto"
+    t5_dtype: str | torch.dtype = "auto"
+    vae_dtype: str | torch.dtype = "auto"
+    keep_loaded: bool = False
+    low_memory: bool = False
+    _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = pick_device(self.device)
+        self.dtype = pick_dtype(self.dtype, self.device)
+        self.t5_dtype = pick_dtype(self.t5_dtype, self.device, accelerated="bf16")
+        self.vae_dtype = pick_dtype(self.vae_dtype, self.device)
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def _model(self, name: str, load: Any) -> Any:
+        if name not in self._loaded:
+            self._loaded[name] = load()
+        return self._loaded[name]
+
+    def _free(self, *names: str) -> None:
+        if self.keep_loaded and not self.low_memory:
+            return
+        for name in names:
+            self._loaded.pop(name, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def load_transformer(self) -> PixArtTransformer:
+        return self._model("transformer", lambda: load_transformer(self.transformer, self.dtype, self.device))
+
+    def load_text_encoder(self) -> TextEncoder:
+        return self._model("t5", lambda: load_text_encoder(self.t5, self.t5_dtype, self.device, self.tokenizer))
+
+    def load_vae(self, transformer: PixArtTransformer) -> Vae:
+        defaults = vae_defaults_for(transformer.config)
+        return self._model("vae", lambda: load_vae(self.vae, self.vae_dtype, self.device, defaults=defaults))
+
+    def load_controlnet(self, transformer: PixArtTransformer) -> ControlNetTransformer:
+        source = self.controlnet or self.transformer
+        return self._model("controlnet", lambda: load_controlnet(source, transformer.config, self.dtype, self.device))
+
+    def encode_prompts(
+        self, prompts: Sequence[str], negatives: Sequence[str] | None, caption_length: int, clean_caption: bool
+    ) -> tuple[TextEmbedding, TextEmbedding | None]:
+        """Stage 1: prompts (and negative prompts) -> T5 embeddings; T5 is freed afterwards."""
+        encoder = self.load_text_encoder()
+        cond = encoder.encode(prompts, caption_length, clean_caption)
+        uncond = None if negatives is None else encoder.encode(negatives, caption_length, clean_caption)
+        self._free("t5")
+        return cond.to("cpu"), None if uncond is None else uncond.to("cpu")
+
+    # --- one call ------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        resolution_binning: bool = True,
+        sampler: str = "lcm",
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        images_per_prompt: int = 1,
+        lcm_timesteps: str = "reference",
+        init_image: ImageInput | None = None,
+        strength: float = 1.0,
+        control: Control | None = None,
+        clean_caption: bool = False,
+        on_step: StepCallback | None = None,
+    ) -> Generation:
+        """Generate images. Steps and guidance default to the reference settings of the sampler.
+
+        ``width``/``height`` default to the model's training resolution; with ``resolution_binning``
+        the image is generated at the nearest trained aspect-ratio bin, then resized and centre-cropped
+        to the asked size (as the reference app does). A negative prompt of None uses the model's
+        learned null caption when guidance is on (the reference's unconditional input).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
+        if images_per_prompt < 1:
+            raise InputError(f"images per prompt must be at least 1, found {images_per_prompt}")
+        settings = SamplingSettings.defaults(
+            parse_sampler(sampler),
+            **({"steps": steps} if steps is not None else {}),
+            **({"guidance": guidance} if guidance is not None else {}),
+            strength=strength if init_image is not None else 1.0,
+            lcm_timesteps=_lcm_timesteps(lcm_timesteps),
+        )
+        if strength != 1.0 and init_image is None:
+            raise InputError("strength (denoise) below 1 needs an init image to start from")
+        negatives = _negatives(negative_prompt, len(prompts), settings.guided)
+
+        transformer_config = inspect_transformer(self.transformer).config  # reads no weights
+        default = transformer_config.resolution
+        asked = (default if height is None else height, default if width is None else width)
+        check_image_size(*asked, multiple=16 if not resolution_binning else 1)
+        size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
+        check_image_size(*size)
+
+        cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
+        batch = len(prompts) * images_per_prompt
+        cond = cond.repeat(images_per_prompt)
+        uncond = None if uncond is None else uncond.repeat(images_per_prompt)
+
+        transformer = self.load_transformer()
+        vae = self.load_vae(transformer)
+        init = None if init_image is None else vae.scale(vae.encode(_pixels(init_image, size)))
+        control_latent = None
+        if control is not None:
+            generator = torch.Generator().manual_seed(seed)
+            control_latent = vae.scale(vae.encode(_pixels(control.image, size), generator, sample=control.sample))
+        if self.low_memory:
+            self._free("vae")
+        schedule = None
+        if control is not None:
+            controlnet = self.load_controlnet(transformer)
+            hook = controlnet.hook(transformer, control_latent.to(self.device, self.dtype), control.strength)
+            schedule = ControlSchedule(hook, control.start, control.end)
+        latents = generate_latents(
+            transformer,
+            cond,
+            settings,
+            seed=seed,
+            batch=batch,
+            height=size[0] // 8,
+            width=size[1] // 8,
+            uncond=uncond,
+            init_latents=init,
+            control=schedule,
+            image_size=size,
+            on_step=on_step,
+        )
+        self._free("controlnet", "transformer")
+
+        vae = self.load_vae(transformer)
+        pixels = vae.decode(vae.unscale(latents), tiled=True if self.low_memory else None)
+        self._free("vae")
+        if resolution_binning and size != asked:
+            pixels = resize_and_crop(pixels, *asked)
+        return Generation(to_pil(pixels), latents.cpu(), size)
+
+
+def _lcm_timesteps(name: str) -> LcmTimesteps:
+    try:
+        return LcmTimesteps(name)
+    except ValueError:
+        raise InputError(f"unknown LCM timesteps {name!r}: expected 'reference' or 'diffusers'") from None
+
+
+def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool) -> list[str] | None:
+    """One negative prompt per prompt, or None (the learned null caption, or no guidance at all)."""
+    if negative is None or not guided:
+        if negative is not None:
+            log.warning("a negative prompt only acts with guidance above 1: it is ignored")
+        return None
+    negatives = [negative] * count if isinstance(negative, str) else list(negative)
+    if len(negatives) != count:
+        raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
+    return negatives
+
+
+def _pixels(image: ImageInput, size: tuple[int, int]) -> torch.Tensor:
+    """An image (file, PIL or [0, 1] tensor) resized and centre-cropped to ``size``, in [-1, 1]."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file {path} does not exist")
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as err:
+            raise InputError(f"{path} is not an image that can be read ({err})") from err
+    return prepare_image(image, *size)
+
+
+def generate(
+    prompt: str | Sequence[str],
+    *,
+    transformer: PathLike,
+    t5: PathLike,
+    vae: PathLike,
+    tokenizer: PathLike | None = None,
+    controlnet: PathLike | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    t5_dtype: str | torch.dtype = "auto",
+    low_memory: bool = False,
+    **options: Any,
+) -> list[Image.Image]:
+    """Files to PIL images in one call (see ``PixArtPipeline.__call__`` for the options)."""
+    pipeline = PixArtPipeline(
+        transformer, t5, vae, tokenizer, controlnet, device, dtype, t5_dtype, low_memory=low_memory
+    )
+    return pipeline(prompt, **options).images

@@ -1,0 +1,159 @@
+"""The staged pipeline end to end, from files, against diffusers' PixArtAlphaPipeline.
+
+Same tiny random transformer, T5, VAE and tokenizer on both sides, same seed, fp32 on the CPU.
+Final latents: see ``tests.helpers.assert_latents_match``; images equal to 1/255.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import PixArtAlphaPipeline
+from PIL import Image
+
+from pixart_delta_core.controlnet import ControlNetTransformer
+from pixart_delta_core.demo import DEMO_T5, demo_t5, demo_tokenizer, demo_transformer, demo_vae, write_demo_models
+from pixart_delta_core.errors import CheckpointError, InputError
+from pixart_delta_core.pipeline import Control, PixArtPipeline
+from pixart_delta_core.random_weights import randomize_
+from pixart_delta_core.sampling import LcmTimesteps, Sampler, SamplingSettings, make_scheduler
+from tests.helpers import TINY_MS, assert_latents_match, diffusers_twin
+
+MS_1024 = replace(TINY_MS, sample_size=128, caption_channels=DEMO_T5["d_model"], caption_length=120)
+BASE_512 = replace(MS_1024, sample_size=64, micro_conditions=False, interpolation_scale=1.0)
+PROMPTS = ["A small red fox, sitting in the snow", "two cats"]
+
+
+@pytest.fixture(scope="module", params=[MS_1024, BASE_512], ids=["1024-ms", "512"])
+def setup(request, tmp_path_factory):
+    transformer, t5, vae = demo_transformer(3, request.param), demo_t5(4), demo_vae(5)
+    files = write_demo_models(tmp_path_factory.mktemp("models"), transformer, t5, vae)
+    diffusers = {
+        "tokenizer": demo_tokenizer(),
+        "text_encoder": t5,
+        "vae": vae,
+        "transformer": diffusers_twin(transformer),
+    }
+    return files, diffusers
+
+
+def ours(files, **kwargs):
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32")
+    return replace(pipeline, t5_dtype="fp32")(PROMPTS, resolution_binning=False, width=192, height=128, **kwargs)
+
+
+def theirs(models, settings: SamplingSettings, seed: int, negative: str | None, output_type: str):
+    scheduler, timesteps = make_scheduler(settings)
+    pipe = PixArtAlphaPipeline(scheduler=scheduler, **models)
+    pipe.set_progress_bar_config(disable=True)
+    steps = {"timesteps": timesteps.tolist()} if settings.sampler is Sampler.LCM else {}
+    return pipe(
+        PROMPTS,
+        negative_prompt=negative or "",
+        num_inference_steps=settings.steps if not steps else None,
+        guidance_scale=settings.guidance,
+        height=128,
+        width=192,
+        generator=torch.Generator().manual_seed(seed),
+        output_type=output_type,
+        use_resolution_binning=False,
+        clean_caption=False,
+        **steps,
+    ).images
+
+
+@pytest.mark.parametrize(
+    ("settings", "negative"),
+    [
+        (SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.REFERENCE), None),
+        (SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.DIFFUSERS), None),
+        (SamplingSettings(Sampler.DPM_SOLVER, steps=5, guidance=4.5), "blurry, low quality"),
+    ],
+    ids=["lcm4-reference", "lcm4-diffusers", "dpm++-cfg"],
+)
+def test_pipeline_matches_diffusers(setup, settings: SamplingSettings, negative: str | None) -> None:
+    files, models = setup
+    result = ours(
+        files,
+        sampler=settings.sampler.value,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        lcm_timesteps=settings.lcm_timesteps.value,
+        negative_prompt=negative,
+        seed=21,
+    )
+    assert_latents_match(result.latents, theirs(models, settings, 21, negative, "latent"))
+    images = theirs(models, settings, 21, negative, "np")  # [B, H, W, 3] in [0, 1]
+    expected = (images * 255).round().astype(np.int16)
+    for got, want in zip(result.images, expected, strict=True):
+        assert np.abs(np.asarray(got, dtype=np.int16) - want).max() <= 1
+
+
+def test_same_seed_same_image_other_seed_other_image(setup) -> None:
+    files, _ = setup
+    first, again, other = (ours(files, seed=s).latents for s in (3, 3, 4))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_img2img_and_control_change_the_result(setup, tmp_path: Path) -> None:
+    files, _ = setup
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8))
+    plain = ours(files, seed=1).latents
+    img2img = ours(files, seed=1, init_image=picture, strength=0.5).latents
+    assert not torch.allclose(plain, img2img)
+
+    base = demo_transformer(3, replace(MS_1024))
+    controlnet = randomize_(ControlNetTransformer.from_base(base, copies=1), seed=9)
+    control_file = tmp_path / "controlnet.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(controlnet.state_dict(), str(control_file))
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, control_file, "cpu", "fp32")
+    run = replace(pipeline, t5_dtype="fp32")
+    common = {"resolution_binning": False, "width": 192, "height": 128, "seed": 1}
+    steered = run(PROMPTS, control=Control(picture), **common).latents
+    unsteered = run(PROMPTS, control=Control(picture, strength=0.0), **common).latents
+    assert not torch.allclose(steered, plain)
+    assert torch.equal(unsteered, plain)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"width": 100, "height": 128, "resolution_binning": False}, InputError, "multiple of 16"),
+        ({"width": 0, "height": 128}, InputError, "positive"),
+        ({"width": 20000, "height": 16, "resolution_binning": False}, InputError, "at most 8192"),
+        ({"steps": 60}, InputError, "1 to 50 steps"),
+        ({"sampler": "dpm_solver++", "steps": 0}, InputError, "1 to 1000 steps"),
+        ({"strength": 0.5}, InputError, "needs an init image"),
+        ({"strength": 1.5, "init_image": Image.new("RGB", (64, 64))}, InputError, r"\(0, 1\]"),
+        ({"sampler": "heun"}, InputError, "unknown sampler"),
+        ({"init_image": "/nonexistent.png", "strength": 0.5}, InputError, "does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_clearly(kwargs, error, message: str, tmp_path: Path) -> None:
+    files = write_demo_models(tmp_path)
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")
+    with pytest.raises(error, match=message):
+        pipeline("a fox", **kwargs)
+
+
+def test_a_vae_given_as_the_transformer_and_a_missing_tokenizer(tmp_path: Path) -> None:
+    files = write_demo_models(tmp_path)
+    with pytest.raises(CheckpointError, match="looks like a VAE"):
+        PixArtPipeline(files.vae, files.t5, files.vae, files.tokenizer, device="cpu")("a fox")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        PixArtPipeline(files.transformer, files.t5, files.vae, device="cpu")("a fox")
+
+
+def test_low_memory_mode_decodes_in_tiles(setup) -> None:
+    files, _ = setup
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", low_memory=True)
+    result = pipeline("a fox", width=64, height=64, resolution_binning=False, seed=0)
+    assert result.images[0].size == (64, 64)
+    assert not pipeline._loaded, "low-memory mode keeps no model between stages"
