@@ -165,7 +165,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     dev = gen.add_argument_group("devices and memory")
     dev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     dev.add_argument("--dtype", default="auto", help="transformer/VAE dtype: auto, fp32, fp16, bf16")
-    dev.add_argument("--t5-dtype", default="auto", help="T5 dtype: auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    dev.add_argument(
+        "--t5-dtype", default="auto", help="T5 dtype: auto (bf16: T5-XXL is 9.5 GB in it), fp32, fp16, bf16"
+    )
     dev.add_argument("--low-memory", action="store_true", help="one model in memory at a time, tiled VAE decode")
     gen.set_defaults(run=cmd_generate)
 

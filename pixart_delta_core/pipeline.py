@@ -45,10 +45,10 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: str | torch.dtype, device: torch.device, accelerated: str = "fp16") -> torch.dtype:
-    """'auto': ``accelerated`` on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto': fp16 on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
     if str(dtype) == "auto":
-        return parse_dtype(accelerated if device.type != "cpu" else "fp32")
+        return parse_dtype("fp16" if device.type != "cpu" else "fp32")
     return parse_dtype(dtype)
 
 
@@ -92,7 +92,7 @@ class PixArtPipeline:
     def __post_init__(self) -> None:
         self.device = pick_device(self.device)
         self.dtype = pick_dtype(self.dtype, self.device)
-        self.t5_dtype = pick_dtype(self.t5_dtype, self.device, accelerated="bf16")
+        self.t5_dtype = parse_dtype("bf16") if str(self.t5_dtype) == "auto" else parse_dtype(self.t5_dtype)
         self.vae_dtype = pick_dtype(self.vae_dtype, self.device)
 
     # --- stages ------------------------------------------------------------------------------

@@ -24,6 +24,15 @@ TOKENIZER = SHARED / "fixtures" / "t5_tokenizer"
 TINY = TransformerConfig(
     depth=2, hidden_size=48, num_heads=4, mlp_hidden=192, caption_channels=32, caption_length=16, sample_size=16
 )
+REAL_WIDTH = TransformerConfig(  # PixArt-XL's width and heads, 2 blocks
+    depth=2,
+    hidden_size=1152,
+    num_heads=16,
+    caption_channels=64,
+    sample_size=128,
+    micro_conditions=True,
+    interpolation_scale=2.0,
+)
 TINY_MS = TransformerConfig(
     depth=3,
     hidden_size=48,

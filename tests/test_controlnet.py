@@ -23,20 +23,12 @@ from pixart_delta_core.layouts import to_adapter
 from pixart_delta_core.loading import load_controlnet
 from pixart_delta_core.random_weights import randomize_
 from pixart_delta_core.transformer import PixArtTransformer
-from tests.helpers import TINY, TINY_MS, diffusers_twin, random_transformer
+from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 
 TOLERANCE = 1e-5
 SMALL = replace(TINY, depth=4)  # 2 copies feed blocks 1..2; block 3 runs without control
 SMALL_MS = TINY_MS  # depth 3: 2 copies feed every block after block 0
-REAL_WIDTH = TransformerConfig(  # one copy feeding block 1: the chain of copies is covered by the tiny configs
-    depth=2,
-    hidden_size=1152,
-    num_heads=16,
-    caption_channels=64,
-    sample_size=128,
-    micro_conditions=True,
-    interpolation_scale=2.0,
-)
+# REAL_WIDTH has one copy feeding block 1: the chain of copies is covered by the tiny configs
 
 
 def random_controlnet(base: PixArtTransformer, seed: int = 7) -> ControlNetTransformer:

@@ -377,7 +377,7 @@ def test_a_tokenizer_of_another_model_is_refused(tmp_path: Path) -> None:
     ):
         load_tokenizer(tmp_path)
     Tokenizer(WordLevel({"[UNK]": 0, "cat": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(CheckpointError, match="cannot read the T5 tokenizer"):
+    with pytest.raises(CheckpointError, match=r"not a T5 tokenizer: .* found padding None"):
         load_tokenizer(tmp_path)
 
 

@@ -12,18 +12,9 @@ import torch
 
 from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.errors import InputError
-from tests.helpers import TINY, TINY_MS, diffusers_twin, random_transformer
+from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 
 TOLERANCE = 1e-4
-REAL_WIDTH = TransformerConfig(
-    depth=2,
-    hidden_size=1152,
-    num_heads=16,
-    caption_channels=64,
-    sample_size=128,
-    micro_conditions=True,
-    interpolation_scale=2.0,
-)
 
 
 def _compare(
