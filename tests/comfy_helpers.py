@@ -173,3 +173,46 @@ class StandInVae:
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return ((self.vae.decode(raw) + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+# --- workflows -------------------------------------------------------------------------------------
+
+NOTE_TYPES = ("Note", "MarkdownNote")
+SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
+
+
+def takes_widget_value(kind: Any) -> bool:
+    """Whether an input of this object_info type is a widget (it takes a ``widgets_values`` slot)."""
+    return isinstance(kind, list) or kind in (*WIDGET_TYPES, "COMBO")
+
+
+def has_seed_control(name: str, kind: Any, options: dict) -> bool:
+    """Whether the frontend adds a control_after_generate value right after this widget's value."""
+    return bool(options.get("control_after_generate")) or (kind == "INT" and name in ("seed", "noise_seed"))
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """A UI ("save") workflow as the API prompt the frontend would queue, using ``object_info`` for input order."""
+    links = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) in (2, 4):
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = iter(node.get("widgets_values", []))
+        inputs: dict[str, Any] = {}
+        for group in ("required", "optional"):
+            for name in info["input_order"].get(group, []):
+                kind, *rest = info["input"][group][name]
+                options = rest[0] if rest else {}
+                if takes_widget_value(kind):
+                    value = next(values, None)
+                    if has_seed_control(name, kind, options):
+                        next(values, None)
+                    if name not in linked:
+                        inputs[name] = value
+                if name in linked:
+                    inputs[name] = list(links[linked[name]])
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
