@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from ..pixart_delta_core.text import TextEncoder, find_tokenizer, load_text_enco
 from ..pixart_delta_core.transformer import PixArtTransformer
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
-
-log = logging.getLogger(__name__)
 
 CATEGORY = "PixArt-δ/loaders"
 MODEL_TYPE = "PIXART_DELTA_MODEL"
@@ -93,7 +90,6 @@ class CheckpointLoader:
         else:
             dtype = parse_dtype(weight_dtype)
         transformer = load_transformer(source, dtype=dtype, device=offload_device)
-        log.info("loaded %s as %s", path, detected.describe())
         return (PixArtModel(transformer, host.ManagedModel(transformer, load_device, offload_device), ckpt_name),)
 
 

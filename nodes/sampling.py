@@ -7,6 +7,7 @@ and the result is divided by it, so core VAEDecode decodes it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from .controlnet import control_from
 from .loaders import MODEL_TYPE, PixArtModel
 from .resolution import VAE_DOWNSCALE
 from .text import caption_from, image_size_from
+
+log = logging.getLogger(__name__)
 
 SEED_MAX = 2**64 - 1
 # Working memory asked of ComfyUI per latent pixel and batch item, in bytes per weight byte: the same
@@ -187,6 +190,17 @@ class PixArtSampler:
         host.load_models(managed, memory_required=int(work * transformer.dtype.itemsize * _WORK_BYTES_PER_AREA))
         control = control_image.schedule(transformer, control_latent) if control_image is not None else None
         progress = host.Progress(settings.steps_run)
+        log.info(
+            "PixArt-δ sampler: %s, %d of %d steps, guidance %g, %dx%d px, batch %d%s",
+            sampler,
+            settings.steps_run,
+            steps,
+            guidance,
+            pixels[1],
+            pixels[0],
+            batch,
+            ", with ControlNet" if control is not None else "",
+        )
         latents = generate_latents(
             transformer,
             cond,

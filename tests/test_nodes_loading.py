@@ -19,7 +19,7 @@ from tests.comfy_helpers import (
     check_value,
     is_widget,
 )
-from tests.helpers import TOKENIZER, need_shared
+from tests.helpers import ROOT, TOKENIZER, need_shared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -181,3 +181,10 @@ def test_controlnet_loader_refuses_a_file_without_a_controlnet(in_models: Path) 
     (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="PixArt-XL-2-1024-MS.pth")
     with pytest.raises(ENGINE.errors.CheckpointError):
         call_node(NODES["PixArtDeltaControlNetLoader"], model=model, controlnet_name="PixArt-XL-2-1024-MS.pth")
+
+
+def test_every_node_has_a_help_page() -> None:
+    docs = ROOT / PACK.WEB_DIRECTORY / "docs"
+    for node_id, title in PACK.NODE_DISPLAY_NAME_MAPPINGS.items():
+        assert (docs / f"{node_id}.md").read_text().startswith(f"# {title}\n")
+    assert not list((ROOT / PACK.WEB_DIRECTORY).rglob("*.js"))  # ComfyUI would load any .js as a frontend extension
