@@ -184,6 +184,12 @@ def test_node_docs_and_workflow_templates_are_served(server) -> None:
     for node_id in PACK.NODE_CLASS_MAPPINGS:
         assert server.get(f"/extensions/{PACK_NAME}/docs/{node_id}.md").startswith(b"# ")
     assert sorted(server.get("/workflow_templates")[PACK_NAME]) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        served = server.get(f"/api/workflow_templates/{PACK_NAME}/{path.name}")
+        assert served == json.loads(path.read_text())
+        assert (
+            server.get(f"/api/workflow_templates/{PACK_NAME}/{path.stem}.jpg") == path.with_suffix(".jpg").read_bytes()
+        )
 
 
 def smaller(prompt: dict) -> dict:

@@ -202,3 +202,9 @@ def test_each_example_shows_what_its_name_says() -> None:
     assert sampler_settings("pixart_delta_lcm_controlnet") == ("lcm", 4, 0.0, 1.0)
     for name in ("pixart_delta_controlnet_dpm_solver", "pixart_delta_lcm_controlnet"):
         assert nodes_of(name, "PixArtDeltaControlNetApply") and nodes_of(name, "Canny")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_each_example_has_a_small_thumbnail(path: Path) -> None:
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff" and thumbnail.stat().st_size < 100_000

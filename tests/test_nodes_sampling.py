@@ -213,3 +213,9 @@ def test_progress_reports_every_step(loaded, monkeypatch) -> None:
     monkeypatch.setattr(host.Progress, "update", lambda self, done, total=None: seen.append((done, total)))
     run(loaded["lcm"], encode(loaded, "a cat"), steps=4, **SIZE)
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_the_whole_seed_range_works(loaded) -> None:
+    positive = encode(loaded, "a cat")
+    top = run(loaded["lcm"], positive, seed=2**64 - 1, steps=1, **SIZE)["samples"]
+    assert torch.isfinite(top).all() and top.ne(run(loaded["lcm"], positive, seed=0, steps=1, **SIZE)["samples"]).any()
