@@ -1,4 +1,29 @@
-"""ComfyUI nodes: thin adapters over the engine in ``pixart_delta_core``."""
+"""ComfyUI nodes: thin adapters over the engine in ``pixart_delta_core``.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+Node ids and input names are part of saved workflows: never rename them.
+"""
+
+from .controlnet import ControlNetApply, ControlNetLoader
+from .loaders import CheckpointLoader, T5Loader
+from .resolution import Resolution
+from .sampling import PixArtSampler
+from .text import T5TextEncode
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "PixArtDeltaCheckpointLoader": CheckpointLoader,
+    "PixArtDeltaT5Loader": T5Loader,
+    "PixArtDeltaT5TextEncode": T5TextEncode,
+    "PixArtDeltaResolution": Resolution,
+    "PixArtDeltaSampler": PixArtSampler,
+    "PixArtDeltaControlNetLoader": ControlNetLoader,
+    "PixArtDeltaControlNetApply": ControlNetApply,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "PixArtDeltaCheckpointLoader": "PixArt-δ Checkpoint Loader",
+    "PixArtDeltaT5Loader": "PixArt-δ T5 Loader",
+    "PixArtDeltaT5TextEncode": "PixArt-δ T5 Text Encode",
+    "PixArtDeltaResolution": "PixArt-δ Resolution",
+    "PixArtDeltaSampler": "PixArt-δ Sampler",
+    "PixArtDeltaControlNetLoader": "PixArt-δ ControlNet Loader",
+    "PixArtDeltaControlNetApply": "PixArt-δ Apply ControlNet",
+}

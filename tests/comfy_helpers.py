@@ -1,0 +1,218 @@
+"""Helpers for the node tests: models in ComfyUI's folder layout, calling nodes as ComfyUI does, a core-VAE
+stand-in. Nodes use relative imports, so the pack is imported the way ComfyUI imports it (``load_pack``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import save_file
+
+from pixart_delta_core.config import TransformerConfig
+from pixart_delta_core.controlnet import ControlNetTransformer
+from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
+from pixart_delta_core.random_weights import randomize_
+from pixart_delta_core.vae import Vae
+from pixart_delta_core.vae_layout import SD_VAE, VaeConfig, ldm_table
+from tests.helpers import TINY_T5, random_t5, random_transformer, t5_file_weights
+from tests.test_loading import reference_state_dict
+from tests.test_pack_entry import load_pack
+
+PACK = load_pack()
+ENGINE = PACK.pixart_delta_core  # the pack's own copy of the engine: its error classes are the ones raised
+
+# A 1024-MS-like transformer with 72-wide heads (detectable from the weights alone), reading a tiny T5.
+BASE = TransformerConfig(
+    depth=3,
+    hidden_size=144,
+    num_heads=2,
+    mlp_hidden=576,
+    caption_channels=TINY_T5["d_model"],
+    caption_length=120,
+    sample_size=128,
+    micro_conditions=True,
+    interpolation_scale=2.0,
+)
+CONTROL_COPIES = 2
+# The files the example workflows name, where they go under ComfyUI's models/ folder.
+MODEL_FILES = {
+    "alpha": "checkpoints/PixArt-XL-2-1024-MS.pth",
+    "lcm": "diffusion_models/PixArt-LCM-XL-2-1024-MS.safetensors",
+    "controlnet": "checkpoints/PixArt-XL-2-1024-ControlNet.pth",
+    "t5": "text_encoders/t5xxl_fp16.safetensors",
+    "vae": "vae/sd-vae-ft-ema.safetensors",
+}
+LCM_PIPELINE = "diffusers/PixArt-LCM-XL-2-1024-MS"  # the LCM as a whole diffusers repository folder
+TINY_VAE = VaeConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
+
+
+def write_models(root: Path, tokenizer: Path | None = None, full_vae: bool = False) -> dict[str, Path]:
+    """Tiny random models in the real layouts and file names under ``root`` (ComfyUI's models/ folder).
+
+    ``tokenizer``: a T5 tokenizer folder copied into the diffusers pipeline; ``full_vae``: also the SD VAE
+    at full size as an LDM single file (what core VAELoader reads: its architecture is fixed).
+    """
+    paths = {name: root / rel for name, rel in MODEL_FILES.items()}
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    base = random_transformer(BASE, seed=1)
+    lcm = random_transformer(replace(BASE, null_caption=False), seed=2)  # diffusers files carry no null caption
+    torch.save({"state_dict": reference_state_dict(base)}, paths["alpha"])
+    lcm_weights = {k: v for k, v in to_diffusers(lcm.state_dict()).items() if k not in REFERENCE_ONLY}
+    save_file(lcm_weights, str(paths["lcm"]))
+    controlnet = randomize_(ControlNetTransformer.from_base(base, CONTROL_COPIES), seed=4)
+    whole = {f"base_model.{k}": v for k, v in reference_state_dict(base).items()}
+    torch.save({"state_dict": {**whole, **controlnet.state_dict()}}, paths["controlnet"])
+    t5 = random_t5(seed=3)
+    save_file(t5_file_weights(t5, torch.float16), str(paths["t5"]))
+    paths["lcm_pipeline"] = _write_pipeline(root / LCM_PIPELINE, lcm_weights, t5, tokenizer)
+    if full_vae:
+        with torch.device("meta"):
+            vae = AutoencoderKL(**SD_VAE.diffusers_kwargs())
+        weights = {k: _random_like(v, i) for i, (k, v) in enumerate(ldm_table(4).to_theirs(vae.state_dict()).items())}
+        save_file(weights, str(paths["vae"]))
+    else:
+        del paths["vae"]
+    return paths
+
+
+def _random_like(tensor: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random fp16 weights of a meta tensor's shape, scaled so activations stay of order 1."""
+    generator = torch.Generator().manual_seed(seed)
+    fan_in = tensor[0].numel() if tensor.ndim > 1 else 1
+    values = torch.randn(tensor.shape, generator=generator) * (fan_in**-0.5 if tensor.ndim > 1 else 0.02)
+    return values.half()
+
+
+def _write_pipeline(folder: Path, transformer: dict[str, torch.Tensor], t5, tokenizer: Path | None) -> Path:
+    """A diffusers PixArt repository: model_index.json, transformer/, text_encoder/ and tokenizer/."""
+    (folder / "transformer").mkdir(parents=True, exist_ok=True)
+    save_file(transformer, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    config = {
+        "_class_name": "PixArtTransformer2DModel",
+        "sample_size": BASE.sample_size,
+        "num_attention_heads": BASE.num_heads,
+        "attention_head_dim": BASE.head_dim,
+        "num_layers": BASE.depth,
+        "caption_channels": BASE.caption_channels,
+        "use_additional_conditions": True,
+    }
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    t5.save_pretrained(str(folder / "text_encoder"))
+    if tokenizer is not None:
+        shutil.copytree(tokenizer, folder / "tokenizer", dirs_exist_ok=True)
+    return folder
+
+
+# --- calling nodes as ComfyUI does -------------------------------------------------------------------
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def is_widget(kind: Any) -> bool:
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def check_value(node: str, name: str, kind: Any, options: dict, value: Any) -> None:
+    """What ComfyUI's prompt validation checks for a widget value."""
+    where = f"{node}.{name}"
+    if isinstance(kind, list):
+        assert value in kind, f"{where}: {value!r} is not one of {kind}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an INT"
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a FLOAT"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a STRING"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a BOOLEAN"
+    if kind in ("INT", "FLOAT"):
+        assert options.get("min", value) <= value <= options.get("max", value), f"{where}: {value} out of range"
+
+
+def call_node(node_class: type, **given: Any) -> tuple:
+    """Instantiate ``node_class`` and call its FUNCTION with ``given`` links and widget values, the other
+    widgets at their defaults (ComfyUI always sends every widget, optional ones included)."""
+    spec = node_class.INPUT_TYPES()
+    kwargs: dict[str, Any] = {}
+    for group in ("required", "optional"):
+        for name, entry in spec.get(group, {}).items():
+            kind, options = entry[0], entry[1] if len(entry) > 1 else {}
+            if name in given:
+                value = given[name]
+            elif is_widget(kind):
+                value = options.get("default", kind[0] if isinstance(kind, list) and kind else None)
+            elif group == "required":
+                raise AssertionError(f"{node_class.__name__}: required input {name!r} ({kind}) was not given")
+            else:
+                continue
+            if is_widget(kind):
+                check_value(node_class.__name__, name, kind, options, value)
+            kwargs[name] = value
+    unknown = set(given) - set(kwargs)
+    assert not unknown, f"{node_class.__name__} has no inputs {sorted(unknown)}"
+    return getattr(node_class(), node_class.FUNCTION)(**kwargs)
+
+
+class StandInVae:
+    """Core VAE's interface (IMAGE [B, H, W, C] in 0..1 <-> raw latents) over a tiny random AutoencoderKL."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.vae = Vae(randomize_(AutoencoderKL(**TINY_VAE.diffusers_kwargs()), seed), TINY_VAE)
+        self.encoded: list[tuple[int, ...]] = []
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.encoded.append(tuple(pixels.shape))
+        return self.vae.encode(pixels[..., :3].movedim(-1, 1) * 2 - 1)
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return ((self.vae.decode(raw) + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+# --- workflows -------------------------------------------------------------------------------------
+
+NOTE_TYPES = ("Note", "MarkdownNote")
+SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
+
+
+def takes_widget_value(kind: Any) -> bool:
+    """Whether an input of this object_info type is a widget (it takes a ``widgets_values`` slot)."""
+    return isinstance(kind, list) or kind in (*WIDGET_TYPES, "COMBO")
+
+
+def has_seed_control(name: str, kind: Any, options: dict) -> bool:
+    """Whether the frontend adds a control_after_generate value right after this widget's value."""
+    return bool(options.get("control_after_generate")) or (kind == "INT" and name in ("seed", "noise_seed"))
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """A UI ("save") workflow as the API prompt the frontend would queue, using ``object_info`` for input order."""
+    links = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) in (2, 4):
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = iter(node.get("widgets_values", []))
+        inputs: dict[str, Any] = {}
+        for group in ("required", "optional"):
+            for name in info["input_order"].get(group, []):
+                kind, *rest = info["input"][group][name]
+                options = rest[0] if rest else {}
+                if takes_widget_value(kind):
+                    value = next(values, None)
+                    if has_seed_control(name, kind, options):
+                        next(values, None)
+                    if name not in linked:
+                        inputs[name] = value
+                if name in linked:
+                    inputs[name] = list(links[linked[name]])
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -1,0 +1,35 @@
+"""Fixtures shared by the node tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.comfy_helpers import PACK, write_models
+from tests.helpers import TOKENIZER, need_shared
+
+
+@pytest.fixture(scope="session")
+def node_models(tmp_path_factory) -> Path:
+    """ComfyUI's models/ folder with tiny random models in the real layouts and file names."""
+    root = tmp_path_factory.mktemp("models")
+    write_models(root, tokenizer=need_shared(TOKENIZER))
+    return root
+
+
+@pytest.fixture
+def in_models(node_models: Path, monkeypatch) -> Path:
+    """The node tests' models, where the pack looks for them outside ComfyUI."""
+    monkeypatch.setenv(PACK.nodes.host.MODELS_ENV, str(node_models))
+    return node_models
+
+
+@pytest.fixture(scope="session")
+def one_thread():
+    """The node tests' models are tiny: on shared, busy cores one thread runs them many times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,210 @@
+"""The example workflows: loadable UI save files whose nodes, links and widget values fit the nodes they name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.comfy_helpers import (
+    MODEL_FILES,
+    NOTE_TYPES,
+    PACK,
+    SEED_CONTROLS,
+    check_value,
+    has_seed_control,
+    takes_widget_value,
+    ui_to_api,
+)
+from tests.helpers import ROOT
+
+FOLDER = ROOT / "example_workflows"
+WORKFLOWS = sorted(FOLDER.glob("*.json"))
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+FILENAMES = {Path(rel).name: rel.split("/")[0] for rel in MODEL_FILES.values()}  # file -> models/ folder
+
+
+def core(required: dict, output: list[str], extra_values: int = 0) -> dict:
+    """A core node as /object_info describes it (the inputs and outputs the workflows use)."""
+    order = {"required": list(required), "optional": []}
+    return {"input": {"required": required}, "input_order": order, "output": output, "extra_values": extra_values}
+
+
+CORE_NODES = {
+    "VAELoader": core({"vae_name": [[Path(MODEL_FILES["vae"]).name], {}]}, ["VAE"]),
+    "VAEDecode": core({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+    "VAEEncode": core({"pixels": ["IMAGE"], "vae": ["VAE"]}, ["LATENT"]),
+    "SaveImage": core({"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []),
+    "PreviewImage": core({"images": ["IMAGE"]}, []),
+    "LoadImage": core({"image": [["example.png"], {"image_upload": True}]}, ["IMAGE", "MASK"], extra_values=1),
+    "ImageScale": core(
+        {
+            "image": ["IMAGE"],
+            "upscale_method": [UPSCALE_METHODS, {}],
+            "width": ["INT", {"min": 0, "max": 16384}],
+            "height": ["INT", {"min": 0, "max": 16384}],
+            "crop": [["disabled", "center"], {}],
+        },
+        ["IMAGE"],
+    ),
+    "ImageScaleBy": core(
+        {"image": ["IMAGE"], "upscale_method": [UPSCALE_METHODS, {}], "scale_by": ["FLOAT", {"min": 0.01, "max": 8}]},
+        ["IMAGE"],
+    ),
+    "Canny": core(
+        {
+            "image": ["IMAGE"],
+            "low_threshold": ["FLOAT", {"min": 0.01, "max": 0.99}],
+            "high_threshold": ["FLOAT", {"min": 0.01, "max": 0.99}],
+        },
+        ["IMAGE"],
+    ),
+}
+
+
+@pytest.fixture
+def object_info(in_models: Path) -> dict:
+    """What /object_info says of the nodes the workflows use (ours from INPUT_TYPES, with the test's models)."""
+    info = dict(CORE_NODES)
+    for node_id, node in PACK.NODE_CLASS_MAPPINGS.items():
+        spec = node.INPUT_TYPES()
+        info[node_id] = {
+            "input": {
+                group: {k: list(v) for k, v in spec.get(group, {}).items()} for group in ("required", "optional")
+            },
+            "input_order": {group: list(spec.get(group, {})) for group in ("required", "optional")},
+            "output": list(node.RETURN_TYPES),
+            "extra_values": 0,
+        }
+    return info
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_there_are_the_six_examples() -> None:
+    assert [p.stem for p in WORKFLOWS] == [
+        "pixart_alpha_dpm_solver",
+        "pixart_delta_controlnet_dpm_solver",
+        "pixart_delta_img2img",
+        "pixart_delta_lcm_controlnet",
+        "pixart_delta_lcm_text_to_image",
+        "pixart_delta_upscale",
+    ]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_a_ui_save_file_the_frontend_loads(path: Path) -> None:
+    workflow = load(path)
+    assert isinstance(workflow["version"], (int, float)) and workflow["version"] != 1  # the legacy (0.4) schema
+    assert isinstance(workflow["last_node_id"], int) and isinstance(workflow["last_link_id"], int)
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(set(ids)) == len(ids) and max(ids) <= workflow["last_node_id"]
+    for node in workflow["nodes"]:
+        for key, kind in (("pos", list), ("size", list), ("flags", dict), ("properties", dict)):
+            assert isinstance(node[key], kind), f"node {node['id']}: {key}"
+        assert isinstance(node["order"], int) and node["mode"] == 0
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_links_are_consistent_at_both_ends(path: Path, object_info: dict) -> None:
+    workflow = load(path)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    link_ids = [link[0] for link in workflow["links"]]
+    assert len(set(link_ids)) == len(link_ids) and max(link_ids) <= workflow["last_link_id"]
+    for link_id, source, out_slot, target, in_slot, kind in workflow["links"]:
+        output, given = nodes[source]["outputs"][out_slot], nodes[target]["inputs"][in_slot]
+        assert link_id in output["links"] and given["link"] == link_id
+        assert output["type"] == given["type"] == kind
+        assert object_info[nodes[source]["type"]]["output"][out_slot] == kind
+        spec = object_info[nodes[target]["type"]]["input"]
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}[given["name"]]
+        assert declared[0] == kind, f"{nodes[target]['type']}.{given['name']} is {declared[0]}, linked {kind}"
+    for node in workflow["nodes"]:
+        for slot in node.get("outputs", []):
+            for link_id in slot["links"] or []:
+                assert link_id in link_ids
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_widget_values_fit_the_nodes(path: Path, object_info: dict) -> None:
+    for node in load(path)["nodes"]:
+        if node["type"] in NOTE_TYPES:
+            assert isinstance(node["widgets_values"][0], str)
+            continue
+        info = object_info[node["type"]]
+        values = list(node["widgets_values"])
+        expected = 0
+        for group in ("required", "optional"):
+            for name in info["input_order"][group]:
+                kind, *rest = info["input"][group][name]
+                options = rest[0] if rest else {}
+                if not takes_widget_value(kind):
+                    continue
+                check_value(node["type"], name, kind, options, values[expected])
+                expected += 1
+                if has_seed_control(name, kind, options):
+                    assert values[expected] in SEED_CONTROLS, f"{node['type']}.{name}: no control_after_generate"
+                    expected += 1
+        assert len(values) == expected + info["extra_values"], f"{node['type']}: {values}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_queued_prompt_has_every_required_input(path: Path, object_info: dict) -> None:
+    prompt = ui_to_api(load(path), object_info)
+    for node in prompt.values():
+        required = object_info[node["class_type"]]["input"]["required"]
+        assert set(required) <= set(node["inputs"]), node["class_type"]
+        assert all(value is not None for value in node["inputs"].values())
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_note_names_every_model_file_and_its_folder(path: Path) -> None:
+    workflow = load(path)
+    notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in NOTE_TYPES]
+    assert len(notes) == 1
+    used = {
+        value
+        for n in workflow["nodes"]
+        if n["type"]
+        in ("PixArtDeltaCheckpointLoader", "PixArtDeltaT5Loader", "PixArtDeltaControlNetLoader", "VAELoader")
+        for value in n["widgets_values"]
+        if value in FILENAMES
+    }
+    assert used, "the workflow loads no model"
+    for name in used:
+        assert f"`{name}` in `models/{FILENAMES[name]}/`" in notes[0]
+
+
+def nodes_of(name: str, node_type: str) -> list[dict]:
+    return [n for n in load(FOLDER / f"{name}.json")["nodes"] if n["type"] == node_type]
+
+
+def sampler_settings(name: str) -> tuple:
+    (sampler,) = nodes_of(name, "PixArtDeltaSampler")
+    _seed, _, steps, kind, guidance, denoise, *_ = sampler["widgets_values"]
+    return kind, steps, guidance, denoise
+
+
+def test_each_example_shows_what_its_name_says() -> None:
+    assert sampler_settings("pixart_delta_lcm_text_to_image") == ("lcm", 4, 0.0, 1.0)
+    assert sampler_settings("pixart_alpha_dpm_solver") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert nodes_of("pixart_alpha_dpm_solver", "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0].startswith(
+        "PixArt-XL-2-1024-MS"
+    )
+    kind, _, _, denoise = sampler_settings("pixart_delta_img2img")
+    assert kind == "lcm" and denoise < 1 and nodes_of("pixart_delta_img2img", "VAEEncode")
+    assert nodes_of("pixart_delta_upscale", "ImageScaleBy")[0]["widgets_values"][1] > 1
+    assert sampler_settings("pixart_delta_controlnet_dpm_solver") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert sampler_settings("pixart_delta_lcm_controlnet") == ("lcm", 4, 0.0, 1.0)
+    for name in ("pixart_delta_controlnet_dpm_solver", "pixart_delta_lcm_controlnet"):
+        assert nodes_of(name, "PixArtDeltaControlNetApply") and nodes_of(name, "Canny")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_each_example_has_a_small_thumbnail(path: Path) -> None:
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff" and thumbnail.stat().st_size < 100_000
