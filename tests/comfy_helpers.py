@@ -20,7 +20,6 @@ from pixart_delta_core.random_weights import randomize_
 from pixart_delta_core.vae import Vae
 from pixart_delta_core.vae_layout import SD_VAE, VaeConfig, ldm_table
 from tests.helpers import TINY_T5, random_t5, random_transformer, t5_file_weights
-from tests.test_loading import reference_state_dict
 from tests.test_pack_entry import load_pack
 
 PACK = load_pack()
@@ -62,11 +61,11 @@ def write_models(root: Path, tokenizer: Path | None = None, full_vae: bool = Fal
         path.parent.mkdir(parents=True, exist_ok=True)
     base = random_transformer(BASE, seed=1)
     lcm = random_transformer(replace(BASE, null_caption=False), seed=2)  # diffusers files carry no null caption
-    torch.save({"state_dict": reference_state_dict(base)}, paths["alpha"])
+    torch.save({"state_dict": base.reference_state_dict()}, paths["alpha"])
     lcm_weights = {k: v for k, v in to_diffusers(lcm.state_dict()).items() if k not in REFERENCE_ONLY}
     save_file(lcm_weights, str(paths["lcm"]))
     controlnet = randomize_(ControlNetTransformer.from_base(base, CONTROL_COPIES), seed=4)
-    whole = {f"base_model.{k}": v for k, v in reference_state_dict(base).items()}
+    whole = {f"base_model.{k}": v for k, v in base.reference_state_dict().items()}
     torch.save({"state_dict": {**whole, **controlnet.state_dict()}}, paths["controlnet"])
     t5 = random_t5(seed=3)
     save_file(t5_file_weights(t5, torch.float16), str(paths["t5"]))
