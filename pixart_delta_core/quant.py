@@ -39,6 +39,7 @@ class Quantization(Enum):
 
     @property
     def label(self) -> str:
+        """How messages name it."""
         return {"none": "unquantized", "int8": "8-bit (LLM.int8)", "nf4": "4-bit (NF4)"}[self.value]
 
 
@@ -78,17 +79,22 @@ def quantized_ops(quantization: Quantization, device: torch.device | str) -> typ
             f"{quantization.label} weights need bitsandbytes, which is installed but does not load "
             f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}"
         ) from err
-    from . import quant_layers
-
+    version = getattr(bitsandbytes, "__version__", "of unknown version")
+    try:
+        from . import quant_layers
+    except ImportError as err:  # an old bitsandbytes without the functions the layers use
+        raise QuantizationError(
+            f"bitsandbytes {version} lacks what {quantization.label} weights need ({_first_line(err)}): {_WHAT_TO_DO}"
+        ) from err
     device = torch.device(device)
     try:
         quant_layers.probe(quantization, device)
     except Exception as err:  # whatever bitsandbytes raises for a device it cannot serve
-        version = getattr(bitsandbytes, "__version__", "of unknown version")
         raise QuantizationError(
             f"bitsandbytes {version} cannot run {quantization.label} layers on {device} "
             f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}, or load on another device"
         ) from err
+    log.debug("bitsandbytes %s runs %s layers on %s", version, quantization.label, device)
     return quant_layers.OPS[quantization]
 
 
@@ -133,7 +139,7 @@ def quantizing_place(fallback: Place) -> Place:
         owner.quantize_weight(weight, dtype)
         if device.type == "cpu":
             del weight
-            _return_free_heap()
+            return_free_heap()
 
     return place
 
@@ -141,12 +147,13 @@ def quantizing_place(fallback: Place) -> Place:
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
-def _return_free_heap() -> None:
+def return_free_heap() -> None:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
 
-    glibc keeps the freed temporaries of quantizing one layer in its heap, between the quantized layers
-    that stay: without this the process's memory grows by up to a quantized model's size again while a
-    model loads on the CPU.
+    glibc keeps freed tensors of a few MB in its heap: the temporaries of quantizing one layer, between the
+    quantized layers that stay (the loader calls this after each layer, else the process grows by up to a
+    quantized model's size again while one loads on the CPU), and a freed quantized model's own layers (call
+    this after dropping one on the CPU to get its memory back).
     """
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import pixart_delta_core
 from pixart_delta_core import quant_layers
 from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.controlnet import ControlNetTransformer
@@ -387,6 +388,13 @@ def test_a_broken_bitsandbytes_is_a_clear_error(monkeypatch) -> None:
     hide_bitsandbytes(monkeypatch, OSError("libcudart.so.12: cannot open shared object file"))
     with pytest.raises(QuantizationError, match=r"installed but does not load \(OSError: libcudart"):
         quantized_ops(Quantization.INT8, "cpu")
+
+
+def test_a_bitsandbytes_too_old_for_the_layers_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pixart_delta_core.quant_layers", None)  # importing it fails as it would
+    monkeypatch.delattr(pixart_delta_core, "quant_layers")  # with an old bitsandbytes (ImportError from inside)
+    with pytest.raises(QuantizationError, match=r"bitsandbytes \S+ lacks what 4-bit \(NF4\) weights need"):
+        quantized_ops(Quantization.NF4, "cpu")
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
