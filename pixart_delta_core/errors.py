@@ -11,3 +11,7 @@ class CheckpointError(PixArtDeltaError):
 
 class InputError(PixArtDeltaError):
     """An argument outside what the engine accepts (a size, a step count, a strength...)."""
+
+
+class QuantizationError(PixArtDeltaError):
+    """Quantization asked for but impossible here: bitsandbytes missing, too old, or unable to run on the device."""

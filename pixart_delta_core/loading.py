@@ -20,6 +20,7 @@ from .controlnet import ControlNetTransformer
 from .controlnet_config import DetectedControlNet, detect_controlnet
 from .errors import CheckpointError
 from .ops import Ops
+from .quant import Quantization, quantize_blocks_
 from .transformer import PixArtTransformer
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,18 @@ def load_transformer(
     device: torch.device | str = "cpu",
     hints: Mapping[str, Any] | None = None,
     ops: type[Ops] = Ops,
+    quantization: Quantization | str = Quantization.NONE,
 ) -> PixArtTransformer:
-    """Load a PixArt transformer from any supported layout, strictly, in ``dtype`` on ``device``."""
+    """Load a PixArt transformer from any supported layout, strictly, in ``dtype`` on ``device``.
+
+    ``quantization`` int8 or nf4 quantizes the linear layers of its blocks as the weights stream in
+    (``quant.quantize_blocks_``); ``dtype`` is then the compute dtype and that of every other layer.
+    """
     detected = inspect_transformer(checkpoint, hints)
     log.info("loading %s", detected.describe())
     model = PixArtTransformer(detected.config, ops=ops, device="meta")
-    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), ignore=RECOMPUTED)
+    place = quantize_blocks_(model, quantization, device, place_tensor)
+    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), ignore=RECOMPUTED, place=place)
     return model
 
 
@@ -86,17 +93,20 @@ def load_controlnet(
     device: torch.device | str = "cpu",
     ops: type[Ops] = Ops,
     hints: Mapping[str, Any] | None = None,
+    quantization: Quantization | str = Quantization.NONE,
 ) -> ControlNetTransformer:
     """Load the ControlNet of any supported layout for a base of ``base_config``, strictly, streaming.
 
     From a reference full checkpoint only its ControlNet part is read: its base loads through
     ``load_transformer``, or another base that fits (e.g. the LCM transformer) is used instead.
+    ``quantization`` as for ``load_transformer``.
     """
     detected = inspect_controlnet(checkpoint, hints, base_config)
     detected.config.check_fits(base_config)
     log.info("loading %s", detected.describe())
     model = ControlNetTransformer(detected.config, ops=ops, device="meta")
-    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device))
+    place = quantize_blocks_(model, quantization, device, place_tensor)
+    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), place=place)
     return model
 
 

@@ -26,6 +26,8 @@ from .config import identify
 from .errors import CheckpointError
 from .layouts import KeyTable, RenamedSource, Rule
 from .loading import Place, as_source, load_strict, parse_dtype, place_tensor
+from .quant import Quantization, parse_quantization
+from .quant_t5 import quantize_t5_
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +281,21 @@ def load_t5(
     checkpoint: Checkpoint | T5Checkpoint,
     dtype: str | torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
+    quantization: Quantization | str = Quantization.NONE,
 ) -> T5EncoderModel:
-    """Load a T5-v1.1 encoder strictly, streamed tensor by tensor, in ``dtype`` on ``device``."""
+    """Load a T5-v1.1 encoder strictly, streamed tensor by tensor, in ``dtype`` on ``device``.
+
+    With ``quantization`` the blocks' linear layers are quantized as they stream in (``quant_t5``);
+    ``dtype`` is then the compute dtype and the dtype of the layers that stay unquantized.
+    """
     found = checkpoint if isinstance(checkpoint, T5Checkpoint) else inspect_t5(checkpoint)
     torch_dtype = parse_dtype(dtype)
-    log.info("loading %s, in %s", found.describe(), torch_dtype)
+    quantization = parse_quantization(quantization)
     model = build_t5(found.config, torch_dtype)
+    place = t5_placement(torch_dtype)
+    if quantization is not Quantization.NONE:
+        place = quantize_t5_(model, quantization, torch_dtype, device, place)
+    log.info("loading %s, in %s, %s", found.describe(), torch_dtype, quantization.label)
     load_strict(
         model,
         found.tensors,
@@ -292,6 +303,6 @@ def load_t5(
         torch.device(device),
         ignore=found.ignored,
         tied=TIED,
-        place=t5_placement(torch_dtype),
+        place=place,
     )
     return model

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 from .captions import prepare_prompt
 from .errors import CheckpointError, InputError
 from .loading import parse_dtype
+from .quant import Quantization
 from .t5_loading import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,12 @@ def load_text_encoder(
     dtype: str | torch.dtype = "bf16",
     device: torch.device | str = "cpu",
     tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
+    quantization: Quantization | str = Quantization.NONE,
 ) -> TextEncoder:
-    """Load T5 weights (single file, HF folder, or tensors) and their tokenizer (found beside a path, or given)."""
+    """Load T5 weights (single file, HF folder, or tensors) and their tokenizer (found beside a path, or given).
+
+    ``quantization`` int8 or nf4 quantizes the encoder's linear layers while they load (``dtype`` computes).
+    """
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         if tokenizer is None and not isinstance(checkpoint, (str, Path)):
             raise InputError(
@@ -209,4 +214,4 @@ def load_text_encoder(
             f"they do not belong together"
         )
     torch_dtype = parse_dtype(dtype)
-    return TextEncoder(tokenizer, load_t5(found, torch_dtype, device), torch_dtype)
+    return TextEncoder(tokenizer, load_t5(found, torch_dtype, device, quantization), torch_dtype)

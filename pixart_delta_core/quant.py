@@ -1,0 +1,202 @@
+"""Weight quantization with bitsandbytes: LLM.int8() (Dettmers et al. 2022) and NF4 (QLoRA, Dettmers et al. 2023).
+
+The paper's low-memory recipe (REFERENCE.md §5) runs T5-XXL in 8-bit. Models are quantized while they
+stream from the file: each linear layer's weight is read (converted chunk by chunk to 16 bits, on the
+target device), quantized there, and its 16-bit copy dropped before the next one is read.
+
+bitsandbytes is imported only when quantization is asked for, and checked then: a missing or unusable
+bitsandbytes is an error, never a silent fallback to full precision.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, InputError, QuantizationError
+from .layers import Block
+from .ops import Ops
+
+if TYPE_CHECKING:
+    from .checkpoint import TensorSource
+    from .loading import Place
+
+log = logging.getLogger(__name__)
+
+
+class Quantization(Enum):
+    """How linear layers store their weights."""
+
+    NONE = "none"  # in the compute dtype, unquantized
+    INT8 = "int8"  # LLM.int8(): int8 weights per output row, outlier input features in fp16
+    NF4 = "nf4"  # 4-bit NormalFloat in blocks of 64, block scales quantized again (double quantization)
+
+    @property
+    def label(self) -> str:
+        """How messages name it."""
+        return {"none": "unquantized", "int8": "8-bit (LLM.int8)", "nf4": "4-bit (NF4)"}[self.value]
+
+
+def parse_quantization(name: str | Quantization) -> Quantization:
+    """'none' / 'int8' / 'nf4' (any case), or a ``Quantization``, -> ``Quantization``."""
+    if isinstance(name, Quantization):
+        return name
+    if isinstance(name, str):
+        for mode in Quantization:
+            if name.strip().lower() == mode.value:
+                return mode
+    raise InputError(f"unknown quantization {name!r}: expected one of {', '.join(m.value for m in Quantization)}")
+
+
+_WHAT_TO_DO = (
+    "install or upgrade bitsandbytes in the Python environment that runs the pack "
+    "(pip install -U bitsandbytes; recent versions run on CPU as well as on CUDA GPUs), "
+    "or choose quantization 'none' (full precision, about twice the memory of int8)"
+)
+
+
+def quantized_ops(quantization: Quantization, device: torch.device | str) -> type[Ops]:
+    """The ``Ops`` whose ``Linear`` is the bitsandbytes layer for ``quantization``, checked to run on ``device``.
+
+    Raises ``QuantizationError`` when bitsandbytes is missing, fails to load, or cannot run there.
+    """
+    if quantization is Quantization.NONE:
+        raise InputError("quantized_ops needs a quantization other than 'none' (plain layers are ops.Ops)")
+    try:
+        import bitsandbytes
+    except ImportError as err:
+        raise QuantizationError(
+            f"{quantization.label} weights need the bitsandbytes package, which is not installed ({err}): {_WHAT_TO_DO}"
+        ) from err
+    except Exception as err:  # a broken install fails in many ways (missing CUDA libraries, ABI mismatch...)
+        raise QuantizationError(
+            f"{quantization.label} weights need bitsandbytes, which is installed but does not load "
+            f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}"
+        ) from err
+    version = getattr(bitsandbytes, "__version__", "of unknown version")
+    try:
+        from . import quant_layers
+    except ImportError as err:  # an old bitsandbytes without the functions the layers use
+        raise QuantizationError(
+            f"bitsandbytes {version} lacks what {quantization.label} weights need ({_first_line(err)}): {_WHAT_TO_DO}"
+        ) from err
+    device = torch.device(device)
+    try:
+        quant_layers.probe(quantization, device)
+    except Exception as err:  # whatever bitsandbytes raises for a device it cannot serve
+        raise QuantizationError(
+            f"bitsandbytes {version} cannot run {quantization.label} layers on {device} "
+            f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}, or load on another device"
+        ) from err
+    log.debug("bitsandbytes %s runs %s layers on %s", version, quantization.label, device)
+    return quant_layers.OPS[quantization]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+class QuantizedLinear:
+    """What every quantized linear layer offers the loader (the bitsandbytes layers mix it in)."""
+
+    def read_dtype(self, compute_dtype: torch.dtype) -> torch.dtype:
+        """The dtype its unquantized weight is read in before being quantized."""
+        raise NotImplementedError
+
+    def quantize_weight(self, weight: torch.Tensor, compute_dtype: torch.dtype) -> None:
+        """Quantize ``weight`` [out, in] on its own device and keep only the quantized form."""
+        raise NotImplementedError
+
+
+def quantizing_place(fallback: Place) -> Place:
+    """A ``Place`` step that quantizes the weights of ``QuantizedLinear`` layers and leaves the rest to ``fallback``.
+
+    The weight is read into a 16-bit (or compute-dtype) tensor on the target device, so on a GPU it is
+    quantized on the GPU; that tensor is the only unquantized copy and lives for one layer.
+    """
+
+    def place(module: nn.Module, key: str, tensors: TensorSource, dtype: torch.dtype, device: torch.device) -> None:
+        owner_name, _, leaf = key.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        if leaf != "weight" or not isinstance(owner, QuantizedLinear):
+            fallback(module, key, tensors, dtype, device)
+            return
+        stored = tensors.dtypes[key]
+        if not stored.is_floating_point:
+            raise CheckpointError(
+                f"{tensors.origin}: {key} is stored as {str(stored).removeprefix('torch.')}; quantizing needs "
+                f"floating-point weights (fp32, fp16, bf16 or fp8)"
+            )
+        weight = torch.empty(tensors.shapes[key], dtype=owner.read_dtype(dtype), device=device)
+        tensors.read_into(key, weight)
+        owner.quantize_weight(weight, dtype)
+        if device.type == "cpu":
+            del weight
+            return_free_heap()
+
+    return place
+
+
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
+def return_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps freed tensors of a few MB in its heap: the temporaries of quantizing one layer, between the
+    quantized layers that stay (the loader calls this after each layer, else the process grows by up to a
+    quantized model's size again while one loads on the CPU), and a freed quantized model's own layers (call
+    this after dropping one on the CPU to get its memory back).
+    """
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def quantize_linears_(module: nn.Module, ops: type[Ops]) -> list[str]:
+    """Replace every ``nn.Linear`` of a meta-device ``module`` by an empty ``ops.Linear`` of the same shape, to be
+    filled by ``quantizing_place``; returns the replaced layers' names."""
+    replaced = []
+    for name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            if child.weight.device.type != "meta":
+                raise InputError(f"{full}: layers are swapped for quantized ones before loading (on meta) only")
+            layer = ops.Linear(child.in_features, child.out_features, child.bias is not None, device="meta")
+            setattr(parent, child_name, layer)
+            replaced.append(full)
+    return replaced
+
+
+def quantize_blocks_(
+    model: nn.Module, quantization: Quantization | str, device: torch.device | str, fallback: Place
+) -> Place:
+    """Quantize the linear layers inside every transformer ``Block`` of a meta-device PixArt transformer or
+    ControlNet; returns the ``Place`` step to load it with (``fallback`` itself for 'none').
+
+    Only the blocks: the timestep and micro-condition embedders, ``t_block``, the caption projection, the
+    final layer and the ControlNet's zero projections keep the compute dtype. They hold 2.6% of XL's linear
+    weights, but quantizing ``t_block``, the caption projection and the final layer too doubled the largest
+    error of the prediction (int8: 0.040 -> 0.079, NF4: 0.27 -> 0.52) and made 1 - cosine 4x larger, on
+    random weights at XL's width (benchmarks/quant_quality.py): ``t_block`` modulates every block and the
+    final layer writes the prediction itself.
+    """
+    quantization = parse_quantization(quantization)
+    if quantization is Quantization.NONE:
+        return fallback
+    ops = quantized_ops(quantization, device)
+    replaced = [name for block in model.modules() if isinstance(block, Block) for name in quantize_linears_(block, ops)]
+    if not replaced:
+        raise InputError(
+            f"{type(model).__name__} has no plain linear layers in its blocks to quantize (built with other ops?)"
+        )
+    return quantizing_place(fallback)
