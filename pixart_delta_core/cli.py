@@ -59,6 +59,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         t5_dtype=args.t5_dtype,
         low_memory=args.low_memory,
+        t5_quantization=None if args.t5_quantization == "auto" else args.t5_quantization,
+        quantization=args.quantization,
     )
     control = None
     if args.control_image is not None:
@@ -81,11 +83,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
             control=control,
             clean_caption=args.clean_caption,
             on_step=on_step,
+            on_stage=_announce_stage,
         )
     for path, image in zip(_outputs(args.out, len(result.images)), result.images, strict=True):
         image.save(path)
         print(f"wrote {path} ({image.width}x{image.height}, generated at {result.size[1]}x{result.size[0]})")
     return 0
+
+
+_STAGES = {
+    "text": "encoding the prompts with T5",
+    "images": "encoding the init/control image with the VAE",
+    "denoise": "denoising with the transformer",
+    "decode": "decoding with the VAE",
+}
+
+
+def _announce_stage(name: str) -> None:
+    if name in _STAGES:
+        print(f"{_STAGES[name]}...", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -100,6 +116,9 @@ def _progress():
         if bar is None:
             bar = tqdm(total=total, desc="denoising", unit="step")
         bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            bar = None
 
     try:
         yield on_step
@@ -169,6 +188,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--t5-dtype", default="auto", help="T5 dtype: auto (bf16: T5-XXL is 9.5 GB in it), fp32, fp16, bf16"
     )
     dev.add_argument("--low-memory", action="store_true", help="one model in memory at a time, tiled VAE decode")
+    dev.add_argument(
+        "--t5-quantization",
+        default="auto",
+        choices=["auto", "none", "int8", "nf4"],
+        help="T5 weights in 8 or 4 bits (bitsandbytes); auto: int8 with --low-memory, else none",
+    )
+    dev.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="transformer weights")
     gen.set_defaults(run=cmd_generate)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .config import TransformerConfig
 from .controlnet import ControlNetTransformer
 from .errors import InputError
 from .images import prepare_image, resize_and_crop, to_pil
 from .loading import inspect_transformer, load_controlnet, load_transformer, parse_dtype
+from .quant import Quantization, parse_quantization, return_free_heap
 from .resolution import bins_for, check_image_size, nearest_bin
 from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents, parse_sampler
 from .text import TextEmbedding, TextEncoder, load_text_encoder
@@ -87,6 +89,8 @@ class PixArtPipeline:
     vae_dtype: str | torch.dtype = "auto"
     keep_loaded: bool = False
     low_memory: bool = False
+    t5_quantization: Quantization | str | None = None
+    quantization: Quantization | str = Quantization.NONE
     _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +98,10 @@ class PixArtPipeline:
         self.dtype = pick_dtype(self.dtype, self.device)
         self.t5_dtype = parse_dtype("bf16") if str(self.t5_dtype) == "auto" else parse_dtype(self.t5_dtype)
         self.vae_dtype = pick_dtype(self.vae_dtype, self.device)
+        if self.t5_quantization is None:  # the paper's low-memory recipe runs T5 in 8-bit
+            self.t5_quantization = Quantization.INT8 if self.low_memory else Quantization.NONE
+        self.t5_quantization = parse_quantization(self.t5_quantization)
+        self.quantization = parse_quantization(self.quantization)
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -110,20 +118,32 @@ class PixArtPipeline:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        return_free_heap()
 
     def load_transformer(self) -> PixArtTransformer:
-        return self._model("transformer", lambda: load_transformer(self.transformer, self.dtype, self.device))
+        return self._model(
+            "transformer",
+            lambda: load_transformer(self.transformer, self.dtype, self.device, quantization=self.quantization),
+        )
 
     def load_text_encoder(self) -> TextEncoder:
-        return self._model("t5", lambda: load_text_encoder(self.t5, self.t5_dtype, self.device, self.tokenizer))
+        return self._model(
+            "t5",
+            lambda: load_text_encoder(self.t5, self.t5_dtype, self.device, self.tokenizer, self.t5_quantization),
+        )
 
-    def load_vae(self, transformer: PixArtTransformer) -> Vae:
-        defaults = vae_defaults_for(transformer.config)
+    def load_vae(self, transformer_config: TransformerConfig) -> Vae:
+        defaults = vae_defaults_for(transformer_config)
         return self._model("vae", lambda: load_vae(self.vae, self.vae_dtype, self.device, defaults=defaults))
 
     def load_controlnet(self, transformer: PixArtTransformer) -> ControlNetTransformer:
         source = self.controlnet or self.transformer
-        return self._model("controlnet", lambda: load_controlnet(source, transformer.config, self.dtype, self.device))
+        return self._model(
+            "controlnet",
+            lambda: load_controlnet(
+                source, transformer.config, self.dtype, self.device, quantization=self.quantization
+            ),
+        )
 
     def encode_prompts(
         self, prompts: Sequence[str], negatives: Sequence[str] | None, caption_length: int, clean_caption: bool
@@ -156,14 +176,18 @@ class PixArtPipeline:
         control: Control | None = None,
         clean_caption: bool = False,
         on_step: StepCallback | None = None,
+        on_stage: Callable[[str], None] | None = None,
     ) -> Generation:
         """Generate images. Steps and guidance default to the reference settings of the sampler.
 
         ``width``/``height`` default to the model's training resolution; with ``resolution_binning``
         the image is generated at the nearest trained aspect-ratio bin, then resized and centre-cropped
         to the asked size (as the reference app does). A negative prompt of None uses the model's
-        learned null caption when guidance is on (the reference's unconditional input).
+        learned null caption when guidance is on (the reference's unconditional input). ``on_stage``
+        hears "text", "images" (VAE-encoding an init or control image), "denoise", "decode" and
+        "done" as the run moves on.
         """
+        stage = on_stage or (lambda name: None)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
@@ -187,21 +211,26 @@ class PixArtPipeline:
         size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
         check_image_size(*size)
 
+        stage("text")
         cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
         batch = len(prompts) * images_per_prompt
         cond = cond.repeat(images_per_prompt)
         uncond = None if uncond is None else uncond.repeat(images_per_prompt)
 
+        init = control_latent = None
+        if init_image is not None or control is not None:
+            stage("images")
+            vae = self.load_vae(transformer_config)
+            if init_image is not None:
+                init = vae.scale(vae.encode(_pixels(init_image, size)))
+            if control is not None:
+                generator = torch.Generator().manual_seed(seed)
+                control_latent = vae.scale(vae.encode(_pixels(control.image, size), generator, control.sample))
+            if self.low_memory:
+                self._free("vae")
+        stage("denoise")
         transformer = self.load_transformer()
-        vae = self.load_vae(transformer)
-        init = None if init_image is None else vae.scale(vae.encode(_pixels(init_image, size)))
-        control_latent = None
-        if control is not None:
-            generator = torch.Generator().manual_seed(seed)
-            control_latent = vae.scale(vae.encode(_pixels(control.image, size), generator, sample=control.sample))
-        if self.low_memory:
-            self._free("vae")
-        schedule = None
+        schedule = controlnet = None
         if control is not None:
             controlnet = self.load_controlnet(transformer)
             hook = controlnet.hook(transformer, control_latent.to(self.device, self.dtype), control.strength)
@@ -220,13 +249,17 @@ class PixArtPipeline:
             image_size=size,
             on_step=on_step,
         )
+        del transformer, controlnet, schedule  # the last references: freeing can now release them
         self._free("controlnet", "transformer")
 
-        vae = self.load_vae(transformer)
+        stage("decode")
+        vae = self.load_vae(transformer_config)
         pixels = vae.decode(vae.unscale(latents), tiled=True if self.low_memory else None)
+        del vae
         self._free("vae")
         if resolution_binning and size != asked:
             pixels = resize_and_crop(pixels, *asked)
+        stage("done")
         return Generation(to_pil(pixels), latents.cpu(), size)
 
 

@@ -1,20 +1,20 @@
-"""Memory of a whole 1024 px generation in the paper's low-memory recipe, one stage on the device at a time.
+"""Memory of a whole 1024 px generation in the pipeline's low-memory mode, real-size models.
 
-    python benchmarks/gpu_lowmem.py                         # CUDA, real sizes (needs ~12 GB of disk once)
-    python benchmarks/gpu_lowmem.py --device cpu --small    # a quick smoke run anywhere
+    python benchmarks/lowmem_generation.py --device cpu --dtype bf16   # peak process memory, here
+    python benchmarks/lowmem_generation.py                             # CUDA: max_memory_allocated
+    python benchmarks/lowmem_generation.py --device cpu --small        # a quick smoke run anywhere
 
-Stages, each loaded, run and freed before the next (REFERENCE.md §5: "T5 in 8-bit, prompt encoded,
-T5 freed, then the fp16 transformer, then the VAE"):
+``PixArtPipeline(low_memory=True)`` runs the paper's recipe (REFERENCE.md §5: "T5 in 8-bit, prompt
+encoded, T5 freed, then the fp16 transformer, then the VAE"), one stage in memory at a time:
   text:    T5-XXL in int8 (a synthetic single file with the real key layout and random weights,
            see t5_quant_memory.py), one prompt encoded;
-  denoise: PixArt-XL-2-1024-MS with random weights in fp16, one LCM step at 1024 px;
-  decode:  the SD VAE (real config, random weights) in fp16, tiled decode.
-Every model is read from a file written once into the cache (about 11 GB in all), so on the CPU too
-a stage's peak holds only what that stage loaded.
+  denoise: PixArt-XL-2-1024-MS with random weights, one LCM step at 1024 px;
+  decode:  the SD VAE (real config, random weights), tiled decode.
+Every model is read from a file written once into the cache (about 11 GB in all).
 Reports, per stage and overall, the peak of ``torch.cuda.max_memory_allocated`` (on CPU: the process's
-peak resident memory, with what the previous stage freed handed back to the system first) and the
-seconds taken, as one JSON line. Targets: the paper says under 8 GB of
-GPU memory; issue 6 aims at 6 GB.
+peak resident memory, with what the previous stage freed handed back to the system first), what is
+still held after each stage, and the seconds taken, as one JSON line. Targets: the paper says under
+8 GB of GPU memory; issue 6 aims at 6 GB.
 
 Random weights give meaningless images: only memory and time are measured. The tokenizer is the
 shared fixture when found, else ``--tokenizer``, else a stand-in built in memory (the memory figure does
@@ -66,9 +66,8 @@ def stand_in_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def transformer_file(cache: Path, small: bool, dtype) -> tuple[Path, object]:
+def transformer_file(cache: Path, small: bool) -> Path:
     """PixArt-XL-2-1024-MS (or a small one reading ``SMALL_T5``'s width) with random weights, written once."""
-    import torch
     from safetensors.torch import save_file
 
     from pixart_delta_core.config import TransformerConfig
@@ -81,28 +80,27 @@ def transformer_file(cache: Path, small: bool, dtype) -> tuple[Path, object]:
             depth=2, hidden_size=144, num_heads=2, mlp_hidden=576, caption_channels=SMALL_T5["d_model"],
             sample_size=32, micro_conditions=True,
         )  # fmt: skip
-    path = cache / f"pixart-{'small' if small else 'xl-1024-ms'}-random-{str(dtype).removeprefix('torch.')}.safetensors"
+    path = cache / f"pixart-{'small' if small else 'xl-1024-ms'}-random.safetensors"
     if not path.is_file():
-        with torch.device("cpu"):
-            weights = randomize_(PixArtTransformer(config, dtype=dtype)).state_dict()
-        save_file(weights, str(path.with_suffix(".partial")))
+        weights = randomize_(PixArtTransformer(config)).reference_state_dict()
+        save_file(weights, str(path.with_suffix(".partial")), metadata={"num_heads": str(config.num_heads)})
         path.with_suffix(".partial").rename(path)
-    return path, config
+    return path
 
 
-def vae_file(cache: Path, small: bool) -> tuple[Path, object]:
-    """The SD VAE (or a small one) with random weights in diffusers names, written once."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
-
+def vae_files(cache: Path, small: bool) -> Path:
+    """The SD VAE (or a small one) with random weights as a diffusers folder, written once."""
+    from pixart_delta_core.demo import demo_vae
     from pixart_delta_core.random_weights import randomize_
-    from pixart_delta_core.vae_layout import SD_VAE, VaeConfig
 
-    config = VaeConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8) if small else SD_VAE
-    path = cache / f"vae-{'small' if small else 'sd'}-random.safetensors"
-    if not path.is_file():
-        save_file(randomize_(AutoencoderKL(**config.diffusers_kwargs())).state_dict(), str(path))
-    return path, config
+    folder = cache / f"vae-{'small' if small else 'sd'}-random"
+    if not (folder / "config.json").is_file():
+        blocks = (32, 32, 32, 32) if small else (128, 256, 512, 512)
+        vae = randomize_(
+            demo_vae(block_out_channels=blocks, layers_per_block=1 if small else 2, norm_num_groups=8 if small else 32)
+        )
+        vae.save_pretrained(folder)
+    return folder
 
 
 class Meter:
@@ -163,14 +161,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from t5_quant_memory import synthetic_t5, t5_config, write_t5_file
 
-    from pixart_delta_core.loading import load_transformer
-    from pixart_delta_core.sampling import SamplingSettings, generate_latents
-    from pixart_delta_core.text import load_text_encoder
-    from pixart_delta_core.vae import Vae, load_vae
+    from pixart_delta_core.pipeline import PixArtPipeline
 
     device = torch.device(args.device)
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    dtype, t5_dtype = dtypes[args.dtype], dtypes[args.t5_dtype or args.dtype]
     size = 256 if args.small else args.size
     prepared = time.perf_counter()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -181,46 +174,40 @@ def run(args: argparse.Namespace) -> dict:
     else:
         t5_path = synthetic_t5(args.cache, "xxl")
     tokenizer = stand_in_tokenizer() if args.stand_in_tokenizer else tokenizer_for_run(args.tokenizer)
-    transformer_path, transformer_config = transformer_file(args.cache, args.small, dtype)
-    vae_path, vae_config = vae_file(args.cache, args.small)
-    result: dict = {"benchmark": "gpu_lowmem", "device": str(device), "small": args.small, "size_px": size}
+    tokenizer_folder = args.cache / "tokenizer-for-run"
+    tokenizer.save_pretrained(tokenizer_folder)
+    transformer_path = transformer_file(args.cache, args.small)
+    vae_folder = vae_files(args.cache, args.small)
+    result: dict = {"benchmark": "lowmem_generation", "device": str(device), "small": args.small, "size_px": size}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     result |= {"dtype": args.dtype, "t5": f"{args.t5_quantization}, computing in {args.t5_dtype or args.dtype}"}
     result["prepare_s"] = round(time.perf_counter() - prepared, 1)
+
+    pipeline = PixArtPipeline(
+        transformer_path,
+        t5_path,
+        vae_folder,
+        tokenizer_folder,
+        device=device,
+        dtype=args.dtype,
+        t5_dtype=args.t5_dtype or args.dtype,
+        vae_dtype=args.dtype,
+        low_memory=True,
+        t5_quantization=args.t5_quantization,
+    )
     meter = Meter(device)
     stages: dict = {}
+    current: list[str] = []
 
-    meter.start()
-    encoder = load_text_encoder(t5_path, t5_dtype, device, tokenizer=tokenizer, quantization=args.t5_quantization)
-    loaded = time.perf_counter() - meter.began
-    cond = encoder.encode([PROMPT], transformer_config.caption_length)
-    stages["text"] = {**meter.stop(), "load_s": round(loaded, 2), "tokens": int(cond.mask.sum())}
-    del encoder
-    stages["text"]["held_after_gb"] = meter.held_gb()
+    def on_stage(name: str) -> None:
+        if current:  # the stage before has run and freed its model
+            stages[current.pop()] = {**meter.stop(), "held_after_gb": meter.held_gb()}
+        if name != "done":
+            current.append(name)
+            meter.start()
 
-    meter.start()
-    hints = {"sample_size": transformer_config.sample_size}
-    transformer = load_transformer(transformer_path, dtype, device, hints=hints)
-    loaded = time.perf_counter() - meter.began
-    settings = SamplingSettings.defaults("lcm", steps=args.steps)
-    latent = size // 8
-    latents = generate_latents(
-        transformer, cond, settings, seed=0, batch=1, height=latent, width=latent, image_size=(size, size)
-    )
-    stages["denoise"] = {**meter.stop(), "load_s": round(loaded, 2), "steps": args.steps}
-    del transformer, cond
-    stages["denoise"]["held_after_gb"] = meter.held_gb()
-
-    meter.start()
-    vae = load_vae(vae_path, dtype, device, defaults=vae_config)
-    vae = Vae(vae.model, vae.config, tile_size=128 if args.small else 512)
-    loaded = time.perf_counter() - meter.began
-    image = vae.decode(vae.unscale(latents), tiled=True)
-    stages["decode"] = {**meter.stop(), "load_s": round(loaded, 2), "image": list(image.shape)}
-    del vae, image, latents
-    stages["decode"]["held_after_gb"] = meter.held_gb()
-
+    pipeline(PROMPT, width=size, height=size, resolution_binning=False, steps=args.steps, seed=0, on_stage=on_stage)
     result["stages"] = stages
     result["peak_gb"] = max(s["peak_gb"] for s in stages.values())
     result["seconds"] = round(sum(s["seconds"] for s in stages.values()), 2)
