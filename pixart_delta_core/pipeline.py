@@ -152,6 +152,7 @@ class PixArtPipeline:
         encoder = self.load_text_encoder()
         cond = encoder.encode(prompts, caption_length, clean_caption)
         uncond = None if negatives is None else encoder.encode(negatives, caption_length, clean_caption)
+        del encoder  # the last reference outside the cache: freeing can release it
         self._free("t5")
         return cond.to("cpu"), None if uncond is None else uncond.to("cpu")
 
@@ -226,6 +227,7 @@ class PixArtPipeline:
             if control is not None:
                 generator = torch.Generator().manual_seed(seed)
                 control_latent = vae.scale(vae.encode(_pixels(control.image, size), generator, control.sample))
+            del vae
             if self.low_memory:
                 self._free("vae")
         stage("denoise")

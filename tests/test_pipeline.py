@@ -157,3 +157,24 @@ def test_low_memory_mode_decodes_in_tiles(setup) -> None:
     result = pipeline("a fox", width=64, height=64, resolution_binning=False, seed=0)
     assert result.images[0].size == (64, 64)
     assert not pipeline._loaded, "low-memory mode keeps no model between stages"
+
+
+def test_each_stage_frees_the_model_before_the_next_loads(setup) -> None:
+    """T5 is gone before denoising starts, the transformer before decoding (no reference survives)."""
+    import gc
+    import weakref
+
+    files, _ = setup
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", low_memory=True)
+    loaded: dict[str, weakref.ref] = {}
+    for name in ("load_text_encoder", "load_transformer"):
+        load = getattr(pipeline, name)
+        setattr(pipeline, name, lambda load=load, name=name: loaded.setdefault(name, weakref.ref(load()))())
+    alive_at: dict[str, list[str]] = {}
+
+    def on_stage(stage: str) -> None:
+        gc.collect()
+        alive_at[stage] = sorted(name for name, ref in loaded.items() if ref() is not None)
+
+    pipeline("a fox", width=64, height=64, resolution_binning=False, seed=0, on_stage=on_stage)
+    assert alive_at == {"text": [], "denoise": [], "decode": [], "done": []}
