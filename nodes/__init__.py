@@ -4,7 +4,7 @@ Node ids and input names are part of saved workflows: never rename them.
 """
 
 from .controlnet import ControlNetApply, ControlNetLoader
-from .loaders import CheckpointLoader, T5Loader
+from .loaders import CheckpointLoader, LowMemoryLoader, T5Loader
 from .resolution import Resolution
 from .sampling import PixArtSampler
 from .text import T5TextEncode
@@ -12,6 +12,7 @@ from .text import T5TextEncode
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "PixArtDeltaCheckpointLoader": CheckpointLoader,
     "PixArtDeltaT5Loader": T5Loader,
+    "PixArtDelta8BitLoader": LowMemoryLoader,
     "PixArtDeltaT5TextEncode": T5TextEncode,
     "PixArtDeltaResolution": Resolution,
     "PixArtDeltaSampler": PixArtSampler,
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "PixArtDeltaCheckpointLoader": "PixArt-δ Checkpoint Loader",
     "PixArtDeltaT5Loader": "PixArt-δ T5 Loader",
+    "PixArtDelta8BitLoader": "PixArt-δ Low-Memory Loader (8-bit T5)",
     "PixArtDeltaT5TextEncode": "PixArt-δ T5 Text Encode",
     "PixArtDeltaResolution": "PixArt-δ Resolution",
     "PixArtDeltaSampler": "PixArt-δ Sampler",

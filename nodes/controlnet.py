@@ -14,11 +14,11 @@ import torch
 from ..pixart_delta_core.controlnet import ControlNetTransformer
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.images import prepare_image
-from ..pixart_delta_core.loading import load_controlnet
+from ..pixart_delta_core.loading import inspect_controlnet, load_controlnet
 from ..pixart_delta_core.sampling import ControlSchedule
 from ..pixart_delta_core.transformer import PixArtTransformer
 from . import host
-from .loaders import MODEL_TYPE, PixArtModel
+from .loaders import MODEL_TYPE, PixArtModel, parameter_count, placement
 from .model_choices import CONTROLNETS
 from .text import single_entry
 
@@ -83,8 +83,9 @@ class ControlNetLoader:
     DESCRIPTION = (
         "Loads a PixArt-δ ControlNet-Transformer: the reference PixArt-XL-2-1024-ControlNet.pth / -512- (only its "
         "ControlNet part is read), a ControlNet-only file, or a diffusers-style adapter; from models/controlnet or "
-        "models/checkpoints. It is checked against the model it will steer and loaded in the model's precision; "
-        "one that does not fit (width, heads, depth) is refused."
+        "models/checkpoints. It is checked against the model it will steer and loaded in the model's precision "
+        "and quantization (a model loaded in 8 or 4 bits gets its ControlNet in the same); one that does not fit "
+        "(width, heads, depth) is refused."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -112,9 +113,15 @@ class ControlNetLoader:
 
     def load(self, model: PixArtModel, controlnet_name: str) -> tuple[PixArtControlNet]:
         path = CONTROLNETS.path(controlnet_name)
-        base, devices = model.transformer, model.managed
-        network = load_controlnet(path, base.config, dtype=base.dtype, device=devices.offload_device)
-        managed = host.ManagedModel(network, devices.load_device, devices.offload_device)
+        base, devices, mode = model.transformer, model.managed, model.quantization
+        device = placement(
+            mode,
+            devices.load_device,
+            devices.offload_device,
+            lambda: parameter_count(inspect_controlnet(path, None, base.config).tensors.shapes.values()),
+        )
+        network = load_controlnet(path, base.config, dtype=base.dtype, device=device, quantization=mode)
+        managed = host.manage(network, devices.load_device, devices.offload_device)
         return (PixArtControlNet(network, managed, model),)
 
 

@@ -7,7 +7,8 @@ progress bar, which is also where the user's Cancel is honoured.
 
 Outside ComfyUI (tests, scripts) each has a plain fallback: model folders under
 ``$PIXART_DELTA_MODELS`` (``checkpoints/``, ``text_encoders/``... as in ComfyUI's ``models/``), models
-loaded straight onto the best device and left there, no progress bar, and a cancel flag (``cancel``).
+loaded straight onto the best device and left there unless ``unload`` moves them to the CPU, no
+progress bar, and a cancel flag (``cancel``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..pixart_delta_core.quant import return_free_heap
 
 try:
     import comfy.model_management as mm
@@ -148,21 +151,46 @@ class ManagedModel:
     """An engine model, handed to ComfyUI's model management when running in ComfyUI.
 
     ``load_models`` brings it to ``load_device`` before use; ComfyUI moves it back to
-    ``offload_device`` when something else needs the memory. Outside ComfyUI it stays where it was
-    loaded (``load_device``). The loader nodes keep this object in their output, which keeps the
-    patcher alive (ComfyUI's registry of loaded models holds it only weakly).
+    ``offload_device`` when something else needs the memory, or when ``unload`` asks. Outside ComfyUI it
+    stays where it was loaded (``load_device``) unless ``unload`` moves it to the CPU. The loader nodes keep
+    this object in their output, which keeps the patcher alive (ComfyUI's registry of loaded models holds it
+    only weakly).
     """
 
     def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device) -> None:
         self.model = model
         self.load_device = load_device
         self.offload_device = offload_device
+        self.offloaded = False  # outside ComfyUI: moved to the CPU by ``unload``, back by ``load_models``
         self.patcher = None
         if IN_COMFYUI:
-            holder = ModelHolder(model, offload_device)
+            holder = ModelHolder(model, weights_device(model, offload_device))
             self.patcher = comfy.model_patcher.ModelPatcher(
                 holder, load_device=load_device, offload_device=offload_device, size=stored_bytes(model)
             )
+
+
+def weights_device(module: nn.Module, default: torch.device) -> torch.device:
+    """Where a module's weights are (``default`` for a module without any)."""
+    first = next(module.parameters(), None)
+    return default if first is None else first.device
+
+
+def manage(model: nn.Module, load_device: torch.device, offload_device: torch.device) -> ManagedModel:
+    """``model`` handed to model management; one loaded straight onto its compute device (``make_room``) is
+    registered there at once, as ComfyUI does with its own text encoders, so ComfyUI counts its memory and can
+    move it off when another model needs the room."""
+    managed = ManagedModel(model, load_device, offload_device)
+    if load_device != offload_device and weights_device(model, offload_device) == load_device:
+        load_models([managed])
+    return managed
+
+
+def make_room(device: torch.device, nbytes: int) -> None:
+    """Before a model loads straight onto ``device``: ComfyUI moves other models off it until ``nbytes`` are free
+    (the CPU, and outside ComfyUI: nothing to do)."""
+    if IN_COMFYUI and device.type != "cpu":
+        mm.free_memory(nbytes + mm.extra_reserved_memory(), device)
 
 
 def stored_bytes(module: nn.Module) -> int:
@@ -177,6 +205,41 @@ def load_models(models: Sequence[ManagedModel], memory_required: int = 0) -> Non
     """Bring ``models`` fully onto their compute device, freeing ``memory_required`` bytes more for the work."""
     if IN_COMFYUI:
         mm.load_models_gpu([m.patcher for m in models], memory_required=memory_required, force_full_load=True)
+        return
+    for managed in models:
+        if managed.offloaded:
+            managed.model.to(managed.load_device)
+            managed.offloaded = False
+
+
+# More bytes than any device has: ``free_memory`` never finds enough free and stops early.
+_EVERYTHING = 1e30
+
+
+def unload(models: Sequence[ManagedModel]) -> None:
+    """Take ``models`` off their compute device now: the low-memory recipe, one large model there at a time.
+
+    In ComfyUI its model management unloads exactly these (``free_memory`` keeping every other loaded model),
+    moving them to their offload device as it does when it needs the room; the next ``load_models`` brings them
+    back. Outside ComfyUI they move to the CPU (nothing to do for models that compute there) and
+    ``load_models`` moves them back. Either way the C heap's free pages are then returned to the system.
+    """
+    names = ", ".join(type(m.model).__name__ for m in models)
+    if IN_COMFYUI:
+        patchers = [m.patcher for m in models]
+        for device in dict.fromkeys(m.load_device for m in models):
+            others = [lm for lm in mm.current_loaded_models if all(lm.model is not p for p in patchers)]
+            unloaded = mm.free_memory(_EVERYTHING, device, keep_loaded=others)
+            log.info("PixArt-δ low memory: %s off %s (ComfyUI unloaded %d model(s))", names, device, len(unloaded))
+    else:
+        moved = [m for m in models if m.load_device.type != "cpu" and not m.offloaded]
+        for managed in moved:
+            managed.model.to("cpu")
+            managed.offloaded = True
+        if moved and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("PixArt-δ low memory: %s off the compute device (%d moved to the CPU)", names, len(moved))
+    return_free_heap()
 
 
 # --- progress and cancel ---------------------------------------------------------------------------

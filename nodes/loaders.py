@@ -1,14 +1,19 @@
-"""Loader nodes: the PixArt transformer (any layout the engine reads) and the T5 text encoder."""
+"""Loader nodes: the PixArt transformer (any layout the engine reads), the T5 text encoder, and both at once
+quantized for the paper's low-memory recipe (REFERENCE.md §5: T5 in 8-bit)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import torch
+
 from ..pixart_delta_core.checkpoint import open_checkpoint
-from ..pixart_delta_core.errors import CheckpointError
+from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.loading import inspect_transformer, load_transformer, parse_dtype
-from ..pixart_delta_core.text import TextEncoder, find_tokenizer, load_text_encoder
+from ..pixart_delta_core.quant import Quantization, parse_quantization
+from ..pixart_delta_core.text import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
 from ..pixart_delta_core.transformer import PixArtTransformer
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
@@ -17,30 +22,98 @@ CATEGORY = "PixArt-δ/loaders"
 MODEL_TYPE = "PIXART_DELTA_MODEL"
 T5_TYPE = "PIXART_DELTA_T5"
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
+QUANTIZATIONS = [q.value for q in Quantization]
+QUANTIZATION_TOOLTIP = (
+    "none: full precision (the dtype above). int8: bitsandbytes' LLM.int8, about half the memory of fp16 at "
+    "nearly the same quality. nf4: 4-bit NormalFloat, about a quarter, coarser. Quantized weights are made while "
+    "the file streams in, on the device the model computes on; they need the bitsandbytes package."
+)
+# Bytes per weight of a quantized model, with a tenth more for the layers that stay unquantized (embeddings,
+# norms, scales) and the one 16-bit layer being read: what ComfyUI is asked to free before one loads on a GPU.
+_BYTES_PER_WEIGHT = {Quantization.INT8: 1.1, Quantization.NF4: 0.55}
 
 
 class PixArtModel:
     """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management."""
 
-    def __init__(self, transformer: PixArtTransformer, managed: host.ManagedModel, name: str) -> None:
+    def __init__(
+        self,
+        transformer: PixArtTransformer,
+        managed: host.ManagedModel,
+        name: str,
+        quantization: Quantization = Quantization.NONE,
+    ) -> None:
         self.transformer = transformer
         self.managed = managed
         self.name = name
+        self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
 
     def __repr__(self) -> str:
-        return f"PixArtModel({self.name!r}: {self.transformer.config.describe()}, {self.transformer.dtype})"
+        config, dtype = self.transformer.config.describe(), self.transformer.dtype
+        return f"PixArtModel({self.name!r}: {config}, {dtype}, {self.quantization.label})"
 
 
 class PixArtT5:
     """A loaded T5 encoder and its tokenizer (the PIXART_DELTA_T5 type), handed to ComfyUI's model management."""
 
-    def __init__(self, encoder: TextEncoder, managed: host.ManagedModel, name: str) -> None:
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        managed: host.ManagedModel,
+        name: str,
+        quantization: Quantization = Quantization.NONE,
+    ) -> None:
         self.encoder = encoder
         self.managed = managed
         self.name = name
+        self.quantization = quantization
 
     def __repr__(self) -> str:
-        return f"PixArtT5({self.name!r}, width {self.encoder.width}, {self.encoder.dtype})"
+        return f"PixArtT5({self.name!r}, width {self.encoder.width}, {self.encoder.dtype}, {self.quantization.label})"
+
+
+def parameter_count(shapes: Iterable[Sequence[int]]) -> int:
+    """Weights in tensors of these shapes."""
+    return sum(math.prod(shape) for shape in shapes)
+
+
+def placement(
+    quantization: Quantization, load_device: torch.device, offload_device: torch.device, parameters: Callable[[], int]
+) -> torch.device:
+    """Where a model loads. Unquantized: where ComfyUI keeps it between uses (it moves it to the GPU for each use).
+    Quantized: straight onto the device it computes on, after ComfyUI has made room there (``parameters`` counts
+    its weights), as the paper loads its 8-bit T5: bitsandbytes quantizes there, quickly on a GPU, and is checked
+    to run there, so a device it cannot serve is an error at loading, not at the first prompt."""
+    if quantization is Quantization.NONE:
+        return offload_device
+    host.make_room(load_device, int(parameters() * _BYTES_PER_WEIGHT[quantization]))
+    return load_device
+
+
+def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> PixArtModel:
+    """The PixArt transformer ``ckpt_name`` names, in ``weight_dtype`` (the compute dtype when quantized)."""
+    mode = parse_quantization(quantization)
+    source = open_checkpoint(TRANSFORMERS.path(ckpt_name))
+    detected = inspect_transformer(source)
+    load_device, offload_device = host.torch_device(), host.offload_device()
+    parameters = parameter_count(detected.tensors.shapes.values())
+    dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
+    device = placement(mode, load_device, offload_device, lambda: parameters)
+    transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
+    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device), ckpt_name, mode)
+
+
+def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantization: str = "none") -> PixArtT5:
+    """The T5 encoder ``t5_name`` names with its tokenizer, in ``dtype`` (the compute dtype when quantized)."""
+    mode = parse_quantization(quantization)
+    path = TEXT_ENCODERS.path(t5_name)
+    load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
+    torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
+    target = placement(
+        mode, load_device, offload_device, lambda: parameter_count(inspect_text_encoder(path).tensors.shapes.values())
+    )
+    encoder = load_text_encoder(path, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
+    return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
 
 
 class CheckpointLoader:
@@ -49,7 +122,8 @@ class CheckpointLoader:
     DESCRIPTION = (
         "Loads a PixArt transformer: PixArt-α (e.g. PixArt-XL-2-1024-MS.pth), the PixArt-δ LCM "
         "(PixArt-LCM-XL-2-1024-MS, its transformer file or whole diffusers folder), the base of a reference "
-        "ControlNet checkpoint, or PixArt-Σ. The layout and configuration are read from the weights."
+        "ControlNet checkpoint, or PixArt-Σ. The layout and configuration are read from the weights. Optionally "
+        "quantized to 8 or 4 bits (the linear layers of its blocks)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -72,25 +146,25 @@ class CheckpointLoader:
                     DTYPES,
                     {
                         "default": "auto",
-                        "tooltip": "Precision of the weights. auto: what ComfyUI picks for this device (fp16 or bf16 "
-                        "on most GPUs, fp32 on the CPU).",
+                        "tooltip": "Precision of the weights (with quantization: of the computation and the layers "
+                        "left unquantized). auto: what ComfyUI picks for this device (fp16 or bf16 on most GPUs, fp32 "
+                        "on the CPU).",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "quantization": (
+                    QUANTIZATIONS,
+                    {
+                        "default": Quantization.NONE.value,
+                        "tooltip": f"The blocks' linear layers. {QUANTIZATION_TOOLTIP}",
+                    },
+                ),
+            },
         }
 
-    def load(self, ckpt_name: str, weight_dtype: str = "auto") -> tuple[PixArtModel]:
-        path = TRANSFORMERS.path(ckpt_name)
-        source = open_checkpoint(path)
-        detected = inspect_transformer(source)
-        load_device, offload_device = host.torch_device(), host.offload_device()
-        if weight_dtype == "auto":
-            parameters = sum(math.prod(shape) for shape in detected.tensors.shapes.values())
-            dtype = host.transformer_dtype(load_device, parameters)
-        else:
-            dtype = parse_dtype(weight_dtype)
-        transformer = load_transformer(source, dtype=dtype, device=offload_device)
-        return (PixArtModel(transformer, host.ManagedModel(transformer, load_device, offload_device), ckpt_name),)
+    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple[PixArtModel]:
+        return (load_model(ckpt_name, weight_dtype, quantization),)
 
 
 class T5Loader:
@@ -99,7 +173,8 @@ class T5Loader:
     DESCRIPTION = (
         "Loads the T5-v1.1-XXL encoder from models/text_encoders: a single file such as t5xxl_fp16.safetensors "
         "or t5xxl_fp8_e4m3fn.safetensors, an HF folder, or the text_encoder of a PixArt diffusers folder in "
-        "models/diffusers. The tokenizer is ComfyUI's own T5 tokenizer (else the one in the folder)."
+        "models/diffusers. The tokenizer is ComfyUI's own T5 tokenizer (else the one in the folder). Optionally "
+        "quantized to 8 bits (the paper's low-memory setting) or 4 bits."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -119,9 +194,9 @@ class T5Loader:
                     ["auto", "bf16", "fp16", "fp32"],
                     {
                         "default": "auto",
-                        "tooltip": "Precision of the weights. auto: bf16 where the device computes it, else fp16 "
-                        "(its feed-forward outputs kept in fp32, as T5 overflows in plain fp16). fp8 files are "
-                        "converted on loading.",
+                        "tooltip": "Precision of the weights (with quantization: of the computation and the layers "
+                        "left unquantized). auto: bf16 where the device computes it, else fp16 (its feed-forward "
+                        "outputs kept in fp32, as T5 overflows in plain fp16). fp8 files are converted on loading.",
                     },
                 ),
                 "device": (
@@ -132,15 +207,76 @@ class T5Loader:
                         "on the CPU and leave the GPU to the transformer.",
                     },
                 ),
+            },
+            "optional": {
+                "quantization": (
+                    QUANTIZATIONS,
+                    {"default": Quantization.NONE.value, "tooltip": f"T5's linear layers. {QUANTIZATION_TOOLTIP}"},
+                ),
+            },
+        }
+
+    def load(
+        self, t5_name: str, dtype: str = "auto", device: str = "auto", quantization: str = "none"
+    ) -> tuple[PixArtT5]:
+        return (load_t5(t5_name, dtype, device, quantization),)
+
+
+class LowMemoryLoader:
+    """The paper's low-memory recipe in one node (REFERENCE.md §5): T5 in 8-bit (or 4-bit), and the transformer."""
+
+    DESCRIPTION = (
+        "Loads T5 quantized to 8 bits (bitsandbytes' LLM.int8, the paper's setting for 1024 px images on an 8 GB "
+        "GPU) or 4 bits (NF4), and the PixArt transformer, in full precision (fp16 on a GPU, as the paper runs it) "
+        "or quantized too. It replaces the T5 and checkpoint loaders. For one model on the GPU at a time, turn on "
+        "low_memory in PixArt-δ T5 Text Encode and in the sampler, and decode with core VAE Decode (Tiled)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T5_TYPE, MODEL_TYPE)
+    RETURN_NAMES = ("t5", "model")
+    OUTPUT_TOOLTIPS = (
+        "The quantized T5 encoder and tokenizer, for PixArt-δ T5 Text Encode.",
+        "The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "t5_name": T5Loader.INPUT_TYPES()["required"]["t5_name"],
+                "t5_quantization": (
+                    [Quantization.INT8.value, Quantization.NF4.value],
+                    {
+                        "default": Quantization.INT8.value,
+                        "tooltip": "int8: LLM.int8, T5-XXL in about 5 GB instead of 9.5 GB in fp16 (the paper's "
+                        "choice). nf4: 4-bit NormalFloat, about 2.7 GB, coarser. Needs bitsandbytes.",
+                    },
+                ),
+                "ckpt_name": CheckpointLoader.INPUT_TYPES()["required"]["ckpt_name"],
+                "transformer_quantization": (
+                    QUANTIZATIONS,
+                    {
+                        "default": Quantization.NONE.value,
+                        "tooltip": "none: the transformer in the dtype ComfyUI picks for the device (fp16 on most "
+                        "GPUs, as the paper runs it; 1.2 GB for PixArt-XL). int8 or nf4: its blocks' linear layers "
+                        "quantized too, for still less memory at some cost in quality.",
+                    },
+                ),
             }
         }
 
-    def load(self, t5_name: str, dtype: str = "auto", device: str = "auto") -> tuple[PixArtT5]:
-        path = TEXT_ENCODERS.path(t5_name)
-        load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
-        torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
-        encoder = load_text_encoder(path, torch_dtype, offload_device, tokenizer=tokenizer_for(path))
-        return (PixArtT5(encoder, host.ManagedModel(encoder.model, load_device, offload_device), t5_name),)
+    def load(
+        self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none"
+    ) -> tuple[PixArtT5, PixArtModel]:
+        if parse_quantization(t5_quantization) is Quantization.NONE:
+            raise InputError(
+                "the low-memory loader loads T5 quantized (int8 or nf4), found 'none': use PixArt-δ T5 Loader for "
+                "an unquantized T5"
+            )
+        model = load_model(ckpt_name, "auto", transformer_quantization)
+        t5 = load_t5(t5_name, "auto", "auto", t5_quantization)  # last: on the GPU when the prompt is encoded
+        return (t5, model)
 
 
 def tokenizer_for(weights: Path) -> Path:

@@ -62,15 +62,31 @@ class T5TextEncode:
                         "most punctuation runs...). Off: lower-cased and stripped only.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "low_memory": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Take T5 off the GPU as soon as the prompt is encoded, through ComfyUI's model "
+                        "management, so the transformer has the memory to itself (the paper's low-memory recipe). "
+                        "Off: ComfyUI moves it off only when another model needs the room.",
+                    },
+                ),
+            },
         }
 
-    def encode(self, text: str, t5: PixArtT5, max_tokens: int = 120, clean_caption: bool = False) -> tuple[list]:
+    def encode(
+        self, text: str, t5: PixArtT5, max_tokens: int = 120, clean_caption: bool = False, low_memory: bool = False
+    ) -> tuple[list]:
         host.load_models([t5.managed])
         caption = t5.encoder.encode([text], max_tokens, clean_caption)
         device = host.intermediate_device()
         embeddings = caption.embeddings.to(device, torch.float32)  # [1, L, C]
-        return ([[embeddings, {MASK_KEY: caption.mask.to(device), "pooled_output": None}]],)
+        mask = caption.mask.to(device)
+        if low_memory:
+            host.unload([t5.managed])
+        return ([[embeddings, {MASK_KEY: mask, "pooled_output": None}]],)
 
 
 def single_entry(conditioning: Any, what: str) -> tuple[torch.Tensor, dict]:

@@ -14,7 +14,7 @@ same power, so the same input features go through fp16.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import bitsandbytes as bnb
 import torch
@@ -135,6 +135,24 @@ class Int8Linear(QuantizedLinear, bnb.nn.Linear8bitLt):
     def quantize_weight(self, weight: Tensor, compute_dtype: torch.dtype) -> None:
         codes, scales, self.row_sum_bound = quantize_int8(weight)
         self.weight = bnb.nn.Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=scales)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Int8Linear:
+        """Move the layer as ``nn.Module`` does, then point bitsandbytes' references at the moved int8 weight.
+
+        bitsandbytes keeps the int8 weight and its row scales a second time (``weight.CB``/``SCB`` until the
+        first forward, the matmul state after), and only its own ``Linear8bitLt.to`` moves those; a parent
+        module's ``.to()`` (ComfyUI moving a model on and off the GPU) does not call it, so a moved model would
+        compute with, and keep alive, the weights where they were.
+        """
+        super()._apply(fn, recurse)
+        codes = self.weight.data
+        for holder in (self.weight, self.state):
+            if holder.CB is not None:
+                holder.CB = codes
+            if holder.SCB is not None:
+                holder.SCB = holder.SCB.to(codes.device)
+        self.state.idx = None  # the last input's outlier columns: recomputed by every forward
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if self.weight.CB is not None:

@@ -1,5 +1,6 @@
 """The pack in a real ComfyUI server on 127.0.0.1 (CPU): it loads, /object_info lists its nodes as declared,
-every example workflow runs to images, Cancel stops a run. Needs ``COMFYUI_ROOT`` (a ComfyUI checkout) and a
+every example workflow runs to images (the low-memory one with T5 in 8 bits through bitsandbytes, each model
+unloaded by ComfyUI's model management after use), Cancel stops a run. Needs ``COMFYUI_ROOT`` (a ComfyUI checkout) and a
 python that runs it (``COMFYUI_PYTHON``, else this one).
 
 The server gets its own folders (``--base-directory``: custom_nodes with this checkout linked as
@@ -193,12 +194,15 @@ def test_node_docs_and_workflow_templates_are_served(server) -> None:
 
 
 def smaller(prompt: dict) -> dict:
-    """The same prompt at SIDE px (the Resolution node's 256 px bins; img2img scaled to SIDE)."""
+    """The same prompt at SIDE px (the Resolution node's 256 px bins; img2img scaled to SIDE), tiled decoding in
+    tiles of a quarter of that (else one tile would hold the whole image)."""
     for node in prompt.values():
         if node["class_type"] == "PixArtDeltaResolution":
             node["inputs"]["resolution"] = str(SIDE)
         if node["class_type"] == "ImageScale":
             node["inputs"].update(width=SIDE, height=SIDE)
+        if node["class_type"] == "VAEDecodeTiled":
+            node["inputs"].update(tile_size=SIDE // 2, overlap=SIDE // 8)
     return prompt
 
 
@@ -223,6 +227,10 @@ def test_example_workflow_runs_to_images(server, object_info, path: Path) -> Non
     for image in saved:
         with Image.open(server.base / "output" / image["subfolder"] / image["filename"]) as file:
             assert file.size == (SIDE * scale, SIDE * scale)
+    if path.stem == "pixart_delta_lcm_low_memory":  # each model taken off by ComfyUI's model management after use
+        log = server.log_text()
+        for model in ("T5EncoderModel", "PixArtTransformer"):
+            assert f"PixArt-δ low memory: {model} off cpu (ComfyUI unloaded 1 model(s))" in log, server.log_tail()
     print(f"\n{path.stem}: {len(images)} images ({len(saved)} saved) in {seconds:.1f} s")
 
 

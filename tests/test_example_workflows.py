@@ -34,6 +34,17 @@ def core(required: dict, output: list[str], extra_values: int = 0) -> dict:
 CORE_NODES = {
     "VAELoader": core({"vae_name": [[Path(MODEL_FILES["vae"]).name], {}]}, ["VAE"]),
     "VAEDecode": core({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+    "VAEDecodeTiled": core(
+        {
+            "samples": ["LATENT"],
+            "vae": ["VAE"],
+            "tile_size": ["INT", {"default": 512, "min": 64, "max": 4096}],
+            "overlap": ["INT", {"default": 64, "min": 0, "max": 4096}],
+            "temporal_size": ["INT", {"default": 64, "min": 8, "max": 4096}],
+            "temporal_overlap": ["INT", {"default": 8, "min": 4, "max": 4096}],
+        },
+        ["IMAGE"],
+    ),
     "VAEEncode": core({"pixels": ["IMAGE"], "vae": ["VAE"]}, ["LATENT"]),
     "SaveImage": core({"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, []),
     "PreviewImage": core({"images": ["IMAGE"]}, []),
@@ -84,12 +95,13 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_there_are_the_six_examples() -> None:
+def test_there_are_the_seven_examples() -> None:
     assert [p.stem for p in WORKFLOWS] == [
         "pixart_alpha_dpm_solver",
         "pixart_delta_controlnet_dpm_solver",
         "pixart_delta_img2img",
         "pixart_delta_lcm_controlnet",
+        "pixart_delta_lcm_low_memory",
         "pixart_delta_lcm_text_to_image",
         "pixart_delta_upscale",
     ]
@@ -170,7 +182,13 @@ def test_the_note_names_every_model_file_and_its_folder(path: Path) -> None:
         value
         for n in workflow["nodes"]
         if n["type"]
-        in ("PixArtDeltaCheckpointLoader", "PixArtDeltaT5Loader", "PixArtDeltaControlNetLoader", "VAELoader")
+        in (
+            "PixArtDeltaCheckpointLoader",
+            "PixArtDeltaT5Loader",
+            "PixArtDelta8BitLoader",
+            "PixArtDeltaControlNetLoader",
+            "VAELoader",
+        )
         for value in n["widgets_values"]
         if value in FILENAMES
     }
@@ -202,6 +220,26 @@ def test_each_example_shows_what_its_name_says() -> None:
     assert sampler_settings("pixart_delta_lcm_controlnet") == ("lcm", 4, 0.0, 1.0)
     for name in ("pixart_delta_controlnet_dpm_solver", "pixart_delta_lcm_controlnet"):
         assert nodes_of(name, "PixArtDeltaControlNetApply") and nodes_of(name, "Canny")
+
+
+def test_the_low_memory_example_is_the_papers_recipe() -> None:
+    """T5 in 8 bits and the transformer in full precision from one loader, T5 and then the transformer taken
+    off the GPU after use, the VAE decoding in tiles; every other example keeps full precision and memory."""
+    name = "pixart_delta_lcm_low_memory"
+    assert sampler_settings(name) == ("lcm", 4, 0.0, 1.0)
+    (loader,) = nodes_of(name, "PixArtDelta8BitLoader")
+    assert loader["widgets_values"][1::2] == ["int8", "none"]  # t5_quantization, transformer_quantization
+    (encode,) = nodes_of(name, "PixArtDeltaT5TextEncode")
+    (sampler,) = nodes_of(name, "PixArtDeltaSampler")
+    assert encode["widgets_values"][-1] is True and sampler["widgets_values"][-1] is True  # low_memory
+    assert nodes_of(name, "VAEDecodeTiled") and not nodes_of(name, "VAEDecode")
+    assert not nodes_of(name, "PixArtDeltaCheckpointLoader") and not nodes_of(name, "PixArtDeltaT5Loader")
+    for path in WORKFLOWS:
+        if path.stem != name:
+            for node_type in ("PixArtDeltaCheckpointLoader", "PixArtDeltaT5Loader"):
+                assert all(n["widgets_values"][-1] == "none" for n in nodes_of(path.stem, node_type))
+            for node_type in ("PixArtDeltaT5TextEncode", "PixArtDeltaSampler"):
+                assert all(n["widgets_values"][-1] is False for n in nodes_of(path.stem, node_type))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -41,6 +41,7 @@ def test_every_node_is_registered_with_a_prefixed_id_and_a_display_name() -> Non
     assert set(NODES) == {
         "PixArtDeltaCheckpointLoader",
         "PixArtDeltaT5Loader",
+        "PixArtDelta8BitLoader",
         "PixArtDeltaT5TextEncode",
         "PixArtDeltaResolution",
         "PixArtDeltaSampler",

@@ -153,6 +153,28 @@ def test_quantized_layers_hold_only_quantized_weights(small_t5_files) -> None:
         assert block[0].SelfAttention.relative_attention_bias.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("forward_first", [False, True], ids=["as-loaded", "after-a-forward"])
+def test_an_int8_layer_moved_by_its_parent_computes_with_the_moved_weights(forward_first: bool) -> None:
+    """A parent's ``.to()`` (how ComfyUI moves a model on and off the GPU) moves every int8 weight the layer
+    computes with: none still refers to the tensors it held before (on a GPU those would stay allocated there).
+    CPU to CUDA replaces each parameter's data in place; a CPU copy does the same here, so no GPU is needed."""
+    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)).half()
+    x = torch.randn(2, 128, generator=torch.Generator().manual_seed(1))
+    layer, unmoved = (quantized_ops(Quantization.INT8, "cpu").Linear(128, 64, False, device="meta") for _ in "ab")
+    for each in (layer, unmoved):
+        each.quantize_weight(weight, torch.bfloat16)
+    if forward_first:
+        with torch.no_grad():
+            layer(x)
+    old = {t.data_ptr() for t in (layer.weight, layer.weight.CB, layer.state.CB) if t is not None}
+    nn.Sequential(layer)._apply(lambda t: t.clone())
+    held = [t for t in (layer.weight, layer.weight.CB, layer.state.CB) if t is not None]
+    assert held and not {t.data_ptr() for t in held} & old
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), unmoved(x), rtol=0, atol=0)
+    assert layer.state.CB.data_ptr() == layer.weight.data_ptr()
+
+
 def test_chunked_quantization_equals_bitsandbytes_whole_matrix(monkeypatch) -> None:
     """Quantizing a few rows at a time gives bitsandbytes' own result for the whole matrix, bit for bit."""
     monkeypatch.setattr(quant_layers, "CHUNK_WEIGHTS", 1 << 16)  # 56 rows of 1152: 11 chunks
