@@ -81,6 +81,14 @@ class TensorSource(Mapping[str, torch.Tensor]):
         """Copy tensor ``key`` into ``out`` (same shape, any dtype and device), converting on the way."""
         out.copy_(self[key])
 
+    def mapped(self, key: str) -> torch.Tensor | None:
+        """Tensor ``key`` on the CPU without a copy (a view of the memory-mapped file), or None.
+
+        Pages of a mapped file are read on first use and shared with the system's file cache, so a
+        model held this way costs no copy while it loads and no more memory than its weights.
+        """
+        return None
+
     def nbytes(self) -> int:
         """Size of all tensors as stored."""
         total = 0
@@ -142,10 +150,12 @@ class _PrefixView(TensorSource):
 
 
 class SafetensorsSource(TensorSource):
-    """One or several ``.safetensors`` files (shards), each tensor read straight into its own memory.
+    """One or several ``.safetensors`` files (shards).
 
-    Plain reads rather than a memory map: a mapped file counts in the process's memory as its
-    pages are touched, which would double the peak while a model is loaded.
+    A tensor kept as stored on the CPU is a view of the memory-mapped file (``mapped``); a tensor
+    converted or sent to another device is read into its own memory, through a small staging buffer,
+    never through a map: the pages of the whole file would stay counted in the process while the
+    converted copy is built.
     """
 
     def __init__(self, paths: list[Path], origin: str) -> None:
@@ -169,6 +179,7 @@ class SafetensorsSource(TensorSource):
                 self._where[key] = (path, data_start + begin, end - begin)
         super().__init__(shapes, dtypes, origin, metadata)
         self._staging: torch.Tensor | None = None
+        self._maps: dict[Path, mmap.mmap] = {}
 
     def _read(self, key: str) -> torch.Tensor:
         out = torch.empty(self.shapes[key], dtype=self.dtypes[key])
@@ -197,6 +208,17 @@ class SafetensorsSource(TensorSource):
                 flat[start : start + count].copy_(chunk.view(dtype))
         if nbytes != flat.numel() * dtype.itemsize:
             raise CheckpointError(f"{path}: tensor {key!r} holds {nbytes} bytes, not {list(self.shapes[key])} {dtype}")
+
+    def mapped(self, key: str) -> torch.Tensor | None:
+        path, offset, nbytes = self._where[key]
+        dtype = self.dtypes[key]
+        if nbytes == 0 or offset % dtype.itemsize:
+            return None  # a view needs the tensor aligned to its element size in the file
+        if path not in self._maps:
+            with open(path, "rb") as f:  # copy-on-write: the model may change its tensors, never the file
+                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        raw = torch.frombuffer(self._maps[path], dtype=torch.uint8, count=nbytes, offset=offset)
+        return raw.view(dtype).reshape(self.shapes[key])
 
     @staticmethod
     def _fill(f: BinaryIO, buffer: torch.Tensor, key: str, path: Path) -> None:
@@ -232,6 +254,9 @@ class TorchFileSource(TensorSource):
         out.copy_(tensor)
         if self._mapped:
             _release_pages(tensor)
+
+    def mapped(self, key: str) -> torch.Tensor | None:
+        return self._tensors[key]  # memory-mapped from the zip archive, or already in memory (legacy files)
 
 
 def _release_pages(tensor: torch.Tensor) -> None:

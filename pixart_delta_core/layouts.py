@@ -184,6 +184,11 @@ class RenamedSource(TensorSource):
             self._inner.read_into(part, out[start : start + stored[0]].view(stored))
             start += stored[0]
 
+    def mapped(self, key: str) -> torch.Tensor | None:
+        theirs = self._plan[key].theirs
+        tensor = self._inner.mapped(theirs[0]) if len(theirs) == 1 else None  # fused tensors need a copy
+        return None if tensor is None else tensor.view(self.shapes[key])
+
 
 DIFFUSERS_TABLE = KeyTable(DIFFUSERS_TRANSFORMER)
 

@@ -119,10 +119,14 @@ def place_tensor(module: nn.Module, key: str, tensors: TensorSource, dtype: torc
 
     This is the one place where a tensor is allocated and filled: a loader that stores some layers
     differently (kept in fp32, quantized while streaming) passes its own ``Place`` to ``load_strict``.
+    A tensor kept as stored on the CPU is the file's memory-mapped view when the source has one.
     """
     stored = tensors.dtypes[key]
-    value = torch.empty(tensors.shapes[key], dtype=dtype if stored.is_floating_point else stored, device=device)
-    tensors.read_into(key, value)
+    target = dtype if stored.is_floating_point else stored
+    value = tensors.mapped(key) if device.type == "cpu" and target == stored else None
+    if value is None:
+        value = torch.empty(tensors.shapes[key], dtype=target, device=device)
+        tensors.read_into(key, value)
     assign(module, key, value)
 
 

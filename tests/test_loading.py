@@ -194,3 +194,20 @@ def test_unknown_dtype_name(model_and_files) -> None:
     _, paths = model_and_files
     with pytest.raises(CheckpointError, match="unknown weight dtype 'fp64'"):
         load_transformer(paths["pth"], dtype="fp64", hints={"num_heads": TINY_MS.num_heads})
+
+
+def test_weights_kept_as_stored_on_the_cpu_are_views_of_the_file(model_and_files, tmp_path: Path) -> None:
+    """No copy while loading in the file's own dtype; writing to a loaded weight never touches the file."""
+    model, paths = model_and_files
+    copy = tmp_path / "ref.safetensors"
+    copy.write_bytes(paths["safetensors"].read_bytes())
+    before = copy.read_bytes()
+    loaded = load_transformer(copy, dtype="fp32", hints={"num_heads": TINY_MS.num_heads})
+    weight = loaded.blocks[0].attn.qkv.weight
+    assert not weight.untyped_storage().resizable(), "expected a view of the mapped file, found an owned copy"
+    assert torch.equal(weight, model.blocks[0].attn.qkv.weight)
+    with torch.no_grad():
+        weight.add_(1.0)
+    assert copy.read_bytes() == before
+    converted = load_transformer(copy, dtype="bf16", hints={"num_heads": TINY_MS.num_heads})
+    assert converted.blocks[0].attn.qkv.weight.untyped_storage().resizable()
