@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
 from .captions import prepare_prompt
 from .errors import CheckpointError, InputError
@@ -148,7 +148,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
             f"install it (pip install protobuf), or pass a folder with tokenizer.json"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # A folder with spiece.model alone may carry no tokenizer_config.json to say "T5": then the class is named.
+        reader = AutoTokenizer if (folder / "tokenizer.json").is_file() else T5Tokenizer
+        tokenizer = reader.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, ImportError, RuntimeError) as err:
         raise CheckpointError(f"{folder}: cannot read the T5 tokenizer: {err}") from err
     pad, eos = T5_V1_1_XXL["pad_token_id"], T5_V1_1_XXL["eos_token_id"]
