@@ -7,7 +7,6 @@ is in memory at a time unless ``keep_loaded`` asks to keep them between calls.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,9 +112,8 @@ class PixArtPipeline:
     def _free(self, *names: str) -> None:
         if self.keep_loaded and not self.low_memory:
             return
-        for name in names:
+        for name in names:  # the models hold no reference cycles: dropping the last reference frees them
             self._loaded.pop(name, None)
-        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return_free_heap()
