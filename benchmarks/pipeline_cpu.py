@@ -1,10 +1,11 @@
 """Files to image: our staged pipeline vs diffusers' PixArtAlphaPipeline, side by side on the CPU.
 
-    python benchmarks/pipeline_cpu.py [--depth 4] [--t5-layers 2] [--rounds 3]
+    python benchmarks/pipeline_cpu.py [--depth 4] [--t5-layers 4] [--rounds 5]
 
 Both read the same diffusers pipeline folder (random weights written once into a cache folder):
 a PixArt-XL-width transformer at 512 px (1152 wide, 16 heads, ``--depth`` blocks), a T5 at the
-real width (4096, 64 heads, feed-forward 10240) with ``--t5-layers`` of T5-XXL's 24 layers, and a
+real width (4096, 64 heads, feed-forward 10240) with ``--t5-layers`` of T5-XXL's 24 layers (4 of 24
+beside 4 of the transformer's 28 blocks keeps the real models' proportions), and a
 light SD-architecture VAE (its cost is the same on both sides and would only dilute the ratio;
 ``--full-vae`` uses the real SD VAE config). Each run loads the models from the folder and makes
 one image with 4 LCM steps; runs alternate, fp32. Prints one JSON line: median seconds per run
@@ -102,8 +103,8 @@ def measure(run, folder: Path) -> tuple[float, int, tuple[np.ndarray, torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--t5-layers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--t5-layers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--full-vae", action="store_true")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pixart-delta-bench")
     args = parser.parse_args()
