@@ -1,6 +1,6 @@
 """Memory of a whole 1024 px generation in the pipeline's low-memory mode, real-size models.
 
-    python benchmarks/lowmem_generation.py --device cpu --dtype bf16   # peak process memory, here
+    python benchmarks/lowmem_generation.py --device cpu --dtype bf16 --vae-dtype fp32  # peak process memory, here
     python benchmarks/lowmem_generation.py                             # CUDA: max_memory_allocated
     python benchmarks/lowmem_generation.py --device cpu --small        # a quick smoke run anywhere
 
@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     result |= {"dtype": args.dtype, "t5": f"{args.t5_quantization}, computing in {args.t5_dtype or args.dtype}"}
+    result["vae_dtype"] = args.vae_dtype or args.dtype
     result["prepare_s"] = round(time.perf_counter() - prepared, 1)
 
     pipeline = PixArtPipeline(
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
         device=device,
         dtype=args.dtype,
         t5_dtype=args.t5_dtype or args.dtype,
-        vae_dtype=args.dtype,
+        vae_dtype=args.vae_dtype or args.dtype,
         low_memory=True,
         t5_quantization=args.t5_quantization,
     )
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     parser.add_argument("--t5-quantization", default="int8", choices=("int8", "nf4", "none"))
     parser.add_argument("--t5-dtype", choices=("fp16", "bf16", "fp32"), help="T5's compute dtype (default: --dtype)")
+    parser.add_argument("--vae-dtype", choices=("fp16", "bf16", "fp32"), help="the VAE's dtype (default: --dtype)")
     parser.add_argument("--tokenizer", type=Path, help="a T5 tokenizer folder (default: the shared fixture)")
     parser.add_argument("--stand-in-tokenizer", action="store_true", help="use the stand-in even if a T5 one is found")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pixart-delta-bench")
