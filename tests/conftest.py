@@ -26,9 +26,13 @@ def in_models(node_models: Path, monkeypatch) -> Path:
     return node_models
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def one_thread():
-    """The node tests' models are tiny: on shared, busy cores one thread runs them many times faster than two."""
+    """One torch thread for the module that asks, and the previous count back after it.
+
+    The node tests' models and the VAE tests' convolutions are tiny: on shared, busy cores one thread runs
+    them many times faster than two (the convolutions about 30x).
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

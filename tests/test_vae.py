@@ -34,14 +34,7 @@ HINTS = {"norm_num_groups": TINY_VAE.norm_num_groups}  # the one field weights c
 EXACT = dict(rtol=0, atol=1e-6)  # same weights, same ops, one image: equal up to float rounding
 BATCHED = dict(rtol=1e-5, atol=2e-5)  # fp32; diffusers convolves the batch at once, the engine one image at a time
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These convolutions are tiny: on shared, busy cores one thread runs them about 30x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is about 30x faster than two
 
 
 def random_vae(config: VaeConfig, seed: int = 0) -> AutoencoderKL:
