@@ -148,6 +148,9 @@ class _PrefixView(TensorSource):
     def read_into(self, key: str, out: torch.Tensor) -> None:
         self._inner.read_into(self._theirs(key), out)
 
+    def mapped(self, key: str) -> torch.Tensor | None:
+        return self._inner.mapped(self._theirs(key))
+
 
 class SafetensorsSource(TensorSource):
     """One or several ``.safetensors`` files (shards).

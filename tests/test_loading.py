@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart_delta_core.checkpoint import StateDictSource, open_checkpoint
+from pixart_delta_core.checkpoint import SafetensorsSource, StateDictSource, open_checkpoint
 from pixart_delta_core.config import Layout
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.layouts import DIFFUSERS_TABLE, REFERENCE_ONLY, RenamedSource, to_diffusers
@@ -196,18 +196,32 @@ def test_unknown_dtype_name(model_and_files) -> None:
         load_transformer(paths["pth"], dtype="fp64", hints={"num_heads": TINY_MS.num_heads})
 
 
-def test_weights_kept_as_stored_on_the_cpu_are_views_of_the_file(model_and_files, tmp_path: Path) -> None:
-    """No copy while loading in the file's own dtype; writing to a loaded weight never touches the file."""
-    model, paths = model_and_files
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_weights_kept_as_stored_on_the_cpu_are_views_of_the_file(
+    model_and_files, tmp_path: Path, prefix: str, monkeypatch
+) -> None:
+    """No copy while loading in the file's own dtype, also through a savers' key prefix; writing to a
+    loaded weight never touches the file."""
+    model, _ = model_and_files
+    views: set[int] = set()  # addresses of the file's mapped tensors handed out
+    file_view = SafetensorsSource.mapped
+
+    def spy(self: SafetensorsSource, key: str) -> torch.Tensor | None:
+        tensor = file_view(self, key)
+        if tensor is not None:
+            views.add(tensor.data_ptr())
+        return tensor
+
+    monkeypatch.setattr(SafetensorsSource, "mapped", spy)
     copy = tmp_path / "ref.safetensors"
-    copy.write_bytes(paths["safetensors"].read_bytes())
+    save_file({prefix + k: v for k, v in model.reference_state_dict().items()}, str(copy))
     before = copy.read_bytes()
     loaded = load_transformer(copy, dtype="fp32", hints={"num_heads": TINY_MS.num_heads})
     weight = loaded.blocks[0].attn.qkv.weight
-    assert not weight.untyped_storage().resizable(), "expected a view of the mapped file, found an owned copy"
+    assert weight.data_ptr() in views, "expected a view of the mapped file, found an owned copy"
     assert torch.equal(weight, model.blocks[0].attn.qkv.weight)
     with torch.no_grad():
         weight.add_(1.0)
     assert copy.read_bytes() == before
     converted = load_transformer(copy, dtype="bf16", hints={"num_heads": TINY_MS.num_heads})
-    assert converted.blocks[0].attn.qkv.weight.untyped_storage().resizable()
+    assert converted.blocks[0].attn.qkv.weight.data_ptr() not in views
