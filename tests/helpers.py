@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from pathlib import Path
 
@@ -55,6 +56,21 @@ def need_shared(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the shared fixtures sit beside the project's own checkout only")
     return path
+
+
+def hide_bitsandbytes(monkeypatch, error: Exception | None = None) -> None:
+    """Make ``import bitsandbytes`` raise ``error``, as it does where the package is absent (the default,
+    ModuleNotFoundError) or broken (say an OSError from a CUDA library it cannot open)."""
+    if error is None:
+        error = ModuleNotFoundError("No module named 'bitsandbytes'")
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
 
 
 def manifest_source(name: str) -> StateDictSource:

@@ -4,7 +4,6 @@ bitsandbytes is missing or cannot run, and the models taken off their device aft
 
 from __future__ import annotations
 
-import builtins
 import importlib
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.comfy_helpers import BASE, CONTROL_COPIES, ENGINE, PACK, StandInVae, call_node
-from tests.helpers import TINY_T5, TOKENIZER, need_shared
+from tests.helpers import TINY_T5, TOKENIZER, hide_bitsandbytes, need_shared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,18 +146,6 @@ def test_an_int8_transformer_samples_close_to_full_precision(low, in_models) -> 
 
 
 # --- bitsandbytes missing or unable to run -------------------------------------------------------------
-
-
-def hide_bitsandbytes(monkeypatch) -> None:
-    """``import bitsandbytes`` fails as it does where the package is not installed."""
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
-            raise ModuleNotFoundError("No module named 'bitsandbytes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ blocks, peak memory while loading, and the errors when bitsandbytes is missing o
 
 from __future__ import annotations
 
-import builtins
 import json
 import re
 import subprocess
@@ -29,7 +28,7 @@ from pixart_delta_core.quant_layers import Int8Linear, Nf4Linear, quantize_int8,
 from pixart_delta_core.random_weights import randomize_, t5_weights
 from pixart_delta_core.t5_loading import T5_V1_1_XXL, load_t5
 from pixart_delta_core.text import load_text_encoder
-from tests.helpers import TOKENIZER, need_shared, random_transformer
+from tests.helpers import TOKENIZER, hide_bitsandbytes, need_shared, random_transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 # A small T5-v1.1 at T5's own scales; 64 is a multiple of NF4's block, like every real width.
@@ -378,18 +377,6 @@ def test_a_truncated_file_is_refused_before_quantizing(small_t5_files, tmp_path:
     path.write_bytes(data[: len(data) - 1000])
     with pytest.raises(CheckpointError, match="truncated"):
         load_t5(path, quantization="nf4")
-
-
-def hide_bitsandbytes(monkeypatch, error: Exception) -> None:
-    """Make ``import bitsandbytes`` fail as it does when the package is absent or broken."""
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
-            raise error
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
 
 
 def test_missing_bitsandbytes_is_a_clear_error_not_a_fallback(small_t5_files, monkeypatch) -> None:
