@@ -28,9 +28,8 @@ from pixart_delta_core.quant_layers import Int8Linear, Nf4Linear, quantize_int8,
 from pixart_delta_core.random_weights import randomize_, t5_weights
 from pixart_delta_core.t5_loading import T5_V1_1_XXL, load_t5
 from pixart_delta_core.text import load_text_encoder
-from tests.helpers import TOKENIZER, hide_bitsandbytes, need_shared, random_transformer
+from tests.helpers import ROOT, TOKENIZER, hide_bitsandbytes, need_shared, random_transformer
 
-ROOT = Path(__file__).resolve().parent.parent
 # A small T5-v1.1 at T5's own scales; 64 is a multiple of NF4's block, like every real width.
 SMALL_T5 = {**T5_V1_1_XXL, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "vocab_size": 512}
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
