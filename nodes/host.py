@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..pixart_delta_core.quant import return_free_heap
+from ..pixart_delta_core.memory import return_free_heap
 
 try:
     import comfy.model_management as mm

@@ -6,13 +6,11 @@ Every format is recognised by its bytes, not its extension. Pickled files are op
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import mmap
 import pickle
 import struct
-import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import BinaryIO
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
+from .memory import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -256,31 +255,10 @@ class TorchFileSource(TensorSource):
         tensor = self._tensors[key]
         out.copy_(tensor)
         if self._mapped:
-            _release_pages(tensor)
+            release_pages(tensor)
 
     def mapped(self, key: str) -> torch.Tensor | None:
         return self._tensors[key]  # memory-mapped from the zip archive, or already in memory (legacy files)
-
-
-def _release_pages(tensor: torch.Tensor) -> None:
-    """Drop a memory-mapped tensor's resident pages from the process (Linux only).
-
-    ``torch.load(mmap=True)`` maps the file privately: once a tensor has been copied out, its pages
-    would otherwise stay counted in the process's memory until the whole file is closed. Dropped
-    pages are read from the file again if the tensor is ever touched, so nothing is lost.
-    """
-    if _LIBC is None or tensor.device.type != "cpu":
-        return
-    page = mmap.PAGESIZE
-    start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
-    first, last = -(-start // page) * page, end // page * page
-    if last > first:
-        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
-
-
-_MADV_DONTNEED = 4
-_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def open_checkpoint(path: str | Path) -> TensorSource:
@@ -351,18 +329,13 @@ def _torch_load(path: Path, mapped: bool) -> object:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused to unpickle: the file holds Python objects other than tensors and "
-            f"plain containers, which could run code when loaded ({_first_line(err)}). Convert it "
+            f"plain containers, which could run code when loaded ({first_line(err)}). Convert it "
             f"to .safetensors from a trusted environment."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(
-            f"{path}: cannot read this PyTorch checkpoint (truncated or corrupted?): {_first_line(err)}"
+            f"{path}: cannot read this PyTorch checkpoint (truncated or corrupted?): {first_line(err)}"
         ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _unwrap_state_dict(state: object, path: Path) -> Mapping[str, object]:

@@ -15,3 +15,9 @@ class InputError(PixArtDeltaError):
 
 class QuantizationError(PixArtDeltaError):
     """Quantization asked for but impossible here: bitsandbytes missing, too old, or unable to run on the device."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), to quote in one of ours."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -21,7 +21,8 @@ from .controlnet import ControlNetTransformer
 from .errors import InputError
 from .images import prepare_image, resize_and_crop, to_pil
 from .loading import inspect_transformer, load_controlnet, load_transformer, parse_dtype
-from .quant import Quantization, parse_quantization, return_free_heap
+from .memory import return_free_heap
+from .quant import Quantization, parse_quantization
 from .resolution import bins_for, check_image_size, nearest_bin
 from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents, parse_sampler
 from .text import TextEmbedding, TextEncoder, load_text_encoder

@@ -10,17 +10,16 @@ bitsandbytes is an error, never a silent fallback to full precision.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import sys
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError, QuantizationError
+from .errors import CheckpointError, InputError, QuantizationError, first_line
 from .layers import Block
+from .memory import return_free_heap
 from .ops import Ops
 
 if TYPE_CHECKING:
@@ -77,14 +76,14 @@ def quantized_ops(quantization: Quantization, device: torch.device | str) -> typ
     except Exception as err:  # a broken install fails in many ways (missing CUDA libraries, ABI mismatch...)
         raise QuantizationError(
             f"{quantization.label} weights need bitsandbytes, which is installed but does not load "
-            f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}"
+            f"({type(err).__name__}: {first_line(err)}): {_WHAT_TO_DO}"
         ) from err
     version = getattr(bitsandbytes, "__version__", "of unknown version")
     try:
         from . import quant_layers
     except ImportError as err:  # an old bitsandbytes without the functions the layers use
         raise QuantizationError(
-            f"bitsandbytes {version} lacks what {quantization.label} weights need ({_first_line(err)}): {_WHAT_TO_DO}"
+            f"bitsandbytes {version} lacks what {quantization.label} weights need ({first_line(err)}): {_WHAT_TO_DO}"
         ) from err
     device = torch.device(device)
     try:
@@ -92,15 +91,10 @@ def quantized_ops(quantization: Quantization, device: torch.device | str) -> typ
     except Exception as err:  # whatever bitsandbytes raises for a device it cannot serve
         raise QuantizationError(
             f"bitsandbytes {version} cannot run {quantization.label} layers on {device} "
-            f"({type(err).__name__}: {_first_line(err)}): {_WHAT_TO_DO}, or load on another device"
+            f"({type(err).__name__}: {first_line(err)}): {_WHAT_TO_DO}, or load on another device"
         ) from err
     log.debug("bitsandbytes %s runs %s layers on %s", version, quantization.label, device)
     return quant_layers.OPS[quantization]
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 class QuantizedLinear:
@@ -142,22 +136,6 @@ def quantizing_place(fallback: Place) -> Place:
             return_free_heap()
 
     return place
-
-
-_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-
-
-def return_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    glibc keeps freed tensors of a few MB in its heap: the temporaries of quantizing one layer, between the
-    quantized layers that stay (the loader calls this after each layer, else the process grows by up to a
-    quantized model's size again while one loads on the CPU), and a freed quantized model's own layers (call
-    this after dropping one on the CPU to get its memory back).
-    """
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def quantize_linears_(module: nn.Module, ops: type[Ops]) -> list[str]:
