@@ -50,6 +50,14 @@ TINY_MS = TransformerConfig(
 # T5-v1.1 sizes for tests; the vocabulary stays T5-XXL's so the real tokenizer fits.
 TINY_T5 = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 2}
 
+# The quantization tests' models. A small T5-v1.1 at T5's own scales; 64 is a multiple of NF4's block, like every
+# real width.
+SMALL_T5 = {**T5_V1_1_XXL, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "vocab_size": 512}
+MID_PIXART = TransformerConfig(
+    depth=2, hidden_size=288, num_heads=4, mlp_hidden=1152, caption_channels=128, caption_length=16, sample_size=16
+)
+PIXART_HINTS = {"sample_size": 16}  # random weights say nothing of the training resolution
+
 
 def need_shared(path: Path) -> Path:
     """``path`` inside ../shared, or skip: a user's clone has no ../shared beside it."""

@@ -1,11 +1,11 @@
 """Quantized loading (int8 LLM.int8, NF4): T5 from every file kind against its unquantized load, layers that
 really hold int8/4-bit data, fp16 overflow safety, quality bounds, the transformer's and ControlNet's
-blocks, peak memory while loading, and the errors when bitsandbytes is missing or cannot run."""
+blocks, peak memory while loading, and refused files. Whether bitsandbytes is there and can run:
+test_quant_availability.py."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +16,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import pixart_delta_core
 from pixart_delta_core import quant_layers
 from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.errors import CheckpointError, InputError, QuantizationError
+from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.layers import Block
 from pixart_delta_core.loading import load_controlnet, load_transformer
 from pixart_delta_core.quant import Quantization, parse_quantization, quantized_ops
@@ -28,10 +27,8 @@ from pixart_delta_core.quant_layers import Int8Linear, Nf4Linear, quantize_int8,
 from pixart_delta_core.random_weights import randomize_, t5_weights
 from pixart_delta_core.t5_loading import T5_V1_1_XXL, load_t5
 from pixart_delta_core.text import load_text_encoder
-from tests.helpers import ROOT, TOKENIZER, hide_bitsandbytes, need_shared, random_transformer
+from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, TOKENIZER, need_shared, random_transformer
 
-# A small T5-v1.1 at T5's own scales; 64 is a multiple of NF4's block, like every real width.
-SMALL_T5 = {**T5_V1_1_XXL, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "vocab_size": 512}
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FILE_DTYPES |= {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MODES = [Quantization.INT8, Quantization.NF4]
@@ -271,12 +268,8 @@ def test_quantized_embeddings_against_bf16(outliers: int) -> None:
 
 # --- the transformer and the ControlNet ------------------------------------------------------
 
-MID_PIXART = TransformerConfig(
-    depth=2, hidden_size=288, num_heads=4, mlp_hidden=1152, caption_channels=128, caption_length=16, sample_size=16
-)
 # Largest error of the output vs fp32 (outputs up to ~5.3), in fp32 | bf16 compute: measured int8 0.035 | 0.051,
 # NF4 0.27 | 0.26 (bf16 unquantized: 0.031).
-PIXART_HINTS = {"sample_size": 16}  # random weights say nothing of the training resolution
 PIXART_BOUNDS = {Quantization.INT8: 0.1, Quantization.NF4: 0.5}
 
 
@@ -358,7 +351,7 @@ def test_peak_memory_while_quantizing_a_mid_size_t5(tmp_path: Path) -> None:
         assert measured["growth_gb"] <= bound, f"{mode}: grew {measured['growth_gb']} GB, bound {bound:.3f} GB"
 
 
-# --- errors: bad files, no bitsandbytes, no device ----------------------------------------------
+# --- errors: bad files ---------------------------------------------------------------------------
 
 
 def test_integer_weights_cannot_be_quantized(tmp_path: Path) -> None:
@@ -378,51 +371,7 @@ def test_a_truncated_file_is_refused_before_quantizing(small_t5_files, tmp_path:
         load_t5(path, quantization="nf4")
 
 
-def test_missing_bitsandbytes_is_a_clear_error_not_a_fallback(small_t5_files, monkeypatch) -> None:
-    hide_bitsandbytes(monkeypatch, ModuleNotFoundError("No module named 'bitsandbytes'"))
-    for load in (
-        lambda: load_t5(small_t5_files["fp16"], quantization="int8"),
-        lambda: load_transformer(random_transformer(MID_PIXART).state_dict(), hints=PIXART_HINTS, quantization="nf4"),
-    ):
-        with pytest.raises(QuantizationError) as caught:
-            load()
-        message = str(caught.value)
-        assert "bitsandbytes package, which is not installed" in message
-        assert "pip install -U bitsandbytes" in message and "quantization 'none'" in message
-    assert load_t5(small_t5_files["fp16"], quantization="none") is not None  # unquantized needs no bitsandbytes
-
-
-def test_a_broken_bitsandbytes_is_a_clear_error(monkeypatch) -> None:
-    hide_bitsandbytes(monkeypatch, OSError("libcudart.so.12: cannot open shared object file"))
-    with pytest.raises(QuantizationError, match=r"installed but does not load \(OSError: libcudart"):
-        quantized_ops(Quantization.INT8, "cpu")
-
-
-def test_a_bitsandbytes_too_old_for_the_layers_is_a_clear_error(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "pixart_delta_core.quant_layers", None)  # importing it fails as it would
-    monkeypatch.delattr(pixart_delta_core, "quant_layers")  # with an old bitsandbytes (ImportError from inside)
-    with pytest.raises(QuantizationError, match=r"bitsandbytes \S+ lacks what 4-bit \(NF4\) weights need"):
-        quantized_ops(Quantization.NF4, "cpu")
-
-
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-def test_a_device_bitsandbytes_cannot_run_on_is_a_clear_error(monkeypatch, mode: Quantization) -> None:
-    """As bitsandbytes answers for a device without its kernels."""
-
-    def no_kernel(*args, **kwargs):
-        raise NotImplementedError("Could not run 'bitsandbytes::quantize' with arguments from the 'CPU' backend")
-
-    monkeypatch.setattr(quant_layers, "int8_vectorwise_quant", no_kernel)
-    monkeypatch.setattr(quant_layers, "quantize_4bit", no_kernel)
-    expected = f"cannot run {mode.label} layers on cpu (NotImplementedError: Could not run"
-    with pytest.raises(QuantizationError, match=re.escape(expected)):
-        quantized_ops(mode, "cpu")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_cuda_without_cuda_is_a_clear_error() -> None:
-    with pytest.raises(QuantizationError, match=re.escape("cannot run 8-bit (LLM.int8) layers on cuda")):
-        quantized_ops(Quantization.INT8, "cuda")
+# --- on the GPU ------------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: weights are quantized on the GPU there")
@@ -434,38 +383,3 @@ def test_quantized_on_the_gpu(small_t5_files, mode: Quantization) -> None:
     assert all(layer.weight.device.type == "cuda" for layer in quantized_layers(model))
     cos, err = agreement(embed(model, ids.cuda()).cpu(), reference)
     assert cos >= SMALL_BOUNDS[mode][0] and err <= SMALL_BOUNDS[mode][1], (cos, err)
-
-
-# --- the engine stays light -------------------------------------------------------------------
-
-PROBE = """
-import builtins, importlib, pkgutil, sys
-importers = set()
-real_import = builtins.__import__
-def watch(name, globals=None, *args, **kwargs):
-    if name.split(".")[0] == "bitsandbytes":
-        importers.add((globals or {}).get("__name__") or "?")
-    return real_import(name, globals, *args, **kwargs)
-def ours():
-    return ",".join(sorted(n for n in importers if n.startswith("pixart_delta_core"))) or "-"
-builtins.__import__ = watch
-import pixart_delta_core
-for name in ("loading", "t5_loading", "text", "quant", "transformer", "controlnet", "sampling"):
-    importlib.import_module("pixart_delta_core." + name)
-print("bitsandbytes" in sys.modules)
-for info in pkgutil.walk_packages(pixart_delta_core.__path__, "pixart_delta_core."):
-    if info.name not in ("pixart_delta_core.__main__", "pixart_delta_core.quant_layers"):
-        importlib.import_module(info.name)
-print(ours())
-import pixart_delta_core.quant_layers
-print(ours())
-"""
-
-
-def test_importing_the_engine_does_not_import_bitsandbytes() -> None:
-    """No engine module but quant_layers (imported once quantization is asked for) imports bitsandbytes; loading
-    and text encoding do not bring it in at all. (diffusers' AutoencoderKL, which vae.py imports, brings it in
-    by itself when it is installed: diffusers registers its bitsandbytes quantizer on import.) The last line
-    shows the probe sees an engine module that does import it."""
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "-", "pixart_delta_core.quant_layers"], out.stdout
