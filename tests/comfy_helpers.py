@@ -174,6 +174,27 @@ class StandInVae:
         return ((self.vae.decode(raw) + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
+def text_embedding(conditioning: list):
+    """ComfyUI conditioning as the engine's TextEmbedding: the tokens up to the last one any mask keeps (all of
+    them where the conditioning has no mask, as core CLIPTextEncode gives)."""
+    embeddings, extra = conditioning[0]
+    mask = extra.get("attention_mask", torch.ones(embeddings.shape[:2], dtype=torch.long))
+    keep = int(mask.any(0).nonzero().max()) + 1
+    return ENGINE.text.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
+
+
+def engine_latents(model, conditioning: list, uncond: list | None = None, **kwargs: Any) -> torch.Tensor:
+    """What the engine itself makes from the same caption (scaled latents): ``sampler`` and its ``settings``
+    name the sampling settings, ``uncond`` is a negative conditioning, the rest (seed, batch, height, width,
+    init_latents, control, ...) goes to generate_latents as it is."""
+    sampling = ENGINE.sampling
+    settings = sampling.SamplingSettings.defaults(kwargs.pop("sampler", "lcm"), **kwargs.pop("settings", {}))
+    negative = None if uncond is None else text_embedding(uncond)
+    return sampling.generate_latents(
+        model.transformer, text_embedding(conditioning), settings, uncond=negative, **kwargs
+    )
+
+
 # --- workflows -------------------------------------------------------------------------------------
 
 NOTE_TYPES = ("Note", "MarkdownNote")

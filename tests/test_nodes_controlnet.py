@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tests.comfy_helpers import ENGINE, PACK, StandInVae, call_node
+from tests.comfy_helpers import ENGINE, PACK, StandInVae, call_node, engine_latents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,24 +95,16 @@ def test_the_sampler_encodes_the_control_at_the_generation_size_and_steers(parts
     pixels = ENGINE.images.prepare_image(parts["image"].movedim(-1, 1), 96, 64)
     latent = vae.encode(((pixels + 1) / 2).movedim(1, -1)) * SCALE
     hook = parts["nets"][model].controlnet.hook(transformer, latent, 1.0)
-    embeddings, mask = parts["positive"][0][0], parts["positive"][0][1]["attention_mask"]
-    keep = int(mask.sum())
-    cond = ENGINE.text.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
-    uncond = None
-    if extra:
-        empty = parts["negative"][0][1]["attention_mask"]
-        uncond = ENGINE.text.TextEmbedding(parts["negative"][0][0][:, : int(empty.sum())], empty[:, : int(empty.sum())])
-    expected = ENGINE.sampling.generate_latents(
-        transformer,
-        cond,
-        ENGINE.sampling.SamplingSettings.defaults(
-            settings.get("sampler", "lcm"), **{k: v for k, v in settings.items() if k != "sampler"}
-        ),
+    expected = engine_latents(
+        parts[model],
+        parts["positive"],
+        uncond=extra.get("negative"),
+        sampler=settings.get("sampler", "lcm"),
+        settings={k: v for k, v in settings.items() if k != "sampler"},
         seed=11,
         batch=1,
         height=12,
         width=8,
-        uncond=uncond,
         control=ENGINE.sampling.ControlSchedule(hook),
     )
     torch.testing.assert_close(steered, expected / SCALE, rtol=0, atol=0)

@@ -8,13 +8,12 @@ import copy
 import pytest
 import torch
 
-from tests.comfy_helpers import BASE, ENGINE, PACK, StandInVae, call_node
+from tests.comfy_helpers import BASE, ENGINE, PACK, StandInVae, call_node, engine_latents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NODES = PACK.NODE_CLASS_MAPPINGS
 host = PACK.nodes.host
-sampling = ENGINE.sampling
 SCALE = 0.18215  # the SD VAE's: PixArt-α/δ latents are raw VAE latents times this
 SIZE = {"width": 128, "height": 96}
 
@@ -35,16 +34,6 @@ def encode(loaded, text: str, **widgets) -> list:
 
 def run(model, positive, **inputs) -> dict:
     return call_node(NODES["PixArtDeltaSampler"], model=model, positive=positive, **inputs)[0]
-
-
-def engine_latents(model, conditioning, **kwargs) -> torch.Tensor:
-    """What the engine itself makes from the same caption (scaled latents)."""
-    embeddings, extra = conditioning[0]
-    mask = extra.get("attention_mask", torch.ones(embeddings.shape[:2], dtype=torch.long))
-    keep = int(mask.any(0).nonzero().max()) + 1
-    caption = ENGINE.text.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
-    settings = sampling.SamplingSettings.defaults(kwargs.pop("sampler", "lcm"), **kwargs.pop("settings", {}))
-    return sampling.generate_latents(model.transformer, caption, settings, **kwargs)
 
 
 # --- text ------------------------------------------------------------------------------------------
