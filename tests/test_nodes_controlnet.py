@@ -127,8 +127,7 @@ def test_a_different_control_on_the_negative_is_refused(parts) -> None:
         sample(parts["base"], positive, negative=other, sampler="dpm_solver++", steps=2, guidance=4.5)
 
 
-def test_a_controlnet_in_another_precision_than_the_model_is_refused(parts, node_models, monkeypatch) -> None:
-    monkeypatch.setenv(PACK.nodes.host.MODELS_ENV, str(node_models))
+def test_a_controlnet_in_another_precision_than_the_model_is_refused(parts, in_models) -> None:
     bf16 = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=CONTROLNET_FILE, weight_dtype="bf16")[0]
     with pytest.raises(ENGINE.errors.InputError, match="same dtype"):
         sample(bf16, apply(parts)[0])
