@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import mmap
 import pickle
 import struct
@@ -90,13 +91,7 @@ class TensorSource(Mapping[str, torch.Tensor]):
 
     def nbytes(self) -> int:
         """Size of all tensors as stored."""
-        total = 0
-        for key, shape in self.shapes.items():
-            count = 1
-            for n in shape:
-                count *= n
-            total += count * self.dtypes[key].itemsize
-        return total
+        return sum(math.prod(shape) * self.dtypes[key].itemsize for key, shape in self.shapes.items())
 
     def without_prefix(self, prefix: str) -> TensorSource:
         """The keys that start with ``prefix``, with the prefix removed."""

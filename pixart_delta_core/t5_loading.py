@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
 from .checkpoint import TensorSource, open_checkpoint
-from .config import identify
+from .config import count_numbered, identify, shape_of
 from .errors import CheckpointError
 from .layouts import KeyTable, RenamedSource, Rule
 from .loading import Place, as_source, load_strict, parse_dtype, place_tensor
@@ -84,7 +85,7 @@ class T5Checkpoint:
         size = "T5-v1.1-XXL" if all(c[k] == T5_V1_1_XXL[k] for k in SIZE_FIELDS) else "T5-v1.1"
         where = f", keys under {self.prefix!r}" if self.prefix else ""
         dtypes = sorted({str(d).removeprefix("torch.") for d in self.tensors.dtypes.values()})
-        params = sum(_numel(self.tensors.shapes[k]) for k in self.tensors.shapes if k not in self.ignored)
+        params = sum(math.prod(self.tensors.shapes[k]) for k in self.tensors.shapes if k not in self.ignored)
         return (
             f"{size} encoder ({self.layout}{where}): {c['num_layers']} layers, width {c['d_model']}, "
             f"{c['num_heads']} heads of {c['d_kv']}, feed-forward {c['d_ff']}, vocabulary {c['vocab_size']}; "
@@ -94,13 +95,6 @@ class T5Checkpoint:
 
 def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count
 
 
 def weights_folder(path: Path) -> Path | None:
@@ -189,29 +183,19 @@ def _refuse_other_t5_kinds(view: TensorSource) -> None:
         raise CheckpointError(f"{view.origin}: a T5 encoder without its token embedding (shared.weight is missing)")
 
 
-def _shape(view: TensorSource, key: str, ndim: int) -> tuple[int, ...]:
-    shape = view.shapes.get(key)
-    if shape is None or len(shape) != ndim:
-        found = "missing" if shape is None else f"of shape {list(shape)}"
-        raise CheckpointError(f"{view.origin}: a T5 encoder needs {key!r} with {ndim} dimensions, found it {found}")
-    return shape
+def _shape(view: TensorSource, key: str) -> tuple[int, ...]:
+    return shape_of(view, key, 2, "a T5 encoder")  # the tensors that sizes are read from are all matrices
 
 
 def _config_from_shapes(view: TensorSource) -> dict[str, Any]:
     """T5-v1.1-XXL with every size the tensors show taken from them."""
-    vocab, width = _shape(view, "shared.weight", 2)
-    layers = {int(m.group(1)) for k in view.shapes if (m := re.match(r"encoder\.block\.(\d+)\.", k))}
-    depth = max(layers) + 1
-    if layers != set(range(depth)):
-        raise CheckpointError(
-            f"{view.origin}: encoder blocks {sorted(set(range(depth)) - layers)} are missing: found blocks "
-            f"0..{depth - 1} except those (a truncated or partial checkpoint?)"
-        )
-    inner = _shape(view, "encoder.block.0.layer.0.SelfAttention.q.weight", 2)[0]
-    buckets, heads = _shape(view, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", 2)
+    vocab, width = _shape(view, "shared.weight")
+    depth = count_numbered(view, "encoder.block.", "encoder blocks")
+    inner = _shape(view, "encoder.block.0.layer.0.SelfAttention.q.weight")[0]
+    buckets, heads = _shape(view, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     if inner % heads:
         raise CheckpointError(f"{view.origin}: attention width {inner} is not a multiple of its {heads} heads")
-    d_ff = _shape(view, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 2)[0]
+    d_ff = _shape(view, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0]
     config = {
         **T5_V1_1_XXL,
         "vocab_size": vocab,

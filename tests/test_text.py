@@ -326,6 +326,9 @@ def test_missing_wrong_and_unexpected_keys_are_named(t5, tmp_path: Path, tokeniz
     extra = {**weights, "encoder.block.0.layer.0.SelfAttention.extra": torch.zeros(2)}
     with pytest.raises(CheckpointError, match=r"unexpected: encoder\.block\.0\.layer\.0\.SelfAttention\.extra"):
         load_text_encoder(save(tmp_path, extra), tokenizer=tokenizer)
+    gap = {k.replace("encoder.block.1.", "encoder.block.2."): v for k, v in weights.items()}  # blocks 0 and 2
+    with pytest.raises(CheckpointError, match=r"encoder blocks \[1\] are missing"):
+        load_text_encoder(save(tmp_path, gap), tokenizer=tokenizer)
     bad = {**weights, "encoder.block.1.layer.0.SelfAttention.k.weight": torch.zeros(32, 31)}
     with pytest.raises(CheckpointError, match=r"SelfAttention\.k\.weight: expected \[32, 32\], found \[32, 31\]"):
         load_text_encoder(save(tmp_path, bad), tokenizer=tokenizer)
