@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from .config import TransformerConfig
 from .random_weights import randomize_
+from .t5_loading import TIED
 from .transformer import PixArtTransformer
 
 DEMO_TRANSFORMER = TransformerConfig(
@@ -102,7 +103,7 @@ def write_demo_models(
     )
     heads = {"num_heads": str(transformer.config.num_heads)}  # detection reads it where widths are not 72k
     save_file(transformer.reference_state_dict(), str(files.transformer), metadata=heads)
-    t5_weights = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}  # tied to shared
+    t5_weights = {k: v for k, v in t5.state_dict().items() if k not in TIED}  # tied to shared.weight
     save_file({k: v.contiguous() for k, v in t5_weights.items()}, str(files.t5))
     demo_tokenizer().save_pretrained(files.tokenizer)
     files.vae.mkdir(exist_ok=True)

@@ -175,11 +175,6 @@ def _prefixes(source: TensorSource) -> set[str]:
     return {p for p in found if not p or p.endswith(".")}
 
 
-def is_vae(source: TensorSource) -> bool:
-    """Whether ``source`` holds a VAE (alone or inside a whole SD checkpoint)."""
-    return bool(_prefixes(source))
-
-
 def detect_vae(
     source: TensorSource, hints: Mapping[str, Any] | None = None, defaults: VaeConfig = SD_VAE
 ) -> DetectedVae:
