@@ -20,8 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's engine, even where another copy is installed
-
-T5_SIZES = {"d_model": 1024, "d_kv": 64, "num_heads": 16, "d_ff": 2816}
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from load_memory import T5_SIZES  # noqa: E402
 
 
 def compare(ours, reference, mask=None) -> dict:
