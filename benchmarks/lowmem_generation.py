@@ -17,8 +17,8 @@ still held after each stage, and the seconds taken, as one JSON line. Targets: t
 8 GB of GPU memory; issue 6 aims at 6 GB.
 
 Random weights give meaningless images: only memory and time are measured. The tokenizer is the
-shared fixture when found, else ``--tokenizer``, else a stand-in built in memory (the memory figure does
-not depend on it).
+shared fixture when found, else ``--tokenizer``, else a stand-in built in memory: the demo's character-level
+tokenizer with T5's special tokens (the memory figure does not depend on it).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ SMALL_T5 = {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers"
 
 
 def tokenizer_for_run(given: Path | None):
-    """The T5 tokenizer folder given, or the shared fixture, or else a stand-in built in memory."""
+    """The T5 tokenizer folder given, or the shared fixture, or else the demo's stand-in built in memory."""
+    from pixart_delta_core.demo import demo_tokenizer
     from pixart_delta_core.text import load_tokenizer
 
     if given is not None:
@@ -50,20 +51,7 @@ def tokenizer_for_run(given: Path | None):
         folder = parent / "shared" / "fixtures" / "t5_tokenizer"
         if folder.is_dir():
             return load_tokenizer(folder)
-    return stand_in_tokenizer()
-
-
-def stand_in_tokenizer():
-    """A word-level tokenizer for the prompt's words, with T5's padding (0) and end-of-text (1) tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted(set(PROMPT.replace(",", " ").split()))
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return demo_tokenizer()
 
 
 def transformer_file(cache: Path, small: bool) -> Path:
@@ -161,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from t5_quant_memory import synthetic_t5, t5_config, write_t5_file
 
+    from pixart_delta_core.demo import demo_tokenizer
     from pixart_delta_core.pipeline import PixArtPipeline
 
     device = torch.device(args.device)
@@ -173,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
             write_t5_file(t5_path, {**t5_config("xxl"), **SMALL_T5})
     else:
         t5_path = synthetic_t5(args.cache, "xxl")
-    tokenizer = stand_in_tokenizer() if args.stand_in_tokenizer else tokenizer_for_run(args.tokenizer)
+    tokenizer = demo_tokenizer() if args.stand_in_tokenizer else tokenizer_for_run(args.tokenizer)
     tokenizer_folder = args.cache / "tokenizer-for-run"
     tokenizer.save_pretrained(tokenizer_folder)
     transformer_path = transformer_file(args.cache, args.small)
