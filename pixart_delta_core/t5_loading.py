@@ -27,8 +27,7 @@ from .config import count_numbered, identify, shape_of
 from .errors import CheckpointError
 from .layouts import KeyTable, RenamedSource, Rule
 from .loading import Place, as_source, load_strict, parse_dtype, place_tensor
-from .quant import Quantization, parse_quantization
-from .quant_t5 import quantize_t5_
+from .quant import Quantization, parse_quantization, quantize_linears_, quantized_ops, quantizing_place
 
 log = logging.getLogger(__name__)
 
@@ -224,19 +223,30 @@ def _config_from_json(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
     return {**T5_V1_1_XXL, **{k: v for k, v in config.items() if k in T5_V1_1_XXL}}
 
 
-class Fp16SafeFeedForward(T5DenseGatedActDense):
-    """T5-v1.1's gated-GELU feed-forward with its product and output projection in fp32 (REFERENCE.md §2).
+class Fp32ProductFeedForward(T5DenseGatedActDense):
+    """T5-v1.1's gated-GELU feed-forward with its gated product formed in fp32 (REFERENCE.md §2).
 
-    T5-v1.1 overflows fp16 here: the gate times value product and the ``wo`` output pass 65504.
-    ``wo`` is stored in fp32 (as transformers does for fp16) and its output carries the residual
-    stream in fp32 from then on; the product is formed in fp32, so only a single projection's output
-    above 65504 could still overflow.
+    T5-v1.1 overflows fp16 here: the gate times value product and the ``wo`` output pass 65504. In fp16
+    the output stays fp32 and carries the residual stream from then on: unquantized, ``wo`` is stored in
+    fp32 (as transformers does for fp16); quantized, ``wo`` takes the fp32 product itself. In bf16 and
+    fp32 (used for quantized layers only) the output returns to the model's dtype. Only a single
+    projection's output above 65504 could still overflow.
     """
+
+    def __init__(self, config: T5Config, dtype: torch.dtype) -> None:
+        super().__init__(config)
+        self.out_dtype = torch.float32 if dtype == torch.float16 else dtype
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         gate = self.act(self.wi_0(hidden_states).float())  # [B, L, d_ff] fp32
         value = self.wi_1(hidden_states).float()  # [B, L, d_ff] fp32
-        return self.wo((gate * value).to(self.wo.weight.dtype))  # [B, L, d_model] fp32
+        return self.wo(gate * value).to(self.out_dtype)  # [B, L, d_model]
+
+
+def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
+    with torch.device("meta"):
+        for block in model.encoder.block:
+            block.layer[-1].DenseReluDense = Fp32ProductFeedForward(model.config, dtype)
 
 
 def build_t5(config: Mapping[str, Any], dtype: torch.dtype) -> T5EncoderModel:
@@ -244,10 +254,26 @@ def build_t5(config: Mapping[str, Any], dtype: torch.dtype) -> T5EncoderModel:
     t5_config = T5Config(**{**config, "is_encoder_decoder": False, "use_cache": False})
     with torch.device("meta"):
         model = T5EncoderModel(t5_config)
-        if dtype == torch.float16:
-            for block in model.encoder.block:
-                block.layer[-1].DenseReluDense = Fp16SafeFeedForward(t5_config)
+    if dtype == torch.float16:
+        _use_fp32_product(model, dtype)
     return model
+
+
+def quantize_t5_(
+    model: T5EncoderModel, quantization: Quantization, dtype: torch.dtype, device: torch.device | str, fallback: Place
+) -> Place:
+    """Quantize a meta-device T5 encoder's blocks (REFERENCE.md §5: the paper's 8-bit T5); returns the ``Place``
+    step to load it with.
+
+    Every linear layer of the blocks (attention q, k, v, o; feed-forward wi_0, wi_1, wo) becomes an empty
+    quantized layer; the token embedding, the RMS-norm gains and the relative position bias stay in ``dtype``.
+    The feed-forward forms its product in fp32 in every dtype: the quantized ``wo`` scales it into fp16's
+    range itself.
+    """
+    ops = quantized_ops(quantization, device)
+    _use_fp32_product(model, dtype)
+    quantize_linears_(model.encoder.block, ops)
+    return quantizing_place(fallback)
 
 
 def t5_placement(dtype: torch.dtype) -> Place:
@@ -269,7 +295,7 @@ def load_t5(
 ) -> T5EncoderModel:
     """Load a T5-v1.1 encoder strictly, streamed tensor by tensor, in ``dtype`` on ``device``.
 
-    With ``quantization`` the blocks' linear layers are quantized as they stream in (``quant_t5``);
+    With ``quantization`` the blocks' linear layers are quantized as they stream in (``quantize_t5_``);
     ``dtype`` is then the compute dtype and the dtype of the layers that stay unquantized.
     """
     found = checkpoint if isinstance(checkpoint, T5Checkpoint) else inspect_t5(checkpoint)
