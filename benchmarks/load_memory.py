@@ -74,20 +74,16 @@ def write_checkpoint(folder: Path, depth: int, fmt: str, file_dtype: str) -> Pat
 
 
 def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
-    """A T5-v1.1 encoder in HF names: a single file (as ComfyUI users hold them) or an HF folder."""
-    import torch
+    """A T5-v1.1 encoder in HF names, random at T5's own scales: a single file (as ComfyUI users hold them) or an
+    HF folder."""
     from safetensors.torch import save_file
 
-    from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5
+    from pixart_delta_core.random_weights import t5_weights
+    from pixart_delta_core.t5_loading import T5_V1_1_XXL
 
     config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": depth}
-    generator = torch.Generator().manual_seed(0)
     dtype = _file_dtype(file_dtype)
-    weights = {
-        key: (torch.randn(value.shape, generator=generator) * value.shape[-1] ** -0.5).to(dtype)
-        for key, value in build_t5(config, torch.float32).state_dict().items()
-        if key not in TIED
-    }
+    weights = {key: value.to(dtype) for key, value in t5_weights(config, seed=0).items()}
     if fmt == "safetensors":
         path = folder / f"t5_{file_dtype}.safetensors"
         save_file(weights, str(path))
