@@ -56,7 +56,7 @@ def inspect_transformer(
 
 
 def load_transformer(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor] | Detected,
     dtype: str | torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     hints: Mapping[str, Any] | None = None,
@@ -68,7 +68,7 @@ def load_transformer(
     ``quantization`` int8 or nf4 quantizes the linear layers of its blocks as the weights stream in
     (``quant.quantize_blocks_``); ``dtype`` is then the compute dtype and that of every other layer.
     """
-    detected = inspect_transformer(checkpoint, hints)
+    detected = checkpoint if isinstance(checkpoint, Detected) else inspect_transformer(checkpoint, hints)
     log.info("loading %s", detected.describe())
     model = PixArtTransformer(detected.config, ops=ops, device="meta")
     place = quantize_blocks_(model, quantization, device, place_tensor)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .config import TransformerConfig
+from .config import Detected, TransformerConfig
 from .controlnet import ControlNetTransformer
 from .errors import InputError
 from .images import prepare_image, resize_and_crop, to_pil
@@ -24,7 +25,7 @@ from .loading import inspect_transformer, load_controlnet, load_transformer, par
 from .memory import return_free_heap
 from .quant import Quantization, parse_quantization
 from .resolution import bins_for, check_image_size, nearest_bin
-from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents, parse_sampler
+from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
 from .text import TextEmbedding, TextEncoder, load_text_encoder
 from .transformer import PixArtTransformer
 from .vae import Vae, load_vae
@@ -119,10 +120,17 @@ class PixArtPipeline:
             torch.cuda.empty_cache()
         return_free_heap()
 
+    @cached_property
+    def transformer_checkpoint(self) -> Detected:
+        """The transformer file, recognised once per pipeline: its layout and config (no weights read)."""
+        return inspect_transformer(self.transformer)
+
     def load_transformer(self) -> PixArtTransformer:
         return self._model(
             "transformer",
-            lambda: load_transformer(self.transformer, self.dtype, self.device, quantization=self.quantization),
+            lambda: load_transformer(
+                self.transformer_checkpoint, self.dtype, self.device, quantization=self.quantization
+            ),
         )
 
     def load_text_encoder(self) -> TextEncoder:
@@ -194,7 +202,7 @@ class PixArtPipeline:
         if images_per_prompt < 1:
             raise InputError(f"images per prompt must be at least 1, found {images_per_prompt}")
         settings = SamplingSettings.defaults(
-            parse_sampler(sampler),
+            sampler,
             **({"steps": steps} if steps is not None else {}),
             **({"guidance": guidance} if guidance is not None else {}),
             strength=strength if init_image is not None else 1.0,
@@ -204,7 +212,7 @@ class PixArtPipeline:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
         negatives = _negatives(negative_prompt, len(prompts), settings.guided)
 
-        transformer_config = inspect_transformer(self.transformer).config  # reads no weights
+        transformer_config = self.transformer_checkpoint.config
         default = transformer_config.resolution
         asked = (default if height is None else height, default if width is None else width)
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
@@ -214,8 +222,6 @@ class PixArtPipeline:
         stage("text")
         cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
         batch = len(prompts) * images_per_prompt
-        cond = cond.repeat(images_per_prompt)
-        uncond = None if uncond is None else uncond.repeat(images_per_prompt)
 
         init = control_latent = None
         if init_image is not None or control is not None:

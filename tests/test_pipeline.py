@@ -100,6 +100,37 @@ def test_same_seed_same_image_other_seed_other_image(setup) -> None:
     assert not torch.allclose(first, other)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.5], ids=["lcm", "guided-null-caption"])
+def test_images_per_prompt_repeat_each_prompt_in_turn(setup, guidance: float) -> None:
+    """Two images per prompt are the images of each prompt given twice in a row, with the same noise."""
+    files, _ = setup
+    each_twice = ours(files, seed=2, images_per_prompt=2, guidance=guidance).latents
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32")
+    listed = replace(pipeline, t5_dtype="fp32")(
+        [p for p in PROMPTS for _ in range(2)],
+        resolution_binning=False,
+        width=192,
+        height=128,
+        seed=2,
+        guidance=guidance,
+    ).latents
+    assert each_twice.shape[0] == 2 * len(PROMPTS)
+    assert torch.equal(each_twice, listed)
+
+
+def test_the_transformer_file_is_recognised_once_per_pipeline(setup, monkeypatch) -> None:
+    import pixart_delta_core.loading as loading
+
+    files, _ = setup
+    calls: list[object] = []
+    detect = loading.detect_transformer
+    monkeypatch.setattr(loading, "detect_transformer", lambda *a, **k: calls.append(a) or detect(*a, **k))
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32")
+    for seed in (0, 1):
+        pipeline("a fox", width=64, height=64, resolution_binning=False, seed=seed)
+    assert len(calls) == 1
+
+
 def test_img2img_and_control_change_the_result(setup, tmp_path: Path) -> None:
     files, _ = setup
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8))
