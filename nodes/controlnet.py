@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..pixart_delta_core.checkpoint import open_checkpoint
 from ..pixart_delta_core.controlnet import ControlNetTransformer
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.images import prepare_image
@@ -112,15 +113,15 @@ class ControlNetLoader:
         }
 
     def load(self, model: PixArtModel, controlnet_name: str) -> tuple[PixArtControlNet]:
-        path = CONTROLNETS.path(controlnet_name)
+        source = open_checkpoint(CONTROLNETS.path(controlnet_name))
         base, devices, mode = model.transformer, model.managed, model.quantization
         device = placement(
             mode,
             devices.load_device,
             devices.offload_device,
-            lambda: parameter_count(inspect_controlnet(path, None, base.config).tensors.shapes.values()),
+            lambda: parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
         )
-        network = load_controlnet(path, base.config, dtype=base.dtype, device=device, quantization=mode)
+        network = load_controlnet(source, base.config, dtype=base.dtype, device=device, quantization=mode)
         managed = host.manage(network, devices.load_device, devices.offload_device)
         return (PixArtControlNet(network, managed, model),)
 

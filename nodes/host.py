@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..pixart_delta_core.memory import return_free_heap
+from ..pixart_delta_core.pipeline import pick_dtype
 
 try:
     import comfy.model_management as mm
@@ -122,7 +123,7 @@ def transformer_dtype(device: torch.device, parameters: int) -> torch.dtype:
     """The dtype ComfyUI gives a PixArt model on ``device`` (fp16, bf16 or fp32); fp16 on CUDA, else fp32."""
     if IN_COMFYUI:
         return mm.unet_dtype(device, parameters, [torch.float16, torch.bfloat16, torch.float32])
-    return torch.float16 if device.type == "cuda" else torch.float32
+    return pick_dtype("auto", device)
 
 
 def text_encoder_dtype(device: torch.device) -> torch.dtype:
@@ -270,14 +271,13 @@ class Progress:
     """The progress bar of one node's run; every update first checks whether the user pressed Cancel."""
 
     def __init__(self, total: int) -> None:
-        self.total = total
         self._bar = comfy.utils.ProgressBar(total) if IN_COMFYUI else None
         check_interrupted()
 
-    def update(self, done: int, total: int | None = None) -> None:
+    def update(self, done: int, total: int) -> None:
         check_interrupted()
         if self._bar is not None:
-            self._bar.update_absolute(done, total if total is not None else self.total)
+            self._bar.update_absolute(done, total)
 
     def on_step(self, done: int, total: int, latents: torch.Tensor) -> None:
         """The engine's per-step callback (``sampling.StepCallback``)."""

@@ -109,10 +109,9 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     path = TEXT_ENCODERS.path(t5_name)
     load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
     torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
-    target = placement(
-        mode, load_device, offload_device, lambda: parameter_count(inspect_text_encoder(path).tensors.shapes.values())
-    )
-    encoder = load_text_encoder(path, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
+    found = inspect_text_encoder(path)
+    target = placement(mode, load_device, offload_device, lambda: parameter_count(found.tensors.shapes.values()))
+    encoder = load_text_encoder(found, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
     return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
 
 

@@ -192,13 +192,14 @@ def inspect_text_encoder(checkpoint: Checkpoint) -> T5Checkpoint:
 
 
 def load_text_encoder(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoint | T5Checkpoint,
     dtype: str | torch.dtype = "bf16",
     device: torch.device | str = "cpu",
     tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
     quantization: Quantization | str = Quantization.NONE,
 ) -> TextEncoder:
-    """Load T5 weights (single file, HF folder, or tensors) and their tokenizer (found beside a path, or given).
+    """Load T5 weights (single file, HF folder, tensors, or as ``inspect_text_encoder`` found them) and their
+    tokenizer (found beside a path, or given).
 
     ``quantization`` int8 or nf4 quantizes the encoder's linear layers while they load (``dtype`` computes).
     """
@@ -208,7 +209,7 @@ def load_text_encoder(
                 f"T5 weights given as tensors carry no tokenizer: pass tokenizer=, {_WHERE_TOKENIZERS_ARE}"
             )
         tokenizer = load_tokenizer(tokenizer if tokenizer is not None else find_tokenizer(checkpoint))
-    found = inspect_t5(checkpoint)
+    found = checkpoint if isinstance(checkpoint, T5Checkpoint) else inspect_t5(checkpoint)
     vocab = found.config["vocab_size"]
     if len(tokenizer) > vocab:
         raise CheckpointError(
