@@ -108,7 +108,7 @@ class Meter:
         else:
             from load_memory import reset_peak
 
-            from pixart_delta_core.quant import return_free_heap
+            from pixart_delta_core.memory import return_free_heap
 
             return_free_heap()  # what the previous stage freed goes back to the system
             reset_peak()
@@ -139,7 +139,7 @@ class Meter:
             return round(torch.cuda.memory_allocated(self.device) / GB, 3)
         from load_memory import rss_bytes
 
-        from pixart_delta_core.quant import return_free_heap
+        from pixart_delta_core.memory import return_free_heap
 
         return_free_heap()
         return round(rss_bytes("VmRSS") / GB, 3)
