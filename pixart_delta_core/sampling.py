@@ -16,7 +16,6 @@ from enum import Enum
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -198,14 +197,6 @@ def null_caption(transformer: PixArtTransformer, like: TextEmbedding) -> TextEmb
     return TextEmbedding(table[None, : like.length].expand(like.batch_size, -1, -1), like.mask)
 
 
-def _padded(caption: TextEmbedding, length: int) -> TextEmbedding:
-    """The caption padded with masked-out zeros to ``length`` tokens."""
-    extra = length - caption.length
-    if extra == 0:
-        return caption
-    return TextEmbedding(F.pad(caption.embeddings, (0, 0, 0, extra)), F.pad(caption.mask, (0, extra)))
-
-
 def _for_batch(caption: TextEmbedding, batch: int) -> TextEmbedding:
     """One caption per image: a prompt repeated for the images made from it."""
     if caption.batch_size == batch:
@@ -244,7 +235,7 @@ def sample(
             raise InputError(f"guidance {settings.guidance} needs an unconditional caption (a negative prompt)")
         uncond = _for_batch(uncond, batch)
         length = max(uncond.length, caption.length)
-        pair = (_padded(uncond.to(device, caption.embeddings.dtype), length), _padded(caption.to(device), length))
+        pair = (uncond.to(device, caption.embeddings.dtype).padded(length), caption.to(device).padded(length))
         caption = TextEmbedding(torch.cat([p.embeddings for p in pair]), torch.cat([p.mask for p in pair]))
     caption = caption.to(device)
     noise = noise.to(device, torch.float32)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
 from .captions import prepare_prompt
@@ -58,6 +59,13 @@ class TextEmbedding:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbedding:
         """The same embedding on ``device`` and/or in ``dtype`` (the mask stays int64)."""
         return TextEmbedding(self.embeddings.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    def padded(self, length: int) -> TextEmbedding:
+        """The same captions padded with masked-out zeros to ``length`` tokens."""
+        extra = length - self.length
+        if extra == 0:
+            return self
+        return TextEmbedding(F.pad(self.embeddings, (0, 0, 0, extra)), F.pad(self.mask, (0, extra)))
 
     def repeat(self, times: int) -> TextEmbedding:
         """Each prompt ``times`` times in a row (several images per prompt)."""
@@ -104,12 +112,17 @@ class TextEncoder:
         if not prompts:
             raise InputError("no prompts to encode: expected at least one (an empty string is a valid prompt)")
         texts = [prepare_prompt(p, clean_caption) for p in prompts]
-        self._warn_if_truncated(texts, max_length)
         batch = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
-        return batch.input_ids, batch.attention_mask.long()
+        mask = batch.attention_mask.long()
+        full = [(i, texts[i]) for i, n in enumerate(mask.sum(dim=1).tolist()) if n == max_length]
+        self._warn_if_truncated(full, max_length)
+        return batch.input_ids, mask
 
-    def _warn_if_truncated(self, texts: list[str], max_length: int) -> None:
-        for i, ids in enumerate(self.tokenizer(texts, verbose=False).input_ids):
+    def _warn_if_truncated(self, full: list[tuple[int, str]], max_length: int) -> None:
+        """Warn for each prompt that lost tokens; only those that fill the caption (index, text) can have."""
+        if not full:
+            return
+        for (i, _), ids in zip(full, self.tokenizer([text for _, text in full], verbose=False).input_ids, strict=True):
             dropped = len(ids) - max_length
             if dropped > 0:
                 lost = self.tokenizer.decode(ids[max_length - 1 : -1])
@@ -128,12 +141,7 @@ class TextEncoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, n, C]
-        batch, real = mask.shape
-        embeddings = hidden.new_zeros(batch, max_length, hidden.shape[-1])  # [B, L, C]
-        embeddings[:, :real] = hidden.masked_fill(mask[..., None] == 0, 0)
-        full_mask = mask.new_zeros(batch, max_length)  # [B, L]
-        full_mask[:, :real] = mask
-        return TextEmbedding(embeddings, full_mask)
+        return TextEmbedding(hidden.masked_fill(mask[..., None] == 0, 0), mask).padded(max_length)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
