@@ -182,12 +182,24 @@ def test_a_vae_given_as_the_transformer_and_a_missing_tokenizer(tmp_path: Path) 
         PixArtPipeline(files.transformer, files.t5, files.vae, device="cpu")("a fox")
 
 
-def test_low_memory_mode_decodes_in_tiles(setup) -> None:
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_low_memory_mode_decodes_in_tiles(setup, monkeypatch, low_memory: bool) -> None:
+    from pixart_delta_core.vae import Vae
+
     files, _ = setup
-    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", low_memory=True)
+    asked: list[bool | None] = []
+    decode = Vae.decode
+    monkeypatch.setattr(
+        Vae, "decode", lambda self, latents, tiled=None: asked.append(tiled) or decode(self, latents, tiled)
+    )
+    pipeline = PixArtPipeline(
+        files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", low_memory=low_memory
+    )
     result = pipeline("a fox", width=64, height=64, resolution_binning=False, seed=0)
     assert result.images[0].size == (64, 64)
-    assert not pipeline._loaded, "low-memory mode keeps no model between stages"
+    assert asked == [True if low_memory else None], "low-memory mode always tiles; otherwise the size decides"
+    if low_memory:
+        assert not pipeline._loaded, "low-memory mode keeps no model between stages"
 
 
 @pytest.mark.parametrize("low_memory", [False, True])
