@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "fixtures").is_dir()), ROOT.parent / "shared")
 MANIFESTS = SHARED / "fixtures" / "manifests"
 TOKENIZER = SHARED / "fixtures" / "t5_tokenizer"
+COMFYUI_T5_PREFIX = "text_encoders.t5xxl.transformer."  # T5 keys in a checkpoint saved from ComfyUI
 
 TINY = TransformerConfig(
     depth=2, hidden_size=48, num_heads=4, mlp_hidden=192, caption_channels=32, caption_length=16, sample_size=16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,8 @@ from pixart_delta_core.checkpoint import StateDictSource
 from pixart_delta_core.config import Layout, TransformerConfig, detect_transformer
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from tests.helpers import manifest_source
+from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5, detect_t5
+from tests.helpers import COMFYUI_T5_PREFIX, MANIFESTS, manifest_source, need_shared
 
 XL = TransformerConfig(depth=28, hidden_size=1152, num_heads=16, caption_channels=4096, mlp_hidden=4608)
 ALPHA_1024_MS = replace(XL, sample_size=128, interpolation_scale=2.0, micro_conditions=True)
@@ -115,3 +117,29 @@ def _without(source: StateDictSource, drop: str) -> StateDictSource:
 def test_refusals_say_what_the_file_looks_like(build, message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         detect_transformer(build())
+
+
+# --- T5-XXL as ComfyUI users hold it (manifests) ------------------------------------------------
+
+
+def test_embedded_xxl_config_matches_t5_v1_1_xxl() -> None:
+    real = json.loads(need_shared(MANIFESTS / "t5-v1_1-xxl.config.json").read_text())
+    assert {k: real[k] for k in T5_V1_1_XXL} == T5_V1_1_XXL
+
+
+@pytest.mark.parametrize("variant", ["fp16", "fp8_e4m3fn", "prefixed"])
+def test_the_xxl_single_file_layout_is_recognised(variant: str) -> None:
+    source = manifest_source("t5xxl_fp16.safetensors.json")
+    if variant == "fp8_e4m3fn":
+        source = type(source)(
+            {k: torch.empty(s, dtype=torch.float8_e4m3fn, device="meta") for k, s in source.shapes.items()}
+        )
+    if variant == "prefixed":
+        source = type(source)({COMFYUI_T5_PREFIX + k: torch.empty(s, device="meta") for k, s in source.shapes.items()})
+    found = detect_t5(source)
+    assert dict(found.config) == T5_V1_1_XXL
+    assert found.describe().startswith("T5-v1.1-XXL encoder") and "4.76 B parameters" in found.describe()
+    expected = {
+        k: tuple(v.shape) for k, v in build_t5(found.config, torch.bfloat16).state_dict().items() if k not in TIED
+    }
+    assert expected == found.tensors.shapes

@@ -3,7 +3,6 @@ guard and refusals (the loader's peak memory: test_load_memory.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -16,14 +15,12 @@ from transformers import T5EncoderModel
 from pixart_delta_core import cli
 from pixart_delta_core.demo import demo_transformer
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5, detect_t5
 from pixart_delta_core.text import TextEmbedding, inspect_text_encoder, load_text_encoder, load_tokenizer
 from tests.helpers import (
-    MANIFESTS,
+    COMFYUI_T5_PREFIX,
     TINY,
     TINY_T5,
     TOKENIZER,
-    manifest_source,
     need_shared,
     random_t5,
     random_transformer,
@@ -32,7 +29,6 @@ from tests.helpers import (
 
 LENGTH = 24  # caption tokens in these tests (PixArt-α/δ: 120, Σ: 300)
 PROMPTS = ["A Red Cat sitting on a mat", "", "  an astronaut riding a horse on the moon, highly detailed  "]
-PREFIX = "text_encoders.t5xxl.transformer."
 FP32_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
@@ -60,7 +56,7 @@ def files(t5, tmp_path_factory) -> dict[str, Path]:
     paths = {name: root / f"{name}.safetensors" for name in ("single", "prefixed", "stack", "full", "both-embeddings")}
     save_file(weights, str(paths["single"]))
     save_file(
-        {**{PREFIX + k: v for k, v in weights.items()}, "text_encoders.clip_l.logit_scale": torch.ones(1)},
+        {**{COMFYUI_T5_PREFIX + k: v for k, v in weights.items()}, "text_encoders.clip_l.logit_scale": torch.ones(1)},
         str(paths["prefixed"]),
     )
     stack = {k.removeprefix("encoder."): v for k, v in weights.items() if k != "shared.weight"}
@@ -114,7 +110,7 @@ def test_ignored_parts_are_logged(files, tokenizer, caplog) -> None:
         inspect_text_encoder(files["full"])
         inspect_text_encoder(files["prefixed"])
     assert "ignoring its 2 decoder tensors" in caplog.text
-    assert f"under '{PREFIX}', ignoring 1 others" in caplog.text
+    assert f"under '{COMFYUI_T5_PREFIX}', ignoring 1 others" in caplog.text
 
 
 def test_encode_matches_transformers_on_the_full_caption(t5, files, tokenizer) -> None:
@@ -368,67 +364,6 @@ def test_missing_tokenizer_says_where_it_looked_and_what_to_pass(files, t5, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no T5 weights in it"):
         load_text_encoder(tmp_path / "empty", tokenizer=need_shared(TOKENIZER))
-
-
-def test_a_tokenizer_of_another_model_is_refused(tmp_path: Path) -> None:
-    from tokenizers import Tokenizer
-    from tokenizers.models import Unigram, WordLevel
-
-    Tokenizer(Unigram([("<unk>", 0.0), ("cat", -1.0), ("dog", -1.0)], 0, False)).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(
-        CheckpointError, match="not a T5 tokenizer: expected padding as token 0 and end-of-text as token 1"
-    ):
-        load_tokenizer(tmp_path)
-    Tokenizer(WordLevel({"[UNK]": 0, "cat": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(CheckpointError, match=r"not a T5 tokenizer: .* found padding None"):
-        load_tokenizer(tmp_path)
-
-
-def test_a_sentencepiece_only_tokenizer_loads_or_names_what_it_needs(tmp_path: Path) -> None:
-    import sentencepiece
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("a red cat sits on the mat\nan astronaut riding a horse\n" * 50)
-    folder = tmp_path / "tokenizer"
-    folder.mkdir()
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=20, pad_id=0, eos_id=1, unk_id=2, bos_id=-1
-    )
-    (folder / "spiece.vocab").unlink()
-    try:
-        import google.protobuf  # noqa: F401
-    except ImportError:
-        with pytest.raises(CheckpointError, match="needs the protobuf package"):
-            load_tokenizer(folder)
-        return
-    tokenizer = load_tokenizer(folder)
-    assert tokenizer("").input_ids == [1] and tokenizer("a red cat").input_ids[-1] == 1
-
-
-# --- the real layouts (manifests) --------------------------------------------------------------
-
-
-def test_embedded_xxl_config_matches_t5_v1_1_xxl() -> None:
-    real = json.loads(need_shared(MANIFESTS / "t5-v1_1-xxl.config.json").read_text())
-    assert {k: real[k] for k in T5_V1_1_XXL} == T5_V1_1_XXL
-
-
-@pytest.mark.parametrize("variant", ["fp16", "fp8_e4m3fn", "prefixed"])
-def test_the_xxl_single_file_layout_is_recognised(variant: str) -> None:
-    source = manifest_source("t5xxl_fp16.safetensors.json")
-    if variant == "fp8_e4m3fn":
-        source = type(source)(
-            {k: torch.empty(s, dtype=torch.float8_e4m3fn, device="meta") for k, s in source.shapes.items()}
-        )
-    if variant == "prefixed":
-        source = type(source)({PREFIX + k: torch.empty(s, device="meta") for k, s in source.shapes.items()})
-    found = detect_t5(source)
-    assert dict(found.config) == T5_V1_1_XXL
-    assert found.describe().startswith("T5-v1.1-XXL encoder") and "4.76 B parameters" in found.describe()
-    expected = {
-        k: tuple(v.shape) for k, v in build_t5(found.config, torch.bfloat16).state_dict().items() if k not in TIED
-    }
-    assert expected == found.tensors.shapes
 
 
 def test_info_command_describes_a_t5_file_and_still_a_transformer(files, tmp_path: Path, capsys) -> None:
