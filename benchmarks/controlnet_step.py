@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import torch
 
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.controlnet_config import DEFAULT_COPIES, ControlNetConfig
-from pixart_delta_core.loading import parse_dtype
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.transformer import PixArtTransformer
+from pixart_delta_core.demo.random_weights import randomize_
+from pixart_delta_core.devices import parse_dtype
+from pixart_delta_core.models.controlnet import ControlNetTransformer
+from pixart_delta_core.models.controlnet_config import DEFAULT_COPIES, ControlNetConfig
+from pixart_delta_core.models.transformer import PixArtTransformer
+from pixart_delta_core.models.transformer_config import TransformerConfig
 
 BASE = TransformerConfig(sample_size=128, micro_conditions=True, interpolation_scale=2.0)
 

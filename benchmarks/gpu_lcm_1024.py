@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.demo import demo_vae
-from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from pixart_delta_core.loading import parse_dtype
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.sampling import SamplingSettings, generate_latents, make_scheduler
-from pixart_delta_core.text import TextEmbedding
-from pixart_delta_core.transformer import PixArtTransformer
+from pixart_delta_core.demo.files import demo_vae
+from pixart_delta_core.demo.random_weights import randomize_
+from pixart_delta_core.devices import parse_dtype
+from pixart_delta_core.models.transformer import PixArtTransformer
+from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
+from pixart_delta_core.sampling.samplers import SamplingSettings, generate_latents, make_scheduler
+from pixart_delta_core.text.encoder import TextEmbedding
 
 XL_1024_MS = TransformerConfig(sample_size=128, micro_conditions=True, interpolation_scale=2.0)
 SD_VAE = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32}

@@ -46,11 +46,10 @@ def write_checkpoint(folder: Path, depth: int, fmt: str, file_dtype: str) -> Pat
     import torch
     from safetensors.torch import save_file
 
-    from pixart_delta_core.config import TransformerConfig
-    from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-    from pixart_delta_core.loading import parse_dtype
-    from pixart_delta_core.random_weights import randomize_
-    from pixart_delta_core.transformer import PixArtTransformer
+    from pixart_delta_core.demo.random_weights import randomize_
+    from pixart_delta_core.devices import parse_dtype
+    from pixart_delta_core.models.transformer import PixArtTransformer
+    from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
 
     config = TransformerConfig(depth=depth, sample_size=128, micro_conditions=True, interpolation_scale=2.0)
     model = randomize_(PixArtTransformer(config).to(parse_dtype(file_dtype)))
@@ -78,8 +77,8 @@ def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
     HF folder."""
     from safetensors.torch import save_file
 
-    from pixart_delta_core.random_weights import t5_weights
-    from pixart_delta_core.t5_loading import T5_V1_1_XXL
+    from pixart_delta_core.demo.random_weights import t5_weights
+    from pixart_delta_core.text.t5 import T5_V1_1_XXL
 
     config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": depth}
     dtype = _file_dtype(file_dtype)
@@ -98,7 +97,7 @@ def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
 def _file_dtype(name: str):
     import torch
 
-    from pixart_delta_core.loading import parse_dtype
+    from pixart_delta_core.devices import parse_dtype
 
     return getattr(torch, name.replace("fp8", "float8")) if name.startswith("fp8") else parse_dtype(name)
 
@@ -111,8 +110,9 @@ def model_bytes(model) -> int:
 
 def child(model_kind: str, loader: str, path: Path, dtype: str) -> dict:
     """Runs in a fresh process: load once, report memory growth and model size."""
-    from pixart_delta_core.loading import load_transformer, parse_dtype
-    from pixart_delta_core.t5_loading import load_t5
+    from pixart_delta_core.devices import parse_dtype
+    from pixart_delta_core.models.transformer import load_transformer
+    from pixart_delta_core.text.t5 import load_t5
 
     if loader == "diffusers":
         from diffusers import PixArtTransformer2DModel

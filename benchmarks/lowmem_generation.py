@@ -42,8 +42,8 @@ SMALL_T5 = {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers"
 
 def tokenizer_for_run(given: Path | None):
     """The T5 tokenizer folder given, or the shared fixture, or else the demo's stand-in built in memory."""
-    from pixart_delta_core.demo import demo_tokenizer
-    from pixart_delta_core.text import load_tokenizer
+    from pixart_delta_core.demo.files import demo_tokenizer
+    from pixart_delta_core.text.encoder import load_tokenizer
 
     if given is not None:
         return load_tokenizer(given)
@@ -58,9 +58,9 @@ def transformer_file(cache: Path, small: bool) -> Path:
     """PixArt-XL-2-1024-MS (or a small one reading ``SMALL_T5``'s width) with random weights, written once."""
     from safetensors.torch import save_file
 
-    from pixart_delta_core.config import TransformerConfig
-    from pixart_delta_core.random_weights import randomize_
-    from pixart_delta_core.transformer import PixArtTransformer
+    from pixart_delta_core.demo.random_weights import randomize_
+    from pixart_delta_core.models.transformer import PixArtTransformer
+    from pixart_delta_core.models.transformer_config import TransformerConfig
 
     config = TransformerConfig(sample_size=128, micro_conditions=True, interpolation_scale=2.0)
     if small:
@@ -78,8 +78,8 @@ def transformer_file(cache: Path, small: bool) -> Path:
 
 def vae_files(cache: Path, small: bool) -> Path:
     """The SD VAE (or a small one) with random weights as a diffusers folder, written once."""
-    from pixart_delta_core.demo import demo_vae
-    from pixart_delta_core.random_weights import randomize_
+    from pixart_delta_core.demo.files import demo_vae
+    from pixart_delta_core.demo.random_weights import randomize_
 
     folder = cache / f"vae-{'small' if small else 'sd'}-random"
     if not (folder / "config.json").is_file():
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from t5_quant_memory import synthetic_t5, t5_config, write_t5_file
 
-    from pixart_delta_core.demo import demo_tokenizer
-    from pixart_delta_core.pipeline import PixArtPipeline
+    from pixart_delta_core.demo.files import demo_tokenizer
+    from pixart_delta_core.pipeline.generation import PixArtPipeline
 
     device = torch.device(args.device)
     size = 256 if args.small else args.size

@@ -29,13 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.load_memory import reset_peak, rss_bytes
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.demo import demo_t5, demo_tokenizer, demo_vae
-from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from pixart_delta_core.pipeline import PixArtPipeline
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.sampling import SamplingSettings, make_scheduler
-from pixart_delta_core.transformer import PixArtTransformer
+from pixart_delta_core.demo.files import demo_t5, demo_tokenizer, demo_vae
+from pixart_delta_core.demo.random_weights import randomize_
+from pixart_delta_core.models.transformer import PixArtTransformer
+from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
+from pixart_delta_core.pipeline.generation import PixArtPipeline
+from pixart_delta_core.sampling.samplers import SamplingSettings, make_scheduler
 
 PROMPT = "A small cactus with a happy face in the Sahara desert, watercolour"
 SHARED_TOKENIZER = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "t5_tokenizer"

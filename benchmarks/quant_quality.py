@@ -44,9 +44,9 @@ def compare(ours, reference, mask=None) -> dict:
 def t5_quality(layers: int, outlier_channels: int) -> dict:
     import torch
 
-    from pixart_delta_core.quant_layers import Int8Linear
-    from pixart_delta_core.random_weights import t5_weights
-    from pixart_delta_core.t5_loading import T5_V1_1_XXL, load_t5
+    from pixart_delta_core.demo.random_weights import t5_weights
+    from pixart_delta_core.quant.bnb_layers import Int8Linear
+    from pixart_delta_core.text.t5 import T5_V1_1_XXL, load_t5
 
     config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": layers}
     weights = t5_weights(config, seed=0, outlier_channels=outlier_channels)
@@ -73,12 +73,18 @@ def t5_quality(layers: int, outlier_channels: int) -> dict:
 def transformer_quality(depth: int) -> dict:
     import torch
 
-    from pixart_delta_core.checkpoint import StateDictSource
-    from pixart_delta_core.config import TransformerConfig
-    from pixart_delta_core.loading import RECOMPUTED, inspect_transformer, load_strict, load_transformer, place_tensor
-    from pixart_delta_core.quant import Quantization, quantize_linears_, quantized_ops, quantizing_place
-    from pixart_delta_core.random_weights import randomize_
-    from pixart_delta_core.transformer import PixArtTransformer
+    from pixart_delta_core.checkpoints.files import StateDictSource
+    from pixart_delta_core.checkpoints.loading import load_strict, place_tensor
+    from pixart_delta_core.demo.random_weights import randomize_
+    from pixart_delta_core.models.transformer import (
+        RECOMPUTED,
+        PixArtTransformer,
+        inspect_transformer,
+        load_transformer,
+    )
+    from pixart_delta_core.models.transformer_config import TransformerConfig
+    from pixart_delta_core.quant.quantization import Quantization
+    from pixart_delta_core.quant.streaming import quantize_linears_, quantized_ops, quantizing_place
 
     config = TransformerConfig(depth=depth, sample_size=32, micro_conditions=True, interpolation_scale=2.0)
     weights = randomize_(PixArtTransformer(config)).state_dict()

@@ -42,7 +42,7 @@ GB = 1e9
 
 
 def t5_config(size: str) -> dict:
-    from pixart_delta_core.t5_loading import T5_V1_1_XXL
+    from pixart_delta_core.text.t5 import T5_V1_1_XXL
 
     return {**T5_V1_1_XXL, **SIZES[size]}
 
@@ -51,7 +51,7 @@ def t5_layout(config: dict) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a single-file T5 encoder of ``config`` (HF names, the embedding once)."""
     import torch
 
-    from pixart_delta_core.t5_loading import TIED, build_t5
+    from pixart_delta_core.text.t5 import TIED, build_t5
 
     return {k: tuple(v.shape) for k, v in build_t5(config, torch.float32).state_dict().items() if k not in TIED}
 
@@ -71,7 +71,7 @@ def write_t5_file(path: Path, config: dict, file_dtype: str = "fp16", seed: int 
     """Stream a safetensors file to ``path``: header first, then one random tensor at a time."""
     import torch
 
-    from pixart_delta_core.random_weights import t5_tensor
+    from pixart_delta_core.demo.random_weights import t5_tensor
 
     dtype = getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[file_dtype])
     code = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}[dtype]
@@ -124,8 +124,9 @@ def available_bytes() -> int:
 
 def child(mode: str, path: Path, dtype: str) -> dict:
     """Runs in a fresh process: load once, report the process's peak memory and the model's size."""
-    from pixart_delta_core.quant import parse_quantization, quantized_ops
-    from pixart_delta_core.t5_loading import load_t5
+    from pixart_delta_core.quant.quantization import parse_quantization
+    from pixart_delta_core.quant.streaming import quantized_ops
+    from pixart_delta_core.text.t5 import load_t5
 
     quantization = mode if mode in ("int8", "nf4") else "none"
     if quantization != "none":  # growth is the loader's own: bitsandbytes imported and checked before

@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from ..pixart_delta_core.checkpoint import open_checkpoint
-from ..pixart_delta_core.controlnet import ControlNetTransformer
+from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.errors import InputError
-from ..pixart_delta_core.images import prepare_image
-from ..pixart_delta_core.loading import inspect_controlnet, load_controlnet
-from ..pixart_delta_core.sampling import ControlSchedule
-from ..pixart_delta_core.transformer import PixArtTransformer
+from ..pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
+from ..pixart_delta_core.models.transformer import PixArtTransformer
+from ..pixart_delta_core.pipeline.images import prepare_image
+from ..pixart_delta_core.sampling.samplers import ControlSchedule
 from . import host
 from .loaders import MODEL_TYPE, PixArtModel, parameter_count, placement
 from .model_choices import CONTROLNETS

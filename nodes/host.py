@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..pixart_delta_core.devices import pick_dtype
 from ..pixart_delta_core.memory import return_free_heap
-from ..pixart_delta_core.pipeline import pick_dtype
 
 try:
     import comfy.model_management as mm
@@ -280,5 +280,5 @@ class Progress:
             self._bar.update_absolute(done, total)
 
     def on_step(self, done: int, total: int, latents: torch.Tensor) -> None:
-        """The engine's per-step callback (``sampling.StepCallback``)."""
+        """The engine's per-step callback (``sampling.samplers.StepCallback``)."""
         self.update(done, total)

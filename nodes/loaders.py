@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..pixart_delta_core.checkpoint import open_checkpoint
+from ..pixart_delta_core.checkpoints.files import open_checkpoint
+from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
-from ..pixart_delta_core.loading import inspect_transformer, load_transformer, parse_dtype
-from ..pixart_delta_core.quant import Quantization, parse_quantization
-from ..pixart_delta_core.text import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
-from ..pixart_delta_core.transformer import PixArtTransformer
+from ..pixart_delta_core.models.transformer import PixArtTransformer, inspect_transformer, load_transformer
+from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
+from ..pixart_delta_core.text.encoder import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
 

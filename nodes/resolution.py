@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pixart_delta_core.resolution import ASPECT_RATIO_BINS, MAX_SIDE, nearest_bin
+from ..pixart_delta_core.pipeline.resolution import ASPECT_RATIO_BINS, MAX_SIDE, nearest_bin
 from . import host
 
 LATENT_CHANNELS = 4  # the SD and SDXL VAEs PixArt uses

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..pixart_delta_core.errors import InputError
-from ..pixart_delta_core.resolution import MAX_SIDE, check_image_size
-from ..pixart_delta_core.sampling import (
+from ..pixart_delta_core.pipeline.resolution import MAX_SIDE, check_image_size
+from ..pixart_delta_core.sampling.samplers import (
     SAMPLERS,
     LcmTimesteps,
     Sampler,
@@ -22,7 +22,7 @@ from ..pixart_delta_core.sampling import (
     generate_latents,
     parse_sampler,
 )
-from ..pixart_delta_core.vae_layout import scaling_factor_for
+from ..pixart_delta_core.vae.vae_config import scaling_factor_for
 from . import host
 from .controlnet import control_from
 from .loaders import MODEL_TYPE, PixArtModel

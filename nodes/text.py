@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..pixart_delta_core.config import TransformerConfig
 from ..pixart_delta_core.errors import InputError
-from ..pixart_delta_core.text import TextEmbedding
+from ..pixart_delta_core.models.transformer_config import TransformerConfig
+from ..pixart_delta_core.text.encoder import TextEmbedding
 from . import host
 from .loaders import T5_TYPE, PixArtT5
 

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .loading import inspect_controlnet, inspect_transformer
-    from .text import inspect_text_encoder
-    from .vae import inspect_vae
+    from .models.controlnet import inspect_controlnet
+    from .models.transformer import inspect_transformer
+    from .text.encoder import inspect_text_encoder
+    from .vae.autoencoder import inspect_vae
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
     inspectors += (("T5 text encoder", inspect_text_encoder), ("VAE", inspect_vae))
@@ -45,7 +46,7 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import Control, PixArtPipeline
+    from .pipeline.generation import Control, PixArtPipeline
 
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
@@ -136,7 +137,7 @@ def _outputs(out: Path, count: int) -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import write_demo_models
+    from .demo.files import write_demo_models
 
     print("The demo models are tiny and random, built in memory (no weights can be downloaded): the image")
     print("is noise by design. They are saved as users hold real ones, then loaded and run by the same code.")
@@ -150,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from .sampling import Sampler
+    from .sampling.samplers import Sampler
 
     gen = sub.add_parser("generate", help="text (and optionally an init or control image) to images")
     files = gen.add_argument_group("model files (any layout the engine reads)")

@@ -13,12 +13,11 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.vae import Vae
-from pixart_delta_core.vae_layout import SD_VAE, VaeConfig, ldm_table
+from pixart_delta_core.demo.random_weights import randomize_
+from pixart_delta_core.models.controlnet import ControlNetTransformer
+from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
+from pixart_delta_core.vae.autoencoder import Vae
+from pixart_delta_core.vae.vae_config import SD_VAE, VaeConfig, ldm_table
 from tests.helpers import TINY_T5, random_t5, random_transformer, t5_file_weights
 from tests.test_pack_entry import load_pack
 
@@ -180,14 +179,14 @@ def text_embedding(conditioning: list):
     embeddings, extra = conditioning[0]
     mask = extra.get("attention_mask", torch.ones(embeddings.shape[:2], dtype=torch.long))
     keep = int(mask.any(0).nonzero().max()) + 1
-    return ENGINE.text.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
+    return ENGINE.text.encoder.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
 
 
 def engine_latents(model, conditioning: list, uncond: list | None = None, **kwargs: Any) -> torch.Tensor:
     """What the engine itself makes from the same caption (scaled latents): ``sampler`` and its ``settings``
     name the sampling settings, ``uncond`` is a negative conditioning, the rest (seed, batch, height, width,
     init_latents, control, ...) goes to generate_latents as it is."""
-    sampling = ENGINE.sampling
+    sampling = ENGINE.sampling.samplers
     settings = sampling.SamplingSettings.defaults(kwargs.pop("sampler", "lcm"), **kwargs.pop("settings", {}))
     negative = None if uncond is None else text_embedding(uncond)
     return sampling.generate_latents(

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixart_delta_core.checkpoint import StateDictSource
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED
-from pixart_delta_core.transformer import PixArtTransformer
+from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.demo.random_weights import randomize_
+from pixart_delta_core.models.transformer import PixArtTransformer
+from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
+from pixart_delta_core.text.t5 import T5_V1_1_XXL, TIED
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared beside the project's checkout; a worktree sits one level deeper, so the nearest one above counts.

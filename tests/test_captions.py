@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixart_delta_core.captions import prepare_prompt
+from pixart_delta_core.text.captions import prepare_prompt
 
 CLEANED = [
     ("A <b>Red</b> Cat @john_doe visit https://example.com/x?y=1 now!!", "a red cat visit now!!"),

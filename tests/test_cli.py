@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pixart_delta_core.cli import main
-from pixart_delta_core.demo import write_demo_models
+from pixart_delta_core.demo.files import write_demo_models
 
 
 @pytest.fixture(scope="module")

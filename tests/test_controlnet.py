@@ -14,15 +14,13 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.controlnet_config import ControlNetConfig
+from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.layers import BlockContext, sincos_pos_embed
-from pixart_delta_core.layouts import to_adapter
-from pixart_delta_core.loading import load_controlnet
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.transformer import PixArtTransformer
+from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
+from pixart_delta_core.models.controlnet_config import ControlNetConfig, to_adapter
+from pixart_delta_core.models.layers import BlockContext, sincos_pos_embed
+from pixart_delta_core.models.transformer import PixArtTransformer
+from pixart_delta_core.models.transformer_config import TransformerConfig
 from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 
 TOLERANCE = 1e-5

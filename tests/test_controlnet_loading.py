@@ -11,15 +11,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart_delta_core.checkpoint import StateDictSource
-from pixart_delta_core.config import Layout, TransformerConfig
-from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.controlnet_config import ControlNetConfig, ControlNetLayout
+from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.checkpoints.layouts import RenamedSource
+from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError
-from pixart_delta_core.layers import sincos_pos_embed
-from pixart_delta_core.layouts import ADAPTER_TABLE, REFERENCE_ONLY, RenamedSource, to_adapter, to_diffusers
-from pixart_delta_core.loading import inspect_controlnet, inspect_transformer, load_controlnet, load_transformer
-from pixart_delta_core.random_weights import randomize_
+from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
+from pixart_delta_core.models.controlnet_config import ADAPTER_TABLE, ControlNetConfig, ControlNetLayout, to_adapter
+from pixart_delta_core.models.layers import sincos_pos_embed
+from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
+from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, Layout, TransformerConfig, to_diffusers
 from tests.helpers import TINY, TINY_MS, manifest_source, random_transformer
 
 MANIFEST = "PixArt-XL-2-1024-ControlNet.pth.json"

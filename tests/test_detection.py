@@ -8,11 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pixart_delta_core.checkpoint import StateDictSource
-from pixart_delta_core.config import Layout, TransformerConfig, detect_transformer
+from pixart_delta_core.checkpoints.files import StateDictSource
 from pixart_delta_core.errors import CheckpointError
-from pixart_delta_core.layouts import REFERENCE_ONLY, to_diffusers
-from pixart_delta_core.t5_loading import T5_V1_1_XXL, TIED, build_t5, detect_t5
+from pixart_delta_core.models.transformer_config import (
+    REFERENCE_ONLY,
+    Layout,
+    TransformerConfig,
+    detect_transformer,
+    to_diffusers,
+)
+from pixart_delta_core.text.t5 import T5_V1_1_XXL, TIED, build_t5, detect_t5
 from tests.helpers import COMFYUI_T5_PREFIX, MANIFESTS, manifest_source, need_shared
 
 XL = TransformerConfig(depth=28, hidden_size=1152, num_heads=16, caption_channels=4096, mlp_hidden=4608)

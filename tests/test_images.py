@@ -9,7 +9,7 @@ from diffusers.image_processor import PixArtImageProcessor
 from PIL import Image
 
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.images import from_pil, prepare_image, resize_and_crop, to_pil
+from pixart_delta_core.pipeline.images import from_pil, prepare_image, resize_and_crop, to_pil
 
 
 def random_pil(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:

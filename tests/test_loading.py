@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart_delta_core.checkpoint import SafetensorsSource, StateDictSource, open_checkpoint
-from pixart_delta_core.config import Layout
+from pixart_delta_core.checkpoints.files import SafetensorsSource, StateDictSource, open_checkpoint
+from pixart_delta_core.checkpoints.layouts import RenamedSource
 from pixart_delta_core.errors import CheckpointError
-from pixart_delta_core.layouts import DIFFUSERS_TABLE, REFERENCE_ONLY, RenamedSource, to_diffusers
-from pixart_delta_core.loading import inspect_transformer, load_transformer
+from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
+from pixart_delta_core.models.transformer_config import DIFFUSERS_TABLE, REFERENCE_ONLY, Layout, to_diffusers
 from tests.helpers import TINY_MS, random_transformer
 
 MARKER_NAME = "pickle-ran-code"

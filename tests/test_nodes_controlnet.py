@@ -92,7 +92,7 @@ def test_the_sampler_encodes_the_control_at_the_generation_size_and_steers(parts
 
     # The same generation through the engine: the control image resized and cropped, encoded, scaled.
     transformer = parts[model].transformer
-    pixels = ENGINE.images.prepare_image(parts["image"].movedim(-1, 1), 96, 64)
+    pixels = ENGINE.pipeline.images.prepare_image(parts["image"].movedim(-1, 1), 96, 64)
     latent = vae.encode(((pixels + 1) / 2).movedim(1, -1)) * SCALE
     hook = parts["nets"][model].controlnet.hook(transformer, latent, 1.0)
     expected = engine_latents(
@@ -105,7 +105,7 @@ def test_the_sampler_encodes_the_control_at_the_generation_size_and_steers(parts
         batch=1,
         height=12,
         width=8,
-        control=ENGINE.sampling.ControlSchedule(hook),
+        control=ENGINE.sampling.samplers.ControlSchedule(hook),
     )
     torch.testing.assert_close(steered, expected / SCALE, rtol=0, atol=0)
 

@@ -172,12 +172,12 @@ def test_without_bitsandbytes_full_precision_still_loads(in_models, monkeypatch)
 
 
 def test_a_device_bitsandbytes_cannot_run_on_is_the_engines_clear_error(in_models, monkeypatch) -> None:
-    quant_layers = importlib.import_module(f"{ENGINE.__name__}.quant_layers")
+    bnb_layers = importlib.import_module(f"{ENGINE.__name__}.quant.bnb_layers")
 
     def no_kernel(*args, **kwargs):
         raise NotImplementedError("Could not run 'bitsandbytes::int8_vectorwise_quant' with the 'CPU' backend")
 
-    monkeypatch.setattr(quant_layers, "int8_vectorwise_quant", no_kernel)
+    monkeypatch.setattr(bnb_layers, "int8_vectorwise_quant", no_kernel)
     with pytest.raises(QuantizationError, match=r"cannot run 8-bit \(LLM\.int8\) layers on cpu \(NotImplementedError"):
         low_memory_loader()
 

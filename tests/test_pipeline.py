@@ -15,12 +15,12 @@ import torch
 from diffusers import PixArtAlphaPipeline
 from PIL import Image
 
-from pixart_delta_core.controlnet import ControlNetTransformer
-from pixart_delta_core.demo import DEMO_T5, demo_t5, demo_tokenizer, demo_transformer, demo_vae, write_demo_models
+from pixart_delta_core.demo.files import DEMO_T5, demo_t5, demo_tokenizer, demo_transformer, demo_vae, write_demo_models
+from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.pipeline import Control, PixArtPipeline
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.sampling import LcmTimesteps, Sampler, SamplingSettings, make_scheduler
+from pixart_delta_core.models.controlnet import ControlNetTransformer
+from pixart_delta_core.pipeline.generation import Control, PixArtPipeline
+from pixart_delta_core.sampling.samplers import LcmTimesteps, Sampler, SamplingSettings, make_scheduler
 from tests.helpers import TINY_MS, assert_latents_match, diffusers_twin
 
 MS_1024 = replace(TINY_MS, sample_size=128, caption_channels=DEMO_T5["d_model"], caption_length=120)
@@ -119,7 +119,7 @@ def test_images_per_prompt_repeat_each_prompt_in_turn(setup, guidance: float) ->
 
 
 def test_the_transformer_file_is_recognised_once_per_pipeline(setup, monkeypatch) -> None:
-    import pixart_delta_core.loading as loading
+    import pixart_delta_core.models.transformer as loading
 
     files, _ = setup
     calls: list[object] = []
@@ -184,7 +184,7 @@ def test_a_vae_given_as_the_transformer_and_a_missing_tokenizer(tmp_path: Path) 
 
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_low_memory_mode_decodes_in_tiles(setup, monkeypatch, low_memory: bool) -> None:
-    from pixart_delta_core.vae import Vae
+    from pixart_delta_core.vae.autoencoder import Vae
 
     files, _ = setup
     asked: list[bool | None] = []

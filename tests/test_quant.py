@@ -16,17 +16,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pixart_delta_core import quant_layers
-from pixart_delta_core.config import TransformerConfig
-from pixart_delta_core.controlnet import ControlNetTransformer
+from pixart_delta_core.demo.random_weights import randomize_, t5_weights
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.layers import Block
-from pixart_delta_core.loading import load_controlnet, load_transformer
-from pixart_delta_core.quant import Quantization, parse_quantization, quantized_ops
-from pixart_delta_core.quant_layers import Int8Linear, Nf4Linear, quantize_int8, quantize_nf4
-from pixart_delta_core.random_weights import randomize_, t5_weights
-from pixart_delta_core.t5_loading import T5_V1_1_XXL, load_t5
-from pixart_delta_core.text import load_text_encoder
+from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
+from pixart_delta_core.models.layers import Block
+from pixart_delta_core.models.transformer import load_transformer
+from pixart_delta_core.models.transformer_config import TransformerConfig
+from pixart_delta_core.quant import bnb_layers
+from pixart_delta_core.quant.bnb_layers import Int8Linear, Nf4Linear, quantize_int8, quantize_nf4
+from pixart_delta_core.quant.quantization import Quantization, parse_quantization
+from pixart_delta_core.quant.streaming import quantized_ops
+from pixart_delta_core.text.encoder import load_text_encoder
+from pixart_delta_core.text.t5 import T5_V1_1_XXL, load_t5
 from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, TOKENIZER, need_shared, random_transformer
 
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -172,7 +173,7 @@ def test_an_int8_layer_moved_by_its_parent_computes_with_the_moved_weights(forwa
 
 def test_chunked_quantization_equals_bitsandbytes_whole_matrix(monkeypatch) -> None:
     """Quantizing a few rows at a time gives bitsandbytes' own result for the whole matrix, bit for bit."""
-    monkeypatch.setattr(quant_layers, "CHUNK_WEIGHTS", 1 << 16)  # 56 rows of 1152: 11 chunks
+    monkeypatch.setattr(bnb_layers, "CHUNK_WEIGHTS", 1 << 16)  # 56 rows of 1152: 11 chunks
     weight = torch.randn(600, 1152, generator=torch.Generator().manual_seed(0)).to(torch.float16)
     codes, scales, _ = quantize_int8(weight)
     want_codes, want_scales, _ = bnb.functional.int8_vectorwise_quant(weight)
@@ -183,7 +184,7 @@ def test_chunked_quantization_equals_bitsandbytes_whole_matrix(monkeypatch) -> N
     assert torch.equal(packed, want_packed)
     dequantize = bnb.functional.dequantize_4bit
     assert torch.equal(dequantize(packed, state), dequantize(want_packed, want_state))
-    assert weight.numel() > quant_layers.CHUNK_WEIGHTS, "the matrix must span several chunks"
+    assert weight.numel() > bnb_layers.CHUNK_WEIGHTS, "the matrix must span several chunks"
 
 
 def test_text_encoder_loads_quantized_with_its_tokenizer(small_t5_files) -> None:
@@ -222,7 +223,7 @@ def test_quantized_feed_forward_cannot_overflow_fp16(kind: str, dtype: str, mode
     assert cos >= OVERFLOW_MIN_COSINE[mode], cos
     if mode is Quantization.NF4 and dtype == "bf16":
         return  # NF4 computes in bf16 here: nothing passes through fp16
-    monkeypatch.setattr(quant_layers, "fp16_scale", lambda x, bound: 1.0)
+    monkeypatch.setattr(bnb_layers, "fp16_scale", lambda x, bound: 1.0)
     unguarded = embed(load_t5(weights, dtype, quantization=mode), ids)
     assert not torch.isfinite(unguarded).all() or agreement(unguarded, reference)[0] < 0.9, "the model must overflow"
 

@@ -13,13 +13,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import pixart_delta_core
-from pixart_delta_core import quant_layers
+import pixart_delta_core.quant
+from pixart_delta_core.demo.random_weights import t5_weights
 from pixart_delta_core.errors import QuantizationError
-from pixart_delta_core.loading import load_transformer
-from pixart_delta_core.quant import Quantization, quantized_ops
-from pixart_delta_core.random_weights import t5_weights
-from pixart_delta_core.t5_loading import load_t5
+from pixart_delta_core.models.transformer import load_transformer
+from pixart_delta_core.quant import bnb_layers
+from pixart_delta_core.quant.quantization import Quantization
+from pixart_delta_core.quant.streaming import quantized_ops
+from pixart_delta_core.text.t5 import load_t5
 from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, hide_bitsandbytes, random_transformer
 
 
@@ -55,8 +56,8 @@ def test_a_broken_bitsandbytes_is_a_clear_error(monkeypatch) -> None:
 
 
 def test_a_bitsandbytes_too_old_for_the_layers_is_a_clear_error(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "pixart_delta_core.quant_layers", None)  # importing it fails as it would
-    monkeypatch.delattr(pixart_delta_core, "quant_layers")  # with an old bitsandbytes (ImportError from inside)
+    monkeypatch.setitem(sys.modules, "pixart_delta_core.quant.bnb_layers", None)  # importing it fails as it would
+    monkeypatch.delattr(pixart_delta_core.quant, "bnb_layers")  # with an old bitsandbytes (ImportError from inside)
     with pytest.raises(QuantizationError, match=r"bitsandbytes \S+ lacks what 4-bit \(NF4\) weights need"):
         quantized_ops(Quantization.NF4, "cpu")
 
@@ -68,8 +69,8 @@ def test_a_device_bitsandbytes_cannot_run_on_is_a_clear_error(monkeypatch, mode:
     def no_kernel(*args, **kwargs):
         raise NotImplementedError("Could not run 'bitsandbytes::quantize' with arguments from the 'CPU' backend")
 
-    monkeypatch.setattr(quant_layers, "int8_vectorwise_quant", no_kernel)
-    monkeypatch.setattr(quant_layers, "quantize_4bit", no_kernel)
+    monkeypatch.setattr(bnb_layers, "int8_vectorwise_quant", no_kernel)
+    monkeypatch.setattr(bnb_layers, "quantize_4bit", no_kernel)
     expected = f"cannot run {mode.label} layers on cpu (NotImplementedError: Could not run"
     with pytest.raises(QuantizationError, match=re.escape(expected)):
         quantized_ops(mode, "cpu")
@@ -95,22 +96,23 @@ def ours():
     return ",".join(sorted(n for n in importers if n.startswith("pixart_delta_core"))) or "-"
 builtins.__import__ = watch
 import pixart_delta_core
-for name in ("loading", "t5_loading", "text", "quant", "transformer", "controlnet", "sampling"):
+for name in ("checkpoints.loading", "text.t5", "text.encoder", "quant.streaming", "models.transformer",
+             "models.controlnet", "sampling.samplers"):
     importlib.import_module("pixart_delta_core." + name)
 print("bitsandbytes" in sys.modules)
 for info in pkgutil.walk_packages(pixart_delta_core.__path__, "pixart_delta_core."):
-    if info.name not in ("pixart_delta_core.__main__", "pixart_delta_core.quant_layers"):
+    if info.name not in ("pixart_delta_core.__main__", "pixart_delta_core.quant.bnb_layers"):
         importlib.import_module(info.name)
 print(ours())
-import pixart_delta_core.quant_layers
+import pixart_delta_core.quant.bnb_layers
 print(ours())
 """
 
 
 def test_importing_the_engine_does_not_import_bitsandbytes() -> None:
-    """No engine module but quant_layers (imported once quantization is asked for) imports bitsandbytes; loading
-    and text encoding do not bring it in at all. (diffusers' AutoencoderKL, which vae.py imports, brings it in
+    """No engine module but bnb_layers (imported once quantization is asked for) imports bitsandbytes; loading
+    and text encoding do not bring it in at all. (diffusers' AutoencoderKL, which vae/autoencoder.py imports, brings it in
     by itself when it is installed: diffusers registers its bitsandbytes quantizer on import.) The last line
     shows the probe sees an engine module that does import it."""
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "-", "pixart_delta_core.quant_layers"], out.stdout
+    assert out.stdout.split() == ["False", "-", "pixart_delta_core.quant.bnb_layers"], out.stdout

@@ -11,9 +11,9 @@ from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
 )
 from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
 
-from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.resolution import ASPECT_RATIO_BINS, bin_ratio, bins_for, check_image_size, nearest_bin
+from pixart_delta_core.models.transformer_config import TransformerConfig
+from pixart_delta_core.pipeline.resolution import ASPECT_RATIO_BINS, bin_ratio, bins_for, check_image_size, nearest_bin
 
 THEIRS = {
     256: ASPECT_RATIO_256_BIN,

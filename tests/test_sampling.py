@@ -14,7 +14,7 @@ import torch
 from diffusers import PixArtAlphaPipeline
 
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.sampling import (
+from pixart_delta_core.sampling.samplers import (
     ControlSchedule,
     LcmTimesteps,
     Sampler,
@@ -25,7 +25,7 @@ from pixart_delta_core.sampling import (
     reference_lcm_timesteps,
     sample,
 )
-from pixart_delta_core.text import TextEmbedding
+from pixart_delta_core.text.encoder import TextEmbedding
 from tests.helpers import TINY, TINY_MS, TOLERANCE, assert_latents_match, diffusers_twin, random_transformer
 
 SEED = 1234

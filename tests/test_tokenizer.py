@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pixart_delta_core.errors import CheckpointError
-from pixart_delta_core.text import load_tokenizer
+from pixart_delta_core.text.encoder import load_tokenizer
 
 
 def test_a_tokenizer_of_another_model_is_refused(tmp_path: Path) -> None:

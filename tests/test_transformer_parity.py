@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pixart_delta_core.config import TransformerConfig
 from pixart_delta_core.errors import InputError
+from pixart_delta_core.models.transformer_config import TransformerConfig
 from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 
 TOLERANCE = 1e-4

@@ -12,12 +12,12 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
 from pixart_delta_core import cli
-from pixart_delta_core.checkpoint import StateDictSource
-from pixart_delta_core.config import TransformerConfig
+from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.random_weights import randomize_
-from pixart_delta_core.vae import Vae, inspect_vae, load_vae
-from pixart_delta_core.vae_layout import (
+from pixart_delta_core.models.transformer_config import TransformerConfig
+from pixart_delta_core.vae.autoencoder import Vae, inspect_vae, load_vae
+from pixart_delta_core.vae.vae_config import (
     SD_VAE,
     SDXL_VAE,
     VaeConfig,

@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 import torch
 
-from .errors import CheckpointError, first_line
-from .memory import release_pages
+from ..errors import CheckpointError, first_line
+from ..memory import release_pages
 
 log = logging.getLogger(__name__)
 

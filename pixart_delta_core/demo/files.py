@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from .config import TransformerConfig
+from ..models.transformer import PixArtTransformer
+from ..models.transformer_config import TransformerConfig
+from ..text.t5 import TIED
 from .random_weights import randomize_
-from .t5_loading import TIED
-from .transformer import PixArtTransformer
 
 DEMO_TRANSFORMER = TransformerConfig(
     depth=2,

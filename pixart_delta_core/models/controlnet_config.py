@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .checkpoint import TensorSource
-from .config import TransformerConfig, count_numbered, identify, num_heads_from, shape_of
-from .errors import CheckpointError, PixArtDeltaError
-from .layouts import ADAPTER_TABLE, RenamedSource
+import torch
+
+from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.files import TensorSource
+from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
+from ..errors import CheckpointError, PixArtDeltaError
+from .transformer_config import TransformerConfig, num_heads_from
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +188,19 @@ def _caption_channels(source: TensorSource) -> int | None:
     """The caption width of a base model saved in the same file, if there is exactly one."""
     widths = {s[1] for k, s in source.shapes.items() if k.endswith(_CAPTION_ANCHORS) and len(s) == 2}
     return widths.pop() if len(widths) == 1 else None
+
+
+# The diffusers-style ControlNet adapter (REFERENCE.md §4): ``before_proj`` exists on block 0 only.
+CONTROLNET_ADAPTER: tuple[Rule, ...] = (
+    Rule(("controlnet_blocks.{i}.before_proj",), "controlnet.{i}.before_proj"),
+    Rule(("controlnet_blocks.{i}.after_proj",), "controlnet.{i}.after_proj"),
+    *prefixed(BLOCK_RULES, "controlnet_blocks.{i}.transformer_block.", "controlnet.{i}.copied_block."),
+)
+
+
+ADAPTER_TABLE = KeyTable(CONTROLNET_ADAPTER)
+
+
+def to_adapter(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A reference-layout ControlNet state dict (``controlnet.*``) in the adapter's names, losing nothing."""
+    return ADAPTER_TABLE.to_theirs(state_dict)

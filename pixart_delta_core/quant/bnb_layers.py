@@ -1,6 +1,6 @@
 """bitsandbytes linear layers for LLM.int8() and NF4, filled by streaming and safe from fp16 overflow.
 
-Imported only once ``quant.quantized_ops`` has found bitsandbytes; nothing else in the engine imports it.
+Imported only once ``quant.streaming.quantized_ops`` has found bitsandbytes; nothing else in the engine imports it.
 
 Both layers quantize a weight on the device it was read to (a GPU quantizes on the GPU). LLM.int8()
 multiplies in fp16 (its activations are quantized from fp16), and NF4 computes in fp16 when fp16 is
@@ -26,8 +26,8 @@ from bitsandbytes.functional import (
 )
 from torch import Tensor
 
-from .ops import Ops
-from .quant import Quantization, QuantizedLinear
+from ..ops import Ops
+from .quantization import Quantization, QuantizedLinear
 
 # LLM.int8()'s outlier threshold: input features with any |value| >= 6 are multiplied in fp16 (the
 # paper's value, where its perplexity matched fp16 at every model size; transformers' default too).

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from .checkpoint import TensorSource, folder_config
-from .errors import InputError
-from .loading import as_source, load_strict, parse_dtype
-from .vae_layout import SD_VAE, DetectedVae, VaeConfig, detect_vae
+from ..checkpoints.files import TensorSource, folder_config
+from ..checkpoints.loading import as_source, load_strict
+from ..devices import parse_dtype
+from ..errors import InputError
+from .vae_config import SD_VAE, DetectedVae, VaeConfig, detect_vae
 
 log = logging.getLogger(__name__)
 

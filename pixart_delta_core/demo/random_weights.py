@@ -55,7 +55,7 @@ def t5_weights(config: Mapping[str, Any], seed: int = 0, outlier_channels: int =
     (LLM.int8(), Dettmers et al. 2022, §3): 20x larger in the embedding and 8x larger RMS-norm gains before
     attention and feed-forward, so those input features of every linear layer pass LLM.int8()'s threshold.
     """
-    from .t5_loading import TIED, build_t5
+    from ..text.t5 import TIED, build_t5
 
     generator = torch.Generator().manual_seed(seed)
     shapes = {k: tuple(v.shape) for k, v in build_t5(config, torch.float32).state_dict().items() if k not in TIED}

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from .checkpoint import TensorSource
-from .config import SIGMA_TOKENS, TransformerConfig, count_numbered, identify, shape_of
-from .errors import CheckpointError
-from .layouts import KeyTable, RenamedSource, Rule, prefixed
+from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.files import TensorSource
+from ..checkpoints.layouts import KeyTable, RenamedSource, Rule, prefixed
+from ..errors import CheckpointError
+from ..models.transformer_config import SIGMA_TOKENS, TransformerConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
+from ..devices import parse_dtype
+from ..errors import CheckpointError, InputError
+from ..quant.quantization import Quantization
 from .captions import prepare_prompt
-from .errors import CheckpointError, InputError
-from .loading import parse_dtype
-from .quant import Quantization
-from .t5_loading import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
+from .t5 import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-from .errors import InputError
-from .text import TextEmbedding
-from .transformer import ControlHook, PixArtTransformer
+from ..errors import InputError
+from ..models.transformer import ControlHook, PixArtTransformer
+from ..text.encoder import TextEmbedding
 
 log = logging.getLogger(__name__)
 

@@ -11,46 +11,21 @@ bitsandbytes is an error, never a silent fallback to full precision.
 from __future__ import annotations
 
 import logging
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError, QuantizationError, first_line
-from .layers import Block
-from .memory import return_free_heap
-from .ops import Ops
+from ..errors import CheckpointError, InputError, QuantizationError, first_line
+from ..memory import return_free_heap
+from ..ops import Ops
+from .quantization import Quantization, QuantizedLinear
 
 if TYPE_CHECKING:
-    from .checkpoint import TensorSource
-    from .loading import Place
+    from ..checkpoints.files import TensorSource
+    from ..checkpoints.loading import Place
 
 log = logging.getLogger(__name__)
-
-
-class Quantization(Enum):
-    """How linear layers store their weights."""
-
-    NONE = "none"  # in the compute dtype, unquantized
-    INT8 = "int8"  # LLM.int8(): int8 weights per output row, outlier input features in fp16
-    NF4 = "nf4"  # 4-bit NormalFloat in blocks of 64, block scales quantized again (double quantization)
-
-    @property
-    def label(self) -> str:
-        """How messages name it."""
-        return {"none": "unquantized", "int8": "8-bit (LLM.int8)", "nf4": "4-bit (NF4)"}[self.value]
-
-
-def parse_quantization(name: str | Quantization) -> Quantization:
-    """'none' / 'int8' / 'nf4' (any case), or a ``Quantization``, -> ``Quantization``."""
-    if isinstance(name, Quantization):
-        return name
-    if isinstance(name, str):
-        for mode in Quantization:
-            if name.strip().lower() == mode.value:
-                return mode
-    raise InputError(f"unknown quantization {name!r}: expected one of {', '.join(m.value for m in Quantization)}")
 
 
 _WHAT_TO_DO = (
@@ -80,33 +55,21 @@ def quantized_ops(quantization: Quantization, device: torch.device | str) -> typ
         ) from err
     version = getattr(bitsandbytes, "__version__", "of unknown version")
     try:
-        from . import quant_layers
+        from . import bnb_layers
     except ImportError as err:  # an old bitsandbytes without the functions the layers use
         raise QuantizationError(
             f"bitsandbytes {version} lacks what {quantization.label} weights need ({first_line(err)}): {_WHAT_TO_DO}"
         ) from err
     device = torch.device(device)
     try:
-        quant_layers.probe(quantization, device)
+        bnb_layers.probe(quantization, device)
     except Exception as err:  # whatever bitsandbytes raises for a device it cannot serve
         raise QuantizationError(
             f"bitsandbytes {version} cannot run {quantization.label} layers on {device} "
             f"({type(err).__name__}: {first_line(err)}): {_WHAT_TO_DO}, or load on another device"
         ) from err
     log.debug("bitsandbytes %s runs %s layers on %s", version, quantization.label, device)
-    return quant_layers.OPS[quantization]
-
-
-class QuantizedLinear:
-    """What every quantized linear layer offers the loader (the bitsandbytes layers mix it in)."""
-
-    def read_dtype(self, compute_dtype: torch.dtype) -> torch.dtype:
-        """The dtype its unquantized weight is read in before being quantized."""
-        raise NotImplementedError
-
-    def quantize_weight(self, weight: torch.Tensor, compute_dtype: torch.dtype) -> None:
-        """Quantize ``weight`` [out, in] on its own device and keep only the quantized form."""
-        raise NotImplementedError
+    return bnb_layers.OPS[quantization]
 
 
 def quantizing_place(fallback: Place) -> Place:
@@ -153,28 +116,3 @@ def quantize_linears_(module: nn.Module, ops: type[Ops]) -> list[str]:
             setattr(parent, child_name, layer)
             replaced.append(full)
     return replaced
-
-
-def quantize_blocks_(
-    model: nn.Module, quantization: Quantization | str, device: torch.device | str, fallback: Place
-) -> Place:
-    """Quantize the linear layers inside every transformer ``Block`` of a meta-device PixArt transformer or
-    ControlNet; returns the ``Place`` step to load it with (``fallback`` itself for 'none').
-
-    Only the blocks: the timestep and micro-condition embedders, ``t_block``, the caption projection, the
-    final layer and the ControlNet's zero projections keep the compute dtype. They hold 2.6% of XL's linear
-    weights, but quantizing ``t_block``, the caption projection and the final layer too doubled the largest
-    error of the prediction (int8: 0.040 -> 0.079, NF4: 0.27 -> 0.52) and made 1 - cosine 4x larger, on
-    random weights at XL's width (benchmarks/quant_quality.py): ``t_block`` modulates every block and the
-    final layer writes the prediction itself.
-    """
-    quantization = parse_quantization(quantization)
-    if quantization is Quantization.NONE:
-        return fallback
-    ops = quantized_ops(quantization, device)
-    replaced = [name for block in model.modules() if isinstance(block, Block) for name in quantize_linears_(block, ops)]
-    if not replaced:
-        raise InputError(
-            f"{type(model).__name__} has no plain linear layers in its blocks to quantize (built with other ops?)"
-        )
-    return quantizing_place(fallback)

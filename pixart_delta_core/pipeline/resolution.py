@@ -8,8 +8,8 @@ micro-condition, so sizes they were trained on give the best images.
 
 from __future__ import annotations
 
-from .config import TransformerConfig
-from .errors import InputError
+from ..errors import InputError
+from ..models.transformer_config import TransformerConfig
 
 Size = tuple[int, int]  # (height, width) in pixels
 

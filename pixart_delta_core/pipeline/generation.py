@@ -17,42 +17,24 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .config import Detected, TransformerConfig
-from .controlnet import ControlNetTransformer
-from .errors import InputError
+from ..devices import parse_dtype, pick_device, pick_dtype
+from ..errors import InputError
+from ..memory import return_free_heap
+from ..models.controlnet import ControlNetTransformer, load_controlnet
+from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
+from ..models.transformer_config import Detected, TransformerConfig
+from ..quant.quantization import Quantization, parse_quantization
+from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
+from ..text.encoder import TextEmbedding, TextEncoder, load_text_encoder
+from ..vae.autoencoder import Vae, load_vae
+from ..vae.vae_config import vae_defaults_for
 from .images import prepare_image, resize_and_crop, to_pil
-from .loading import inspect_transformer, load_controlnet, load_transformer, parse_dtype
-from .memory import return_free_heap
-from .quant import Quantization, parse_quantization
 from .resolution import bins_for, check_image_size, nearest_bin
-from .sampling import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
-from .text import TextEmbedding, TextEncoder, load_text_encoder
-from .transformer import PixArtTransformer
-from .vae import Vae, load_vae
-from .vae_layout import vae_defaults_for
 
 log = logging.getLogger(__name__)
 
 PathLike = str | Path
 ImageInput = Image.Image | PathLike | torch.Tensor
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto': CUDA when present, else Apple's MPS, else the CPU."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto': fp16 on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
-    if str(dtype) == "auto":
-        return parse_dtype("fp16" if device.type != "cpu" else "fp32")
-    return parse_dtype(dtype)
 
 
 @dataclass(frozen=True)

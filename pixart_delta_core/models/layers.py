@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import Ops
+from ..ops import Ops
 
 FREQUENCY_DIM = 256  # sinusoidal width of timestep and size embeddings
 NORM_EPS = 1e-6

@@ -22,12 +22,14 @@ from torch import nn
 from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
-from .checkpoint import TensorSource, open_checkpoint
-from .config import count_numbered, identify, shape_of
-from .errors import CheckpointError
-from .layouts import KeyTable, RenamedSource, Rule
-from .loading import Place, as_source, load_strict, parse_dtype, place_tensor
-from .quant import Quantization, parse_quantization, quantize_linears_, quantized_ops, quantizing_place
+from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.files import TensorSource, open_checkpoint
+from ..checkpoints.layouts import KeyTable, RenamedSource, Rule
+from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
+from ..devices import parse_dtype
+from ..errors import CheckpointError
+from ..quant.quantization import Quantization, parse_quantization
+from ..quant.streaming import quantize_linears_, quantized_ops, quantizing_place
 
 log = logging.getLogger(__name__)
 

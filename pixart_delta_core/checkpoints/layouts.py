@@ -4,7 +4,7 @@ The engine's modules are named like the reference checkpoints (REFERENCE.md §1,
 files load as they are. A diffusers transformer goes through ``DIFFUSERS_TRANSFORMER`` and a
 diffusers-style ControlNet adapter through ``CONTROLNET_ADAPTER``: each rule maps one or more of
 their tensors (concatenated on dim 0, for the fused ``qkv`` and ``kv_linear``) to one reference
-tensor, and back. The VAE's LDM table (vae_layout.py) is built from the same ``Rule``s.
+tensor, and back. The VAE's LDM table (vae/vae_config.py) is built from the same ``Rule``s.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .checkpoint import Shape, TensorSource
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .files import Shape, TensorSource
 
 
 @dataclass(frozen=True)
@@ -48,23 +48,6 @@ BLOCK_RULES: tuple[Rule, ...] = (
 def prefixed(rules: Sequence[Rule], theirs: str, ours: str) -> tuple[Rule, ...]:
     """The same rules one level down, e.g. inside ``transformer_blocks.{i}.`` / ``blocks.{i}.``."""
     return tuple(replace(r, theirs=tuple(theirs + t for t in r.theirs), ours=ours + r.ours) for r in rules)
-
-
-DIFFUSERS_TRANSFORMER: tuple[Rule, ...] = (
-    Rule(("pos_embed.proj",), "x_embedder.proj"),
-    Rule(("caption_projection.linear_1",), "y_embedder.y_proj.fc1"),
-    Rule(("caption_projection.linear_2",), "y_embedder.y_proj.fc2"),
-    Rule(("adaln_single.emb.timestep_embedder.linear_1",), "t_embedder.mlp.0"),
-    Rule(("adaln_single.emb.timestep_embedder.linear_2",), "t_embedder.mlp.2"),
-    Rule(("adaln_single.emb.resolution_embedder.linear_1",), "csize_embedder.mlp.0"),
-    Rule(("adaln_single.emb.resolution_embedder.linear_2",), "csize_embedder.mlp.2"),
-    Rule(("adaln_single.emb.aspect_ratio_embedder.linear_1",), "ar_embedder.mlp.0"),
-    Rule(("adaln_single.emb.aspect_ratio_embedder.linear_2",), "ar_embedder.mlp.2"),
-    Rule(("adaln_single.linear",), "t_block.1"),
-    Rule(("proj_out",), "final_layer.linear"),
-    Rule(("scale_shift_table",), "final_layer.scale_shift_table"),
-    *prefixed(BLOCK_RULES, "transformer_blocks.{i}.", "blocks.{i}."),
-)
 
 
 _PLACEHOLDER = re.compile(r"\\\{(\w+)\\\}")
@@ -188,34 +171,3 @@ class RenamedSource(TensorSource):
         theirs = self._plan[key].theirs
         tensor = self._inner.mapped(theirs[0]) if len(theirs) == 1 else None  # fused tensors need a copy
         return None if tensor is None else tensor.view(self.shapes[key])
-
-
-DIFFUSERS_TABLE = KeyTable(DIFFUSERS_TRANSFORMER)
-
-
-# Reference tensors diffusers has no place for; ``to_diffusers`` keeps them under their own names.
-REFERENCE_ONLY = ("pos_embed", "y_embedder.y_embedding")
-
-
-def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A reference-layout transformer state dict in diffusers names, losing nothing.
-
-    ``REFERENCE_ONLY`` keys pass through unchanged, so the way back restores the original exactly;
-    drop them before handing the result to diffusers itself.
-    """
-    return DIFFUSERS_TABLE.to_theirs(state_dict)
-
-
-# The diffusers-style ControlNet adapter (REFERENCE.md §4): ``before_proj`` exists on block 0 only.
-CONTROLNET_ADAPTER: tuple[Rule, ...] = (
-    Rule(("controlnet_blocks.{i}.before_proj",), "controlnet.{i}.before_proj"),
-    Rule(("controlnet_blocks.{i}.after_proj",), "controlnet.{i}.after_proj"),
-    *prefixed(BLOCK_RULES, "controlnet_blocks.{i}.transformer_block.", "controlnet.{i}.copied_block."),
-)
-
-ADAPTER_TABLE = KeyTable(CONTROLNET_ADAPTER)
-
-
-def to_adapter(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A reference-layout ControlNet state dict (``controlnet.*``) in the adapter's names, losing nothing."""
-    return ADAPTER_TABLE.to_theirs(state_dict)

@@ -9,33 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import StateDictSource, TensorSource, folder_config, open_checkpoint
-from .config import Detected, TransformerConfig, detect_transformer
-from .controlnet import ControlNetTransformer
-from .controlnet_config import DetectedControlNet, detect_controlnet
-from .errors import CheckpointError
-from .ops import Ops
-from .quant import Quantization, quantize_blocks_
-from .transformer import PixArtTransformer
+from ..errors import CheckpointError
+from .files import StateDictSource, TensorSource, open_checkpoint
 
 log = logging.getLogger(__name__)
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-RECOMPUTED = ("pos_embed",)  # the reference saves its training-size positions; they are recomputed
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """'fp32' / 'fp16' / 'bf16' (or a torch dtype among those) -> torch dtype."""
-    if isinstance(name, torch.dtype) and name in DTYPES.values():
-        return name
-    if name in DTYPES:
-        return DTYPES[name]  # type: ignore[index]
-    raise CheckpointError(f"unknown weight dtype {name!r}: expected one of {', '.join(DTYPES)}")
 
 
 def as_source(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> TensorSource:
@@ -45,69 +26,6 @@ def as_source(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor]
     if isinstance(checkpoint, Mapping):
         return StateDictSource(checkpoint)
     return open_checkpoint(checkpoint)
-
-
-def inspect_transformer(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None = None
-) -> Detected:
-    """Detect a transformer checkpoint's layout and config without reading its weights."""
-    source = as_source(checkpoint)
-    return detect_transformer(source, {**folder_config(source), **(hints or {})})
-
-
-def load_transformer(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor] | Detected,
-    dtype: str | torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    hints: Mapping[str, Any] | None = None,
-    ops: type[Ops] = Ops,
-    quantization: Quantization | str = Quantization.NONE,
-) -> PixArtTransformer:
-    """Load a PixArt transformer from any supported layout, strictly, in ``dtype`` on ``device``.
-
-    ``quantization`` int8 or nf4 quantizes the linear layers of its blocks as the weights stream in
-    (``quant.quantize_blocks_``); ``dtype`` is then the compute dtype and that of every other layer.
-    """
-    detected = checkpoint if isinstance(checkpoint, Detected) else inspect_transformer(checkpoint, hints)
-    log.info("loading %s", detected.describe())
-    model = PixArtTransformer(detected.config, ops=ops, device="meta")
-    place = quantize_blocks_(model, quantization, device, place_tensor)
-    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), ignore=RECOMPUTED, place=place)
-    return model
-
-
-def inspect_controlnet(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
-    hints: Mapping[str, Any] | None = None,
-    base_config: TransformerConfig | None = None,
-) -> DetectedControlNet:
-    """Detect a ControlNet checkpoint's layout and config without reading its weights."""
-    source = as_source(checkpoint)
-    return detect_controlnet(source, {**folder_config(source), **(hints or {})}, base_config)
-
-
-def load_controlnet(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
-    base_config: TransformerConfig,
-    dtype: str | torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    ops: type[Ops] = Ops,
-    hints: Mapping[str, Any] | None = None,
-    quantization: Quantization | str = Quantization.NONE,
-) -> ControlNetTransformer:
-    """Load the ControlNet of any supported layout for a base of ``base_config``, strictly, streaming.
-
-    From a reference full checkpoint only its ControlNet part is read: its base loads through
-    ``load_transformer``, or another base that fits (e.g. the LCM transformer) is used instead.
-    ``quantization`` as for ``load_transformer``.
-    """
-    detected = inspect_controlnet(checkpoint, hints, base_config)
-    detected.config.check_fits(base_config)
-    log.info("loading %s", detected.describe())
-    model = ControlNetTransformer(detected.config, ops=ops, device="meta")
-    place = quantize_blocks_(model, quantization, device, place_tensor)
-    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), place=place)
-    return model
 
 
 Place = Callable[[nn.Module, str, TensorSource, torch.dtype, torch.device], None]

@@ -13,17 +13,27 @@ latent of batch 1 or B as it is; both halves see the same control.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .controlnet_config import DEFAULT_COPIES, ControlNetConfig
-from .errors import InputError
+from ..checkpoints.files import TensorSource, folder_config
+from ..checkpoints.loading import as_source, load_strict, place_tensor
+from ..devices import parse_dtype
+from ..errors import InputError
+from ..ops import Ops
+from ..quant.quantization import Quantization
+from .controlnet_config import DEFAULT_COPIES, ControlNetConfig, DetectedControlNet, detect_controlnet
 from .layers import Block, BlockContext
-from .ops import Ops
-from .transformer import ControlHook, PixArtTransformer
+from .transformer import ControlHook, PixArtTransformer, quantize_blocks_
+from .transformer_config import TransformerConfig
+
+log = logging.getLogger(__name__)
 
 
 class ControlBlock(nn.Module):
@@ -130,3 +140,37 @@ class ControlNetTransformer(nn.Module):
             return self(tokens, control_tokens.repeat(batch // given, 1, 1), ctx, strength)  # same control per half
 
         return residuals
+
+
+def inspect_controlnet(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    hints: Mapping[str, Any] | None = None,
+    base_config: TransformerConfig | None = None,
+) -> DetectedControlNet:
+    """Detect a ControlNet checkpoint's layout and config without reading its weights."""
+    source = as_source(checkpoint)
+    return detect_controlnet(source, {**folder_config(source), **(hints or {})}, base_config)
+
+
+def load_controlnet(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    base_config: TransformerConfig,
+    dtype: str | torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    ops: type[Ops] = Ops,
+    hints: Mapping[str, Any] | None = None,
+    quantization: Quantization | str = Quantization.NONE,
+) -> ControlNetTransformer:
+    """Load the ControlNet of any supported layout for a base of ``base_config``, strictly, streaming.
+
+    From a reference full checkpoint only its ControlNet part is read: its base loads through
+    ``load_transformer``, or another base that fits (e.g. the LCM transformer) is used instead.
+    ``quantization`` as for ``load_transformer``.
+    """
+    detected = inspect_controlnet(checkpoint, hints, base_config)
+    detected.config.check_fits(base_config)
+    log.info("loading %s", detected.describe())
+    model = ControlNetTransformer(detected.config, ops=ops, device="meta")
+    place = quantize_blocks_(model, quantization, device, place_tensor)
+    load_strict(model, detected.tensors, parse_dtype(dtype), torch.device(device), place=place)
+    return model

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .checkpoint import TensorSource
-from .errors import CheckpointError
-from .layouts import DIFFUSERS_TABLE, RenamedSource
+import torch
+
+from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.files import TensorSource
+from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -133,32 +135,6 @@ def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = N
     return Detected(_config_from(view, hints), layout, prefix, view)
 
 
-def shape_of(source: TensorSource, key: str, ndim: int, model: str = "a PixArt transformer") -> tuple[int, ...]:
-    """The shape of a tensor that detection needs, or an error naming it."""
-    shape = source.shapes.get(key)
-    if shape is None:
-        raise CheckpointError(f"{source.origin}: {model} needs {key!r}, which is missing")
-    if len(shape) != ndim:
-        raise CheckpointError(f"{source.origin}: {key!r} should have {ndim} dimensions, found shape {list(shape)}")
-    return shape
-
-
-def count_numbered(source: TensorSource, prefix: str, what: str) -> int:
-    """How many numbered modules ``{prefix}0.``, ``{prefix}1.``... ``source`` holds; none may be missing."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for k in source.shapes if (m := pattern.match(k))}
-    if not indices:
-        raise CheckpointError(f"{source.origin}: no {what} ({prefix}N.*) found")
-    count = max(indices) + 1
-    missing = sorted(set(range(count)) - indices)
-    if missing:
-        raise CheckpointError(
-            f"{source.origin}: {what} {missing} are missing: found {what} 0..{count - 1} except those "
-            f"(a truncated or partial checkpoint?)"
-        )
-    return count
-
-
 def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:
     hidden, in_channels, patch, patch_w = shape_of(source, "x_embedder.proj.weight", 4)
     if patch != patch_w:
@@ -248,33 +224,34 @@ def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, 
     )
 
 
-# (key fragment, what it is): checked in order by ``identify``.
-_LOOKALIKES = (
-    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model (load it with the ControlNet loader)"),
-    ("copied_block.", "a PixArt ControlNet without its base model (load it with the ControlNet loader)"),
-    ("x_embedder.proj.weight", "a PixArt transformer (load it with the transformer loader)"),
-    ("adaln_single.linear.weight", "a PixArt transformer (load it with the transformer loader)"),
-    ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder (load it with the T5 loader)"),
-    ("text_model.encoder.layers.", "a CLIP text encoder"),
-    ("label_emb.", "an SDXL UNet"),
-    ("time_embedding.linear_1.", "a diffusers UNet"),
-    ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
-    ("decoder.up.0.block.0.conv1.weight", "a VAE (load it with the VAE loader)"),
-    ("post_quant_conv.weight", "a VAE (load it with the VAE loader)"),
-    ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet"),
-    ("double_blocks.0.", "a Flux transformer"),
-    ("joint_blocks.0.", "an SD3 transformer"),
-    ("lora_", "a LoRA"),
-    ("shared.weight", "a T5 text encoder (load it with the T5 loader)"),
+DIFFUSERS_TRANSFORMER: tuple[Rule, ...] = (
+    Rule(("pos_embed.proj",), "x_embedder.proj"),
+    Rule(("caption_projection.linear_1",), "y_embedder.y_proj.fc1"),
+    Rule(("caption_projection.linear_2",), "y_embedder.y_proj.fc2"),
+    Rule(("adaln_single.emb.timestep_embedder.linear_1",), "t_embedder.mlp.0"),
+    Rule(("adaln_single.emb.timestep_embedder.linear_2",), "t_embedder.mlp.2"),
+    Rule(("adaln_single.emb.resolution_embedder.linear_1",), "csize_embedder.mlp.0"),
+    Rule(("adaln_single.emb.resolution_embedder.linear_2",), "csize_embedder.mlp.2"),
+    Rule(("adaln_single.emb.aspect_ratio_embedder.linear_1",), "ar_embedder.mlp.0"),
+    Rule(("adaln_single.emb.aspect_ratio_embedder.linear_2",), "ar_embedder.mlp.2"),
+    Rule(("adaln_single.linear",), "t_block.1"),
+    Rule(("proj_out",), "final_layer.linear"),
+    Rule(("scale_shift_table",), "final_layer.scale_shift_table"),
+    *prefixed(BLOCK_RULES, "transformer_blocks.{i}.", "blocks.{i}."),
 )
 
 
-def identify(source: TensorSource, expected: str = "PixArt keys such as x_embedder.proj.weight") -> str:
-    """A short phrase saying what a state dict looks like, for error messages; ``expected`` names what was wanted."""
-    if not source.shapes:
-        return "the file holds no tensors (an empty state dict)"
-    for fragment, what in _LOOKALIKES:
-        if any(fragment in k for k in source.shapes):
-            return f"it looks like {what}"
-    sample = ", ".join(sorted(source.shapes)[:3])
-    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected {expected}"
+DIFFUSERS_TABLE = KeyTable(DIFFUSERS_TRANSFORMER)
+
+
+# Reference tensors diffusers has no place for; ``to_diffusers`` keeps them under their own names.
+REFERENCE_ONLY = ("pos_embed", "y_embedder.y_embedding")
+
+
+def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A reference-layout transformer state dict in diffusers names, losing nothing.
+
+    ``REFERENCE_ONLY`` keys pass through unchanged, so the way back restores the original exactly;
+    drop them before handing the result to diffusers itself.
+    """
+    return DIFFUSERS_TABLE.to_theirs(state_dict)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -1,0 +1,36 @@
+"""Runtime choices: devices and dtype names, parsed in one place for the engine, the command line and the nodes."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import CheckpointError
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'fp32' / 'fp16' / 'bf16' (or a torch dtype among those) -> torch dtype."""
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name in DTYPES:
+        return DTYPES[name]  # type: ignore[index]
+    raise CheckpointError(f"unknown weight dtype {name!r}: expected one of {', '.join(DTYPES)}")
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto': CUDA when present, else Apple's MPS, else the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto': fp16 on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
+    if str(dtype) == "auto":
+        return parse_dtype("fp16" if device.type != "cpu" else "fp32")
+    return parse_dtype(dtype)
