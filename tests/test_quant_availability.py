@@ -111,8 +111,8 @@ print(ours())
 
 def test_importing_the_engine_does_not_import_bitsandbytes() -> None:
     """No engine module but bnb_layers (imported once quantization is asked for) imports bitsandbytes; loading
-    and text encoding do not bring it in at all. (diffusers' AutoencoderKL, which vae/autoencoder.py imports,
-    brings it in by itself when it is installed: diffusers registers its bitsandbytes quantizer on import.) The last line
+    and text encoding do not bring it in at all. (diffusers' AutoencoderKL, which the VAE imports, brings it
+    in by itself when it is installed: diffusers registers its bitsandbytes quantizer on import.) The last line
     shows the probe sees an engine module that does import it."""
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "-", "pixart_delta_core.quant.bnb_layers"], out.stdout
