@@ -106,3 +106,12 @@ def test_latent_geometry_is_the_paired_vae_s(config: TransformerConfig) -> None:
 def test_sd_and_sdxl_vae_latents_have_the_same_geometry() -> None:
     """The Resolution node makes an empty latent without a model at hand: it relies on this."""
     assert (SD_VAE.latent_channels, SD_VAE.downscale) == (SDXL_VAE.latent_channels, SDXL_VAE.downscale)
+
+
+def test_loader_dtype_choices_are_the_engine_s() -> None:
+    """The loaders' dtype menus offer 'auto' and the names ``devices.DTYPES`` parses, nothing else."""
+    dtypes = PACK.pixart_delta_core.devices.DTYPES
+    t5 = PACK.nodes.loaders.T5Loader.INPUT_TYPES()["required"]["dtype"][0]
+    transformer = PACK.nodes.loaders.CheckpointLoader.INPUT_TYPES()["required"]["weight_dtype"][0]
+    for choices in (t5, transformer):
+        assert choices[0] == "auto" and sorted(choices[1:]) == sorted(dtypes)
