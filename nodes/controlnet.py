@@ -1,8 +1,7 @@
 """ControlNet nodes (PixArt-δ's ControlNet-Transformer, REFERENCE.md §4): the loader and the apply node.
 
-The apply node leaves a ``ControlImage`` in the conditioning's dict (copies, never the input's own
-dict). The control image can only be fitted to the generation size once that size is known, so the
-sampler encodes it: resized and centre-cropped, through the core VAE (posterior mean), scaled.
+The apply node leaves a ``conditioning.ControlImage`` in copies of the conditioning; the sampler encodes
+its image once the generation size is known.
 """
 
 from __future__ import annotations
@@ -13,68 +12,13 @@ import torch
 
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.errors import InputError
-from ..pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
-from ..pixart_delta_core.models.transformer import PixArtTransformer
-from ..pixart_delta_core.pipeline.images import prepare_image
-from ..pixart_delta_core.sampling.samplers import ControlSchedule
+from ..pixart_delta_core.models.controlnet import inspect_controlnet, load_controlnet
 from . import host
-from .loaders import MODEL_TYPE, PixArtModel, parameter_count, placement
+from .conditioning import ControlImage, control_in, with_control
 from .model_choices import CONTROLNETS
-from .text import single_entry
+from .sockets import CONTROLNET_TYPE, MODEL_TYPE, PixArtControlNet, PixArtModel
 
 CATEGORY = "PixArt-δ/controlnet"
-CONTROLNET_TYPE = "PIXART_DELTA_CONTROLNET"
-CONTROL_KEY = "pixart_delta_control"
-
-
-class PixArtControlNet:
-    """A loaded ControlNet-Transformer (the PIXART_DELTA_CONTROLNET type) and the model it was loaded for."""
-
-    def __init__(self, controlnet: ControlNetTransformer, managed: host.ManagedModel, base: PixArtModel) -> None:
-        self.controlnet = controlnet
-        self.managed = managed
-        self.base = base
-
-    def __repr__(self) -> str:
-        return f"PixArtControlNet({self.controlnet.config.describe()}, for {self.base.name!r})"
-
-
-class ControlImage:
-    """A ControlNet, its control image (IMAGE [B, H, W, C] in 0..1) and the VAE to encode it, with the
-    strength and the fraction of the steps where it acts."""
-
-    def __init__(
-        self, controlnet: PixArtControlNet, image: torch.Tensor, vae: Any, strength: float, start: float, end: float
-    ) -> None:
-        self.controlnet = controlnet
-        self.image = image
-        self.vae = vae
-        self.strength = strength
-        self.start = start
-        self.end = end
-
-    def latent(self, height: int, width: int, scaling_factor: float) -> torch.Tensor:
-        """The control latent for an image of ``height`` x ``width`` px: fitted, VAE-encoded (mean), scaled."""
-        pixels = prepare_image(self.image.movedim(-1, 1), height, width)  # [B, 3, height, width] in [-1, 1]
-        raw = self.vae.encode(((pixels + 1) / 2).movedim(1, -1))  # core VAE: IMAGE in 0..1 -> raw latents
-        return raw.float() * scaling_factor  # [B, 4, height / 8, width / 8]
-
-    def schedule(self, base: PixArtTransformer, latent: torch.Tensor) -> ControlSchedule:
-        """The sampler's control for ``base`` (loaded on its device), from the control latent."""
-        return ControlSchedule(self.controlnet.controlnet.hook(base, latent, self.strength), self.start, self.end)
-
-
-def control_from(positive: Any, negative: Any | None) -> ControlImage | None:
-    """The control the conditioning carries; the negative may carry the same one or none (both passes get it)."""
-    control = single_entry(positive, "positive")[1].get(CONTROL_KEY)
-    if negative is not None:
-        other = single_entry(negative, "negative")[1].get(CONTROL_KEY)
-        if other is not None and other is not control:
-            raise InputError(
-                "the negative carries a different ControlNet than the positive: PixArt-δ applies one control to "
-                "both passes; apply it once with PixArt-δ Apply ControlNet, feeding both positive and negative"
-            )
-    return control
 
 
 class ControlNetLoader:
@@ -114,11 +58,11 @@ class ControlNetLoader:
     def load(self, model: PixArtModel, controlnet_name: str) -> tuple[PixArtControlNet]:
         source = open_checkpoint(CONTROLNETS.path(controlnet_name))
         base, devices, mode = model.transformer, model.managed, model.quantization
-        device = placement(
+        device = host.placement(
             mode,
             devices.load_device,
             devices.offload_device,
-            lambda: parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
+            lambda: host.parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
         )
         network = load_controlnet(source, base.config, dtype=base.dtype, device=device, quantization=mode)
         managed = host.manage(network, devices.load_device, devices.offload_device)
@@ -196,14 +140,9 @@ class ControlNetApply:
         if strength == 0:
             return (positive, negative)
         for what, conditioning in (("positive", positive), ("negative", negative)):
-            if conditioning is not None and single_entry(conditioning, what)[1].get(CONTROL_KEY) is not None:
+            if conditioning is not None and control_in(conditioning, what) is not None:
                 raise InputError(
                     f"the {what} conditioning already carries a PixArt-δ ControlNet: one ControlNet per generation"
                 )
         control = ControlImage(controlnet, image, vae, strength, start_percent, end_percent)
         return (with_control(positive, control), None if negative is None else with_control(negative, control))
-
-
-def with_control(conditioning: list, control: ControlImage) -> list:
-    """A copy of ``conditioning`` whose dict carries ``control`` (the embeddings are shared, never changed)."""
-    return [[embeddings, {**extra, CONTROL_KEY: control}] for embeddings, extra in conditioning]

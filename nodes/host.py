@@ -14,9 +14,10 @@ progress bar, and a cancel flag (``cancel``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..pixart_delta_core.devices import pick_dtype
 from ..pixart_delta_core.memory import return_free_heap
+from ..pixart_delta_core.quant.quantization import Quantization
 
 try:
     import comfy.model_management as mm
@@ -192,6 +194,29 @@ def make_room(device: torch.device, nbytes: int) -> None:
     (the CPU, and outside ComfyUI: nothing to do)."""
     if IN_COMFYUI and device.type != "cpu":
         mm.free_memory(nbytes + mm.extra_reserved_memory(), device)
+
+
+# Bytes per weight of a quantized model, with a tenth more for the layers that stay unquantized (embeddings,
+# norms, scales) and the one 16-bit layer being read: what ComfyUI is asked to free before one loads on a GPU.
+_BYTES_PER_WEIGHT = {Quantization.INT8: 1.1, Quantization.NF4: 0.55}
+
+
+def parameter_count(shapes: Iterable[Sequence[int]]) -> int:
+    """Weights in tensors of these shapes."""
+    return sum(math.prod(shape) for shape in shapes)
+
+
+def placement(
+    quantization: Quantization, load_device: torch.device, offload_device: torch.device, parameters: Callable[[], int]
+) -> torch.device:
+    """Where a model loads. Unquantized: where ComfyUI keeps it between uses (it moves it to the GPU for each use).
+    Quantized: straight onto the device it computes on, after ComfyUI has made room there (``parameters`` counts
+    its weights), as the paper loads its 8-bit T5: bitsandbytes quantizes there, quickly on a GPU, and is checked
+    to run there, so a device it cannot serve is an error at loading, not at the first prompt."""
+    if quantization is Quantization.NONE:
+        return offload_device
+    make_room(load_device, int(parameters() * _BYTES_PER_WEIGHT[quantization]))
+    return load_device
 
 
 def stored_bytes(module: nn.Module) -> int:

@@ -3,24 +3,19 @@ quantized for the paper's low-memory recipe (REFERENCE.md §5: T5 in 8-bit)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
-import torch
 
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
-from ..pixart_delta_core.models.transformer import PixArtTransformer, inspect_transformer, load_transformer
+from ..pixart_delta_core.models.transformer import inspect_transformer, load_transformer
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
-from ..pixart_delta_core.text.encoder import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
+from ..pixart_delta_core.text.encoder import find_tokenizer, inspect_text_encoder, load_text_encoder
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
+from .sockets import MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
 
 CATEGORY = "PixArt-δ/loaders"
-MODEL_TYPE = "PIXART_DELTA_MODEL"
-T5_TYPE = "PIXART_DELTA_T5"
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 QUANTIZATIONS = [q.value for q in Quantization]
 QUANTIZATION_TOOLTIP = (
@@ -28,66 +23,6 @@ QUANTIZATION_TOOLTIP = (
     "nearly the same quality. nf4: 4-bit NormalFloat, about a quarter, coarser. Quantized weights are made while "
     "the file streams in, on the device the model computes on; they need the bitsandbytes package."
 )
-# Bytes per weight of a quantized model, with a tenth more for the layers that stay unquantized (embeddings,
-# norms, scales) and the one 16-bit layer being read: what ComfyUI is asked to free before one loads on a GPU.
-_BYTES_PER_WEIGHT = {Quantization.INT8: 1.1, Quantization.NF4: 0.55}
-
-
-class PixArtModel:
-    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management."""
-
-    def __init__(
-        self,
-        transformer: PixArtTransformer,
-        managed: host.ManagedModel,
-        name: str,
-        quantization: Quantization = Quantization.NONE,
-    ) -> None:
-        self.transformer = transformer
-        self.managed = managed
-        self.name = name
-        self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
-
-    def __repr__(self) -> str:
-        config, dtype = self.transformer.config.describe(), self.transformer.dtype
-        return f"PixArtModel({self.name!r}: {config}, {dtype}, {self.quantization.label})"
-
-
-class PixArtT5:
-    """A loaded T5 encoder and its tokenizer (the PIXART_DELTA_T5 type), handed to ComfyUI's model management."""
-
-    def __init__(
-        self,
-        encoder: TextEncoder,
-        managed: host.ManagedModel,
-        name: str,
-        quantization: Quantization = Quantization.NONE,
-    ) -> None:
-        self.encoder = encoder
-        self.managed = managed
-        self.name = name
-        self.quantization = quantization
-
-    def __repr__(self) -> str:
-        return f"PixArtT5({self.name!r}, width {self.encoder.width}, {self.encoder.dtype}, {self.quantization.label})"
-
-
-def parameter_count(shapes: Iterable[Sequence[int]]) -> int:
-    """Weights in tensors of these shapes."""
-    return sum(math.prod(shape) for shape in shapes)
-
-
-def placement(
-    quantization: Quantization, load_device: torch.device, offload_device: torch.device, parameters: Callable[[], int]
-) -> torch.device:
-    """Where a model loads. Unquantized: where ComfyUI keeps it between uses (it moves it to the GPU for each use).
-    Quantized: straight onto the device it computes on, after ComfyUI has made room there (``parameters`` counts
-    its weights), as the paper loads its 8-bit T5: bitsandbytes quantizes there, quickly on a GPU, and is checked
-    to run there, so a device it cannot serve is an error at loading, not at the first prompt."""
-    if quantization is Quantization.NONE:
-        return offload_device
-    host.make_room(load_device, int(parameters() * _BYTES_PER_WEIGHT[quantization]))
-    return load_device
 
 
 def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> PixArtModel:
@@ -96,9 +31,9 @@ def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "
     source = open_checkpoint(TRANSFORMERS.path(ckpt_name))
     detected = inspect_transformer(source)
     load_device, offload_device = host.torch_device(), host.offload_device()
-    parameters = parameter_count(detected.tensors.shapes.values())
+    parameters = host.parameter_count(detected.tensors.shapes.values())
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
-    device = placement(mode, load_device, offload_device, lambda: parameters)
+    device = host.placement(mode, load_device, offload_device, lambda: parameters)
     transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
     return PixArtModel(transformer, host.manage(transformer, load_device, offload_device), ckpt_name, mode)
 
@@ -110,7 +45,9 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
     torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
     found = inspect_text_encoder(path)
-    target = placement(mode, load_device, offload_device, lambda: parameter_count(found.tensors.shapes.values()))
+    target = host.placement(
+        mode, load_device, offload_device, lambda: host.parameter_count(found.tensors.shapes.values())
+    )
     encoder = load_text_encoder(found, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
     return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
 

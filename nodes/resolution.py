@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..pixart_delta_core.pipeline.resolution import ASPECT_RATIO_BINS, MAX_SIDE, nearest_bin
+from ..pixart_delta_core.vae.vae_config import SD_VAE
 from . import host
 
-LATENT_CHANNELS = 4  # the SD and SDXL VAEs PixArt uses
-VAE_DOWNSCALE = 8
 RESOLUTIONS = ("1024", "512", "256", "2048")  # training resolutions with bins, the common one first
 
 
@@ -52,6 +51,7 @@ class Resolution:
 
     def pick(self, width: int, height: int, resolution: str = "1024", batch_size: int = 1) -> tuple:
         bin_height, bin_width = nearest_bin(height, width, ASPECT_RATIO_BINS[int(resolution)])
-        shape = (batch_size, LATENT_CHANNELS, bin_height // VAE_DOWNSCALE, bin_width // VAE_DOWNSCALE)
+        # No model at hand: the SD VAE's latents, which PixArt-Σ's SDXL VAE shares (same channels, same downscale).
+        shape = (batch_size, SD_VAE.latent_channels, bin_height // SD_VAE.downscale, bin_width // SD_VAE.downscale)
         latent = torch.zeros(shape, dtype=torch.float32, device=host.intermediate_device())
         return (bin_width, bin_height, {"samples": latent})

@@ -22,12 +22,10 @@ from ..pixart_delta_core.sampling.samplers import (
     generate_latents,
     parse_sampler,
 )
-from ..pixart_delta_core.vae.vae_config import scaling_factor_for
+from ..pixart_delta_core.vae.vae_config import vae_defaults_for
 from . import host
-from .controlnet import control_from
-from .loaders import MODEL_TYPE, PixArtModel
-from .resolution import VAE_DOWNSCALE
-from .text import caption_from, image_size_from
+from .conditioning import caption_from, control_from, image_size_from
+from .sockets import MODEL_TYPE, PixArtModel
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +182,11 @@ class PixArtSampler:
                     f"caption (diffusers-layout weights do not carry one): connect a negative conditioning (an empty "
                     f"prompt works) or set guidance to 1 or below"
                 )
-        scale = scaling_factor_for(config)
-        batch, latent_height, latent_width, init = _start(latent_image, width, height, batch_size, config.in_channels)
+        vae = vae_defaults_for(config)
+        scale = vae.scaling_factor
+        batch, latent_height, latent_width, init = _start(
+            latent_image, width, height, batch_size, config.in_channels, vae.downscale
+        )
         if init is not None:
             init = init * scale  # raw (VAEEncode) -> the transformer's scaled space
         elif denoise < 1.0:
@@ -193,7 +194,7 @@ class PixArtSampler:
                 f"denoise {denoise:g} changes an existing image: connect a latent_image from VAEEncode, or set "
                 f"denoise to 1 for a new image"
             )
-        pixels = (latent_height * VAE_DOWNSCALE, latent_width * VAE_DOWNSCALE)
+        pixels = (latent_height * vae.downscale, latent_width * vae.downscale)
         control_image = control_from(positive, negative)
         control_latent = control_image.latent(*pixels, scale) if control_image is not None else None
         managed = [model.managed] + ([control_image.controlnet.managed] if control_image is not None else [])
@@ -237,12 +238,13 @@ class PixArtSampler:
 
 
 def _start(
-    latent: dict | None, width: int, height: int, batch: int, channels: int
+    latent: dict | None, width: int, height: int, batch: int, channels: int, downscale: int
 ) -> tuple[int, int, int, torch.Tensor | None]:
-    """(batch, latent height, latent width, raw init latents or None) from the LATENT input or the size widgets."""
+    """(batch, latent height, latent width, raw init latents or None) from the LATENT input or the size widgets
+    (pixels over the VAE's ``downscale``)."""
     if latent is None:
         check_image_size(height, width)
-        return batch, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE, None
+        return batch, height // downscale, width // downscale, None
     samples: Any = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[1] != channels:
         found = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__

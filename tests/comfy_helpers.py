@@ -178,8 +178,8 @@ def text_embedding(conditioning: list):
     them where the conditioning has no mask, as core CLIPTextEncode gives)."""
     embeddings, extra = conditioning[0]
     mask = extra.get("attention_mask", torch.ones(embeddings.shape[:2], dtype=torch.long))
-    keep = int(mask.any(0).nonzero().max()) + 1
-    return ENGINE.text.encoder.TextEmbedding(embeddings[:, :keep], mask[:, :keep])
+    caption = ENGINE.text.embedding.TextEmbedding(embeddings, mask)
+    return caption.truncated(caption.used_length)
 
 
 def engine_latents(model, conditioning: list, uncond: list | None = None, **kwargs: Any) -> torch.Tensor:

@@ -12,7 +12,7 @@ from tests.comfy_helpers import ENGINE, PACK, StandInVae, call_node, engine_late
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NODES = PACK.NODE_CLASS_MAPPINGS
-CONTROL_KEY = PACK.nodes.controlnet.CONTROL_KEY
+CONTROL_KEY = PACK.nodes.conditioning.CONTROL_KEY
 SCALE = 0.18215
 CONTROLNET_FILE = "PixArt-XL-2-1024-ControlNet.pth"
 

@@ -25,7 +25,7 @@ from pixart_delta_core.sampling.samplers import (
     reference_lcm_timesteps,
     sample,
 )
-from pixart_delta_core.text.encoder import TextEmbedding
+from pixart_delta_core.text.embedding import TextEmbedding
 from tests.helpers import TINY, TINY_MS, TOLERANCE, assert_latents_match, diffusers_twin, random_transformer
 
 SEED = 1234

@@ -15,7 +15,8 @@ from transformers import T5EncoderModel
 from pixart_delta_core import cli
 from pixart_delta_core.demo.files import demo_transformer
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.text.encoder import TextEmbedding, inspect_text_encoder, load_text_encoder, load_tokenizer
+from pixart_delta_core.text.embedding import TextEmbedding
+from pixart_delta_core.text.encoder import inspect_text_encoder, load_text_encoder, load_tokenizer
 from tests.helpers import (
     COMFYUI_T5_PREFIX,
     TINY,

@@ -127,7 +127,9 @@ class PixArtTransformer(nn.Module):
     ) -> Tensor:
         """Latents [B, 4, H, W] at ``timestep`` -> model output [B, out, H, W] (noise, then sigma).
 
-        ``image_size`` (pixels) feeds the micro-conditions; it defaults to 8x the latent size.
+        ``image_size`` (pixels) feeds the micro-conditions; the samplers pass it from the VAE's config. Called
+        without it, it is 8x the latent size: the downscale of the SD and SDXL VAEs, which this module cannot
+        read from ``vae_config`` (that module builds on the transformer's config, so models never import it).
         ``control`` supplies residuals added before blocks 1..N (the ControlNet-Transformer).
         """
         batch, _, height, width = x.shape

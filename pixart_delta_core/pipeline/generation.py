@@ -25,7 +25,8 @@ from ..models.transformer import PixArtTransformer, inspect_transformer, load_tr
 from ..models.transformer_config import Detected, TransformerConfig
 from ..quant.quantization import Quantization, parse_quantization
 from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
-from ..text.encoder import TextEmbedding, TextEncoder, load_text_encoder
+from ..text.embedding import TextEmbedding
+from ..text.encoder import TextEncoder, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
 from ..vae.vae_config import vae_defaults_for
 from .images import prepare_image, resize_and_crop, to_pil
@@ -218,6 +219,7 @@ class PixArtPipeline:
             if self.low_memory:
                 self._free("vae")
         stage("denoise")
+        downscale = vae_defaults_for(transformer_config).downscale
         transformer = self.load_transformer()
         schedule = controlnet = None
         if control is not None:
@@ -230,8 +232,8 @@ class PixArtPipeline:
             settings,
             seed=seed,
             batch=batch,
-            height=size[0] // 8,
-            width=size[1] // 8,
+            height=size[0] // downscale,
+            width=size[1] // downscale,
             uncond=uncond,
             init_latents=init,
             control=schedule,

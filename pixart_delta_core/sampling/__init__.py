@@ -1,3 +1,4 @@
 """Schedules and samplers (pure functions over an explicit schedule), guidance and the ControlNet
-schedule. May import: models, text's caption data and the base modules.
+schedule. May import: models, the VAE's config (latent channels and downscale), text's caption data
+(``text.embedding``, never the T5 encoder) and the base modules.
 """

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..models.transformer import ControlHook, PixArtTransformer
-from ..text.encoder import TextEmbedding
+from ..text.embedding import TextEmbedding
+from ..vae.vae_config import SD_VAE, vae_defaults_for
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +220,19 @@ def sample(
     control: ControlSchedule | None = None,
     on_step: StepCallback | None = None,
 ) -> Tensor:
-    """Denoise ``noise`` [B, 4, h, w] into scaled latents (fp32) on the transformer's device.
+    """Denoise ``noise`` [B, C, h, w] into scaled latents (fp32) on the transformer's device.
 
     ``init_latents`` (scaled) start an img2img run at ``settings.strength``; ``generator`` (CPU)
     draws the noise that stochastic samplers add between steps; ``uncond`` is required when
-    ``settings.guided``. ``on_step`` may raise to stop the run (the host's cancel button).
+    ``settings.guided``. ``image_size`` (height, width in pixels) feeds the micro-conditions; it
+    defaults to the latent size times the downscale of the VAE the model pairs with. ``on_step`` may
+    raise to stop the run (the host's cancel button).
     """
     device = transformer.device
     batch = noise.shape[0]
+    if image_size is None:
+        downscale = vae_defaults_for(transformer.config).downscale
+        image_size = (noise.shape[-2] * downscale, noise.shape[-1] * downscale)
     transformer.check_latent_size(*noise.shape[-2:])
     scheduler, timesteps = make_scheduler(settings, device)
     caption = _for_batch(cond, batch)
@@ -234,9 +240,7 @@ def sample(
         if uncond is None:
             raise InputError(f"guidance {settings.guidance} needs an unconditional caption (a negative prompt)")
         uncond = _for_batch(uncond, batch)
-        length = max(uncond.length, caption.length)
-        pair = (uncond.to(device, caption.embeddings.dtype).padded(length), caption.to(device).padded(length))
-        caption = TextEmbedding(torch.cat([p.embeddings for p in pair]), torch.cat([p.mask for p in pair]))
+        caption = TextEmbedding.batched([uncond.to(device, caption.embeddings.dtype), caption.to(device)])
     caption = caption.to(device)
     noise = noise.to(device, torch.float32)
     if init_latents is not None and settings.strength < 1.0:
@@ -262,8 +266,11 @@ def sample(
     return latents
 
 
-def initial_noise(batch: int, height: int, width: int, seed: int, channels: int = 4) -> tuple[Tensor, torch.Generator]:
-    """Noise [B, C, h, w] (fp32, CPU) from ``seed``, and the generator to keep drawing from."""
+def initial_noise(
+    batch: int, height: int, width: int, seed: int, channels: int = SD_VAE.latent_channels
+) -> tuple[Tensor, torch.Generator]:
+    """Noise [B, C, h, w] (fp32, CPU) from ``seed``, and the generator to keep drawing from; C defaults to the
+    latent channels of the SD and SDXL VAEs."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn(batch, channels, height, width, generator=generator), generator
 
@@ -283,7 +290,7 @@ def generate_latents(
     image_size: tuple[int, int] | None = None,
     on_step: StepCallback | None = None,
 ) -> Tensor:
-    """Text (and optionally an image) to scaled latents [B, 4, height, width]: noise from ``seed``,
+    """Text (and optionally an image) to scaled latents [B, C, height, width]: noise from ``seed``,
     the reference null caption as the unconditional input when guidance has no negative prompt.
     """
     if settings.guided and uncond is None:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
 from ..devices import parse_dtype
 from ..errors import CheckpointError, InputError
 from ..quant.quantization import Quantization
 from .captions import prepare_prompt
+from .embedding import TextEmbedding
 from .t5 import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
 
 log = logging.getLogger(__name__)
@@ -32,46 +31,6 @@ _WHERE_TOKENIZERS_ARE = (
     "a folder with tokenizer.json or spiece.model: ComfyUI ships one in comfy/text_encoders/t5_tokenizer, "
     "an HF T5 folder has its own, a PixArt diffusers repository has one in tokenizer/"
 )
-
-
-@dataclass(frozen=True)
-class TextEmbedding:
-    """Caption embeddings [B, L, C] (zeros where the mask is 0) and their mask [B, L] (int64, 1 = real token)."""
-
-    embeddings: torch.Tensor
-    mask: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.embeddings.ndim != 3 or tuple(self.mask.shape) != tuple(self.embeddings.shape[:2]):
-            raise InputError(
-                f"caption embeddings must be [B, L, C] with a [B, L] mask, found {list(self.embeddings.shape)} "
-                f"and {list(self.mask.shape)}"
-            )
-
-    @property
-    def batch_size(self) -> int:
-        return self.embeddings.shape[0]
-
-    @property
-    def length(self) -> int:
-        return self.embeddings.shape[1]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbedding:
-        """The same embedding on ``device`` and/or in ``dtype`` (the mask stays int64)."""
-        return TextEmbedding(self.embeddings.to(device=device, dtype=dtype), self.mask.to(device=device))
-
-    def padded(self, length: int) -> TextEmbedding:
-        """The same captions padded with masked-out zeros to ``length`` tokens."""
-        extra = length - self.length
-        if extra == 0:
-            return self
-        return TextEmbedding(F.pad(self.embeddings, (0, 0, 0, extra)), F.pad(self.mask, (0, extra)))
-
-    def repeat(self, times: int) -> TextEmbedding:
-        """Each prompt ``times`` times in a row (several images per prompt)."""
-        if times < 1:
-            raise InputError(f"repeat count must be at least 1, found {times}")
-        return TextEmbedding(self.embeddings.repeat_interleave(times, 0), self.mask.repeat_interleave(times, 0))
 
 
 class TextEncoder:

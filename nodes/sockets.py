@@ -1,0 +1,73 @@
+"""The pack's socket types and the objects that travel on them, shared by every node module.
+
+A socket type is the name ComfyUI matches to connect an output to an input; saved workflows store
+these names, so they never change. Each wrapper holds a loaded engine model, the handle ComfyUI's
+model management moves it with (``host.ManagedModel``) and what a later node needs to know about it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..pixart_delta_core.quant.quantization import Quantization
+from . import host
+
+if TYPE_CHECKING:  # the models load on first use, not when ComfyUI imports the pack
+    from ..pixart_delta_core.models.controlnet import ControlNetTransformer
+    from ..pixart_delta_core.models.transformer import PixArtTransformer
+    from ..pixart_delta_core.text.encoder import TextEncoder
+
+MODEL_TYPE = "PIXART_DELTA_MODEL"
+T5_TYPE = "PIXART_DELTA_T5"
+CONTROLNET_TYPE = "PIXART_DELTA_CONTROLNET"
+
+
+class PixArtModel:
+    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management."""
+
+    def __init__(
+        self,
+        transformer: PixArtTransformer,
+        managed: host.ManagedModel,
+        name: str,
+        quantization: Quantization = Quantization.NONE,
+    ) -> None:
+        self.transformer = transformer
+        self.managed = managed
+        self.name = name
+        self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
+
+    def __repr__(self) -> str:
+        config, dtype = self.transformer.config.describe(), self.transformer.dtype
+        return f"PixArtModel({self.name!r}: {config}, {dtype}, {self.quantization.label})"
+
+
+class PixArtT5:
+    """A loaded T5 encoder and its tokenizer (the PIXART_DELTA_T5 type), handed to ComfyUI's model management."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        managed: host.ManagedModel,
+        name: str,
+        quantization: Quantization = Quantization.NONE,
+    ) -> None:
+        self.encoder = encoder
+        self.managed = managed
+        self.name = name
+        self.quantization = quantization
+
+    def __repr__(self) -> str:
+        return f"PixArtT5({self.name!r}, width {self.encoder.width}, {self.encoder.dtype}, {self.quantization.label})"
+
+
+class PixArtControlNet:
+    """A loaded ControlNet-Transformer (the PIXART_DELTA_CONTROLNET type) and the model it was loaded for."""
+
+    def __init__(self, controlnet: ControlNetTransformer, managed: host.ManagedModel, base: PixArtModel) -> None:
+        self.controlnet = controlnet
+        self.managed = managed
+        self.base = base
+
+    def __repr__(self) -> str:
+        return f"PixArtControlNet({self.controlnet.config.describe()}, for {self.base.name!r})"
