@@ -14,7 +14,8 @@ from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
-from ..pixart_delta_core.text.encoder import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
+from ..pixart_delta_core.text.encoder import TextEncoder, find_tokenizer, load_text_encoder
+from ..pixart_delta_core.text.t5 import inspect_t5
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
 
@@ -109,7 +110,7 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     path = TEXT_ENCODERS.path(t5_name)
     load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
     torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
-    found = inspect_text_encoder(path)
+    found = inspect_t5(path)
     target = placement(mode, load_device, offload_device, lambda: parameter_count(found.tensors.shapes.values()))
     encoder = load_text_encoder(found, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
     return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
