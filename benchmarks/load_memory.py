@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +79,9 @@ def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
     from safetensors.torch import save_file
 
     from pixart_delta_core.demo.random_weights import t5_weights
-    from pixart_delta_core.text.t5 import T5_V1_1_XXL
+    from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 
-    config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": depth}
+    config = replace(T5_V1_1_XXL, **T5_SIZES, num_layers=depth)
     dtype = _file_dtype(file_dtype)
     weights = {key: value.to(dtype) for key, value in t5_weights(config, seed=0).items()}
     if fmt == "safetensors":
@@ -90,7 +91,7 @@ def write_t5(folder: Path, depth: int, fmt: str, file_dtype: str) -> Path:
         path = folder / "text_encoder"
         path.mkdir()
         save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-        (path / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+        (path / "config.json").write_text(json.dumps({**asdict(config), "model_type": "t5"}))
     return path
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +47,12 @@ def t5_quality(layers: int, outlier_channels: int) -> dict:
 
     from pixart_delta_core.demo.random_weights import t5_weights
     from pixart_delta_core.quant.bnb_layers import Int8Linear
-    from pixart_delta_core.text.t5 import T5_V1_1_XXL, load_t5
+    from pixart_delta_core.text.t5 import load_t5
+    from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 
-    config = {**T5_V1_1_XXL, **T5_SIZES, "num_layers": layers}
+    config = replace(T5_V1_1_XXL, **T5_SIZES, num_layers=layers)
     weights = t5_weights(config, seed=0, outlier_channels=outlier_channels)
-    ids = torch.randint(2, config["vocab_size"], (4, 64), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(2, config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(1))
 
     def embed(dtype: str, quantization: str = "none", threshold: float | None = None):
         model = load_t5(weights, dtype, "cpu", quantization)

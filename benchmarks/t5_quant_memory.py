@@ -27,12 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's engine, even where another copy is installed
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 from load_memory import T5_SIZES, model_bytes, reset_peak, rss_bytes  # noqa: E402
+
+if TYPE_CHECKING:
+    from pixart_delta_core.text.t5_config import T5EncoderConfig
 
 MODES = ("int8", "nf4", "bf16")
 TARGET_GB = {"int8": 6.0, "nf4": 4.0}
@@ -41,13 +46,13 @@ MANIFEST = "t5xxl_fp16.safetensors.json"
 GB = 1e9
 
 
-def t5_config(size: str) -> dict:
-    from pixart_delta_core.text.t5 import T5_V1_1_XXL
+def t5_config(size: str) -> T5EncoderConfig:
+    from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 
-    return {**T5_V1_1_XXL, **SIZES[size]}
+    return replace(T5_V1_1_XXL, **SIZES[size])
 
 
-def t5_layout(config: dict) -> dict[str, tuple[int, ...]]:
+def t5_layout(config: T5EncoderConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a single-file T5 encoder of ``config`` (HF names, the embedding once)."""
     import torch
 
@@ -67,7 +72,7 @@ def check_against_manifest(layout: dict[str, tuple[int, ...]]) -> None:
         raise SystemExit(f"the synthetic T5-XXL layout differs from {manifest}: {sorted(real.keys() ^ layout.keys())}")
 
 
-def write_t5_file(path: Path, config: dict, file_dtype: str = "fp16", seed: int = 0) -> None:
+def write_t5_file(path: Path, config: T5EncoderConfig, file_dtype: str = "fp16", seed: int = 0) -> None:
     """Stream a safetensors file to ``path``: header first, then one random tensor at a time."""
     import torch
 

@@ -10,7 +10,8 @@ from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.models.transformer import inspect_transformer, load_transformer
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
-from ..pixart_delta_core.text.encoder import find_tokenizer, inspect_text_encoder, load_text_encoder
+from ..pixart_delta_core.text.encoder import find_tokenizer, load_text_encoder
+from ..pixart_delta_core.text.t5 import inspect_t5
 from . import host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
 from .sockets import MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
@@ -44,7 +45,7 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     path = TEXT_ENCODERS.path(t5_name)
     load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
     torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
-    found = inspect_text_encoder(path)
+    found = inspect_t5(path)
     target = host.placement(
         mode, load_device, offload_device, lambda: host.parameter_count(found.tensors.shapes.values())
     )

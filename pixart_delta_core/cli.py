@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 def cmd_info(args: argparse.Namespace) -> int:
     from .models.controlnet import inspect_controlnet
     from .models.transformer import inspect_transformer
-    from .text.encoder import inspect_text_encoder
+    from .text.t5 import inspect_t5
     from .vae.autoencoder import inspect_vae
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
-    inspectors += (("T5 text encoder", inspect_text_encoder), ("VAE", inspect_vae))
+    inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae))
     for path in args.files:
         detected, what = _first_that_reads(path, inspectors)
         source = detected.tensors

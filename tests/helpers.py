@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from pixart_delta_core.checkpoints.files import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers
-from pixart_delta_core.text.t5 import T5_V1_1_XXL, TIED
+from pixart_delta_core.text.t5 import TIED
+from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared beside the project's checkout; a worktree sits one level deeper, so the nearest one above counts.
@@ -52,7 +54,7 @@ TINY_T5 = {"d_model": 32, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 2
 
 # The quantization tests' models. A small T5-v1.1 at T5's own scales; 64 is a multiple of NF4's block, like every
 # real width.
-SMALL_T5 = {**T5_V1_1_XXL, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "vocab_size": 512}
+SMALL_T5 = replace(T5_V1_1_XXL, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, vocab_size=512)
 MID_PIXART = TransformerConfig(
     depth=2, hidden_size=288, num_heads=4, mlp_hidden=1152, caption_channels=128, caption_length=16, sample_size=16
 )
@@ -122,7 +124,7 @@ def random_t5(seed: int = 0, **sizes: int):
     """transformers' T5EncoderModel, T5-v1.1 with TINY_T5 sizes (or ``sizes``) and random fp32 weights."""
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config(**{**T5_V1_1_XXL, **TINY_T5, **sizes}, is_encoder_decoder=False, use_cache=False)
+    config = T5Config(**{**asdict(T5_V1_1_XXL), **TINY_T5, **sizes}, is_encoder_decoder=False, use_cache=False)
     model = randomize_(T5EncoderModel(config), seed)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -19,7 +19,12 @@ from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_c
 from pixart_delta_core.models.controlnet_config import ADAPTER_TABLE, ControlNetConfig, ControlNetLayout, to_adapter
 from pixart_delta_core.models.layers import sincos_pos_embed
 from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
-from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, Layout, TransformerConfig, to_diffusers
+from pixart_delta_core.models.transformer_config import (
+    REFERENCE_ONLY,
+    TransformerConfig,
+    TransformerLayout,
+    to_diffusers,
+)
 from tests.helpers import TINY, TINY_MS, manifest_source, random_transformer
 
 MANIFEST = "PixArt-XL-2-1024-ControlNet.pth.json"
@@ -163,7 +168,8 @@ def test_the_base_of_a_whole_model_file_loads_with_the_transformer_loader(models
     base, _ = models
     hints = {"caption_length": BASE.caption_length, "num_heads": BASE.num_heads}
     detected = inspect_transformer(files[layout], hints=hints)
-    assert detected.layout is (Layout.CONTROLNET_FULL if layout == "full-pth" else Layout.DIFFUSERS)
+    expected = TransformerLayout.CONTROLNET_FULL if layout == "full-pth" else TransformerLayout.DIFFUSERS
+    assert detected.layout is expected
     loaded = load_transformer(files[layout], hints=hints)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, base.state_dict()[key]), key

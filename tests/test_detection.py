@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 import pytest
 import torch
@@ -12,28 +12,29 @@ from pixart_delta_core.checkpoints.files import StateDictSource
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.transformer_config import (
     REFERENCE_ONLY,
-    Layout,
     TransformerConfig,
+    TransformerLayout,
     detect_transformer,
     to_diffusers,
 )
-from pixart_delta_core.text.t5 import T5_V1_1_XXL, TIED, build_t5, detect_t5
+from pixart_delta_core.text.t5 import TIED, build_t5
+from pixart_delta_core.text.t5_config import T5_V1_1_XXL, T5Layout, detect_t5
 from tests.helpers import COMFYUI_T5_PREFIX, MANIFESTS, manifest_source, need_shared
 
 XL = TransformerConfig(depth=28, hidden_size=1152, num_heads=16, caption_channels=4096, mlp_hidden=4608)
 ALPHA_1024_MS = replace(XL, sample_size=128, interpolation_scale=2.0, micro_conditions=True)
 
 EXPECTED = {
-    "PixArt-XL-2-256x256.pth.json": (Layout.REFERENCE, replace(XL, sample_size=32, interpolation_scale=1.0)),
-    "PixArt-XL-2-512x512.pth.json": (Layout.REFERENCE, replace(XL, sample_size=64, interpolation_scale=1.0)),
-    "PixArt-XL-2-1024-MS.pth.json": (Layout.REFERENCE, ALPHA_1024_MS),
+    "PixArt-XL-2-256x256.pth.json": (TransformerLayout.REFERENCE, replace(XL, sample_size=32, interpolation_scale=1.0)),
+    "PixArt-XL-2-512x512.pth.json": (TransformerLayout.REFERENCE, replace(XL, sample_size=64, interpolation_scale=1.0)),
+    "PixArt-XL-2-1024-MS.pth.json": (TransformerLayout.REFERENCE, ALPHA_1024_MS),
     "PixArt-Sigma-XL-2-1024-MS.pth.json": (
-        Layout.REFERENCE,
+        TransformerLayout.REFERENCE,
         replace(XL, sample_size=128, interpolation_scale=2.0, caption_length=300),
     ),
-    "PixArt-XL-2-1024-ControlNet.pth.json": (Layout.CONTROLNET_FULL, ALPHA_1024_MS),
+    "PixArt-XL-2-1024-ControlNet.pth.json": (TransformerLayout.CONTROLNET_FULL, ALPHA_1024_MS),
     "PixArt-LCM-XL-2-1024-MS.transformer.safetensors.json": (
-        Layout.DIFFUSERS,
+        TransformerLayout.DIFFUSERS,
         replace(ALPHA_1024_MS, null_caption=False),
     ),
 }
@@ -129,7 +130,7 @@ def test_refusals_say_what_the_file_looks_like(build, message: str) -> None:
 
 def test_embedded_xxl_config_matches_t5_v1_1_xxl() -> None:
     real = json.loads(need_shared(MANIFESTS / "t5-v1_1-xxl.config.json").read_text())
-    assert {k: real[k] for k in T5_V1_1_XXL} == T5_V1_1_XXL
+    assert {f.name: real[f.name] for f in fields(T5_V1_1_XXL)} == asdict(T5_V1_1_XXL)
 
 
 @pytest.mark.parametrize("variant", ["fp16", "fp8_e4m3fn", "prefixed"])
@@ -142,8 +143,10 @@ def test_the_xxl_single_file_layout_is_recognised(variant: str) -> None:
     if variant == "prefixed":
         source = type(source)({COMFYUI_T5_PREFIX + k: torch.empty(s, device="meta") for k, s in source.shapes.items()})
     found = detect_t5(source)
-    assert dict(found.config) == T5_V1_1_XXL
-    assert found.describe().startswith("T5-v1.1-XXL encoder") and "4.76 B parameters" in found.describe()
+    assert found.config == T5_V1_1_XXL and found.layout is T5Layout.TRANSFORMERS
+    described = found.describe()
+    assert described.startswith("transformers layout") and ": T5-v1.1-XXL encoder" in described
+    assert "4.76 B parameters" in described
     expected = {
         k: tuple(v.shape) for k, v in build_t5(found.config, torch.bfloat16).state_dict().items() if k not in TIED
     }

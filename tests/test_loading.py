@@ -14,7 +14,7 @@ from pixart_delta_core.checkpoints.files import SafetensorsSource, StateDictSour
 from pixart_delta_core.checkpoints.layouts import RenamedSource
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
-from pixart_delta_core.models.transformer_config import DIFFUSERS_TABLE, REFERENCE_ONLY, Layout, to_diffusers
+from pixart_delta_core.models.transformer_config import DIFFUSERS_TABLE, REFERENCE_ONLY, TransformerLayout, to_diffusers
 from tests.helpers import TINY_MS, random_transformer
 
 MARKER_NAME = "pickle-ran-code"
@@ -66,8 +66,8 @@ def test_every_layout_loads_the_same_weights(model_and_files, layout: str) -> No
 
 def test_diffusers_folder_is_detected_as_diffusers(model_and_files) -> None:
     _, paths = model_and_files
-    assert inspect_transformer(paths["diffusers-folder"]).layout is Layout.DIFFUSERS
-    assert inspect_transformer(paths["diffusers-folder"] / "transformer").layout is Layout.DIFFUSERS
+    assert inspect_transformer(paths["diffusers-folder"]).layout is TransformerLayout.DIFFUSERS
+    assert inspect_transformer(paths["diffusers-folder"] / "transformer").layout is TransformerLayout.DIFFUSERS
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])

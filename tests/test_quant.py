@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -27,7 +28,8 @@ from pixart_delta_core.quant.bnb_layers import Int8Linear, Nf4Linear, quantize_i
 from pixart_delta_core.quant.quantization import Quantization, parse_quantization
 from pixart_delta_core.quant.streaming import quantized_ops
 from pixart_delta_core.text.encoder import load_text_encoder
-from pixart_delta_core.text.t5 import T5_V1_1_XXL, load_t5
+from pixart_delta_core.text.t5 import load_t5
+from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, TOKENIZER, need_shared, random_transformer
 
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -95,7 +97,7 @@ SMALL_BOUNDS = {Quantization.INT8: (0.999, 0.15), Quantization.NF4: (0.95, 1.0)}
 @pytest.mark.parametrize("kind", [*FILE_DTYPES, "sharded-folder"])
 def test_quantized_t5_matches_its_unquantized_load(small_t5_files, kind: str, mode: Quantization) -> None:
     """Each file quantized while streaming vs the same file loaded unquantized (fp8 files: upcast chunk-wise)."""
-    ids = token_ids(SMALL_T5["vocab_size"])
+    ids = token_ids(SMALL_T5.vocab_size)
     reference = embed(load_t5(small_t5_files[kind], "fp32"), ids)
     model = load_t5(small_t5_files[kind], "bf16", quantization=mode)
     cos, err = agreement(embed(model, ids), reference)
@@ -106,7 +108,7 @@ def test_quantized_t5_matches_its_unquantized_load(small_t5_files, kind: str, mo
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_quantized_t5_computes_in_every_dtype(small_t5_files, dtype: str, mode: Quantization) -> None:
-    ids = token_ids(SMALL_T5["vocab_size"])
+    ids = token_ids(SMALL_T5.vocab_size)
     reference = embed(load_t5(small_t5_files["fp32"], "fp32"), ids)
     model = load_t5(small_t5_files["fp32"], dtype, quantization=mode)
     assert model.shared.weight.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -119,12 +121,12 @@ def test_quantized_layers_hold_only_quantized_weights(small_t5_files) -> None:
     """bitsandbytes layers with int8 / packed 4-bit data where every block linear was; no 16-bit copy kept,
     before or after a forward; embedding, norms and position bias stay in the compute dtype."""
     c = SMALL_T5
-    shapes = {"q": (c["d_model"], c["d_model"]), "wi_0": (c["d_ff"], c["d_model"]), "wo": (c["d_model"], c["d_ff"])}
+    shapes = {"q": (c.d_model, c.d_model), "wi_0": (c.d_ff, c.d_model), "wo": (c.d_model, c.d_ff)}
     for mode, base, data_dtype in ((Quantization.INT8, bnb.nn.Linear8bitLt, torch.int8),
                                    (Quantization.NF4, bnb.nn.Linear4bit, torch.uint8)):  # fmt: skip
         model = load_t5(small_t5_files["fp16"], "bf16", quantization=mode)
         layers = quantized_layers(model)
-        assert len(layers) == 7 * c["num_layers"]  # q, k, v, o, wi_0, wi_1, wo per block
+        assert len(layers) == 7 * c.num_layers  # q, k, v, o, wi_0, wi_1, wo per block
         assert not [n for n, m in model.named_modules() if type(m) is nn.Linear]
         for _ in range(2):  # as loaded, then after a forward
             for name, layer in model.named_modules():
@@ -142,7 +144,7 @@ def test_quantized_layers_hold_only_quantized_weights(small_t5_files) -> None:
                 )
                 held = [t for t in layer.state_dict().values() if t.is_floating_point()]
                 assert all(t.numel() < layer.in_features * layer.out_features // 8 for t in held), name
-            embed(model, token_ids(c["vocab_size"]))
+            embed(model, token_ids(c.vocab_size))
         assert model.shared.weight.dtype == torch.bfloat16
         block = model.encoder.block[0].layer
         assert block[0].layer_norm.weight.dtype == torch.bfloat16
@@ -189,7 +191,7 @@ def test_chunked_quantization_equals_bitsandbytes_whole_matrix(monkeypatch) -> N
 
 def test_text_encoder_loads_quantized_with_its_tokenizer(small_t5_files) -> None:
     tokenizer = need_shared(TOKENIZER)
-    weights = t5_weights({**SMALL_T5, "vocab_size": 32128}, seed=2)
+    weights = t5_weights(replace(SMALL_T5, vocab_size=32128), seed=2)
     prompts = ["a red cat on a mat", ""]
     plain = load_text_encoder(weights, "fp32", tokenizer=tokenizer).encode(prompts, 16)
     ours = load_text_encoder(weights, "bf16", tokenizer=tokenizer, quantization="int8").encode(prompts, 16)
@@ -215,7 +217,7 @@ def test_quantized_feed_forward_cannot_overflow_fp16(kind: str, dtype: str, mode
             weights[key] = weights[key] * 300
         if kind == "output" and ".wo." in key:
             weights[key] = weights[key] * 3e4
-    ids = token_ids(SMALL_T5["vocab_size"])
+    ids = token_ids(SMALL_T5.vocab_size)
     reference = embed(load_t5(weights, "fp32"), ids)
     ours = embed(load_t5(weights, dtype, quantization=mode), ids)
     assert torch.isfinite(ours).all()
@@ -237,7 +239,7 @@ OVERFLOW_MIN_COSINE = {Quantization.INT8: 0.998, Quantization.NF4: 0.8}
 # 4 blocks, 512 wide, outputs up to ~5; measured against bf16 (random | 8 outlier channels): int8 smallest cosine
 # 0.9992 | 0.990, largest error 0.16 | 0.41; NF4 0.964 | 0.744, 1.0 | 2.7; int8 without the outlier split
 # 0.9992 | 0.887 (bf16 itself against fp32: 0.99991 | 0.9955).
-MID_T5 = {**T5_V1_1_XXL, "d_model": 512, "d_kv": 64, "num_heads": 8, "d_ff": 1024, "num_layers": 4, "vocab_size": 2048}
+MID_T5 = replace(T5_V1_1_XXL, d_model=512, d_kv=64, num_heads=8, d_ff=1024, num_layers=4, vocab_size=2048)
 QUALITY_BOUNDS = {  # (outlier channels, mode): (smallest cosine, largest error) against bf16
     (0, Quantization.INT8): (0.998, 0.3),
     (0, Quantization.NF4): (0.93, 1.6),
@@ -250,7 +252,7 @@ QUALITY_BOUNDS = {  # (outlier channels, mode): (smallest cosine, largest error)
 def test_quantized_embeddings_against_bf16(outliers: int) -> None:
     """LLM.int8 stays close to bf16, NF4 further off; on a trained-looking T5 LLM.int8's outlier split matters."""
     weights = t5_weights(MID_T5, seed=0, outlier_channels=outliers)
-    ids = token_ids(MID_T5["vocab_size"], batch=4, length=32)
+    ids = token_ids(MID_T5.vocab_size, batch=4, length=32)
     bf16 = embed(load_t5(weights, "bf16"), ids)
     measured = {}
     for mode in MODES:
@@ -378,7 +380,7 @@ def test_a_truncated_file_is_refused_before_quantizing(small_t5_files, tmp_path:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: weights are quantized on the GPU there")
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 def test_quantized_on_the_gpu(small_t5_files, mode: Quantization) -> None:
-    ids = token_ids(SMALL_T5["vocab_size"])
+    ids = token_ids(SMALL_T5.vocab_size)
     reference = embed(load_t5(small_t5_files["fp16"], "fp32"), ids)
     model = load_t5(small_t5_files["fp16"], "fp16", "cuda", quantization=mode)
     assert all(layer.weight.device.type == "cuda" for layer in quantized_layers(model))

@@ -16,7 +16,8 @@ from pixart_delta_core import cli
 from pixart_delta_core.demo.files import demo_transformer
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.text.embedding import TextEmbedding
-from pixart_delta_core.text.encoder import inspect_text_encoder, load_text_encoder, load_tokenizer
+from pixart_delta_core.text.encoder import load_text_encoder, load_tokenizer
+from pixart_delta_core.text.t5 import inspect_t5
 from tests.helpers import (
     COMFYUI_T5_PREFIX,
     TINY,
@@ -108,8 +109,8 @@ def test_every_layout_loads_the_same_weights(t5, files, tokenizer, layout: str) 
 
 def test_ignored_parts_are_logged(files, tokenizer, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
-        inspect_text_encoder(files["full"])
-        inspect_text_encoder(files["prefixed"])
+        inspect_t5(files["full"])
+        inspect_t5(files["prefixed"])
     assert "ignoring its 2 decoder tensors" in caplog.text
     assert f"under '{COMFYUI_T5_PREFIX}', ignoring 1 others" in caplog.text
 
@@ -371,5 +372,5 @@ def test_info_command_describes_a_t5_file_and_still_a_transformer(files, tmp_pat
     pixart = save(tmp_path, demo_transformer().state_dict(), "pixart.safetensors")
     assert cli.main(["info", str(files["single"]), str(files["pipeline"]), str(pixart)]) == 0
     out = capsys.readouterr().out
-    assert out.count("T5 text encoder, T5-v1.1 encoder (HF names): 2 layers, width 32") == 2
+    assert out.count("T5 text encoder, transformers layout: T5-v1.1 encoder, 2 layers, width 32") == 2
     assert "PixArt transformer" in out

@@ -18,6 +18,7 @@ from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.transformer_config import TransformerConfig
 from pixart_delta_core.vae.autoencoder import Vae, inspect_vae, load_vae
 from pixart_delta_core.vae.vae_config import (
+    SCALING_FROM_CONFIG,
     SD_VAE,
     SDXL_VAE,
     VaeConfig,
@@ -176,7 +177,7 @@ def test_what_inspect_reports(model_and_files) -> None:
     training = inspect_vae(paths["ldm-pth-with-training-state"], hints=HINTS)
     assert set(training.ignored) == {"loss.discriminator.main.0.weight", "model_ema.decay"}
     folder = inspect_vae(paths["diffusers-folder"])
-    assert folder.layout is VaeLayout.DIFFUSERS and folder.scaling_from_file
+    assert folder.layout is VaeLayout.DIFFUSERS and folder.note == SCALING_FROM_CONFIG
     assert folder.config == TINY_VAE
 
 

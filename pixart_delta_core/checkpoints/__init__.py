@@ -2,6 +2,8 @@
 
 Files (safetensors, PyTorch .pth, diffusers folders) open as a ``TensorSource`` without unpickling code;
 ``layouts`` holds the declarative key tables between another layout's names and ours; ``detection``
-the helpers every model's detection shares; ``loading`` the strict, streaming fill of a meta-device
-module. May import: the package's base modules (errors, memory) and torch/safetensors only.
+the generic ``DetectedCheckpoint`` every model's detection returns and the helpers they share (finding
+the one key prefix a model sits under, reading shapes, naming look-alikes); ``loading`` the strict,
+streaming fill of a meta-device module. May import: the package's base modules (errors, memory) and
+torch/safetensors only.
 """

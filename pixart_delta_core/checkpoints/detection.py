@@ -1,11 +1,129 @@
-"""Detection helpers shared by every model: reading shapes, counting numbered blocks, naming look-alikes."""
+"""Detection shared by every model: the generic detected-checkpoint result, finding the one key prefix a model
+sits under, reading shapes, counting numbered blocks, naming look-alikes.
+
+Each model's ``<model>_config.py`` detects with these and returns a ``DetectedCheckpoint`` of its config.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, Protocol, TypeVar
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .files import TensorSource
+
+log = logging.getLogger(__name__)
+
+
+class ModelConfig(Protocol):
+    """What every model's frozen config offers detection: a one-line description."""
+
+    def describe(self) -> str: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=ModelConfig)
+OtherConfigT = TypeVar("OtherConfigT", bound=ModelConfig)
+
+
+@dataclass(frozen=True)
+class DetectedCheckpoint(Generic[ConfigT]):
+    """A recognised checkpoint, read without its weights: what every model's ``detect_*`` returns.
+
+    ``config``: the model's frozen config, read from the weights (and a config file or hints where the
+    weights are silent). ``layout``: how the file names its tensors (the model's layout Enum). ``prefix``:
+    the key prefix the model sat under in the file (``""`` for none). ``tensors``: the model's tensors in
+    the engine's names (prefix removed, layout renamed), ready for ``load_strict``. ``ignored``: keys of
+    ``tensors`` the loader skips (training leftovers, a T5's decoder). ``note``: what detection adds to
+    the config's description (e.g. where a value the weights cannot hold came from).
+    """
+
+    config: ConfigT
+    layout: Enum
+    prefix: str
+    tensors: TensorSource
+    ignored: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def parameters(self) -> int:
+        """How many parameters the model's tensors hold (the ignored ones not counted)."""
+        ignored = set(self.ignored)
+        return sum(math.prod(shape) for key, shape in self.tensors.shapes.items() if key not in ignored)
+
+    def describe(self) -> str:
+        """One line: the layout, where the keys were, the config, and the parameters as stored."""
+        where = f", keys under {self.prefix!r}" if self.prefix else ""
+        note = f" ({self.note})" if self.note else ""
+        dtypes = sorted({str(d).removeprefix("torch.") for d in self.tensors.dtypes.values()})
+        return (
+            f"{self.layout.value} layout{where}: {self.config.describe()}{note}; "
+            f"{_count(self.parameters)} parameters stored as {', '.join(dtypes)}"
+        )
+
+    def expect(self, config_type: type[OtherConfigT]) -> DetectedCheckpoint[OtherConfigT]:
+        """This detection, typed as one of a ``config_type`` model; InputError when it found another model."""
+        if not isinstance(self.config, config_type):
+            raise InputError(
+                f"{self.tensors.origin}: expected a detected checkpoint of a {config_type.__name__}, found one of a "
+                f"{type(self.config).__name__} ({self.describe()})"
+            )
+        return self  # type: ignore[return-value]  # the config's type was checked just above
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def find_prefix(
+    source: TensorSource,
+    anchors: Sequence[str],
+    model: str,
+    plural: str,
+    expected: str,
+    *,
+    not_under: tuple[str, ...] = (),
+    explain: Callable[[TensorSource], str | None] | None = None,
+) -> tuple[str, str]:
+    """The one key prefix under which ``source`` holds ``model``, and the anchor found there.
+
+    A key ``{prefix}{anchor}``, with ``prefix`` empty or ending in ``"."``, marks a model under ``prefix``;
+    each key counts for the first of ``anchors`` it ends with, and not at all when its prefix ends with one
+    of ``not_under`` (the part of another model, e.g. a T5's ``decoder.``). ``model`` ("a VAE") and
+    ``plural`` ("VAEs") name the model in errors; ``expected`` says which keys were looked for.
+
+    Raises CheckpointError: when no anchor is found (saying what the file looks like: ``explain(source)``
+    if it says, else ``identify``), or when several are (naming the prefixes, or the keys, seen).
+    """
+    found: set[tuple[str, str]] = set()
+    for key in source.shapes:
+        for anchor in anchors:
+            prefix = key[: len(key) - len(anchor)]
+            if key.endswith(anchor) and (not prefix or prefix.endswith(".")):
+                if not prefix.endswith(not_under):
+                    found.add((prefix, anchor))
+                break
+    if not found:
+        said = explain(source) if explain is not None else None
+        raise CheckpointError(f"{source.origin}: not {model}: {said or identify(source, expected)}")
+    if len(found) > 1:
+        prefixes = sorted(prefix for prefix, _ in found)
+        seen = f"under {prefixes}" if len(set(prefixes)) == len(found) else f"found {sorted(p + a for p, a in found)}"
+        raise CheckpointError(f"{source.origin}: ambiguous: it holds several {plural} ({seen}); expected one")
+    return found.pop()
+
+
+def under_prefix(source: TensorSource, prefix: str) -> TensorSource:
+    """The tensors of ``source`` under ``prefix``, named without it; logs how many others are left aside."""
+    view = source.without_prefix(prefix)
+    others = len(source) - len(view)
+    if others:
+        log.info("%s: using the %d tensors under %r, ignoring %d others", source.origin, len(view), prefix, others)
+    return view
 
 
 def shape_of(source: TensorSource, key: str, ndim: int, model: str = "a PixArt transformer") -> tuple[int, ...]:
@@ -55,7 +173,7 @@ _LOOKALIKES = (
 )
 
 
-def identify(source: TensorSource, expected: str = "PixArt keys such as x_embedder.proj.weight") -> str:
+def identify(source: TensorSource, expected: str) -> str:
     """A short phrase saying what a state dict looks like, for error messages; ``expected`` names what was wanted."""
     if not source.shapes:
         return "the file holds no tensors (an empty state dict)"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import Tensor, nn
+
+from ..text.t5_config import T5EncoderConfig
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -29,14 +28,14 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def t5_tensor(key: str, shape: tuple[int, ...], config: Mapping[str, Any], generator: torch.Generator) -> Tensor:
+def t5_tensor(key: str, shape: tuple[int, ...], config: T5EncoderConfig, generator: torch.Generator) -> Tensor:
     """One tensor of a T5-v1.1 encoder (HF name) drawn at T5's own initial scales, in fp32.
 
     q: N(0, 1/(d_model d_kv)) (T5 does not scale its attention logits); k, v, wi: N(0, 1/d_model);
     o: N(0, 1/(heads d_kv)); wo: N(0, 1/d_ff); embedding and position bias: N(0, 1); RMS-norm gains:
     1 + N(0, 0.1^2).
     """
-    d_model, d_kv, heads, d_ff = config["d_model"], config["d_kv"], config["num_heads"], config["d_ff"]
+    d_model, d_kv, heads, d_ff = config.d_model, config.d_kv, config.num_heads, config.d_ff
     layer = key.rsplit(".", 2)[-2]
     variance = {"q": d_model * d_kv, "k": d_model, "v": d_model, "o": heads * d_kv}
     variance |= {"wi_0": d_model, "wi_1": d_model, "wo": d_ff}
@@ -48,7 +47,7 @@ def t5_tensor(key: str, shape: tuple[int, ...], config: Mapping[str, Any], gener
     return values  # shared (the embedding), relative_attention_bias
 
 
-def t5_weights(config: Mapping[str, Any], seed: int = 0, outlier_channels: int = 0) -> dict[str, Tensor]:
+def t5_weights(config: T5EncoderConfig, seed: int = 0, outlier_channels: int = 0) -> dict[str, Tensor]:
     """A T5-v1.1 encoder's tensors as a single file holds them (HF names, embedding once), fp32, from ``seed``.
 
     ``outlier_channels`` residual channels carry the large, systematic features trained language models develop
@@ -61,7 +60,7 @@ def t5_weights(config: Mapping[str, Any], seed: int = 0, outlier_channels: int =
     shapes = {k: tuple(v.shape) for k, v in build_t5(config, torch.float32).state_dict().items() if k not in TIED}
     weights = {key: t5_tensor(key, shape, config, generator) for key, shape in shapes.items()}
     if outlier_channels:
-        channels = torch.randperm(config["d_model"], generator=generator)[:outlier_channels]
+        channels = torch.randperm(config.d_model, generator=generator)[:outlier_channels]
         weights["shared.weight"][:, channels] *= 20.0
         for key, value in weights.items():
             if key.endswith("layer_norm.weight") and "final" not in key:

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, folder_config
 from ..checkpoints.loading import as_source, load_strict, place_tensor
 from ..devices import parse_dtype
 from ..errors import InputError
 from ..ops import Ops
 from ..quant.quantization import Quantization
-from .controlnet_config import DEFAULT_COPIES, ControlNetConfig, DetectedControlNet, detect_controlnet
+from .controlnet_config import DEFAULT_COPIES, ControlNetConfig, detect_controlnet
 from .layers import Block, BlockContext
 from .transformer import ControlHook, PixArtTransformer, quantize_blocks_
 from .transformer_config import TransformerConfig
@@ -146,7 +147,7 @@ def inspect_controlnet(
     checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
     hints: Mapping[str, Any] | None = None,
     base_config: TransformerConfig | None = None,
-) -> DetectedControlNet:
+) -> DetectedCheckpoint[ControlNetConfig]:
     """Detect a ControlNet checkpoint's layout and config without reading its weights."""
     source = as_source(checkpoint)
     return detect_controlnet(source, {**folder_config(source), **(hints or {})}, base_config)

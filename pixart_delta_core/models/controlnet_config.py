@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError, PixArtDeltaError
@@ -96,20 +96,6 @@ class ControlNetLayout(Enum):
     ADAPTER = "diffusers-style ControlNet adapter"
 
 
-@dataclass(frozen=True)
-class DetectedControlNet:
-    """A recognised ControlNet checkpoint: its config, layout, and its tensors in our names (``controlnet.*``)."""
-
-    config: ControlNetConfig
-    layout: ControlNetLayout
-    prefix: str
-    tensors: TensorSource
-
-    def describe(self) -> str:
-        where = f", keys under {self.prefix!r}" if self.prefix else ""
-        return f"{self.layout.value} layout{where}: {self.config.describe()}"
-
-
 _REFERENCE_ANCHOR = CONTROLNET_ROOT + "0.after_proj.weight"
 _ADAPTER_ROOT = "controlnet_blocks."
 _ADAPTER_ANCHOR = _ADAPTER_ROOT + "0.after_proj.weight"
@@ -120,10 +106,20 @@ _MODEL = "a PixArt ControlNet"
 
 def detect_controlnet(
     source: TensorSource, hints: Mapping[str, Any] | None = None, base: TransformerConfig | None = None
-) -> DetectedControlNet:
-    """Recognise a PixArt ControlNet in ``source``; ``base`` supplies the heads when the weights cannot."""
+) -> DetectedCheckpoint[ControlNetConfig]:
+    """Recognise a PixArt ControlNet in ``source``; ``base`` supplies the heads when the weights cannot.
+
+    Raises CheckpointError when ``source`` holds no ControlNet or several, a partial one, or strays beside it.
+    """
     hints = dict(hints or {})
-    prefix, anchor = _root(source)
+    prefix, anchor = find_prefix(
+        source,
+        (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR),
+        _MODEL,
+        "ControlNets",
+        f"PixArt ControlNet keys such as {_REFERENCE_ANCHOR} or {_ADAPTER_ANCHOR}",
+        explain=_what_it_is,
+    )
     view = source.without_prefix(prefix)
     if anchor == _ADAPTER_ANCHOR:
         layout, own = ControlNetLayout.ADAPTER, _ADAPTER_ROOT
@@ -139,33 +135,19 @@ def detect_controlnet(
     others = len(source) - sum(1 for k in view.shapes if k.startswith(own))
     if others:
         log.info("%s: using the ControlNet under %r, ignoring %d other tensors", source.origin, prefix + own, others)
-    return DetectedControlNet(_config_from(tensors, source, hints, base), layout, prefix, tensors)
+    return DetectedCheckpoint(_config_from(tensors, source, hints, base), layout, prefix, tensors)
 
 
-def _root(source: TensorSource) -> tuple[str, str]:
-    """(prefix, anchor) of the one ControlNet in ``source``, else an error saying what it holds."""
-    roots = {
-        (k[: -len(a)], a)
-        for a in (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR)
-        for k in source.shapes
-        if k.endswith(a) and (k == a or k[-len(a) - 1] == ".")
-    }
-    if len(roots) > 1:
-        found = sorted(p + a.removesuffix("0.after_proj.weight") for p, a in roots)
-        raise CheckpointError(f"{source.origin}: ambiguous: it holds several ControlNets (under {found}); expected one")
-    if roots:
-        return roots.pop()
+def _what_it_is(source: TensorSource) -> str | None:
+    """What a file without a ControlNet anchor holds, when it is PixArt's; None to let ``identify`` say."""
     if any("copied_block." in k or _ADAPTER_ROOT in k for k in source.shapes):
-        raise CheckpointError(
-            f"{source.origin}: a partial PixArt ControlNet: copy 0's after_proj ({_REFERENCE_ANCHOR!r} or "
+        return (
+            f"it looks like a partial PixArt ControlNet: copy 0's after_proj ({_REFERENCE_ANCHOR!r} or "
             f"{_ADAPTER_ANCHOR!r}) is missing"
         )
     if any(k.endswith(_TRANSFORMER_ANCHORS) for k in source.shapes):
-        raise CheckpointError(
-            f"{source.origin}: not a PixArt ControlNet: it is a PixArt transformer without ControlNet copies "
-            f"(load it with the transformer loader)"
-        )
-    raise CheckpointError(f"{source.origin}: not a PixArt ControlNet: {identify(source)}")
+        return "it is a PixArt transformer without ControlNet copies (load it with the transformer loader)"
+    return None
 
 
 def _config_from(

@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, folder_config
 from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
 from ..devices import parse_dtype
@@ -27,7 +28,7 @@ from .layers import (
     TimestepEmbedder,
     sincos_pos_embed,
 )
-from .transformer_config import Detected, TransformerConfig, detect_transformer
+from .transformer_config import TransformerConfig, detect_transformer
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,14 @@ RECOMPUTED = ("pos_embed",)  # the reference saves its training-size positions; 
 
 def inspect_transformer(
     checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None = None
-) -> Detected:
+) -> DetectedCheckpoint[TransformerConfig]:
     """Detect a transformer checkpoint's layout and config without reading its weights."""
     source = as_source(checkpoint)
     return detect_transformer(source, {**folder_config(source), **(hints or {})})
 
 
 def load_transformer(
-    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor] | Detected,
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor] | DetectedCheckpoint[TransformerConfig],
     dtype: str | torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     hints: Mapping[str, Any] | None = None,
@@ -185,7 +186,10 @@ def load_transformer(
     ``quantization`` int8 or nf4 quantizes the linear layers of its blocks as the weights stream in
     (``quantize_blocks_`` below); ``dtype`` is then the compute dtype and that of every other layer.
     """
-    detected = checkpoint if isinstance(checkpoint, Detected) else inspect_transformer(checkpoint, hints)
+    if isinstance(checkpoint, DetectedCheckpoint):
+        detected = checkpoint.expect(TransformerConfig)
+    else:
+        detected = inspect_transformer(checkpoint, hints)
     log.info("loading %s", detected.describe())
     model = PixArtTransformer(detected.config, ops=ops, device="meta")
     place = quantize_blocks_(model, quantization, device, place_tensor)

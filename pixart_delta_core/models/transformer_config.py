@@ -6,7 +6,6 @@ or an explicit hint, else it refuses with an error naming what the file looks li
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +14,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError
-
-log = logging.getLogger(__name__)
 
 HEAD_DIM = 72  # every released PixArt model uses 72-wide heads (XL: 1152 = 16 x 72)
 ALPHA_TOKENS = 120
@@ -68,10 +65,6 @@ class TransformerConfig:
         return self.sample_size * 8
 
     @property
-    def learned_sigma(self) -> bool:
-        return self.out_channels == 2 * self.in_channels
-
-    @property
     def family(self) -> str:
         return "PixArt-Σ" if self.caption_length == SIGMA_TOKENS else "PixArt-α/δ"
 
@@ -84,7 +77,7 @@ class TransformerConfig:
         )
 
 
-class Layout(Enum):
+class TransformerLayout(Enum):
     """How a checkpoint names its tensors."""
 
     REFERENCE = "reference"
@@ -92,47 +85,34 @@ class Layout(Enum):
     CONTROLNET_FULL = "reference ControlNet-Transformer (its base part)"
 
 
-@dataclass(frozen=True)
-class Detected:
-    """A recognised transformer checkpoint: its config, layout, and its tensors in reference names."""
-
-    config: TransformerConfig
-    layout: Layout
-    prefix: str
-    tensors: TensorSource
-
-    def describe(self) -> str:
-        where = f", keys under {self.prefix!r}" if self.prefix else ""
-        return f"{self.layout.value} layout{where}: {self.config.describe()}"
-
-
 _REFERENCE_ANCHOR = "x_embedder.proj.weight"
 _DIFFUSERS_ANCHOR = "adaln_single.linear.weight"
 
 
-def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = None) -> Detected:
-    """Recognise a PixArt transformer in ``source``; ``hints`` are diffusers config fields."""
+def detect_transformer(
+    source: TensorSource, hints: Mapping[str, Any] | None = None
+) -> DetectedCheckpoint[TransformerConfig]:
+    """Recognise a PixArt transformer in ``source``; ``hints`` are diffusers config fields.
+
+    Raises CheckpointError when ``source`` holds no transformer or several, or what it holds is not PixArt.
+    """
     hints = dict(hints or {})
-    prefixes = {k[: -len(a)]: a for a in (_REFERENCE_ANCHOR, _DIFFUSERS_ANCHOR) for k in source.shapes if k.endswith(a)}
-    if not prefixes:
-        raise CheckpointError(f"{source.origin}: not a PixArt transformer: {identify(source)}")
-    if len(prefixes) > 1:
-        raise CheckpointError(
-            f"{source.origin}: ambiguous: it holds several transformers (under {sorted(prefixes)}); expected one"
-        )
-    prefix, anchor = next(iter(prefixes.items()))
-    view = source.without_prefix(prefix)
+    prefix, anchor = find_prefix(
+        source,
+        (_REFERENCE_ANCHOR, _DIFFUSERS_ANCHOR),
+        "a PixArt transformer",
+        "transformers",
+        f"PixArt keys such as {_REFERENCE_ANCHOR}",
+    )
+    view = under_prefix(source, prefix)
     if anchor == _DIFFUSERS_ANCHOR:
-        layout = Layout.DIFFUSERS
+        layout = TransformerLayout.DIFFUSERS
         view = RenamedSource(view, DIFFUSERS_TABLE)
     elif prefix == "base_model." and any(k.startswith("controlnet.") for k in source.shapes):
-        layout = Layout.CONTROLNET_FULL
+        layout = TransformerLayout.CONTROLNET_FULL
     else:
-        layout = Layout.REFERENCE
-    others = len(source) - len(view.shapes) if anchor == _REFERENCE_ANCHOR else 0
-    if prefix and others:
-        log.info("%s: using the %d tensors under %r, ignoring %d others", source.origin, len(view), prefix, others)
-    return Detected(_config_from(view, hints), layout, prefix, view)
+        layout = TransformerLayout.REFERENCE
+    return DetectedCheckpoint(_config_from(view, hints), layout, prefix, view)
 
 
 def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:

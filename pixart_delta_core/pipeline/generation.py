@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import InputError
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, load_controlnet
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
-from ..models.transformer_config import Detected, TransformerConfig
+from ..models.transformer_config import TransformerConfig
 from ..quant.quantization import Quantization, parse_quantization
 from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
@@ -104,7 +105,7 @@ class PixArtPipeline:
         return_free_heap()
 
     @cached_property
-    def transformer_checkpoint(self) -> Detected:
+    def transformer_checkpoint(self) -> DetectedCheckpoint[TransformerConfig]:
         """The transformer file, recognised once per pipeline: its layout and config (no weights read)."""
         return inspect_transformer(self.transformer)
 

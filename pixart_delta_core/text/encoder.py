@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
+from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype
 from ..errors import CheckpointError, InputError
 from ..quant.quantization import Quantization
 from .captions import prepare_prompt
 from .embedding import TextEmbedding
-from .t5 import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
+from .t5 import Checkpoint, inspect_t5, load_t5
+from .t5_config import T5_V1_1_XXL, T5EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         tokenizer = reader.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, ImportError, RuntimeError) as err:
         raise CheckpointError(f"{folder}: cannot read the T5 tokenizer: {err}") from err
-    pad, eos = T5_V1_1_XXL["pad_token_id"], T5_V1_1_XXL["eos_token_id"]
+    pad, eos = T5_V1_1_XXL.pad_token_id, T5_V1_1_XXL.eos_token_id
     if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (pad, eos) or tokenizer("").input_ids != [eos]:
         raise CheckpointError(
             f"{folder}: not a T5 tokenizer: expected padding as token {pad} and end-of-text as token {eos}, with "
@@ -153,19 +155,14 @@ def find_tokenizer(weights: str | Path) -> Path:
     raise CheckpointError(f"{weights}: no T5 tokenizer found ({looked}): pass tokenizer=, {_WHERE_TOKENIZERS_ARE}")
 
 
-def inspect_text_encoder(checkpoint: Checkpoint) -> T5Checkpoint:
-    """Recognise a T5 encoder file or folder without reading its weights; ``.describe()`` says what it is."""
-    return inspect_t5(checkpoint)
-
-
 def load_text_encoder(
-    checkpoint: Checkpoint | T5Checkpoint,
+    checkpoint: Checkpoint | DetectedCheckpoint[T5EncoderConfig],
     dtype: str | torch.dtype = "bf16",
     device: torch.device | str = "cpu",
     tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
     quantization: Quantization | str = Quantization.NONE,
 ) -> TextEncoder:
-    """Load T5 weights (single file, HF folder, tensors, or as ``inspect_text_encoder`` found them) and their
+    """Load T5 weights (single file, HF folder, tensors, or as ``inspect_t5`` found them) and their
     tokenizer (found beside a path, or given).
 
     ``quantization`` int8 or nf4 quantizes the encoder's linear layers while they load (``dtype`` computes).
@@ -176,8 +173,8 @@ def load_text_encoder(
                 f"T5 weights given as tensors carry no tokenizer: pass tokenizer=, {_WHERE_TOKENIZERS_ARE}"
             )
         tokenizer = load_tokenizer(tokenizer if tokenizer is not None else find_tokenizer(checkpoint))
-    found = checkpoint if isinstance(checkpoint, T5Checkpoint) else inspect_t5(checkpoint)
-    vocab = found.config["vocab_size"]
+    found = checkpoint.expect(T5EncoderConfig) if isinstance(checkpoint, DetectedCheckpoint) else inspect_t5(checkpoint)
+    vocab = found.config.vocab_size
     if len(tokenizer) > vocab:
         raise CheckpointError(
             f"{found.tensors.origin}: the tokenizer has {len(tokenizer)} tokens but the encoder embeds only {vocab}: "

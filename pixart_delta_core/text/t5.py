@@ -1,19 +1,13 @@
-"""The T5-v1.1 encoder (REFERENCE.md §2): recognised in the files users hold, built on the meta device,
-filled tensor by tensor.
-
-Single files (``t5xxl_fp16.safetensors``, bf16, fp8 e4m3fn/e5m2) carry HF key names and no config:
-the config is T5-v1.1-XXL with its sizes read from the tensors' shapes, so smaller T5-v1.1 encoders
-load too. HF folders bring their ``config.json``.
+"""The T5-v1.1 encoder (REFERENCE.md §2): transformers' ``T5EncoderModel`` built on the meta device from a
+``T5EncoderConfig`` (``t5_config``), and its loader, which finds the weights in a file or folder and fills
+the model tensor by tensor.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,80 +16,20 @@ from torch import nn
 from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
-from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, open_checkpoint
-from ..checkpoints.layouts import KeyTable, RenamedSource, Rule
 from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
 from ..devices import parse_dtype
 from ..errors import CheckpointError
 from ..quant.quantization import Quantization, parse_quantization
 from ..quant.streaming import quantize_linears_, quantized_ops, quantizing_place
+from .t5_config import T5EncoderConfig, detect_t5
 
 log = logging.getLogger(__name__)
 
 Checkpoint = str | Path | TensorSource | Mapping[str, torch.Tensor]
 
-# google/t5-v1_1-xxl, the encoder every PixArt model was trained with (fields that shape the encoder).
-T5_V1_1_XXL: dict[str, Any] = {
-    "vocab_size": 32128,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "dropout_rate": 0.1,
-    "layer_norm_epsilon": 1e-6,
-    "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": True,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-}
-SIZE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets")
-
-_ANCHOR = "block.0.layer.0.SelfAttention.q.weight"
-TIED = {"encoder.embed_tokens.weight": "shared.weight"}
-# Key prefixes of the parts of a full T5 (encoder-decoder) that the encoder does not use.
-UNUSED_PARTS = ("decoder.", "lm_head.")
-
-# A bare encoder stack saved on its own (``block.N...``, ``embed_tokens``) -> T5EncoderModel names.
-_STACK_TABLE = KeyTable(
-    (
-        Rule(("block.{i}",), "encoder.block.{i}"),
-        Rule(("final_layer_norm",), "encoder.final_layer_norm"),
-        Rule(("embed_tokens",), "shared"),
-    )
-)
-# Files that keep the embedding only under the encoder's name.
-_EMBED_ONLY_TABLE = KeyTable((Rule(("encoder.embed_tokens",), "shared"),))
-
-
-@dataclass(frozen=True)
-class T5Checkpoint:
-    """A recognised T5 encoder: its config, where its keys live, and its tensors in T5EncoderModel names."""
-
-    config: Mapping[str, Any]
-    tensors: TensorSource
-    prefix: str
-    layout: str
-    ignored: tuple[str, ...]
-
-    def describe(self) -> str:
-        c = self.config
-        size = "T5-v1.1-XXL" if all(c[k] == T5_V1_1_XXL[k] for k in SIZE_FIELDS) else "T5-v1.1"
-        where = f", keys under {self.prefix!r}" if self.prefix else ""
-        dtypes = sorted({str(d).removeprefix("torch.") for d in self.tensors.dtypes.values()})
-        params = sum(math.prod(self.tensors.shapes[k]) for k in self.tensors.shapes if k not in self.ignored)
-        return (
-            f"{size} encoder ({self.layout}{where}): {c['num_layers']} layers, width {c['d_model']}, "
-            f"{c['num_heads']} heads of {c['d_kv']}, feed-forward {c['d_ff']}, vocabulary {c['vocab_size']}; "
-            f"{_count(params)} parameters stored as {', '.join(dtypes)}"
-        )
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+TIED = {"encoder.embed_tokens.weight": "shared.weight"}  # T5EncoderModel holds the embedding twice
 
 
 def weights_folder(path: Path) -> Path | None:
@@ -111,8 +45,11 @@ def weights_folder(path: Path) -> Path | None:
     )
 
 
-def inspect_t5(checkpoint: Checkpoint) -> T5Checkpoint:
-    """Recognise a T5 encoder in a file, an HF folder, a source or a state dict, reading no weights."""
+def inspect_t5(checkpoint: Checkpoint) -> DetectedCheckpoint[T5EncoderConfig]:
+    """Recognise a T5 encoder in a file, an HF folder, a source or a state dict, reading no weights.
+
+    Raises CheckpointError as ``detect_t5`` does, or when a folder holds no T5 weights.
+    """
     config_json: dict[str, Any] | None = None
     if isinstance(checkpoint, (str, Path)):
         folder = weights_folder(Path(checkpoint))
@@ -124,105 +61,6 @@ def inspect_t5(checkpoint: Checkpoint) -> T5Checkpoint:
     else:
         source = as_source(checkpoint)
     return detect_t5(source, config_json)
-
-
-def detect_t5(source: TensorSource, config_json: Mapping[str, Any] | None = None) -> T5Checkpoint:
-    """Find the T5 encoder in ``source`` (any prefix, HF or bare-stack names) and its config."""
-    found: dict[str, bool] = {}  # prefix -> whether the blocks sit under ``encoder.`` (HF names)
-    for key in source.shapes:
-        head = key.removesuffix(_ANCHOR)
-        if head != key and not head.endswith("decoder."):
-            found[head.removesuffix("encoder.")] = head.endswith("encoder.")
-    if not found:
-        raise CheckpointError(f"{source.origin}: not a T5 text encoder: {_what_it_is(source)}")
-    if len(found) > 1:
-        raise CheckpointError(
-            f"{source.origin}: ambiguous: it holds several T5 encoders (under {sorted(found)}); expected one"
-        )
-    prefix, hf_names = next(iter(found.items()))
-    view = source.without_prefix(prefix)
-    others = len(source) - len(view)
-    if others:
-        log.info("%s: using the %d tensors under %r, ignoring %d others", source.origin, len(view), prefix, others)
-    if not hf_names:
-        layout = "bare encoder stack"
-        view = RenamedSource(view, _STACK_TABLE)
-    elif "shared.weight" not in view.shapes and "encoder.embed_tokens.weight" in view.shapes:
-        layout = "HF names"
-        view = RenamedSource(view, _EMBED_ONLY_TABLE)
-    else:
-        layout = "HF names"
-    _refuse_other_t5_kinds(view)
-    ignored = tuple(k for k in view.shapes if k.startswith(UNUSED_PARTS))
-    if ignored:
-        log.info(
-            "%s: a full T5: ignoring its %d decoder tensors, only the encoder is used", source.origin, len(ignored)
-        )
-    config = _config_from_json(config_json, source.origin) if config_json else _config_from_shapes(view)
-    return T5Checkpoint(config, view, prefix, layout, ignored)
-
-
-def _what_it_is(source: TensorSource) -> str:
-    if any(k.endswith("shared.weight") or "SelfAttention" in k for k in source.shapes):
-        return "it has T5 names but no encoder block 0 (a decoder only, or a partial file?)"
-    return identify(source, expected="T5 keys such as encoder.block.0.layer.0.SelfAttention.q.weight")
-
-
-def _refuse_other_t5_kinds(view: TensorSource) -> None:
-    keys = view.shapes
-    if "encoder.block.0.layer.1.DenseReluDense.wi.weight" in keys:
-        raise CheckpointError(
-            f"{view.origin}: a T5 with a plain ReLU feed-forward (wi, as in the original T5); PixArt uses "
-            f"T5-v1.1 (gated-GELU, wi_0 and wi_1)"
-        )
-    if any(re.match(r"encoder\.block\.[1-9]\d*\.layer\.0\.SelfAttention\.relative_attention_bias", k) for k in keys):
-        raise CheckpointError(
-            f"{view.origin}: every block has its own relative position bias, as in UMT5; PixArt uses T5-v1.1, "
-            f"whose bias lives in block 0 only"
-        )
-    if "shared.weight" not in keys:
-        raise CheckpointError(f"{view.origin}: a T5 encoder without its token embedding (shared.weight is missing)")
-
-
-def _shape(view: TensorSource, key: str) -> tuple[int, ...]:
-    return shape_of(view, key, 2, "a T5 encoder")  # the tensors that sizes are read from are all matrices
-
-
-def _config_from_shapes(view: TensorSource) -> dict[str, Any]:
-    """T5-v1.1-XXL with every size the tensors show taken from them."""
-    vocab, width = _shape(view, "shared.weight")
-    depth = count_numbered(view, "encoder.block.", "encoder blocks")
-    inner = _shape(view, "encoder.block.0.layer.0.SelfAttention.q.weight")[0]
-    buckets, heads = _shape(view, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-    if inner % heads:
-        raise CheckpointError(f"{view.origin}: attention width {inner} is not a multiple of its {heads} heads")
-    d_ff = _shape(view, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0]
-    config = {
-        **T5_V1_1_XXL,
-        "vocab_size": vocab,
-        "d_model": width,
-        "d_kv": inner // heads,
-        "d_ff": d_ff,
-        "num_layers": depth,
-        "num_heads": heads,
-        "relative_attention_num_buckets": buckets,
-    }
-    differ = {k: config[k] for k in SIZE_FIELDS if config[k] != T5_V1_1_XXL[k]}
-    if differ:
-        log.info("%s: a T5-v1.1 smaller than XXL, sizes read from its tensors: %s", view.origin, differ)
-    return config
-
-
-def _config_from_json(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
-    kind = config.get("model_type", "t5")
-    if kind != "t5":
-        raise CheckpointError(f"{origin}: config.json describes a {kind!r} model; expected a T5 encoder ('t5')")
-    if config.get("feed_forward_proj", "relu") != "gated-gelu":
-        raise CheckpointError(
-            f"{origin}: config.json has feed_forward_proj {config.get('feed_forward_proj', 'relu')!r}; PixArt "
-            f"uses T5-v1.1 ('gated-gelu')"
-        )
-    return {**T5_V1_1_XXL, **{k: v for k, v in config.items() if k in T5_V1_1_XXL}}
 
 
 class Fp32ProductFeedForward(T5DenseGatedActDense):
@@ -251,11 +89,10 @@ def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
             block.layer[-1].DenseReluDense = Fp32ProductFeedForward(model.config, dtype)
 
 
-def build_t5(config: Mapping[str, Any], dtype: torch.dtype) -> T5EncoderModel:
+def build_t5(config: T5EncoderConfig, dtype: torch.dtype) -> T5EncoderModel:
     """An empty T5EncoderModel on the meta device (no random-init pass); fp16 gets the guarded feed-forward."""
-    t5_config = T5Config(**{**config, "is_encoder_decoder": False, "use_cache": False})
     with torch.device("meta"):
-        model = T5EncoderModel(t5_config)
+        model = T5EncoderModel(T5Config(**config.transformers_kwargs()))
     if dtype == torch.float16:
         _use_fp32_product(model, dtype)
     return model
@@ -290,7 +127,7 @@ def t5_placement(dtype: torch.dtype) -> Place:
 
 
 def load_t5(
-    checkpoint: Checkpoint | T5Checkpoint,
+    checkpoint: Checkpoint | DetectedCheckpoint[T5EncoderConfig],
     dtype: str | torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     quantization: Quantization | str = Quantization.NONE,
@@ -300,7 +137,7 @@ def load_t5(
     With ``quantization`` the blocks' linear layers are quantized as they stream in (``quantize_t5_``);
     ``dtype`` is then the compute dtype and the dtype of the layers that stay unquantized.
     """
-    found = checkpoint if isinstance(checkpoint, T5Checkpoint) else inspect_t5(checkpoint)
+    found = checkpoint.expect(T5EncoderConfig) if isinstance(checkpoint, DetectedCheckpoint) else inspect_t5(checkpoint)
     torch_dtype = parse_dtype(dtype)
     quantization = parse_quantization(quantization)
     model = build_t5(found.config, torch_dtype)

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
+from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, folder_config
 from ..checkpoints.loading import as_source, load_strict
 from ..devices import parse_dtype
 from ..errors import InputError
-from .vae_config import SD_VAE, DetectedVae, VaeConfig, detect_vae
+from .vae_config import SD_VAE, VaeConfig, detect_vae
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def inspect_vae(
     checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
     defaults: VaeConfig = SD_VAE,
     hints: Mapping[str, Any] | None = None,
-) -> DetectedVae:
+) -> DetectedCheckpoint[VaeConfig]:
     """Detect a VAE's layout and config without reading its weights.
 
     ``checkpoint``: an LDM or diffusers file, a whole SD checkpoint, a diffusers VAE folder or a

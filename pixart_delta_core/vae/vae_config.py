@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError
@@ -148,51 +148,25 @@ class VaeLayout(Enum):
     DIFFUSERS = "diffusers"
 
 
-@dataclass(frozen=True)
-class DetectedVae:
-    """A recognised VAE checkpoint: its config, layout, and its tensors in diffusers names."""
-
-    config: VaeConfig
-    layout: VaeLayout
-    prefix: str
-    tensors: TensorSource
-    ignored: tuple[str, ...] = ()  # training leftovers stored beside the model (loss, EMA state)
-    scaling_from_file: bool = False
-
-    def describe(self) -> str:
-        where = f", keys under {self.prefix!r}" if self.prefix else ""
-        said = "from its config" if self.scaling_from_file else "not in the file: 0.18215 for PixArt-α/δ, 0.13025 for Σ"
-        return f"{self.layout.value} layout{where}: {self.config.describe()} ({said})"
-
-
 _ANCHOR = "encoder.conv_in.weight"
+SCALING_FROM_CONFIG = "scaling factor from its config"  # ``DetectedCheckpoint.note`` when config.json gave it
 _LEFTOVERS = ("loss.", "model_ema.")  # LDM training checkpoints keep the discriminator and EMA state
 _FROM_CONFIG = ("norm_num_groups", "scaling_factor", "force_upcast")  # what the weights cannot tell
 
 
-def _prefixes(source: TensorSource) -> set[str]:
-    """Where VAEs sit in ``source``: ``""`` for a VAE file, ``"first_stage_model."`` in a whole SD checkpoint."""
-    found = {k[: -len(_ANCHOR)] for k in source.shapes if k.endswith(_ANCHOR)}
-    return {p for p in found if not p or p.endswith(".")}
-
-
 def detect_vae(
     source: TensorSource, hints: Mapping[str, Any] | None = None, defaults: VaeConfig = SD_VAE
-) -> DetectedVae:
-    """Recognise an SD/SDXL VAE in ``source``; ``hints`` are diffusers config fields, ``defaults`` the rest."""
-    prefixes = _prefixes(source)
-    if not prefixes:
-        expected = f"VAE keys such as {_ANCHOR}"
-        raise CheckpointError(f"{source.origin}: not a VAE: {identify(source, expected)}")
-    if len(prefixes) > 1:
-        raise CheckpointError(f"{source.origin}: ambiguous: it holds several VAEs (under {sorted(prefixes)})")
-    prefix = prefixes.pop()
-    view = source.without_prefix(prefix)
+) -> DetectedCheckpoint[VaeConfig]:
+    """Recognise an SD/SDXL VAE in ``source``; ``hints`` are diffusers config fields, ``defaults`` the rest.
+
+    The VAE may sit at the top (a VAE file) or under a prefix (``first_stage_model.`` in a whole SD
+    checkpoint). Raises CheckpointError when ``source`` holds no VAE or several, or not an SD-style one.
+    """
+    prefix, _ = find_prefix(source, (_ANCHOR,), "a VAE", "VAEs", f"VAE keys such as {_ANCHOR}")
+    view = under_prefix(source, prefix)
     ignored = tuple(k for k in view.shapes if k.startswith(_LEFTOVERS))
     if ignored:
         log.info("%s: ignoring %d training tensors (%s...)", source.origin, len(ignored), ignored[0])
-    if prefix and len(view) < len(source):
-        log.info("%s: using the %d tensors under %r", source.origin, len(view), prefix)
     if any(k.startswith("encoder.down.") for k in view.shapes):
         layout = VaeLayout.LDM
         tensors = RenamedSource(view, ldm_table(count_numbered(view, "encoder.down.", "encoder levels")))
@@ -206,7 +180,14 @@ def detect_vae(
         )
     known = {k: v for k, v in (hints or {}).items() if k in _FROM_CONFIG and v is not None}
     config = _config_from(tensors, defaults, known)
-    return DetectedVae(config, layout, prefix, tensors, ignored, "scaling_factor" in known)
+    return DetectedCheckpoint(config, layout, prefix, tensors, ignored, _scaling_note(known))
+
+
+def _scaling_note(known: Mapping[str, Any]) -> str:
+    """Where the scaling factor came from: the weights never hold it."""
+    if "scaling_factor" in known:
+        return SCALING_FROM_CONFIG
+    return "scaling factor not in the file: 0.18215 for PixArt-α/δ, 0.13025 for Σ"
 
 
 def _config_from(source: TensorSource, base: VaeConfig, known: Mapping[str, Any]) -> VaeConfig:
