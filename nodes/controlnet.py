@@ -1,8 +1,8 @@
 """ControlNet nodes (PixArt-δ's ControlNet-Transformer, REFERENCE.md §4): the loader and the apply node.
 
 The apply node leaves a ``ControlImage`` in the conditioning's dict (copies, never the input's own
-dict). The control image can only be fitted to the generation size once that size is known, so the
-sampler encodes it: resized and centre-cropped, through the core VAE (posterior mean), scaled.
+dict), and in ComfyUI the same as a core control (``comfy_model``) that core samplers apply. The control
+image can only be fitted to the generation size once that size is known, so the sampler encodes it: resized and centre-cropped, through the core VAE (posterior mean), scaled.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..pixart_delta_core.models.controlnet import ControlNetTransformer, inspect
 from ..pixart_delta_core.models.transformer import PixArtTransformer
 from ..pixart_delta_core.pipeline.images import prepare_image
 from ..pixart_delta_core.sampling.samplers import ControlSchedule
-from . import host
+from . import comfy_model, host
 from .loaders import MODEL_TYPE, PixArtModel, parameter_count, placement
 from .model_choices import CONTROLNETS
 from .text import single_entry
@@ -205,5 +205,9 @@ class ControlNetApply:
 
 
 def with_control(conditioning: list, control: ControlImage) -> list:
-    """A copy of ``conditioning`` whose dict carries ``control`` (the embeddings are shared, never changed)."""
-    return [[embeddings, {**extra, CONTROL_KEY: control}] for embeddings, extra in conditioning]
+    """A copy of ``conditioning`` whose dict carries ``control`` (the embeddings are shared, never changed), for
+    the pack's sampler and, as a core control, for core samplers on the core MODEL."""
+    return [
+        [embeddings, {**extra, CONTROL_KEY: control, **comfy_model.core_control(control, extra)}]
+        for embeddings, extra in conditioning
+    ]

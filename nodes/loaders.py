@@ -15,12 +15,17 @@ from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
 from ..pixart_delta_core.text.encoder import TextEncoder, find_tokenizer, inspect_text_encoder, load_text_encoder
-from . import host
+from . import comfy_model, host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
 
 CATEGORY = "PixArt-δ/loaders"
 MODEL_TYPE = "PIXART_DELTA_MODEL"
 T5_TYPE = "PIXART_DELTA_T5"
+CORE_MODEL_TYPE = "MODEL"
+CORE_MODEL_TOOLTIP = (
+    "The same transformer as ComfyUI's MODEL, for KSampler, SamplerCustomAdvanced, ModelSamplingDiscrete (lcm for "
+    "the LCM), core LoRA loaders and guidance nodes (empty on a ComfyUI without PixArt support)."
+)
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 QUANTIZATIONS = [q.value for q in Quantization]
 QUANTIZATION_TOOLTIP = (
@@ -34,7 +39,8 @@ _BYTES_PER_WEIGHT = {Quantization.INT8: 1.1, Quantization.NF4: 0.55}
 
 
 class PixArtModel:
-    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management."""
+    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management; in a
+    ComfyUI with PixArt support its patcher is also the core MODEL (``comfy_model``) the loaders output."""
 
     def __init__(
         self,
@@ -47,6 +53,11 @@ class PixArtModel:
         self.managed = managed
         self.name = name
         self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
+
+    @property
+    def core_model(self) -> object | None:
+        """The core MODEL (a ModelPatcher) for KSampler and the nodes that patch a MODEL; None without one."""
+        return self.managed.patcher if comfy_model.CORE_MODEL else None
 
     def __repr__(self) -> str:
         config, dtype = self.transformer.config.describe(), self.transformer.dtype
@@ -100,7 +111,8 @@ def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
     device = placement(mode, load_device, offload_device, lambda: parameters)
     transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
-    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device), ckpt_name, mode)
+    patcher = comfy_model.model_patcher(transformer, load_device, offload_device)
+    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device, patcher), ckpt_name, mode)
 
 
 def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantization: str = "none") -> PixArtT5:
@@ -126,9 +138,9 @@ class CheckpointLoader:
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.",)
+    RETURN_TYPES = (MODEL_TYPE, CORE_MODEL_TYPE)
+    RETURN_NAMES = ("model", "MODEL")
+    OUTPUT_TOOLTIPS = ("The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.", CORE_MODEL_TOOLTIP)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -162,8 +174,9 @@ class CheckpointLoader:
             },
         }
 
-    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple[PixArtModel]:
-        return (load_model(ckpt_name, weight_dtype, quantization),)
+    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple:
+        model = load_model(ckpt_name, weight_dtype, quantization)
+        return (model, model.core_model)
 
 
 class T5Loader:
@@ -232,11 +245,12 @@ class LowMemoryLoader:
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (T5_TYPE, MODEL_TYPE)
-    RETURN_NAMES = ("t5", "model")
+    RETURN_TYPES = (T5_TYPE, MODEL_TYPE, CORE_MODEL_TYPE)
+    RETURN_NAMES = ("t5", "model", "MODEL")
     OUTPUT_TOOLTIPS = (
         "The quantized T5 encoder and tokenizer, for PixArt-δ T5 Text Encode.",
         "The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.",
+        CORE_MODEL_TOOLTIP,
     )
 
     @classmethod
@@ -267,7 +281,7 @@ class LowMemoryLoader:
 
     def load(
         self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none"
-    ) -> tuple[PixArtT5, PixArtModel]:
+    ) -> tuple:
         if parse_quantization(t5_quantization) is Quantization.NONE:
             raise InputError(
                 "the low-memory loader loads T5 quantized (int8 or nf4), found 'none': use PixArt-δ T5 Loader for "
@@ -275,7 +289,7 @@ class LowMemoryLoader:
             )
         model = load_model(ckpt_name, "auto", transformer_quantization)
         t5 = load_t5(t5_name, "auto", "auto", t5_quantization)  # last: on the GPU when the prompt is encoded
-        return (t5, model)
+        return (t5, model, model.core_model)
 
 
 def tokenizer_for(weights: Path) -> Path:
