@@ -2,7 +2,8 @@
 
 The apply node leaves a ``ControlImage`` in the conditioning's dict (copies, never the input's own
 dict), and in ComfyUI the same as a core control (``comfy_model``) that core samplers apply. The control
-image can only be fitted to the generation size once that size is known, so the sampler encodes it: resized and centre-cropped, through the core VAE (posterior mean), scaled.
+image can only be fitted to the generation size once that size is known, so the sampler encodes it:
+resized and centre-cropped, through the core VAE (posterior mean), scaled.
 """
 
 from __future__ import annotations

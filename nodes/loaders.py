@@ -279,9 +279,7 @@ class LowMemoryLoader:
             }
         }
 
-    def load(
-        self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none"
-    ) -> tuple:
+    def load(self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none") -> tuple:
         if parse_quantization(t5_quantization) is Quantization.NONE:
             raise InputError(
                 "the low-memory loader loads T5 quantized (int8 or nf4), found 'none': use PixArt-δ T5 Loader for "
