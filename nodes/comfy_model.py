@@ -147,6 +147,21 @@ if CORE_MODEL:
             eps = out[:, : transformer.config.in_channels].float()  # learned sigma: keep the noise half
             return self.model_sampling.calculate_denoised(t, eps, x)
 
+    class PixArtDeltaPatcher(comfy.model_patcher.ModelPatcher):
+        """ComfyUI's ModelPatcher, refusing weight patches (LoRAs) on 8-bit/4-bit layers: ComfyUI adds them to
+        full-precision weights and would read the packed integers as numbers."""
+
+        def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+            state = self.model.state_dict()
+            keys = (key if isinstance(key, str) else key[0] for key in patches)
+            packed = sorted({key for key in keys if key in state and not state[key].is_floating_point()})
+            if packed:
+                raise InputError(
+                    f"this LoRA changes {len(packed)} quantized weight(s) (e.g. {packed[0]}): ComfyUI applies LoRAs "
+                    f"to full-precision weights; load the model with quantization none to use it"
+                )
+            return super().add_patches(patches, strength_patch, strength_model)
+
     class PixArtDeltaControl(comfy.controlnet.ControlBase):
         """The pack's ControlNet as a core control: ``get_control`` gives the transformer's control hook."""
 
@@ -187,11 +202,12 @@ if CORE_MODEL:
 
 
 def model_patcher(transformer: PixArtTransformer, load_device: torch.device, offload_device: torch.device) -> Any:
-    """The transformer as a core ``MODEL`` (a ModelPatcher over ``PixArtDeltaModel``); None without one."""
+    """The transformer as a core ``MODEL`` (a ``PixArtDeltaPatcher`` over ``PixArtDeltaModel``); None without
+    one."""
     if not CORE_MODEL:
         return None
     model = PixArtDeltaModel(transformer, host.weights_device(transformer, offload_device))
-    return comfy.model_patcher.ModelPatcher(
+    return PixArtDeltaPatcher(
         model, load_device=load_device, offload_device=offload_device, size=host.stored_bytes(transformer)
     )
 

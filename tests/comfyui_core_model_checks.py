@@ -178,6 +178,15 @@ def main() -> None:
     results["lora_vs_plain"] = difference(lora_latent, plain)
     results["plain_after_lora_vs_before"] = difference(ksampler(model, positive, negative, steps=4), plain)
 
+    # An 8-bit model (bitsandbytes' LLM.int8) samples too; a LoRA on its quantized weights is refused.
+    _, int8 = PACK.nodes.loaders.CheckpointLoader().load(path.name, "auto", "int8")
+    results["int8_vs_full"] = difference(ksampler(int8, positive, negative, steps=4), plain)
+    try:
+        loader.load_lora_model_only(int8, "tiny_lora.safetensors", 0.8)
+    except ENGINE.errors.InputError as err:
+        results["int8_lora_refused"] = str(err)
+    del int8
+
     # Our ControlNet through Apply ControlNet's conditioning, with start/end, against the engine's own control.
     network = PACK.pixart_delta_core.models.controlnet.ControlNetTransformer.from_base(ours.transformer, 2)
     randomize_(network, seed=4)

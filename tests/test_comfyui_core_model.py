@@ -1,8 +1,9 @@
 """The core MODEL the loaders give, in a real ComfyUI (CPU): core KSampler on it matches ComfyUI's own PixArt model
 loaded from the same reference file, and the engine's own euler where the schedules agree; the caption mask is
-honoured; ModelSamplingDiscrete lcm, LoraLoaderModelOnly, RescaleCFG and the pack's ControlNet (strength and
-start/end) work through core samplers. Needs ``COMFYUI_ROOT`` and a python that runs ComfyUI (``COMFYUI_PYTHON``,
-else this one); the work runs in one process, ``tests/comfyui_core_model_checks.py``, and this judges its numbers.
+honoured; an int8 model samples; ModelSamplingDiscrete lcm, LoraLoaderModelOnly, RescaleCFG and the pack's
+ControlNet (strength and start/end) work through core samplers. Needs ``COMFYUI_ROOT`` and a python that runs
+ComfyUI (``COMFYUI_PYTHON``, else this one); the work runs in one process, ``tests/comfyui_core_model_checks.py``,
+and this judges its numbers.
 
 Tolerance: every latent that should match agrees to 1e-5 of its largest value (fp32 on the CPU; the measured
 differences were 1e-6 of it: the order of summation differs between the networks and between the samplers).
@@ -72,6 +73,11 @@ def test_core_lora_loader_patches_our_model_as_comfyuis_own(measured) -> None:
     assert relative(measured["lora_vs_core_lora"]) < TOLERANCE
     assert relative(measured["lora_vs_plain"]) > 0.01
     assert measured["plain_after_lora_vs_before"]["max_abs"] == 0  # the LoRA is taken off again for the plain MODEL
+
+
+def test_an_int8_model_samples_and_refuses_a_lora_on_its_quantized_weights(measured) -> None:
+    assert relative(measured["int8_vs_full"]) < 0.1, measured["int8_vs_full"]  # LLM.int8 of random weights
+    assert "quantized weight" in measured.get("int8_lora_refused", ""), measured.get("int8_lora_refused")
 
 
 def test_a_cfg_patch_wraps_our_model(measured) -> None:
