@@ -139,7 +139,7 @@ class ControlNetApply:
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     OUTPUT_TOOLTIPS = (
-        "The positive conditioning carrying the control.",
+        "The positive conditioning carrying the control (for the PixArt-δ Sampler, or KSampler on the MODEL).",
         "The negative conditioning carrying the same control (none when no negative was given).",
     )
 
