@@ -1,4 +1,4 @@
-"""The host bridge: the only module of the pack that imports ComfyUI.
+"""The host bridge: with ``comfy_model`` (ComfyUI's model classes), the only module of the pack that imports ComfyUI.
 
 Inside ComfyUI it lists model files with ``folder_paths``, picks devices and dtypes the way ComfyUI
 does, hands models to ComfyUI's model management (``ModelPatcher`` + ``load_models_gpu``) so they
