@@ -106,8 +106,9 @@ if CORE_MODEL:
 
         def __init__(self, transformer: PixArtTransformer, device: torch.device) -> None:
             config = transformer.config
-            family = comfy.supported_models.PixArtSigma if image_model(config) == "pixart_sigma" else None
-            model_config = (family or comfy.supported_models.PixArtAlpha)(unet_config(config))
+            sigma = image_model(config) == "pixart_sigma"
+            family = comfy.supported_models.PixArtSigma if sigma else comfy.supported_models.PixArtAlpha
+            model_config = family(unet_config(config))
             super().__init__(model_config, device=device)
             self.diffusion_model = transformer
 
@@ -130,8 +131,12 @@ if CORE_MODEL:
             transformer_options: dict | None = None,
             **kwargs: Any,
         ) -> torch.Tensor:
-            """Denoised latents from noisy ``x`` at sigma ``t``: the transformer's noise half through the model
-            sampling (which ModelSamplingDiscrete and similar nodes replace)."""
+            """Denoised latents [B, 4, h, w] from noisy ``x`` [B, 4, h, w] at sigmas ``t`` [B]: the transformer's
+            noise half through the model sampling (which ModelSamplingDiscrete and similar nodes replace).
+            ``c_crossattn`` [B, L, C] and ``caption_mask`` [B, L] come from ``extra_conds``, ``control`` from
+            ``PixArtDeltaControl``. Patches that replace attention or blocks inside a network
+            (``transformer_options``) do not reach this transformer; wrappers of the model function and CFG
+            functions do. Raises InputError without a caption or with a core ControlNet's output."""
             if c_crossattn is None:
                 raise InputError("the PixArt model needs a text conditioning (cross attention) and found none")
             if control is not None and not callable(control):
