@@ -1,7 +1,8 @@
 """ControlNet nodes (PixArt-δ's ControlNet-Transformer, REFERENCE.md §4): the loader and the apply node.
 
-The apply node leaves a ``conditioning.ControlImage`` in copies of the conditioning; the sampler encodes
-its image once the generation size is known.
+The apply node leaves a ``conditioning.ControlImage`` in copies of the conditioning (never the input's
+own dict), and in ComfyUI the same as a core control (``comfy_model``) that core samplers apply; the
+sampler encodes its image once the generation size is known.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.controlnet import inspect_controlnet, load_controlnet
-from . import host
+from . import comfy_model, host
 from .conditioning import ControlImage, control_in, with_control
 from .model_choices import CONTROLNETS
 from .sockets import CONTROLNET_TYPE, MODEL_TYPE, PixArtControlNet, PixArtModel
@@ -82,7 +83,7 @@ class ControlNetApply:
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     OUTPUT_TOOLTIPS = (
-        "The positive conditioning carrying the control.",
+        "The positive conditioning carrying the control (for the PixArt-δ Sampler, or KSampler on the MODEL).",
         "The negative conditioning carrying the same control (none when no negative was given).",
     )
 
@@ -145,4 +146,12 @@ class ControlNetApply:
                     f"the {what} conditioning already carries a PixArt-δ ControlNet: one ControlNet per generation"
                 )
         control = ControlImage(controlnet, image, vae, strength, start_percent, end_percent)
-        return (with_control(positive, control), None if negative is None else with_control(negative, control))
+        return (_controlled(positive, control), None if negative is None else _controlled(negative, control))
+
+
+def _controlled(conditioning: list, control: ControlImage) -> list:
+    """``conditioning.with_control``, plus the same control as a core control for core samplers on the core MODEL."""
+    return [
+        [embeddings, {**extra, **comfy_model.core_control(control, extra)}]
+        for embeddings, extra in with_control(conditioning, control)
+    ]

@@ -1,4 +1,4 @@
-"""The host bridge: the only module of the pack that imports ComfyUI.
+"""The host bridge: with ``comfy_model`` (ComfyUI's model classes), the only module of the pack that imports ComfyUI.
 
 Inside ComfyUI it lists model files with ``folder_paths``, picks devices and dtypes the way ComfyUI
 does, hands models to ComfyUI's model management (``ModelPatcher`` + ``load_models_gpu``) so they
@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -157,16 +158,19 @@ class ManagedModel:
     ``offload_device`` when something else needs the memory, or when ``unload`` asks. Outside ComfyUI it
     stays where it was loaded (``load_device``) unless ``unload`` moves it to the CPU. The loader nodes keep
     this object in their output, which keeps the patcher alive (ComfyUI's registry of loaded models holds it
-    only weakly).
+    only weakly). ``patcher``: one made for the model already (the transformer's core MODEL), so that a single
+    patcher manages its weights.
     """
 
-    def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, load_device: torch.device, offload_device: torch.device, patcher: Any = None
+    ) -> None:
         self.model = model
         self.load_device = load_device
         self.offload_device = offload_device
         self.offloaded = False  # outside ComfyUI: moved to the CPU by ``unload``, back by ``load_models``
-        self.patcher = None
-        if IN_COMFYUI:
+        self.patcher = patcher
+        if IN_COMFYUI and patcher is None:
             holder = ModelHolder(model, weights_device(model, offload_device))
             self.patcher = comfy.model_patcher.ModelPatcher(
                 holder, load_device=load_device, offload_device=offload_device, size=stored_bytes(model)
@@ -179,11 +183,13 @@ def weights_device(module: nn.Module, default: torch.device) -> torch.device:
     return default if first is None else first.device
 
 
-def manage(model: nn.Module, load_device: torch.device, offload_device: torch.device) -> ManagedModel:
+def manage(
+    model: nn.Module, load_device: torch.device, offload_device: torch.device, patcher: Any = None
+) -> ManagedModel:
     """``model`` handed to model management; one loaded straight onto its compute device (``make_room``) is
     registered there at once, as ComfyUI does with its own text encoders, so ComfyUI counts its memory and can
     move it off when another model needs the room."""
-    managed = ManagedModel(model, load_device, offload_device)
+    managed = ManagedModel(model, load_device, offload_device, patcher)
     if load_device != offload_device and weights_device(model, offload_device) == load_device:
         load_models([managed])
     return managed

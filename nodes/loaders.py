@@ -12,11 +12,16 @@ from ..pixart_delta_core.models.transformer import inspect_transformer, load_tra
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
 from ..pixart_delta_core.text.encoder import find_tokenizer, load_text_encoder
 from ..pixart_delta_core.text.t5 import inspect_t5
-from . import host
+from . import comfy_model, host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
 from .sockets import MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
 
 CATEGORY = "PixArt-δ/loaders"
+CORE_MODEL_TYPE = "MODEL"
+CORE_MODEL_TOOLTIP = (
+    "The same transformer as ComfyUI's MODEL, for KSampler, SamplerCustomAdvanced, ModelSamplingDiscrete (lcm for "
+    "the LCM), core LoRA loaders and guidance nodes (empty on a ComfyUI without PixArt support)."
+)
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 QUANTIZATIONS = [q.value for q in Quantization]
 QUANTIZATION_TOOLTIP = (
@@ -36,7 +41,8 @@ def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
     device = host.placement(mode, load_device, offload_device, lambda: parameters)
     transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
-    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device), ckpt_name, mode)
+    patcher = comfy_model.model_patcher(transformer, load_device, offload_device)
+    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device, patcher), ckpt_name, mode)
 
 
 def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantization: str = "none") -> PixArtT5:
@@ -64,9 +70,9 @@ class CheckpointLoader:
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.",)
+    RETURN_TYPES = (MODEL_TYPE, CORE_MODEL_TYPE)
+    RETURN_NAMES = ("model", "MODEL")
+    OUTPUT_TOOLTIPS = ("The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.", CORE_MODEL_TOOLTIP)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -100,8 +106,9 @@ class CheckpointLoader:
             },
         }
 
-    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple[PixArtModel]:
-        return (load_model(ckpt_name, weight_dtype, quantization),)
+    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple:
+        model = load_model(ckpt_name, weight_dtype, quantization)
+        return (model, model.core_model)
 
 
 class T5Loader:
@@ -170,11 +177,12 @@ class LowMemoryLoader:
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
-    RETURN_TYPES = (T5_TYPE, MODEL_TYPE)
-    RETURN_NAMES = ("t5", "model")
+    RETURN_TYPES = (T5_TYPE, MODEL_TYPE, CORE_MODEL_TYPE)
+    RETURN_NAMES = ("t5", "model", "MODEL")
     OUTPUT_TOOLTIPS = (
         "The quantized T5 encoder and tokenizer, for PixArt-δ T5 Text Encode.",
         "The PixArt transformer, for the PixArt-δ sampler and ControlNet loader.",
+        CORE_MODEL_TOOLTIP,
     )
 
     @classmethod
@@ -203,9 +211,7 @@ class LowMemoryLoader:
             }
         }
 
-    def load(
-        self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none"
-    ) -> tuple[PixArtT5, PixArtModel]:
+    def load(self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none") -> tuple:
         if parse_quantization(t5_quantization) is Quantization.NONE:
             raise InputError(
                 "the low-memory loader loads T5 quantized (int8 or nf4), found 'none': use PixArt-δ T5 Loader for "
@@ -213,7 +219,7 @@ class LowMemoryLoader:
             )
         model = load_model(ckpt_name, "auto", transformer_quantization)
         t5 = load_t5(t5_name, "auto", "auto", t5_quantization)  # last: on the GPU when the prompt is encoded
-        return (t5, model)
+        return (t5, model, model.core_model)
 
 
 def tokenizer_for(weights: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..pixart_delta_core.quant.quantization import Quantization
-from . import host
+from . import comfy_model, host
 
 if TYPE_CHECKING:  # the models load on first use, not when ComfyUI imports the pack
     from ..pixart_delta_core.models.controlnet import ControlNetTransformer
@@ -23,7 +23,8 @@ CONTROLNET_TYPE = "PIXART_DELTA_CONTROLNET"
 
 
 class PixArtModel:
-    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management."""
+    """A loaded PixArt transformer (the PIXART_DELTA_MODEL type), handed to ComfyUI's model management; in a
+    ComfyUI with PixArt support its patcher is also the core MODEL (``comfy_model``) the loaders output."""
 
     def __init__(
         self,
@@ -36,6 +37,11 @@ class PixArtModel:
         self.managed = managed
         self.name = name
         self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
+
+    @property
+    def core_model(self) -> object | None:
+        """The core MODEL (a ModelPatcher) for KSampler and the nodes that patch a MODEL; None without one."""
+        return self.managed.patcher if comfy_model.CORE_MODEL else None
 
     def __repr__(self) -> str:
         config, dtype = self.transformer.config.describe(), self.transformer.dtype

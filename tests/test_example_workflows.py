@@ -63,6 +63,49 @@ CORE_NODES = {
         {"image": ["IMAGE"], "upscale_method": [UPSCALE_METHODS, {}], "scale_by": ["FLOAT", {"min": 0.01, "max": 8}]},
         ["IMAGE"],
     ),
+    "KSampler": core(
+        {
+            "model": ["MODEL"],
+            "seed": ["INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True}],
+            "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+            "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}],
+            "sampler_name": [["euler", "lcm", "dpmpp_2m"], {}],
+            "scheduler": [["normal", "karras", "sgm_uniform"], {}],
+            "positive": ["CONDITIONING"],
+            "negative": ["CONDITIONING"],
+            "latent_image": ["LATENT"],
+            "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}],
+        },
+        ["LATENT"],
+    ),
+    "ModelSamplingDiscrete": core(
+        {"model": ["MODEL"], "sampling": [["eps", "v_prediction", "lcm", "x0", "img_to_img"], {}], "zsnr": ["BOOLEAN"]},
+        ["MODEL"],
+    ),
+    "BasicGuider": core({"model": ["MODEL"], "conditioning": ["CONDITIONING"]}, ["GUIDER"]),
+    "RandomNoise": core(
+        {"noise_seed": ["INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True}]}, ["NOISE"]
+    ),
+    "KSamplerSelect": core({"sampler_name": [["euler", "lcm", "dpmpp_2m"], {}]}, ["SAMPLER"]),
+    "BasicScheduler": core(
+        {
+            "model": ["MODEL"],
+            "scheduler": [["normal", "karras", "sgm_uniform"], {}],
+            "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+            "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}],
+        },
+        ["SIGMAS"],
+    ),
+    "SamplerCustomAdvanced": core(
+        {
+            "noise": ["NOISE"],
+            "guider": ["GUIDER"],
+            "sampler": ["SAMPLER"],
+            "sigmas": ["SIGMAS"],
+            "latent_image": ["LATENT"],
+        },
+        ["LATENT", "LATENT"],
+    ),
     "Canny": core(
         {
             "image": ["IMAGE"],
@@ -95,12 +138,14 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_there_are_the_seven_examples() -> None:
+def test_there_are_the_nine_examples() -> None:
     assert [p.stem for p in WORKFLOWS] == [
         "pixart_alpha_dpm_solver",
         "pixart_delta_controlnet_dpm_solver",
         "pixart_delta_img2img",
+        "pixart_delta_ksampler",
         "pixart_delta_lcm_controlnet",
+        "pixart_delta_lcm_custom_sampler",
         "pixart_delta_lcm_low_memory",
         "pixart_delta_lcm_text_to_image",
         "pixart_delta_upscale",
@@ -220,6 +265,26 @@ def test_each_example_shows_what_its_name_says() -> None:
     assert sampler_settings("pixart_delta_lcm_controlnet") == ("lcm", 4, 0.0, 1.0)
     for name in ("pixart_delta_controlnet_dpm_solver", "pixart_delta_lcm_controlnet"):
         assert nodes_of(name, "PixArtDeltaControlNetApply") and nodes_of(name, "Canny")
+
+
+def test_the_core_sampler_examples_sample_the_loaders_core_model() -> None:
+    """KSampler (euler, 20 steps, CFG 4.5, normal) and SamplerCustomAdvanced (ModelSamplingDiscrete lcm, the lcm
+    sampler, 4 steps), each on the MODEL output of the checkpoint loader."""
+    (ksampler,) = nodes_of("pixart_delta_ksampler", "KSampler")
+    assert ksampler["widgets_values"][2:] == [20, 4.5, "euler", "normal", 1.0]
+    assert nodes_of("pixart_delta_ksampler", "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0].startswith(
+        "PixArt-XL-2-1024-MS"
+    )
+    name = "pixart_delta_lcm_custom_sampler"
+    assert nodes_of(name, "ModelSamplingDiscrete")[0]["widgets_values"] == ["lcm", False]
+    assert nodes_of(name, "KSamplerSelect")[0]["widgets_values"] == ["lcm"]
+    assert nodes_of(name, "BasicScheduler")[0]["widgets_values"] == ["sgm_uniform", 4, 1.0]
+    assert nodes_of(name, "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0].startswith("PixArt-LCM")
+    for stem in ("pixart_delta_ksampler", name):
+        workflow = load(FOLDER / f"{stem}.json")
+        (loader,) = [n["id"] for n in workflow["nodes"] if n["type"] == "PixArtDeltaCheckpointLoader"]
+        assert [link[-1] for link in workflow["links"] if link[1] == loader] == ["MODEL"]  # its core MODEL output
+        assert not nodes_of(stem, "PixArtDeltaSampler")
 
 
 def test_the_low_memory_example_is_the_papers_recipe() -> None:

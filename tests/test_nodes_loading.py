@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NODES = PACK.NODE_CLASS_MAPPINGS
 host = PACK.nodes.host
 OURS = ("PIXART_DELTA_MODEL", "PIXART_DELTA_T5", "PIXART_DELTA_CONTROLNET")
-CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT")
+CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT", "MODEL")
 
 
 # --- declarations ----------------------------------------------------------------------------------
@@ -128,16 +128,17 @@ def test_unknown_and_escaping_names_are_refused(in_models: Path) -> None:
 @pytest.mark.parametrize("key", ["alpha", "lcm", "controlnet", "lcm_pipeline"])
 def test_checkpoint_loader_reads_every_layout(in_models: Path, key: str) -> None:
     name = Path(MODEL_FILES.get(key, LCM_PIPELINE)).name
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=name)
+    model, core = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=name)
     config = model.transformer.config
     assert (config.depth, config.hidden_size, config.caption_length, config.sample_size) == (3, 144, 120, 128)
     assert config.null_caption is (key in ("alpha", "controlnet"))
     assert model.transformer.dtype == torch.float32  # auto on the CPU
     assert model.managed.patcher is None and name in repr(model)
+    assert core is None  # the core MODEL: only inside a ComfyUI with PixArt support
 
 
 def test_checkpoint_loader_weight_dtype(in_models: Path) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="PixArt-XL-2-1024-MS.pth", weight_dtype="bf16")
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="PixArt-XL-2-1024-MS.pth", weight_dtype="bf16")
     assert model.transformer.dtype == torch.bfloat16
 
 
@@ -171,7 +172,7 @@ def test_t5_single_file_without_any_tokenizer_is_a_clear_error(in_models: Path) 
 
 @pytest.mark.parametrize("base", ["PixArt-XL-2-1024-ControlNet.pth", "PixArt-LCM-XL-2-1024-MS.safetensors"])
 def test_controlnet_loader_on_its_own_base_and_on_the_lcm(in_models: Path, base: str) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=base, weight_dtype="bf16")
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=base, weight_dtype="bf16")
     (net,) = call_node(
         NODES["PixArtDeltaControlNetLoader"], model=model, controlnet_name="PixArt-XL-2-1024-ControlNet.pth"
     )
@@ -179,7 +180,7 @@ def test_controlnet_loader_on_its_own_base_and_on_the_lcm(in_models: Path, base:
 
 
 def test_controlnet_loader_refuses_a_file_without_a_controlnet(in_models: Path) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="PixArt-XL-2-1024-MS.pth")
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="PixArt-XL-2-1024-MS.pth")
     with pytest.raises(ENGINE.errors.CheckpointError):
         call_node(NODES["PixArtDeltaControlNetLoader"], model=model, controlnet_name="PixArt-XL-2-1024-MS.pth")
 

@@ -45,7 +45,7 @@ def low(node_models):
     """The low-memory loader's defaults (int8 T5, full-precision LCM) and the same models unquantized."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(host.MODELS_ENV, str(node_models))
-        t5, model = low_memory_loader()
+        t5, model, _ = low_memory_loader()
         full_t5 = call_node(NODES["PixArtDeltaT5Loader"], t5_name=PIPELINE, dtype="bf16")[0]
         full_model = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM)[0]
     return {"t5": t5, "model": model, "full_t5": full_t5, "full_model": full_model}
@@ -69,7 +69,7 @@ def test_low_memory_loader_gives_an_int8_t5_and_a_full_precision_transformer(low
 
 @pytest.mark.parametrize(("t5_mode", "model_mode"), [("nf4", "int8"), ("int8", "nf4")])
 def test_low_memory_loader_quantizes_the_transformers_blocks_on_request(in_models, t5_mode, model_mode) -> None:
-    t5, model = low_memory_loader(t5_quantization=t5_mode, transformer_quantization=model_mode)
+    t5, model, _ = low_memory_loader(t5_quantization=t5_mode, transformer_quantization=model_mode)
     assert len(layers(t5.encoder.model, LAYER_KINDS[t5_mode])) == 7 * TINY_T5["num_layers"]
     quantized = layers(model.transformer, LAYER_KINDS[model_mode])
     assert len(quantized) == 7 * BASE.depth  # qkv, proj, q_linear, kv_linear, proj, fc1, fc2 in every block
@@ -92,7 +92,7 @@ def test_t5_and_checkpoint_loaders_quantize_too(in_models, mode: str, monkeypatc
     monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: need_shared(TOKENIZER))
     (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="t5xxl_fp16.safetensors", quantization=mode)
     assert len(layers(t5.encoder.model, LAYER_KINDS[mode])) == 7 * TINY_T5["num_layers"]
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA, weight_dtype="bf16", quantization=mode)
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA, weight_dtype="bf16", quantization=mode)
     assert layers(model.transformer, LAYER_KINDS[mode]) and model.transformer.dtype == torch.bfloat16
 
 
@@ -103,13 +103,13 @@ def test_the_quantization_widgets_default_to_full_precision(in_models) -> None:
         assert list(spec["optional"]) == ["quantization"]
         assert spec["optional"]["quantization"][0] == ["none", "int8", "nf4"]
         assert spec["optional"]["quantization"][1]["default"] == "none"
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA)
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA)
     assert not layers(model.transformer, bnb.nn.Linear8bitLt) and model.quantization.value == "none"
 
 
 @pytest.mark.parametrize("mode", ["none", "int8"])
 def test_the_controlnet_is_quantized_like_its_model(in_models, mode: str) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=CONTROLNET, quantization=mode)
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=CONTROLNET, quantization=mode)
     (net,) = call_node(NODES["PixArtDeltaControlNetLoader"], model=model, controlnet_name=CONTROLNET)
     quantized = layers(net.controlnet, bnb.nn.Linear8bitLt)
     assert len(quantized) == (7 * CONTROL_COPIES if mode == "int8" else 0)
@@ -137,7 +137,7 @@ def test_int8_t5_encodes_close_to_bf16(low) -> None:
 
 
 def test_an_int8_transformer_samples_close_to_full_precision(low, in_models) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM, quantization="int8")
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM, quantization="int8")
     positive = encode(low["full_t5"], "a red fox")
     ours, full = sample(model, positive)["samples"], sample(low["full_model"], positive)["samples"]
     assert ours.shape == full.shape == (1, 4, 12, 16) and torch.isfinite(ours).all()
@@ -167,7 +167,7 @@ def test_missing_bitsandbytes_is_the_engines_clear_error(in_models, monkeypatch,
 
 def test_without_bitsandbytes_full_precision_still_loads(in_models, monkeypatch) -> None:
     hide_bitsandbytes(monkeypatch)
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM)
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM)
     assert model.quantization.value == "none"
 
 
@@ -211,7 +211,7 @@ def test_sampler_in_low_memory_mode_unloads_the_transformer_after_sampling(low, 
 
 
 def test_sampler_in_low_memory_mode_unloads_the_controlnet_too(in_models, low, unloads) -> None:
-    (model,) = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM)
+    model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=LCM)
     (net,) = call_node(NODES["PixArtDeltaControlNetLoader"], model=model, controlnet_name=CONTROLNET)
     edges = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     positive = encode(low["t5"], "a cat")
@@ -277,7 +277,7 @@ def test_the_low_memory_example_chain_runs_through_the_nodes(in_models, monkeypa
     """The example workflow's chain outside ComfyUI, from the single T5 file it names: the low-memory loader,
     encode and sampler in low-memory mode, the latent decoded (the workflow's tiled decode is core's)."""
     monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: need_shared(TOKENIZER))
-    t5, model = low_memory_loader(t5_name="t5xxl_fp16.safetensors")
+    t5, model, _ = low_memory_loader(t5_name="t5xxl_fp16.safetensors")
     positive = encode(t5, "a red fox", low_memory=True)
     latent = sample(model, positive, steps=4, sampler="lcm", low_memory=True)
     images = StandInVae().decode(latent["samples"])

@@ -1,0 +1,57 @@
+"""The core-MODEL bridge (``nodes/comfy_model.py``) without ComfyUI: its pure parts, and the plain fallback (no core
+MODEL, no core control) that keeps the pack loading outside ComfyUI. In a real ComfyUI:
+``tests/test_comfyui_core_model.py``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.comfy_helpers import BASE, ENGINE, PACK
+
+BRIDGE = PACK.nodes.comfy_model
+SIGMA = replace(BASE, caption_length=300, micro_conditions=False)  # PixArt-Σ reads 300 caption tokens
+
+
+def test_outside_comfyui_there_is_no_core_model_and_no_core_control() -> None:
+    assert BRIDGE.CORE_MODEL is False
+    transformer = ENGINE.models.transformer.PixArtTransformer(BASE, device="meta")
+    assert BRIDGE.model_patcher(transformer, torch.device("cpu"), torch.device("cpu")) is None
+    assert BRIDGE.core_control(object(), {"attention_mask": None}) == {}
+
+
+def test_a_core_controlnet_already_in_the_conditioning_is_refused() -> None:
+    with pytest.raises(ENGINE.errors.InputError, match="core ControlNet"):
+        BRIDGE.core_control(object(), {"control": object()})
+
+
+def test_the_family_and_unet_config_follow_the_weights() -> None:
+    assert BRIDGE.image_model(BASE) == "pixart_alpha" and BRIDGE.image_model(SIGMA) == "pixart_sigma"
+    config = BRIDGE.unet_config(BASE)
+    assert config["disable_unet_model_creation"] is True  # the engine's transformer takes the network's place
+    assert (config["depth"], config["hidden_size"], config["num_heads"]) == (3, 144, 2)  # LoRA key maps read these
+    assert (config["caption_channels"], config["model_max_length"], config["micro_condition"]) == (32, 120, True)
+    assert BRIDGE.unet_config(SIGMA)["micro_condition"] is False
+
+
+def test_micro_conditions_come_from_c_size_else_the_latent() -> None:
+    latent = torch.zeros(2, 4, 64, 48)
+    assert BRIDGE.image_size(None, latent) == (512, 384)
+    c_size = torch.tensor([[768.0, 1024.0], [768.0, 1024.0]], dtype=torch.float16)  # cast by core to the model dtype
+    assert BRIDGE.image_size(c_size, latent) == (768, 1024)
+
+
+def test_caption_conds_honour_the_mask_and_the_models_caption_length() -> None:
+    embeddings = torch.randn(1, 120, 32)
+    mask = torch.zeros(1, 120, dtype=torch.long)
+    mask[:, :9] = 1
+    kept, kept_mask = BRIDGE.caption_conds(BASE, embeddings, {"attention_mask": mask})
+    assert torch.equal(kept, embeddings[:, :9]) and kept_mask.tolist() == [[1] * 9]  # trailing padding dropped
+    unmasked, all_real = BRIDGE.caption_conds(BASE, embeddings[:, :9], {})  # core CLIPTextEncode: no mask
+    assert torch.equal(unmasked, kept) and torch.equal(all_real, kept_mask)
+    longer, _ = BRIDGE.caption_conds(BASE, torch.randn(1, 150, 32), {})
+    assert longer.shape == (1, 120, 32)  # cut to what the model reads
+    with pytest.raises(ENGINE.errors.InputError, match="32-wide"):
+        BRIDGE.caption_conds(BASE, torch.randn(1, 5, 64), {})
