@@ -23,8 +23,8 @@ import torch
 
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer import ControlHook, PixArtTransformer
-from ..pixart_delta_core.models.transformer_config import TransformerConfig
-from ..pixart_delta_core.vae.vae_config import SDXL_VAE, scaling_factor_for, vae_defaults_for
+from ..pixart_delta_core.models.transformer_config import TransformerConfig, vae_defaults_for
+from ..pixart_delta_core.vae.vae_config import SDXL_VAE
 from . import host
 from .conditioning import MASK_KEY, caption_from
 
@@ -80,11 +80,12 @@ def unet_config(config: TransformerConfig) -> dict[str, Any]:
     }
 
 
-def image_size(c_size: torch.Tensor | None, latent: torch.Tensor) -> tuple[int, int]:
-    """(height, width) in pixels for the micro-conditions: the conditioning's ``c_size`` [B, 2] (core puts the
-    latent's size x 8 there unless the conditioning names one), else 8x the latent [B, C, h, w]."""
+def image_size(c_size: torch.Tensor | None) -> tuple[int, int] | None:
+    """(height, width) in pixels for the micro-conditions from the conditioning's ``c_size`` [B, 2] (core puts the
+    latent's size x 8 there unless the conditioning names one); None without it, and the transformer takes the
+    latent's size times its VAE's downscale."""
     if c_size is None:
-        return latent.shape[-2] * 8, latent.shape[-1] * 8
+        return None
     height, width = c_size.reshape(-1, 2)[0].tolist()
     return round(height), round(width)
 
@@ -147,7 +148,7 @@ if CORE_MODEL:
             transformer: PixArtTransformer = self.diffusion_model
             xc = self.model_sampling.calculate_input(t, x)
             timestep = self.model_sampling.timestep(t).float()
-            size = image_size(kwargs.get("c_size"), x)
+            size = image_size(kwargs.get("c_size"))
             out = transformer(xc, timestep, c_crossattn, kwargs.get(MASK_COND), size, control)
             eps = out[:, : transformer.config.in_channels].float()  # learned sigma: keep the noise half
             return self.model_sampling.calculate_denoised(t, eps, x)
@@ -190,7 +191,8 @@ if CORE_MODEL:
             size = (x_noisy.shape[-2], x_noisy.shape[-1])
             if size not in self.hooks:  # encoded once per latent size and run
                 base = self.base
-                latent = self.control.latent(size[0] * 8, size[1] * 8, scaling_factor_for(base.config))
+                vae = vae_defaults_for(base.config)
+                latent = self.control.latent(size[0] * vae.downscale, size[1] * vae.downscale, vae.scaling_factor)
                 self.hooks[size] = self.control.schedule(base, latent).hook
             return self.hooks[size]
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..pixart_delta_core.errors import InputError
+from ..pixart_delta_core.models.transformer_config import vae_defaults_for
 from ..pixart_delta_core.pipeline.resolution import MAX_SIDE, check_image_size
 from ..pixart_delta_core.sampling.samplers import (
     SAMPLERS,
@@ -22,7 +23,6 @@ from ..pixart_delta_core.sampling.samplers import (
     generate_latents,
     parse_sampler,
 )
-from ..pixart_delta_core.vae.vae_config import vae_defaults_for
 from . import host
 from .conditioning import caption_from, control_from, image_size_from
 from .sockets import MODEL_TYPE, PixArtModel

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pixart_delta_core.models.transformer_config import TransformerConfig
-from pixart_delta_core.vae.vae_config import SD_VAE, SDXL_VAE, vae_defaults_for
+from pixart_delta_core.models.transformer_config import TransformerConfig, vae_defaults_for
+from pixart_delta_core.vae.vae_config import SD_VAE, SDXL_VAE
 from tests.comfy_helpers import PACK
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 """The engine's import graph: no cycles (lazy imports inside functions count too) and no package importing
-one above it in the layering the package docstrings state (base < checkpoints < quant < models, text < vae <
+one above it in the layering the package docstrings state (base < checkpoints < quant < text, vae < models <
 sampling < pipeline < demo, training < cli)."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ RANKS = {
     "": 0,  # errors, devices, memory, ops
     "checkpoints": 1,
     "quant": 2,
-    "models": 3,
     "text": 3,
-    "vae": 4,
+    "vae": 3,
+    "models": 4,
     "sampling": 5,
     "pipeline": 6,
     "demo": 7,

@@ -36,11 +36,10 @@ def test_the_family_and_unet_config_follow_the_weights() -> None:
     assert BRIDGE.unet_config(SIGMA)["micro_condition"] is False
 
 
-def test_micro_conditions_come_from_c_size_else_the_latent() -> None:
-    latent = torch.zeros(2, 4, 64, 48)
-    assert BRIDGE.image_size(None, latent) == (512, 384)
+def test_micro_conditions_come_from_c_size_else_the_transformer_takes_the_latent_size() -> None:
+    assert BRIDGE.image_size(None) is None
     c_size = torch.tensor([[768.0, 1024.0], [768.0, 1024.0]], dtype=torch.float16)  # cast by core to the model dtype
-    assert BRIDGE.image_size(c_size, latent) == (768, 1024)
+    assert BRIDGE.image_size(c_size) == (768, 1024)
 
 
 def test_caption_conds_honour_the_mask_and_the_models_caption_length() -> None:

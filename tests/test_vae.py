@@ -15,7 +15,7 @@ from pixart_delta_core import cli
 from pixart_delta_core.checkpoints.files import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.models.transformer_config import TransformerConfig
+from pixart_delta_core.models.transformer_config import TransformerConfig, scaling_factor_for, vae_defaults_for
 from pixart_delta_core.vae.autoencoder import Vae, inspect_vae, load_vae
 from pixart_delta_core.vae.vae_config import (
     SCALING_FROM_CONFIG,
@@ -24,8 +24,6 @@ from pixart_delta_core.vae.vae_config import (
     VaeConfig,
     VaeLayout,
     ldm_table,
-    scaling_factor_for,
-    vae_defaults_for,
 )
 from tests.helpers import TINY, random_transformer
 

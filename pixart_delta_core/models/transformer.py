@@ -28,7 +28,7 @@ from .layers import (
     TimestepEmbedder,
     sincos_pos_embed,
 )
-from .transformer_config import TransformerConfig, detect_transformer
+from .transformer_config import TransformerConfig, detect_transformer, vae_defaults_for
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PixArtTransformer(nn.Module):
         if height <= 0 or width <= 0 or height % p or width % p:
             raise InputError(
                 f"latent size {height}x{width} must be positive multiples of the patch size {p} "
-                f"(images: multiples of {8 * p} px)"
+                f"(images: multiples of {vae_defaults_for(self.config).downscale * p} px)"
             )
 
     def embed_latent(self, latent: Tensor) -> Tensor:
@@ -128,14 +128,14 @@ class PixArtTransformer(nn.Module):
     ) -> Tensor:
         """Latents [B, 4, H, W] at ``timestep`` -> model output [B, out, H, W] (noise, then sigma).
 
-        ``image_size`` (pixels) feeds the micro-conditions; the samplers pass it from the VAE's config. Called
-        without it, it is 8x the latent size: the downscale of the SD and SDXL VAEs, which this module cannot
-        read from ``vae_config`` (that module builds on the transformer's config, so models never import it).
+        ``image_size`` (pixels) feeds the micro-conditions; without it, it is the latent size times the
+        downscale of the VAE this model pairs with (``vae_defaults_for``).
         ``control`` supplies residuals added before blocks 1..N (the ControlNet-Transformer).
         """
         batch, _, height, width = x.shape
         tokens = self.embed_latent(x)  # [B, N, C]
-        t = self.embed_time(timestep, batch, image_size or (height * 8, width * 8))  # [B, C]
+        downscale = vae_defaults_for(self.config).downscale
+        t = self.embed_time(timestep, batch, image_size or (height * downscale, width * downscale))  # [B, C]
         caption, caption_mask = self.embed_caption(caption, caption_mask, batch)  # [B, L, C]
         p = self.config.patch_size
         ctx = BlockContext(caption, caption_mask, self.t_block(t), (height // p, width // p))

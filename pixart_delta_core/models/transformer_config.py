@@ -18,6 +18,7 @@ from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_pre
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError
+from ..vae.vae_config import SD_VAE, SDXL_VAE, VaeConfig
 
 HEAD_DIM = 72  # every released PixArt model uses 72-wide heads (XL: 1152 = 16 x 72)
 ALPHA_TOKENS = 120
@@ -62,7 +63,7 @@ class TransformerConfig:
     @property
     def resolution(self) -> int:
         """Training resolution in pixels (latents are 1/8 of the image)."""
-        return self.sample_size * 8
+        return self.sample_size * vae_defaults_for(self).downscale
 
     @property
     def family(self) -> str:
@@ -235,3 +236,13 @@ def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     drop them before handing the result to diffusers itself.
     """
     return DIFFUSERS_TABLE.to_theirs(state_dict)
+
+
+def vae_defaults_for(config: TransformerConfig) -> VaeConfig:
+    """The VAE a transformer was trained with: SDXL's for PixArt-Σ (300 caption tokens), else SD 1.x's."""
+    return SDXL_VAE if config.caption_length == SIGMA_TOKENS else SD_VAE
+
+
+def scaling_factor_for(config: TransformerConfig) -> float:
+    """Raw VAE latents times this are the transformer's (scaled) latents."""
+    return vae_defaults_for(config).scaling_factor

@@ -23,13 +23,12 @@ from ..errors import InputError
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, load_controlnet
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
-from ..models.transformer_config import TransformerConfig
+from ..models.transformer_config import TransformerConfig, vae_defaults_for
 from ..quant.quantization import Quantization, parse_quantization
 from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
-from ..vae.vae_config import vae_defaults_for
 from .images import prepare_image, resize_and_crop, to_pil
 from .resolution import bins_for, check_image_size, nearest_bin
 

@@ -29,8 +29,9 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..models.transformer import ControlHook, PixArtTransformer
+from ..models.transformer_config import vae_defaults_for
 from ..text.embedding import TextEmbedding
-from ..vae.vae_config import SD_VAE, vae_defaults_for
+from ..vae.vae_config import SD_VAE
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
 """The autoencoder: its config and the key layouts users hold (LDM single files, diffusers folders), and the
-encode/decode wrapper with tiling. May import: checkpoints, models' configs and the base modules.
+encode/decode wrapper with tiling. May import: checkpoints and the base modules (which VAE a transformer pairs
+with is the transformer config's to say).
 """

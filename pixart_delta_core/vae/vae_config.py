@@ -19,7 +19,6 @@ from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_pre
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError
-from ..models.transformer_config import SIGMA_TOKENS, TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +77,6 @@ class VaeConfig:
 
 SD_VAE = VaeConfig()
 SDXL_VAE = replace(SD_VAE, scaling_factor=0.13025, force_upcast=True)  # the SDXL VAE overflows in fp16
-
-
-def vae_defaults_for(config: TransformerConfig) -> VaeConfig:
-    """The VAE a transformer was trained with: SDXL's for PixArt-Σ (300 caption tokens), else SD 1.x's."""
-    return SDXL_VAE if config.caption_length == SIGMA_TOKENS else SD_VAE
-
-
-def scaling_factor_for(config: TransformerConfig) -> float:
-    """Raw VAE latents times this are the transformer's (scaled) latents."""
-    return vae_defaults_for(config).scaling_factor
 
 
 # --- key layouts ---------------------------------------------------------------------------------
