@@ -14,16 +14,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
 from ..devices import parse_dtype
 from ..errors import CheckpointError, InputError
 from ..quant.quantization import Quantization
 from .captions import prepare_prompt
 from .t5 import T5_V1_1_XXL, Checkpoint, T5Checkpoint, inspect_t5, load_t5
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,8 @@ class TextEncoder:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The T5 tokenizer in a folder (or beside a tokenizer.json / spiece.model), from local files only."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
     path = Path(path)
     folder = path.parent if path.is_file() and path.name in TOKENIZER_FILES else path
     if not folder.is_dir() or not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -211,6 +216,8 @@ def load_text_encoder(
 
     ``quantization`` int8 or nf4 quantizes the encoder's linear layers while they load (``dtype`` computes).
     """
+    from transformers import PreTrainedTokenizerBase
+
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         if tokenizer is None and not isinstance(checkpoint, (str, Path)):
             raise InputError(

@@ -15,12 +15,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import T5Config, T5EncoderModel
-from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
 from ..checkpoints.detection import count_numbered, identify, shape_of
 from ..checkpoints.files import TensorSource, open_checkpoint
@@ -30,6 +28,9 @@ from ..devices import parse_dtype
 from ..errors import CheckpointError
 from ..quant.quantization import Quantization, parse_quantization
 from ..quant.streaming import quantize_linears_, quantized_ops, quantizing_place
+
+if TYPE_CHECKING:
+    from transformers import T5EncoderModel
 
 log = logging.getLogger(__name__)
 
@@ -225,27 +226,9 @@ def _config_from_json(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
     return {**T5_V1_1_XXL, **{k: v for k, v in config.items() if k in T5_V1_1_XXL}}
 
 
-class Fp32ProductFeedForward(T5DenseGatedActDense):
-    """T5-v1.1's gated-GELU feed-forward with its gated product formed in fp32 (REFERENCE.md §2).
-
-    T5-v1.1 overflows fp16 here: the gate times value product and the ``wo`` output pass 65504. In fp16
-    the output stays fp32 and carries the residual stream from then on: unquantized, ``wo`` is stored in
-    fp32 (as transformers does for fp16); quantized, ``wo`` takes the fp32 product itself. In bf16 and
-    fp32 (used for quantized layers only) the output returns to the model's dtype. Only a single
-    projection's output above 65504 could still overflow.
-    """
-
-    def __init__(self, config: T5Config, dtype: torch.dtype) -> None:
-        super().__init__(config)
-        self.out_dtype = torch.float32 if dtype == torch.float16 else dtype
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        gate = self.act(self.wi_0(hidden_states).float())  # [B, L, d_ff] fp32
-        value = self.wi_1(hidden_states).float()  # [B, L, d_ff] fp32
-        return self.wo(gate * value).to(self.out_dtype)  # [B, L, d_model]
-
-
 def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
+    from .t5_feed_forward import Fp32ProductFeedForward
+
     with torch.device("meta"):
         for block in model.encoder.block:
             block.layer[-1].DenseReluDense = Fp32ProductFeedForward(model.config, dtype)
@@ -253,6 +236,8 @@ def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
 
 def build_t5(config: Mapping[str, Any], dtype: torch.dtype) -> T5EncoderModel:
     """An empty T5EncoderModel on the meta device (no random-init pass); fp16 gets the guarded feed-forward."""
+    from transformers import T5Config, T5EncoderModel
+
     t5_config = T5Config(**{**config, "is_encoder_decoder": False, "use_cache": False})
     with torch.device("meta"):
         model = T5EncoderModel(t5_config)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL
 
 from ..checkpoints.files import TensorSource, folder_config
 from ..checkpoints.loading import as_source, load_strict
 from ..devices import parse_dtype
 from ..errors import InputError
 from .vae_config import SD_VAE, DetectedVae, VaeConfig, detect_vae
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,8 @@ def load_vae(
     hints: Mapping[str, Any] | None = None,
 ) -> Vae:
     """Load a VAE from any supported layout, strictly, in ``dtype`` on ``device`` (see ``inspect_vae``)."""
+    from diffusers import AutoencoderKL
+
     detected = inspect_vae(checkpoint, defaults, hints)
     log.info("loading VAE: %s", detected.describe())
     with torch.device("meta"):
