@@ -1,4 +1,4 @@
-"""ControlNet nodes (PixArt-δ's ControlNet-Transformer, REFERENCE.md §4): the loader and the apply node.
+"""ControlNet nodes (PixArt-δ's ControlNet-Transformer, docs/REFERENCE.md §4): the loader and the apply node.
 
 The apply node leaves a ``ControlImage`` in the conditioning's dict (copies, never the input's own
 dict). The control image can only be fitted to the generation size once that size is known, so the

@@ -1,4 +1,4 @@
-"""Sampling: LCM (PixArt-δ, REFERENCE.md §3) and classic solvers with classifier-free guidance.
+"""Sampling: LCM (PixArt-δ, docs/REFERENCE.md §3) and classic solvers with classifier-free guidance.
 
 One loop drives any of diffusers' schedulers (they implement the solvers correctly); this module
 adds what PixArt needs around them: the reference LCM timesteps, learned-sigma outputs, CFG over a

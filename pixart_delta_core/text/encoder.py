@@ -1,4 +1,4 @@
-"""Prompts to PixArt caption embeddings: the T5 tokenizer and T5-v1.1 encoder (REFERENCE.md §2).
+"""Prompts to PixArt caption embeddings: the T5 tokenizer and T5-v1.1 encoder (docs/REFERENCE.md §2).
 
 Prompts are prepared as the reference does (lower-cased, optionally cleaned), padded or truncated to
 the model's caption length (120 tokens for α/δ, 300 for Σ) and encoded with their attention mask.
@@ -139,7 +139,7 @@ class TextEncoder:
                 )
 
     def encode(self, prompts: Sequence[str], max_length: int, clean_caption: bool = False) -> TextEmbedding:
-        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (REFERENCE.md §2)."""
+        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (docs/REFERENCE.md §2)."""
         ids, mask = self.tokenize(prompts, max_length, clean_caption)  # [B, n], n <= max_length
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():

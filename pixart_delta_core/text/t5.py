@@ -1,4 +1,4 @@
-"""The T5-v1.1 encoder (REFERENCE.md §2): recognised in the files users hold, built on the meta device,
+"""The T5-v1.1 encoder (docs/REFERENCE.md §2): recognised in the files users hold, built on the meta device,
 filled tensor by tensor.
 
 Single files (``t5xxl_fp16.safetensors``, bf16, fp8 e4m3fn/e5m2) carry HF key names and no config:
@@ -249,7 +249,7 @@ def build_t5(config: Mapping[str, Any], dtype: torch.dtype) -> T5EncoderModel:
 def quantize_t5_(
     model: T5EncoderModel, quantization: Quantization, dtype: torch.dtype, device: torch.device | str, fallback: Place
 ) -> Place:
-    """Quantize a meta-device T5 encoder's blocks (REFERENCE.md §5: the paper's 8-bit T5); returns the ``Place``
+    """Quantize a meta-device T5 encoder's blocks (docs/REFERENCE.md §5: the paper's 8-bit T5); returns the ``Place``
     step to load it with.
 
     Every linear layer of the blocks (attention q, k, v, o; feed-forward wi_0, wi_1, wo) becomes an empty

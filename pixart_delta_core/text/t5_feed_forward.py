@@ -1,4 +1,4 @@
-"""T5-v1.1's feed-forward made safe in fp16 (REFERENCE.md §2).
+"""T5-v1.1's feed-forward made safe in fp16 (docs/REFERENCE.md §2).
 
 A module of its own because it subclasses a transformers layer: ``t5.py`` imports it only when it
 builds a T5, so importing the pack does not import transformers.
@@ -12,7 +12,7 @@ from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
 
 class Fp32ProductFeedForward(T5DenseGatedActDense):
-    """T5-v1.1's gated-GELU feed-forward with its gated product formed in fp32 (REFERENCE.md §2).
+    """T5-v1.1's gated-GELU feed-forward with its gated product formed in fp32 (docs/REFERENCE.md §2).
 
     T5-v1.1 overflows fp16 here: the gate times value product and the ``wo`` output pass 65504. In fp16
     the output stays fp32 and carries the residual stream from then on: unquantized, ``wo`` is stored in

@@ -1,4 +1,4 @@
-"""The VAE between images and latents (REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
+"""The VAE between images and latents (docs/REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
 
 Two latent spaces, kept apart in every name: **raw** latents are what the VAE encodes and decodes
 (ComfyUI's LATENT holds these); **scaled** latents (raw x scaling factor) are what the transformer
