@@ -117,7 +117,7 @@ def child(model_kind: str, loader: str, path: Path, dtype: str) -> dict:
 
     if loader == "diffusers":
         from diffusers import PixArtTransformer2DModel
-    if loader == "transformers":
+    if loader == "transformers" or model_kind == "t5":  # our T5 loader imports transformers on first use
         from transformers import T5EncoderModel
     before = rss_bytes("VmRSS")
     reset_peak()

@@ -4,7 +4,7 @@
     python benchmarks/lowmem_generation.py                             # CUDA: max_memory_allocated
     python benchmarks/lowmem_generation.py --device cpu --small        # a quick smoke run anywhere
 
-``PixArtPipeline(low_memory=True)`` runs the paper's recipe (REFERENCE.md §5: "T5 in 8-bit, prompt
+``PixArtPipeline(low_memory=True)`` runs the paper's recipe (docs/REFERENCE.md §5: "T5 in 8-bit, prompt
 encoded, T5 freed, then the fp16 transformer, then the VAE"), one stage in memory at a time:
   text:    T5-XXL in int8 (a synthetic single file with the real key layout and random weights,
            see t5_quant_memory.py), one prompt encoded;

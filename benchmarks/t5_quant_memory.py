@@ -129,6 +129,8 @@ def available_bytes() -> int:
 
 def child(mode: str, path: Path, dtype: str) -> dict:
     """Runs in a fresh process: load once, report the process's peak memory and the model's size."""
+    from transformers import T5EncoderModel  # noqa: F401  (load_t5 imports it on first use: not the loader's growth)
+
     from pixart_delta_core.quant.quantization import parse_quantization
     from pixart_delta_core.quant.streaming import quantized_ops
     from pixart_delta_core.text.t5 import load_t5

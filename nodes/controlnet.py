@@ -1,4 +1,4 @@
-"""ControlNet nodes (PixArt-δ's ControlNet-Transformer, REFERENCE.md §4): the loader and the apply node.
+"""ControlNet nodes (PixArt-δ's ControlNet-Transformer, docs/REFERENCE.md §4): the loader and the apply node.
 
 The apply node leaves a ``conditioning.ControlImage`` in copies of the conditioning (never the input's
 own dict), and in ComfyUI the same as a core control (``comfy_model``) that core samplers apply; the

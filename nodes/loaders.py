@@ -1,5 +1,5 @@
 """Loader nodes: the PixArt transformer (any layout the engine reads), the T5 text encoder, and both at once
-quantized for the paper's low-memory recipe (REFERENCE.md §5: T5 in 8-bit)."""
+quantized for the paper's low-memory recipe (docs/REFERENCE.md §5: T5 in 8-bit)."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ class T5Loader:
 
 
 class LowMemoryLoader:
-    """The paper's low-memory recipe in one node (REFERENCE.md §5): T5 in 8-bit (or 4-bit), and the transformer."""
+    """The paper's low-memory recipe in one node (docs/REFERENCE.md §5): T5 in 8-bit (or 4-bit), and the transformer."""
 
     DESCRIPTION = (
         "Loads T5 quantized to 8 bits (bitsandbytes' LLM.int8, the paper's setting for 1024 px images on an 8 GB "

@@ -1,4 +1,4 @@
-"""The layer namespace models are built from (DESIGN.md principle 4).
+"""The layer namespace models are built from (docs/DESIGN.md principle 4).
 
 Every weight-bearing layer of the transformer and the ControlNet is made through an ``Ops``
 namespace, so a quantized namespace swaps in other layers without a second model definition.

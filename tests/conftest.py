@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from tests.comfy_helpers import PACK, write_models
-from tests.helpers import TOKENIZER, need_shared
+from tests.helpers import TOKENIZER
 
 
 @pytest.fixture(scope="session")
 def node_models(tmp_path_factory) -> Path:
     """ComfyUI's models/ folder with tiny random models in the real layouts and file names."""
     root = tmp_path_factory.mktemp("models")
-    write_models(root, tokenizer=need_shared(TOKENIZER))
+    write_models(root, tokenizer=TOKENIZER)
     return root
 
 

@@ -1,4 +1,4 @@
-"""Test helpers: tiny configs, the shared fixtures folder, diffusers twins of our models."""
+"""Test helpers: tiny configs, the fixtures folder, diffusers twins of our models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import pytest
 import torch
 
 from pixart_delta_core.checkpoints.files import StateDictSource
@@ -18,10 +17,9 @@ from pixart_delta_core.text.t5 import TIED
 from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 
 ROOT = Path(__file__).resolve().parent.parent
-# ../shared beside the project's checkout; a worktree sits one level deeper, so the nearest one above counts.
-SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared" / "fixtures").is_dir()), ROOT.parent / "shared")
-MANIFESTS = SHARED / "fixtures" / "manifests"
-TOKENIZER = SHARED / "fixtures" / "t5_tokenizer"
+FIXTURES = ROOT / "tests" / "fixtures"  # what each file is: tests/fixtures/README.md
+MANIFESTS = FIXTURES / "manifests"
+TOKENIZER = FIXTURES / "t5_tokenizer"
 COMFYUI_T5_PREFIX = "text_encoders.t5xxl.transformer."  # T5 keys in a checkpoint saved from ComfyUI
 
 TINY = TransformerConfig(
@@ -61,13 +59,6 @@ MID_PIXART = TransformerConfig(
 PIXART_HINTS = {"sample_size": 16}  # random weights say nothing of the training resolution
 
 
-def need_shared(path: Path) -> Path:
-    """``path`` inside ../shared, or skip: a user's clone has no ../shared beside it."""
-    if not path.exists():
-        pytest.skip(f"{path} is absent: the shared fixtures sit beside the project's own checkout only")
-    return path
-
-
 def hide_bitsandbytes(monkeypatch, error: Exception | None = None) -> None:
     """Make ``import bitsandbytes`` raise ``error``, as it does where the package is absent (the default,
     ModuleNotFoundError) or broken (say an OSError from a CUDA library it cannot open)."""
@@ -85,7 +76,7 @@ def hide_bitsandbytes(monkeypatch, error: Exception | None = None) -> None:
 
 def manifest_source(name: str) -> StateDictSource:
     """A real checkpoint layout rebuilt as meta tensors from its manifest."""
-    data = json.loads(need_shared(MANIFESTS / name).read_text())
+    data = json.loads((MANIFESTS / name).read_text())
     tensors = {
         key: torch.empty(info["shape"], dtype=getattr(torch, info["dtype"]), device="meta")
         for key, info in data["keys"].items()

@@ -1,4 +1,4 @@
-"""The ControlNet-Transformer's data flow (REFERENCE.md §4) against independent implementations.
+"""The ControlNet-Transformer's data flow (docs/REFERENCE.md §4) against independent implementations.
 
 Tolerance: max abs difference <= 1e-5 in fp32 (outputs O(1)), both against the plain loop over our own
 blocks written below and against diffusers' blocks wired in the adapter layout (seen: 0 to 2e-6).
@@ -50,7 +50,7 @@ def inputs(config: TransformerConfig, batch: int, height: int, width: int, seed:
 def reference_forward(
     base: PixArtTransformer, net: ControlNetTransformer, x, t, caption, mask, control: Tensor, strength: float = 1.0
 ) -> Tensor:
-    """REFERENCE.md §4 written out as one loop over the base blocks, without the hook.
+    """docs/REFERENCE.md §4 written out as one loop over the base blocks, without the hook.
 
     x0 = block 0 (x); c = x_embedder(control) + the image positions; copy 0 reads x0 + before_proj(c),
     copy i reads copy i-1's output; after copy i, x += after_proj(copy i) and base block i+1 runs.
@@ -166,7 +166,7 @@ def test_cfg_batch_gets_the_same_control_in_both_halves(control_batch: int) -> N
 
 def diffusers_forward(base: PixArtTransformer, adapter: dict[str, Tensor], x, t, caption, mask, control) -> Tensor:
     """diffusers' transformer and BasicTransformerBlock copies holding the adapter-layout weights,
-    wired per REFERENCE.md §4 with pre-hooks on the base blocks 1..N."""
+    wired per docs/REFERENCE.md §4 with pre-hooks on the base blocks 1..N."""
     twin = diffusers_twin(base)
     copies = 1 + max(int(k.split(".")[1]) for k in adapter)
     blocks, after = [], []

@@ -19,7 +19,7 @@ from pixart_delta_core.models.transformer_config import (
 )
 from pixart_delta_core.text.t5 import TIED, build_t5
 from pixart_delta_core.text.t5_config import T5_V1_1_XXL, T5Layout, detect_t5
-from tests.helpers import COMFYUI_T5_PREFIX, MANIFESTS, manifest_source, need_shared
+from tests.helpers import COMFYUI_T5_PREFIX, MANIFESTS, manifest_source
 
 XL = TransformerConfig(depth=28, hidden_size=1152, num_heads=16, caption_channels=4096, mlp_hidden=4608)
 ALPHA_1024_MS = replace(XL, sample_size=128, interpolation_scale=2.0, micro_conditions=True)
@@ -129,7 +129,7 @@ def test_refusals_say_what_the_file_looks_like(build, message: str) -> None:
 
 
 def test_embedded_xxl_config_matches_t5_v1_1_xxl() -> None:
-    real = json.loads(need_shared(MANIFESTS / "t5-v1_1-xxl.config.json").read_text())
+    real = json.loads((MANIFESTS / "t5-v1_1-xxl.config.json").read_text())
     assert {f.name: real[f.name] for f in fields(T5_V1_1_XXL)} == asdict(T5_V1_1_XXL)
 
 

@@ -19,7 +19,7 @@ from tests.comfy_helpers import (
     check_value,
     is_widget,
 )
-from tests.helpers import ROOT, TOKENIZER, need_shared
+from tests.helpers import ROOT, TOKENIZER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +159,7 @@ def test_t5_loader_from_a_folder_with_its_tokenizer(in_models: Path) -> None:
 
 
 def test_t5_single_file_uses_comfyuis_bundled_tokenizer(in_models: Path, monkeypatch) -> None:
-    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: need_shared(TOKENIZER))
+    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: TOKENIZER)
     (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="t5xxl_fp16.safetensors", device="cpu")
     assert t5.encoder.dtype == torch.bfloat16  # auto on the CPU
     assert t5.managed.load_device == t5.managed.offload_device == torch.device("cpu")

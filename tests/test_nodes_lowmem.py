@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.comfy_helpers import BASE, CONTROL_COPIES, ENGINE, PACK, StandInVae, call_node
-from tests.helpers import TINY_T5, TOKENIZER, hide_bitsandbytes, need_shared
+from tests.helpers import TINY_T5, TOKENIZER, hide_bitsandbytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +89,7 @@ def test_low_memory_loader_takes_only_quantized_t5(in_models) -> None:
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
 def test_t5_and_checkpoint_loaders_quantize_too(in_models, mode: str, monkeypatch) -> None:
-    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: need_shared(TOKENIZER))
+    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: TOKENIZER)
     (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="t5xxl_fp16.safetensors", quantization=mode)
     assert len(layers(t5.encoder.model, LAYER_KINDS[mode])) == 7 * TINY_T5["num_layers"]
     model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA, weight_dtype="bf16", quantization=mode)
@@ -276,7 +276,7 @@ def test_in_comfyui_unload_asks_model_management_to_free_exactly_these(monkeypat
 def test_the_low_memory_example_chain_runs_through_the_nodes(in_models, monkeypatch) -> None:
     """The example workflow's chain outside ComfyUI, from the single T5 file it names: the low-memory loader,
     encode and sampler in low-memory mode, the latent decoded (the workflow's tiled decode is core's)."""
-    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: need_shared(TOKENIZER))
+    monkeypatch.setattr(host, "bundled_t5_tokenizer", lambda: TOKENIZER)
     t5, model, _ = low_memory_loader(t5_name="t5xxl_fp16.safetensors")
     positive = encode(t5, "a red fox", low_memory=True)
     latent = sample(model, positive, steps=4, sampler="lcm", low_memory=True)

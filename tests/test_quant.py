@@ -30,7 +30,7 @@ from pixart_delta_core.quant.streaming import quantized_ops
 from pixart_delta_core.text.encoder import load_text_encoder
 from pixart_delta_core.text.t5 import load_t5
 from pixart_delta_core.text.t5_config import T5_V1_1_XXL
-from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, TOKENIZER, need_shared, random_transformer
+from tests.helpers import MID_PIXART, PIXART_HINTS, ROOT, SMALL_T5, TOKENIZER, random_transformer
 
 FILE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FILE_DTYPES |= {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -190,7 +190,7 @@ def test_chunked_quantization_equals_bitsandbytes_whole_matrix(monkeypatch) -> N
 
 
 def test_text_encoder_loads_quantized_with_its_tokenizer(small_t5_files) -> None:
-    tokenizer = need_shared(TOKENIZER)
+    tokenizer = TOKENIZER
     weights = t5_weights(replace(SMALL_T5, vocab_size=32128), seed=2)
     prompts = ["a red cat on a mat", ""]
     plain = load_text_encoder(weights, "fp32", tokenizer=tokenizer).encode(prompts, 16)

@@ -23,7 +23,6 @@ from tests.helpers import (
     TINY,
     TINY_T5,
     TOKENIZER,
-    need_shared,
     random_t5,
     random_transformer,
     t5_file_weights,
@@ -36,7 +35,7 @@ FP32_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(need_shared(TOKENIZER))
+    return load_tokenizer(TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def t5() -> T5EncoderModel:
 
 def copy_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for file in need_shared(TOKENIZER).iterdir():
+    for file in TOKENIZER.iterdir():
         shutil.copy(file, folder / file.name)
 
 
@@ -365,7 +364,7 @@ def test_missing_tokenizer_says_where_it_looked_and_what_to_pass(files, t5, tmp_
         load_tokenizer(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no T5 weights in it"):
-        load_text_encoder(tmp_path / "empty", tokenizer=need_shared(TOKENIZER))
+        load_text_encoder(tmp_path / "empty", tokenizer=TOKENIZER)
 
 
 def test_info_command_describes_a_t5_file_and_still_a_transformer(files, tmp_path: Path, capsys) -> None:

@@ -1,6 +1,6 @@
 """Key layouts: declarative tables between another layout's names and ours.
 
-The engine's modules are named like the reference checkpoints (REFERENCE.md §1, §4), so reference
+The engine's modules are named like the reference checkpoints (docs/REFERENCE.md §1, §4), so reference
 files load as they are. A diffusers transformer goes through ``DIFFUSERS_TRANSFORMER`` and a
 diffusers-style ControlNet adapter through ``CONTROLNET_ADAPTER``: each rule maps one or more of
 their tensors (concatenated on dim 0, for the fused ``qkv`` and ``kv_linear``) to one reference

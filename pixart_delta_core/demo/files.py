@@ -11,17 +11,19 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import TransformerConfig
 from ..text.t5 import TIED
 from .random_weights import randomize_
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
 DEMO_TRANSFORMER = TransformerConfig(
     depth=2,
@@ -49,6 +51,9 @@ class DemoFiles:
 
 def demo_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer with T5's special tokens (pad 0, end 1, unknown 2)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for char in string.printable[:-5]:  # without the control whitespace
         vocab.setdefault(char, len(vocab))
@@ -65,6 +70,8 @@ def demo_transformer(seed: int = 0, config: TransformerConfig = DEMO_TRANSFORMER
 
 def demo_t5(seed: int = 0, **overrides: int) -> T5EncoderModel:
     """A random T5-v1.1-style encoder (gated GELU feed-forward)."""
+    from transformers import T5Config, T5EncoderModel
+
     torch.manual_seed(seed)
     config = T5Config(**{**DEMO_T5, **overrides}, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
     return T5EncoderModel(config).eval()
@@ -72,6 +79,8 @@ def demo_t5(seed: int = 0, **overrides: int) -> T5EncoderModel:
 
 def demo_vae(seed: int = 0, **overrides: object) -> AutoencoderKL:
     """A random SD-style VAE (4 latent channels, 8x downscale)."""
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(seed)
     blocks = len(DEMO_VAE["block_out_channels"])
     return AutoencoderKL(

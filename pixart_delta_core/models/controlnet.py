@@ -1,4 +1,4 @@
-"""The ControlNet-Transformer of PixArt-δ (REFERENCE.md §4): trainable copies of the first base blocks.
+"""The ControlNet-Transformer of PixArt-δ (docs/REFERENCE.md §4): trainable copies of the first base blocks.
 
 It never runs the base model: ``hook`` returns the ``control`` argument of ``PixArtTransformer.forward``,
 which the base calls once per forward with its tokens after block 0; the residuals it returns are

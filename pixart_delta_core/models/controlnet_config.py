@@ -1,4 +1,4 @@
-"""The ControlNet-Transformer's configuration, detected from a checkpoint (PixArt-δ, REFERENCE.md §4).
+"""The ControlNet-Transformer's configuration, detected from a checkpoint (PixArt-δ, docs/REFERENCE.md §4).
 
 Three layouts hold one: the reference full checkpoint (``base_model.*`` + ``controlnet.*``), a
 ControlNet-only file (``controlnet.*``) and the diffusers-style adapter (``controlnet_blocks.*``).
@@ -172,7 +172,7 @@ def _caption_channels(source: TensorSource) -> int | None:
     return widths.pop() if len(widths) == 1 else None
 
 
-# The diffusers-style ControlNet adapter (REFERENCE.md §4): ``before_proj`` exists on block 0 only.
+# The diffusers-style ControlNet adapter (docs/REFERENCE.md §4): ``before_proj`` exists on block 0 only.
 CONTROLNET_ADAPTER: tuple[Rule, ...] = (
     Rule(("controlnet_blocks.{i}.before_proj",), "controlnet.{i}.before_proj"),
     Rule(("controlnet_blocks.{i}.after_proj",), "controlnet.{i}.after_proj"),

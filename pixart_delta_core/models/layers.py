@@ -1,4 +1,4 @@
-"""PixArt's building blocks (REFERENCE.md §1), named like the reference checkpoint's modules."""
+"""PixArt's building blocks (docs/REFERENCE.md §1), named like the reference checkpoint's modules."""
 
 from __future__ import annotations
 

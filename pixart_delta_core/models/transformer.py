@@ -1,4 +1,4 @@
-"""The PixArt-α/δ/Σ diffusion transformer (REFERENCE.md §1), reference key layout."""
+"""The PixArt-α/δ/Σ diffusion transformer (docs/REFERENCE.md §1), reference key layout."""
 
 from __future__ import annotations
 

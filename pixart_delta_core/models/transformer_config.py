@@ -1,4 +1,4 @@
-"""The transformer's configuration, detected from a checkpoint's keys and shapes (REFERENCE.md §1).
+"""The transformer's configuration, detected from a checkpoint's keys and shapes (docs/REFERENCE.md §1).
 
 Detection never guesses: what the weights do not say must come from a diffusers ``config.json``
 or an explicit hint, else it refuses with an error naming what the file looks like.

@@ -40,7 +40,7 @@ ImageInput = Image.Image | PathLike | torch.Tensor
 
 @dataclass(frozen=True)
 class Control:
-    """A control image for the ControlNet-Transformer and how it acts (REFERENCE.md §4)."""
+    """A control image for the ControlNet-Transformer and how it acts (docs/REFERENCE.md §4)."""
 
     image: ImageInput
     strength: float = 1.0

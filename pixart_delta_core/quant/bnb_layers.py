@@ -4,7 +4,7 @@ Imported only once ``quant.streaming.quantized_ops`` has found bitsandbytes; not
 
 Both layers quantize a weight on the device it was read to (a GPU quantizes on the GPU). LLM.int8()
 multiplies in fp16 (its activations are quantized from fp16), and NF4 computes in fp16 when fp16 is
-asked: T5-v1.1 has activations and outputs beyond fp16's 65504 (REFERENCE.md §2). Each layer knows a
+asked: T5-v1.1 has activations and outputs beyond fp16's 65504 (docs/REFERENCE.md §2). Each layer knows a
 bound of its weight rows' absolute sums, so it divides an input by the power of two that keeps both
 the input and the output inside fp16 and multiplies the output back in the input's dtype: exact in
 floating point, and a no-op for ordinary activations. LLM.int8()'s outlier threshold is divided by the

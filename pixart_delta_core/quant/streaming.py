@@ -1,6 +1,6 @@
 """Weight quantization with bitsandbytes: LLM.int8() (Dettmers et al. 2022) and NF4 (QLoRA, Dettmers et al. 2023).
 
-The paper's low-memory recipe (REFERENCE.md §5) runs T5-XXL in 8-bit. Models are quantized while they
+The paper's low-memory recipe (docs/REFERENCE.md §5) runs T5-XXL in 8-bit. Models are quantized while they
 stream from the file: each linear layer's weight is read (converted chunk by chunk to 16 bits, on the
 target device), quantized there, and its 16-bit copy dropped before the next one is read.
 

@@ -1,4 +1,4 @@
-"""Sampling: LCM (PixArt-δ, REFERENCE.md §3) and classic solvers with classifier-free guidance.
+"""Sampling: LCM (PixArt-δ, docs/REFERENCE.md §3) and classic solvers with classifier-free guidance.
 
 One loop drives any of diffusers' schedulers (they implement the solvers correctly); this module
 adds what PixArt needs around them: the reference LCM timesteps, learned-sigma outputs, CFG over a
@@ -13,18 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-    SASolverScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from ..errors import InputError
@@ -32,6 +23,9 @@ from ..models.transformer import ControlHook, PixArtTransformer
 from ..models.transformer_config import vae_defaults_for
 from ..text.embedding import TextEmbedding
 from ..vae.vae_config import SD_VAE
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +54,12 @@ class Sampler(Enum):
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """How to build a sampler's scheduler, and the settings the reference uses with it."""
+    """How to build a sampler's scheduler, and the settings the reference uses with it.
 
-    scheduler: type[SchedulerMixin]
+    ``scheduler`` names a diffusers scheduler class: diffusers is imported on first use, not when the pack loads.
+    """
+
+    scheduler: str
     options: dict[str, Any] = field(default_factory=dict)
     steps: int = 20
     guidance: float = 4.5
@@ -71,19 +68,21 @@ class SamplerSpec:
 
 SAMPLERS: dict[Sampler, SamplerSpec] = {
     Sampler.LCM: SamplerSpec(
-        LCMScheduler,
+        "LCMScheduler",
         {"original_inference_steps": LCM_ORIGINAL_STEPS, "timestep_scaling": 10.0, "set_alpha_to_one": True},
         steps=4,
         guidance=0.0,
         max_steps=LCM_ORIGINAL_STEPS,
     ),
     Sampler.DPM_SOLVER: SamplerSpec(
-        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
+        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
     ),
-    Sampler.SA_SOLVER: SamplerSpec(SASolverScheduler, {}, steps=25, guidance=3.0),
-    Sampler.EULER: SamplerSpec(EulerDiscreteScheduler, {}, steps=20, guidance=4.5),
-    Sampler.EULER_ANCESTRAL: SamplerSpec(EulerAncestralDiscreteScheduler, {}, steps=20, guidance=4.5),
-    Sampler.DDIM: SamplerSpec(DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}, steps=25, guidance=4.5),
+    Sampler.SA_SOLVER: SamplerSpec("SASolverScheduler", {}, steps=25, guidance=3.0),
+    Sampler.EULER: SamplerSpec("EulerDiscreteScheduler", {}, steps=20, guidance=4.5),
+    Sampler.EULER_ANCESTRAL: SamplerSpec("EulerAncestralDiscreteScheduler", {}, steps=20, guidance=4.5),
+    Sampler.DDIM: SamplerSpec(
+        "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, steps=25, guidance=4.5
+    ),
 }
 
 
@@ -171,8 +170,10 @@ StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, 
 
 def make_scheduler(settings: SamplingSettings, device: torch.device | str = "cpu") -> tuple[SchedulerMixin, Tensor]:
     """The scheduler for ``settings`` and the timesteps this run visits (img2img: the last ones)."""
+    import diffusers
+
     spec = SAMPLERS[settings.sampler]
-    scheduler = spec.scheduler(**NOISE_SCHEDULE, **spec.options)
+    scheduler = getattr(diffusers, spec.scheduler)(**NOISE_SCHEDULE, **spec.options)
     if settings.sampler is Sampler.LCM and settings.lcm_timesteps is LcmTimesteps.REFERENCE:
         scheduler.set_timesteps(timesteps=reference_lcm_timesteps(settings.steps), device=device)
     else:

@@ -1,4 +1,4 @@
-"""Prompt text as the reference prepares it before tokenizing (REFERENCE.md §2).
+"""Prompt text as the reference prepares it before tokenizing (docs/REFERENCE.md §2).
 
 Every prompt is lower-cased and stripped. Optionally it is also cleaned the way the training captions
 were: web noise (URLs, HTML, @handles, file names, product codes, runs of punctuation...) removed,

@@ -1,4 +1,4 @@
-"""Caption embeddings as plain data: the embeddings and mask the transformer reads (REFERENCE.md §2).
+"""Caption embeddings as plain data: the embeddings and mask the transformer reads (docs/REFERENCE.md §2).
 
 Every padding or trimming of a caption happens here, once: the encoder pads to the model's caption
 length, guidance pads the two captions of a pair to one length, the nodes drop a CONDITIONING's

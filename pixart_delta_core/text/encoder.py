@@ -1,4 +1,4 @@
-"""Prompts to PixArt caption embeddings: the T5 tokenizer and T5-v1.1 encoder (REFERENCE.md §2).
+"""Prompts to PixArt caption embeddings: the T5 tokenizer and T5-v1.1 encoder (docs/REFERENCE.md §2).
 
 Prompts are prepared as the reference does (lower-cased, optionally cleaned), padded or truncated to
 the model's caption length (120 tokens for α/δ, 300 for Σ) and encoded with their attention mask.
@@ -13,9 +13,9 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel, T5Tokenizer
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype
@@ -25,6 +25,9 @@ from .captions import prepare_prompt
 from .embedding import TextEmbedding
 from .t5 import Checkpoint, inspect_t5, load_t5
 from .t5_config import T5_V1_1_XXL, T5EncoderConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class TextEncoder:
                 )
 
     def encode(self, prompts: Sequence[str], max_length: int, clean_caption: bool = False) -> TextEmbedding:
-        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (REFERENCE.md §2)."""
+        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (docs/REFERENCE.md §2)."""
         ids, mask = self.tokenize(prompts, max_length, clean_caption)  # [B, n], n <= max_length
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():
@@ -107,6 +110,8 @@ class TextEncoder:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The T5 tokenizer in a folder (or beside a tokenizer.json / spiece.model), from local files only."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
     path = Path(path)
     folder = path.parent if path.is_file() and path.name in TOKENIZER_FILES else path
     if not folder.is_dir() or not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -167,6 +172,8 @@ def load_text_encoder(
 
     ``quantization`` int8 or nf4 quantizes the encoder's linear layers while they load (``dtype`` computes).
     """
+    from transformers import PreTrainedTokenizerBase
+
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         if tokenizer is None and not isinstance(checkpoint, (str, Path)):
             raise InputError(

@@ -1,4 +1,4 @@
-"""The T5-v1.1 encoder (REFERENCE.md §2): transformers' ``T5EncoderModel`` built on the meta device from a
+"""The T5-v1.1 encoder (docs/REFERENCE.md §2): transformers' ``T5EncoderModel`` built on the meta device from a
 ``T5EncoderConfig`` (``t5_config``), and its loader, which finds the weights in a file or folder and fills
 the model tensor by tensor.
 """
@@ -9,12 +9,10 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import T5Config, T5EncoderModel
-from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, open_checkpoint
@@ -24,6 +22,9 @@ from ..errors import CheckpointError
 from ..quant.quantization import Quantization, parse_quantization
 from ..quant.streaming import quantize_linears_, quantized_ops, quantizing_place
 from .t5_config import T5EncoderConfig, detect_t5
+
+if TYPE_CHECKING:
+    from transformers import T5EncoderModel
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +64,9 @@ def inspect_t5(checkpoint: Checkpoint) -> DetectedCheckpoint[T5EncoderConfig]:
     return detect_t5(source, config_json)
 
 
-class Fp32ProductFeedForward(T5DenseGatedActDense):
-    """T5-v1.1's gated-GELU feed-forward with its gated product formed in fp32 (REFERENCE.md §2).
-
-    T5-v1.1 overflows fp16 here: the gate times value product and the ``wo`` output pass 65504. In fp16
-    the output stays fp32 and carries the residual stream from then on: unquantized, ``wo`` is stored in
-    fp32 (as transformers does for fp16); quantized, ``wo`` takes the fp32 product itself. In bf16 and
-    fp32 (used for quantized layers only) the output returns to the model's dtype. Only a single
-    projection's output above 65504 could still overflow.
-    """
-
-    def __init__(self, config: T5Config, dtype: torch.dtype) -> None:
-        super().__init__(config)
-        self.out_dtype = torch.float32 if dtype == torch.float16 else dtype
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        gate = self.act(self.wi_0(hidden_states).float())  # [B, L, d_ff] fp32
-        value = self.wi_1(hidden_states).float()  # [B, L, d_ff] fp32
-        return self.wo(gate * value).to(self.out_dtype)  # [B, L, d_model]
-
-
 def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
+    from .t5_feed_forward import Fp32ProductFeedForward
+
     with torch.device("meta"):
         for block in model.encoder.block:
             block.layer[-1].DenseReluDense = Fp32ProductFeedForward(model.config, dtype)
@@ -91,6 +74,8 @@ def _use_fp32_product(model: T5EncoderModel, dtype: torch.dtype) -> None:
 
 def build_t5(config: T5EncoderConfig, dtype: torch.dtype) -> T5EncoderModel:
     """An empty T5EncoderModel on the meta device (no random-init pass); fp16 gets the guarded feed-forward."""
+    from transformers import T5Config, T5EncoderModel
+
     with torch.device("meta"):
         model = T5EncoderModel(T5Config(**config.transformers_kwargs()))
     if dtype == torch.float16:
@@ -101,7 +86,7 @@ def build_t5(config: T5EncoderConfig, dtype: torch.dtype) -> T5EncoderModel:
 def quantize_t5_(
     model: T5EncoderModel, quantization: Quantization, dtype: torch.dtype, device: torch.device | str, fallback: Place
 ) -> Place:
-    """Quantize a meta-device T5 encoder's blocks (REFERENCE.md §5: the paper's 8-bit T5); returns the ``Place``
+    """Quantize a meta-device T5 encoder's blocks (docs/REFERENCE.md §5: the paper's 8-bit T5); returns the ``Place``
     step to load it with.
 
     Every linear layer of the blocks (attention q, k, v, o; feed-forward wi_0, wi_1, wo) becomes an empty

@@ -1,4 +1,4 @@
-"""The T5-v1.1 encoder's configuration, detected from a checkpoint's keys and shapes (REFERENCE.md §2).
+"""The T5-v1.1 encoder's configuration, detected from a checkpoint's keys and shapes (docs/REFERENCE.md §2).
 
 Single files (``t5xxl_fp16.safetensors``, bf16, fp8 e4m3fn/e5m2) carry transformers' key names and no
 config: the config is T5-v1.1-XXL with its sizes read from the tensors' shapes, so smaller T5-v1.1

@@ -1,4 +1,4 @@
-"""The VAE between images and latents (REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
+"""The VAE between images and latents (docs/REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
 
 Two latent spaces, kept apart in every name: **raw** latents are what the VAE encodes and decodes
 (ComfyUI's LATENT holds these); **scaled** latents (raw x scaling factor) are what the transformer
@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import TensorSource, folder_config
@@ -21,6 +20,9 @@ from ..checkpoints.loading import as_source, load_strict
 from ..devices import parse_dtype
 from ..errors import InputError
 from .vae_config import SD_VAE, VaeConfig, detect_vae
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,8 @@ def load_vae(
     hints: Mapping[str, Any] | None = None,
 ) -> Vae:
     """Load a VAE from any supported layout, strictly, in ``dtype`` on ``device`` (see ``inspect_vae``)."""
+    from diffusers import AutoencoderKL
+
     detected = inspect_vae(checkpoint, defaults, hints)
     log.info("loading VAE: %s", detected.describe())
     with torch.device("meta"):

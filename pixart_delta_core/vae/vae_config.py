@@ -1,4 +1,4 @@
-"""The VAE's configuration and key layouts, detected from a checkpoint's keys and shapes (REFERENCE.md §1).
+"""The VAE's configuration and key layouts, detected from a checkpoint's keys and shapes (docs/REFERENCE.md §1).
 
 PixArt-α/δ decode with the SD 1.x VAE and PixArt-Σ with the SDXL VAE: one architecture (diffusers'
 ``AutoencoderKL``), two latent scalings. Users hold it as an LDM single file (ComfyUI ``models/vae``,
