@@ -93,7 +93,7 @@ def _looks_like(head: bytes, size: int) -> str:
     if head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
         return f"a safetensors header claiming {header_len} bytes, in a file of {size} (truncated or damaged)"
-    if head.startswith(b"version https://git-lfs"):
+    if head.startswith(b"version https:"):
         return "a Git LFS pointer, not the file it points to"
     if head.lstrip()[:1] in (b"<", b"{"):
         return f"text ({head.decode('utf-8', 'backslashreplace')!r}...), perhaps a web page or a config"

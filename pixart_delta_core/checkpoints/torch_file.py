@@ -17,6 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -44,11 +45,14 @@ class TorchFileSource(TensorSource):
         kind = sniff_format(path)
         if kind is CheckpointFormat.SAFETENSORS:
             raise CheckpointError(f"{name}: expected a PyTorch checkpoint, found a safetensors file")
+        # torch.load reads a path named .safetensors as safetensors whatever it holds: such a file (a
+        # renamed .pth) goes in as a file object, which torch cannot memory-map.
+        self._mapped = kind is CheckpointFormat.TORCH_ZIP and not path.name.endswith(".safetensors")
         with reading(path):
-            self._mapped = kind is CheckpointFormat.TORCH_ZIP
-            if self._mapped:
+            if kind is CheckpointFormat.TORCH_ZIP:
                 check_zip_archive(path)
-                state = _torch_load(path, name, mmap=True)
+                with open(path, "rb") as f:
+                    state = _torch_load(path if self._mapped else f, name, mmap=self._mapped)
             else:
                 data = path.read_bytes()  # legacy files are read whole anyway; in memory, no read overruns it
                 check_legacy_pickle(data, name)
@@ -205,7 +209,7 @@ def check_legacy_pickle(data: bytes, name: str) -> None:
         )
 
 
-def _torch_load(file: Path | io.BytesIO, name: str, mmap: bool) -> object:
+def _torch_load(file: Path | BinaryIO, name: str, mmap: bool) -> object:
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
