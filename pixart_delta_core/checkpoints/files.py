@@ -61,7 +61,7 @@ def _open_folder(folder: Path) -> TensorSource:
         for stem in _FOLDER_WEIGHTS:
             index = candidate / f"{stem}.safetensors.index.json"
             if index.is_file():
-                return _safetensors([candidate / s for s in _shard_names(index)], candidate)
+                return _sharded(index, candidate)
             single = candidate / f"{stem}.safetensors"
             if single.is_file():
                 return _safetensors([single], candidate)
@@ -74,19 +74,27 @@ def _open_folder(folder: Path) -> TensorSource:
     )
 
 
-def _shard_names(index: Path) -> list[str]:
-    """The shard files a ``*.safetensors.index.json`` names: plain file names beside it, each once."""
+def _sharded(index: Path, folder: Path) -> SafetensorsSource:
+    """The shards a ``*.safetensors.index.json`` names, once they hold exactly the tensors it lists, each
+    in the shard it says (plain file names beside the index)."""
+    name = printable_path(index)
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(
-            f"{printable_path(index)}: expected a weight_map from tensor names to shard file names, "
-            f"found {type(weight_map).__name__}"
+            f"{name}: expected a weight_map from tensor names to shard file names, found {type(weight_map).__name__}"
         )
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if shard in ("", ".", "..") or Path(shard).name != shard:
-            raise CheckpointError(f"{printable_path(index)}: shard {shard!r} is not a file name in the index's folder")
-    return shards
+            raise CheckpointError(f"{name}: shard {shard!r} is not a file name in the index's folder")
+    source = _safetensors([folder / s for s in shards], folder)
+    misplaced = sorted(k for k in weight_map if k not in source or source.file_of(k).name != weight_map[k])
+    unlisted = sorted(source.keys() - weight_map.keys())
+    problems = [f"{misplaced[:4]} are not in the shards it names"] if misplaced else []
+    problems += [f"the shards hold {unlisted[:4]}, which it does not list"] if unlisted else []
+    if problems:
+        raise CheckpointError(f"{name}: the index does not match its shards: " + "; ".join(problems))
+    return source
 
 
 def read_json(path: Path) -> dict:

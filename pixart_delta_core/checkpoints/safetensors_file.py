@@ -73,6 +73,10 @@ class SafetensorsSource(TensorSource):
         self._staging: torch.Tensor | None = None
         self._maps: dict[Path, mmap.mmap] = {}
 
+    def file_of(self, key: str) -> Path:
+        """The shard that holds tensor ``key``."""
+        return self._where[key][0]
+
     def _read(self, key: str) -> torch.Tensor:
         out = torch.empty(self.shapes[key], dtype=self.dtypes[key])
         self.read_into(key, out)

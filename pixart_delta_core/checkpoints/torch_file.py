@@ -144,8 +144,7 @@ class _DryRun(pickle.Unpickler):
         if module == "torch" and name.endswith("Storage"):
             with warnings.catch_warnings():  # the typed storage classes are deprecated, their dtypes are not
                 warnings.simplefilter("ignore")
-                storage = getattr(torch, name, None)
-            dtype = getattr(storage, "dtype", None)
+                dtype = getattr(getattr(torch, name, None), "dtype", None)
             if isinstance(dtype, torch.dtype):
                 return _StorageType(dtype.itemsize)
         return _Stub
