@@ -107,7 +107,8 @@ def unreadable_tensor(tensor: torch.Tensor) -> str | None:
 class StateDictSource(TensorSource):
     """An in-memory state dict (real, empty or meta tensors) seen as a source.
 
-    Meta tensors serve detection (shapes only); reading one raises ``CheckpointError``.
+    Meta tensors serve detection and loading onto the meta device (shapes only); reading one into real
+    memory raises ``CheckpointError``, as does reading a sparse or quantized one.
     """
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> None:
@@ -120,11 +121,13 @@ class StateDictSource(TensorSource):
         self._tensors = tensors
 
     def _read(self, key: str) -> torch.Tensor:
-        tensor = self._tensors[key]
-        why = unreadable_tensor(tensor)
+        return self._tensors[key]
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        why = None if out.is_meta else unreadable_tensor(self._tensors[key])
         if why is not None:
             raise CheckpointError(f"{self.origin}: tensor {key!r} is {why}; it cannot be loaded")
-        return tensor
+        out.copy_(self._tensors[key])
 
 
 class _PrefixView(TensorSource):
