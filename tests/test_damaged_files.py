@@ -413,3 +413,18 @@ def test_a_missing_path_and_an_unreadable_index_are_our_errors(tmp_path: Path) -
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_bytes(b"\xff{")
     with pytest.raises(CheckpointError, match="expected UTF-8 JSON"):
         open_checkpoint(tmp_path)
+
+
+def test_a_sharded_index_must_match_its_shards(tmp_path: Path) -> None:
+    save_file(WEIGHTS, str(tmp_path / "m-1.safetensors"))
+    index = tmp_path / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "m-1.safetensors"}}))
+    with pytest.raises(CheckpointError, match=r"the shards hold \['b'\], which it does not list"):
+        open_checkpoint(tmp_path)
+    index.write_text(
+        json.dumps({"weight_map": {"a": "m-1.safetensors", "b": "m-1.safetensors", "z": "m-1.safetensors"}})
+    )
+    with pytest.raises(CheckpointError, match=r"\['z'\] are not in the shards it names"):
+        open_checkpoint(tmp_path)
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(WEIGHTS, "m-1.safetensors")}))
+    assert_same(read_all(tmp_path), WEIGHTS)
