@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -121,6 +121,8 @@ def test_a_damaged_safetensors_header_is_refused_before_any_tensor(
     with pytest.raises(CheckpointError, match="corrupted") as err:
         read_all(path)
     assert expected in str(err.value) and "bad.safetensors" in str(err.value)
+    with pytest.raises(SafetensorError, match="deserializing header"):
+        safe_open(str(path), "pt")  # the safetensors library refuses it too
 
 
 @pytest.mark.parametrize(
