@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("safetensors", "zip", "legacy", "folder")
-EXAMPLES = 100  # per kind: about 40 s for the four kinds on one busy shared core
+EXAMPLES = 200  # per kind: 10 s for the four kinds on a quiet core, about 50 s on a busy shared one
 CASE_SECONDS = 10
 SPARE_ADDRESS_SPACE = 2 << 30  # what a case may map beyond the child's start: far above the tiny files
 

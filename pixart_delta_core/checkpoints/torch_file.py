@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import torch
 
@@ -129,12 +129,19 @@ class _StorageType:
         self.itemsize = itemsize
 
 
-class _DryRun(pickle.Unpickler):
+class _DryRun(pickle._Unpickler):
     """Unpickles the structure of a legacy checkpoint without making any object it names.
 
     Every global becomes ``_Stub`` (nothing is imported or called); a storage's persistent id only
-    records its size, from its declared element count and its storage type's element size.
+    records its size, from its declared element count and its storage type's element size. Built on
+    the pure-Python unpickler: it reads a damaged length field as a short read of what is there,
+    where the C one first allocates a buffer of the size the field claims (gigabytes).
     """
+
+    def _refuse_bytearray8(self) -> None:  # the one opcode that allocates what its length claims before reading
+        raise pickle.UnpicklingError("a protocol-5 bytearray, which torch.save never writes")
+
+    dispatch: ClassVar[dict] = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray8}
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file)
