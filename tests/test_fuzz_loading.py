@@ -135,7 +135,7 @@ def independent_read(kind: str, path: Path) -> dict[str, torch.Tensor] | None:
         except Exception:
             return None
     if kind == "legacy":
-        return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)  # our checks passed: sizes are sane
+        return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)  # sizes checked
     return WEIGHTS  # zip members are checksummed, a folder's tensors untouched: only the original may load
 
 
