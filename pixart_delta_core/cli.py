@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints.files import printable_path
     from .models.controlnet import inspect_controlnet
     from .models.transformer import inspect_transformer
     from .text.t5 import inspect_t5
@@ -27,7 +28,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         detected, what = _first_that_reads(path, inspectors)
         source = detected.tensors
         dtypes = sorted({str(d).removeprefix("torch.") for d in source.dtypes.values()})
-        print(f"{path}")
+        print(printable_path(path))  # a name that is not UTF-8 would make a plain print raise
         print(f"  {what}, {detected.describe()}")
         print(f"  {len(source)} tensors, {source.nbytes() / 2**20:.1f} MiB as stored ({', '.join(dtypes)})")
     return 0

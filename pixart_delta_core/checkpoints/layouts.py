@@ -148,6 +148,7 @@ class RenamedSource(TensorSource):
             shapes[ours] = (sum(p[0] for p in parts), *parts[0][1:])
         dtypes = {k: inner.dtypes[rule.theirs[0]] for k, rule in self._plan.items()}
         super().__init__(shapes, dtypes, inner.origin, inner.metadata)
+        self.path = inner.path
         self._inner = inner
 
     def _read(self, key: str) -> torch.Tensor:

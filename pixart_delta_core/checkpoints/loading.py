@@ -39,11 +39,9 @@ def place_tensor(module: nn.Module, key: str, tensors: TensorSource, dtype: torc
     differently (kept in fp32, quantized while streaming) passes its own ``Place`` to ``load_strict``.
     A tensor kept as stored on the CPU is the file's memory-mapped view when the source has one.
     """
-    stored = tensors.dtypes[key]
-    target = dtype if stored.is_floating_point else stored
-    value = tensors.mapped(key) if device.type == "cpu" and target == stored else None
+    value = tensors.mapped(key) if device.type == "cpu" and tensors.dtypes[key] == dtype else None
     if value is None:
-        value = torch.empty(tensors.shapes[key], dtype=target, device=device)
+        value = torch.empty(tensors.shapes[key], dtype=dtype, device=device)
         tensors.read_into(key, value)
     assign(module, key, value)
 
@@ -57,7 +55,9 @@ def load_strict(
     tied: Mapping[str, str] | None = None,
     place: Place = place_tensor,
 ) -> None:
-    """Fill a meta-device ``module`` from ``tensors``: every key present, no extra, shapes equal.
+    """Fill a meta-device ``module`` from ``tensors``: every key present, no extra, shapes equal, all floating point.
+
+    Raises ``CheckpointError`` (``check_keys``, ``check_floating``) before any tensor is read.
 
     ``tied`` maps a key to the key whose parameter it shares (tied embeddings): it is not read,
     even when the file holds a copy, and ends up the very same tensor as its target.
@@ -67,6 +67,7 @@ def load_strict(
     skipped = set(ignore) | tied.keys()
     provided = {k: s for k, s in tensors.shapes.items() if k not in skipped}
     check_keys(expected, provided, tensors.origin)
+    check_floating(tensors, expected)
     for key in expected:
         place(module, key, tensors, dtype, device)
     for key, target in tied.items():
@@ -91,6 +92,30 @@ def check_keys(expected: Mapping[str, tuple[int, ...]], provided: Mapping[str, t
             problems.append(f"{title}: {shown}")
     if problems:
         raise CheckpointError(f"{origin}: the weights do not match the detected model; " + "; ".join(problems))
+
+
+FLOATING_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+"""The stored dtypes a weight may have: the model converts them to its own dtype as they load."""
+
+
+def check_floating(tensors: TensorSource, keys: Iterable[str]) -> None:
+    """Raise ``CheckpointError`` naming every key in ``keys`` stored as anything but a real floating-point dtype.
+
+    Every parameter and buffer of the pack's models is floating point; an integer, boolean or complex
+    tensor under its name is a damaged or foreign file (or a dtype tag flipped in a header), refused here,
+    before any tensor is read, rather than at the first forward. A layout that stores integer tensors on
+    purpose (a pre-quantized format) would have to declare them; none of the pack's does.
+    """
+    wrong = [
+        f"{k}: {str(tensors.dtypes[k]).removeprefix('torch.')}"
+        for k in keys
+        if tensors.dtypes[k] not in FLOATING_DTYPES
+    ]
+    if wrong:
+        shown = ", ".join(wrong[:8]) + (f", ... ({len(wrong)} in all)" if len(wrong) > 8 else "")
+        raise CheckpointError(
+            f"{tensors.origin}: expected floating-point weights (fp32, fp16, bf16, fp8 or fp64), found {shown}"
+        )
 
 
 def assign(module: nn.Module, key: str, value: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, InputError, QuantizationError, first_line
+from ..errors import InputError, QuantizationError, first_line
 from ..memory import return_free_heap
 from ..ops import Ops
 from .quantization import Quantization, QuantizedLinear
@@ -85,12 +85,6 @@ def quantizing_place(fallback: Place) -> Place:
         if leaf != "weight" or not isinstance(owner, QuantizedLinear):
             fallback(module, key, tensors, dtype, device)
             return
-        stored = tensors.dtypes[key]
-        if not stored.is_floating_point:
-            raise CheckpointError(
-                f"{tensors.origin}: {key} is stored as {str(stored).removeprefix('torch.')}; quantizing needs "
-                f"floating-point weights (fp32, fp16, bf16 or fp8)"
-            )
         weight = torch.empty(tensors.shapes[key], dtype=owner.read_dtype(dtype), device=device)
         tensors.read_into(key, weight)
         owner.quantize_weight(weight, dtype)

@@ -1,0 +1,100 @@
+"""Telling checkpoint formats apart by their structure, never by a file name or a single byte."""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+import struct
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .sources import printable_path, reading
+
+MAX_HEADER_BYTES = 100_000_000
+"""The largest safetensors header the format allows (the safetensors library's own limit)."""
+
+
+class CheckpointFormat(enum.Enum):
+    """The file formats the pack reads."""
+
+    SAFETENSORS = "safetensors"
+    TORCH_ZIP = "PyTorch zip archive"
+    TORCH_LEGACY = "PyTorch legacy pickle"
+
+
+def path_kind(path: Path) -> int:
+    """The ``stat`` mode of ``path`` once it is known to be a regular file or a folder.
+
+    Raises ``CheckpointError`` for anything else (a FIFO or device would block ``open`` forever) and for
+    every OS error (missing, unreadable, a name too long), naming the path.
+    """
+    name = printable_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{name}: no such file or folder") from err
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the name
+        raise CheckpointError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from err
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CheckpointError(
+            f"{name}: expected a checkpoint file or a model folder, found {_special_kind(mode)}; only regular "
+            f"files and folders are read"
+        )
+    return mode
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a regular file (see ``path_kind``)."""
+    if stat.S_ISDIR(path_kind(path)):
+        raise CheckpointError(f"{printable_path(path)}: expected a checkpoint file, found a folder")
+
+
+def _special_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"))
+    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), f"a special file (mode {oct(mode)})")
+
+
+def sniff_format(path: Path) -> CheckpointFormat:
+    """The format of the checkpoint file ``path``, from its structure.
+
+    safetensors: an 8-byte little-endian header length that fits the file, then ``{``. A PyTorch zip
+    archive: a zip local file header (``PK\\x03\\x04``). A legacy PyTorch file: a pickle protocol opcode
+    (``\\x80`` then 2 to 5), when the bytes are not a safetensors header (a header length's low byte
+    can be 0x80). The name is never looked at: a ``.pth`` renamed ``.safetensors`` reads as the ``.pth``
+    it is. Raises ``CheckpointError`` saying what the first bytes look like for anything else.
+    """
+    check_regular_file(path)
+    with reading(path), open(path, "rb") as f:
+        head = f.read(16)
+        size = f.seek(0, 2)
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= min(MAX_HEADER_BYTES, size - 8):
+            return CheckpointFormat.SAFETENSORS
+    if head[:4] == b"PK\x03\x04":
+        return CheckpointFormat.TORCH_ZIP
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return CheckpointFormat.TORCH_LEGACY
+    raise CheckpointError(
+        f"{printable_path(path)}: not a checkpoint: {_looks_like(head, size)}; expected a .safetensors file "
+        f"(an 8-byte header length, then a JSON header) or a PyTorch .pth/.bin file (a zip archive or a pickle)"
+    )
+
+
+def _looks_like(head: bytes, size: int) -> str:
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head[:4] == b"GGUF":
+        return "this is a GGUF file"
+    if head[:4] in (b"PK\x05\x06", b"PK\x07\x08"):
+        return "an empty or split zip archive"
+    if head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        return f"a safetensors header claiming {header_len} bytes, in a file of {size} (truncated or damaged)"
+    if head.startswith(b"version https:"):
+        return "a Git LFS pointer, not the file it points to"
+    if head.lstrip()[:1] in (b"<", b"{"):
+        return f"text ({head.decode('utf-8', 'backslashreplace')!r}...), perhaps a web page or a config"
+    return f"its first bytes are {head[:8].hex(' ')} ({size} bytes in all)"

@@ -1,0 +1,245 @@
+"""Property-based fuzzing of every file kind the pack reads: any bytes give the file's exact tensors or our error.
+
+Valid tiny files (safetensors, zip .pth, legacy .pth, a sharded diffusers folder's JSON) are damaged by
+byte flips, truncations, insertions, deletions, overwrites and header edits. For each case, opening it and
+reading every tensor must either give exactly the tensors an independent reader finds in the file
+(safetensors: the safetensors library; legacy .pth: torch.load; zip .pth and folders, whose bytes are
+checksummed or untouched: the original tensors) or raise a ``PixArtDeltaError``: never another exception,
+never a hang, never a huge allocation. The cases run in a child process, each under an alarm, with its
+address space capped; the parent gives the child a wall-clock limit, so a hang fails instead of stalling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("safetensors", "zip", "legacy", "folder")
+EXAMPLES = 200  # per kind: 10 s for the four kinds on a quiet core, about 50 s on a busy shared one
+CASE_SECONDS = 10
+SPARE_ADDRESS_SPACE = 2 << 30  # what a case may map beyond the child's start: far above the tiny files
+
+WEIGHTS = {
+    "a": torch.arange(256, dtype=torch.float32).reshape(16, 16) / 7,  # the tensors' bytes outweigh the framing
+    "b": torch.linspace(-1, 1, 128, dtype=torch.float16),
+    "c": torch.linspace(3, -3, 64, dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the child caps its memory with RLIMIT_AS and SIGALRM (Linux)")
+def test_damaged_files_give_their_exact_tensors_or_our_error() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    try:  # one child for all kinds: torch and hypothesis start once
+        run = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"fuzzing hung: {err}")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
+    for kind in KINDS:
+        assert f"{kind}: {EXAMPLES} cases" in run.stdout, run.stdout  # hypothesis ran every case it was given
+
+
+# --- the child: everything below runs in the fuzzing process --------------------------------------------
+
+
+def write_valid(kind: str, folder: Path) -> Path:
+    """A valid tiny file (or folder) of ``kind`` holding ``WEIGHTS``."""
+    from safetensors.torch import save_file
+
+    if kind == "safetensors":
+        path = folder / "w.safetensors"
+        save_file(WEIGHTS, str(path), metadata={"format": "pt"})
+    elif kind in ("zip", "legacy"):
+        path = folder / "w.pth"
+        torch.save(WEIGHTS, path, _use_new_zipfile_serialization=kind == "zip")
+    else:
+        path = folder / "model"
+        path.mkdir()
+        shards = {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-2.safetensors"}
+        for shard in set(shards.values()):
+            save_file({k: v for k, v in WEIGHTS.items() if shards[k] == shard}, str(path / shard))
+        index = {"metadata": {"total_size": 1408}, "weight_map": shards}
+        (path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+        (path / "config.json").write_text(json.dumps({"_class_name": "PixArtTransformer2DModel", "num_layers": 2}))
+    return path
+
+
+def mutate(data: bytes, edits: list[tuple]) -> bytes:
+    out = bytearray(data)
+    for op, at, arg in edits:
+        at %= len(out) + 1
+        if op == "flip" and at < len(out):
+            out[at] ^= arg
+        elif op == "truncate":
+            del out[at:]
+        elif op == "insert":
+            out[at:at] = arg
+        elif op == "delete":
+            del out[at : at + arg]
+        elif op == "overwrite":
+            out[at : at + len(arg)] = arg
+    return bytes(out)
+
+
+def edit_json(data: bytes, path: list[int], value: object, header: bool) -> bytes:
+    """Replace one value inside a JSON document (a safetensors header when ``header``) by ``value``."""
+    raw = data[8 : 8 + int.from_bytes(data[:8], "little")] if header else data
+    doc = json.loads(raw)
+    node = doc
+    for step in path:
+        if not isinstance(node, (dict, list)) or not node:
+            break
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = keys[step % len(keys)]
+        if not isinstance(node[key], (dict, list)) or not node[key]:
+            node[key] = value
+            break
+        node = node[key]
+    encoded = json.dumps(doc).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data[8 + len(raw) :] if header else encoded
+
+
+def outcome(path: Path) -> dict[str, torch.Tensor] | None:
+    """Every tensor the pack reads from ``path``, or None when it refuses with its own error."""
+    from pixart_delta_core.checkpoints.files import folder_config, open_checkpoint
+    from pixart_delta_core.errors import PixArtDeltaError
+
+    try:
+        source = open_checkpoint(path)
+        assert isinstance(folder_config(source), dict)
+        return {key: source[key].clone() for key in source}
+    except PixArtDeltaError as err:
+        cause = err.__cause__
+        if isinstance(cause, MemoryError) or "allocate" in str(cause):
+            raise AssertionError(f"a huge allocation was tried before the file was refused: {err}") from err
+        return None
+
+
+def independent_read(kind: str, path: Path) -> dict[str, torch.Tensor] | None:
+    """What another reader finds in the damaged file (None: it refuses it too)."""
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+        except Exception:
+            return None
+    if kind == "legacy":
+        return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)  # sizes checked
+    return WEIGHTS  # zip members are checksummed, a folder's tensors untouched: only the original may load
+
+
+def same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
+    def raw(t: torch.Tensor) -> bytes:
+        return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+    return ours.keys() == theirs.keys() and all(
+        ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape and raw(ours[k]) == raw(theirs[k])
+        for k in ours
+    )
+
+
+class Hung(BaseException):  # not an Exception: no handler in the pack may swallow it
+    pass
+
+
+def check_case(kind: str, valid: Path, work: Path, target: str, edits: list[tuple], json_edit: tuple | None) -> bool:
+    """Check one damaged case; True when the pack loaded it (with the right tensors), False when it refused."""
+    import signal
+
+    case = work / "case"
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir()
+    path = case / valid.name
+    if valid.is_dir():
+        shutil.copytree(valid, path)
+        damaged = path / target
+    else:
+        shutil.copy(valid, path)
+        damaged = path
+    data = damaged.read_bytes()
+    if json_edit is not None:
+        data = edit_json(data, *json_edit, header=kind == "safetensors")
+    damaged.write_bytes(mutate(data, edits))
+
+    def hang(*_: object) -> None:
+        raise Hung(f"{kind} case {edits} {json_edit} ran past {CASE_SECONDS} s")
+
+    signal.signal(signal.SIGALRM, hang)
+    signal.alarm(CASE_SECONDS)
+    try:
+        ours = outcome(path)
+    finally:
+        signal.alarm(0)
+    if ours is not None:
+        theirs = independent_read(kind, path)
+        assert theirs is not None, f"we loaded a {kind} file the independent reader refuses: {edits} {json_edit}"
+        assert same(ours, theirs), f"we loaded other tensors than the {kind} file holds: {edits} {json_edit}"
+    return ours is not None
+
+
+def fuzz(kind: str) -> None:
+    import resource
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+        limit = pages * os.sysconf("SC_PAGE_SIZE") + SPARE_ADDRESS_SPACE
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    position = st.integers(0, 4096)
+    edit = st.one_of(
+        st.tuples(st.just("flip"), position, st.integers(1, 255)),
+        st.tuples(st.just("truncate"), position, st.none()),
+        st.tuples(st.just("insert"), position, st.binary(min_size=1, max_size=16)),
+        st.tuples(st.just("delete"), position, st.integers(1, 64)),
+        st.tuples(st.just("overwrite"), position, st.binary(min_size=1, max_size=8)),
+    )
+    value = st.one_of(
+        st.sampled_from([None, True, 0, -1, 1, 7, 2**31, 2**63, 10**12, 1e308, "", "I32", "BOOL", "F16", "../x"]),
+        st.lists(st.integers(-2, 2**40), max_size=3),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        st.text(max_size=8),
+    )
+    json_edit = st.none() if kind in ("zip", "legacy") else st.tuples(st.lists(st.integers(0, 8), max_size=3), value)
+    targets = st.sampled_from(["diffusion_pytorch_model.safetensors.index.json", "config.json"])
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "valid").mkdir()
+        valid = write_valid(kind, work / "valid")
+        count = loaded = 0
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(target=targets, edits=st.lists(edit, max_size=3), json_edit=json_edit)
+        def run(target: str, edits: list[tuple], json_edit: tuple | None) -> None:
+            nonlocal count, loaded
+            count += 1
+            loaded += check_case(kind, valid, work, target, edits, json_edit)
+
+        run()
+    print(
+        f"{kind}: {count} cases, {loaded} loaded with the file's exact tensors, {count - loaded} refused by our error"
+    )
+
+
+if __name__ == "__main__":
+    for kind in KINDS:
+        fuzz(kind)
