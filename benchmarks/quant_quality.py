@@ -75,8 +75,8 @@ def t5_quality(layers: int, outlier_channels: int) -> dict:
 def transformer_quality(depth: int) -> dict:
     import torch
 
-    from pixart_delta_core.checkpoints.files import StateDictSource
     from pixart_delta_core.checkpoints.loading import load_strict, place_tensor
+    from pixart_delta_core.checkpoints.sources import StateDictSource
     from pixart_delta_core.demo.random_weights import randomize_
     from pixart_delta_core.models.transformer import (
         RECOMPUTED,

@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "Quantization": ".quant.quantization",
     # files
     "open_checkpoint": ".checkpoints.files",
-    "TensorSource": ".checkpoints.files",
+    "TensorSource": ".checkpoints.sources",
     "write_demo_models": ".demo.files",
     # errors
     "PixArtDeltaError": ".errors",

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoints.files import printable_path
+    from .checkpoints.sources import printable_path
     from .models.controlnet import inspect_controlnet
     from .models.transformer import inspect_transformer
     from .text.t5 import inspect_t5

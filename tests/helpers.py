@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, TransformerConfig, to_diffusers

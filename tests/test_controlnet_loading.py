@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart_delta_core.checkpoints.files import StateDictSource
 from pixart_delta_core.checkpoints.layouts import RenamedSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet

@@ -18,7 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pixart_delta_core.checkpoints.files import CheckpointFormat, open_checkpoint, sniff_format
+from pixart_delta_core.checkpoints.files import open_checkpoint
+from pixart_delta_core.checkpoints.formats import CheckpointFormat, sniff_format
 from pixart_delta_core.checkpoints.loading import load_strict
 from pixart_delta_core.cli import main
 from pixart_delta_core.demo.files import write_demo_models

@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from pixart_delta_core.checkpoints.detection import DetectedCheckpoint, find_prefix
-from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
 from pixart_delta_core.models.controlnet_config import ControlNetConfig, ControlNetLayout, detect_controlnet

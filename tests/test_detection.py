@@ -8,7 +8,7 @@ from dataclasses import asdict, fields, replace
 import pytest
 import torch
 
-from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.transformer_config import (
     REFERENCE_ONLY,

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart_delta_core.checkpoints.files import SafetensorsSource, StateDictSource, open_checkpoint
+from pixart_delta_core.checkpoints.files import open_checkpoint
 from pixart_delta_core.checkpoints.layouts import RenamedSource
+from pixart_delta_core.checkpoints.safetensors_file import SafetensorsSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
 from pixart_delta_core.models.transformer_config import DIFFUSERS_TABLE, REFERENCE_ONLY, TransformerLayout, to_diffusers

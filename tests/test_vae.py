@@ -12,7 +12,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
 from pixart_delta_core import cli
-from pixart_delta_core.checkpoints.files import StateDictSource
+from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.transformer_config import TransformerConfig, scaling_factor_for, vae_defaults_for

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import CheckpointError, InputError
-from .files import TensorSource
+from .sources import TensorSource
 
 log = logging.getLogger(__name__)
 

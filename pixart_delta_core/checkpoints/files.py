@@ -15,21 +15,8 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .formats import CheckpointFormat, check_regular_file, path_kind, sniff_format
 from .safetensors_file import SafetensorsSource
-from .sources import Shape, StateDictSource, TensorSource, printable_path, reading
+from .sources import TensorSource, printable_path, reading
 from .torch_file import TorchFileSource
-
-__all__ = [
-    "CheckpointFormat",
-    "SafetensorsSource",
-    "Shape",
-    "StateDictSource",
-    "TensorSource",
-    "TorchFileSource",
-    "folder_config",
-    "open_checkpoint",
-    "printable_path",
-    "sniff_format",
-]
 
 
 def open_checkpoint(path: str | Path) -> TensorSource:

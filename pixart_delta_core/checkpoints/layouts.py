@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import CheckpointError
-from .files import Shape, TensorSource
+from .sources import Shape, TensorSource
 
 
 @dataclass(frozen=True)

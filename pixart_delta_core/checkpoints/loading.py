@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .files import StateDictSource, TensorSource, open_checkpoint
+from .files import open_checkpoint
+from .sources import StateDictSource, TensorSource
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoints.detection import DetectedCheckpoint
-from ..checkpoints.files import TensorSource, folder_config
+from ..checkpoints.files import folder_config
 from ..checkpoints.loading import as_source, load_strict, place_tensor
+from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
 from ..errors import InputError
 from ..ops import Ops

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of
-from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
+from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError, PixArtDeltaError
 from .transformer_config import TransformerConfig, num_heads_from
 

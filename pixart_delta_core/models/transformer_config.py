@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
-from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
+from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
 from ..vae.vae_config import SD_VAE, SDXL_VAE, VaeConfig
 

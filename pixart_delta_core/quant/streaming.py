@@ -22,8 +22,8 @@ from ..ops import Ops
 from .quantization import Quantization, QuantizedLinear
 
 if TYPE_CHECKING:
-    from ..checkpoints.files import TensorSource
     from ..checkpoints.loading import Place
+    from ..checkpoints.sources import TensorSource
 
 log = logging.getLogger(__name__)
 

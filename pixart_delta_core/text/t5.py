@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..checkpoints.detection import DetectedCheckpoint
-from ..checkpoints.files import TensorSource, open_checkpoint
+from ..checkpoints.files import open_checkpoint
 from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
+from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
 from ..errors import CheckpointError
 from ..quant.quantization import Quantization, parse_quantization

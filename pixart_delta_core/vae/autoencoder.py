@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoints.detection import DetectedCheckpoint
-from ..checkpoints.files import TensorSource, folder_config
+from ..checkpoints.files import folder_config
 from ..checkpoints.loading import as_source, load_strict
+from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
 from ..errors import InputError
 from .vae_config import SD_VAE, VaeConfig, detect_vae

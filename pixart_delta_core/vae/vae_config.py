@@ -16,8 +16,8 @@ from enum import Enum
 from typing import Any
 
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
-from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule, prefixed
+from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
