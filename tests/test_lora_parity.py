@@ -16,6 +16,8 @@ from pixart_delta_core.models.lora_config import Naming, read_lora
 from tests.helpers import TINY_MS, diffusers_twin, random_transformer
 from tests.lora_helpers import kohya_layout, lycoris_layout, peft_adapter, peft_layout, reference_layout
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
+
 TOLERANCE = 1e-5
 CONFIG = TINY_MS  # micro-conditions: the size embedders are adapted too
 

@@ -268,6 +268,10 @@ def _adapter(
     source: TensorSource, module: str, found: Mapping[str, str], naming: Naming, part: int, parts: int
 ) -> AdapterPart:
     roles = {_ROLES[suffix][1]: source[key].float() for suffix, key in found.items()}
+    if len(roles) != len(found):
+        raise CheckpointError(
+            f"{source.origin}: {module!r} holds one adapter tensor twice, named two ways: {sorted(found)}"
+        )
     kinds = {_ROLES[suffix][0] for suffix in found} - {None}
     if len(kinds) != 1:
         what = "only an alpha" if not kinds else f"tensors of several kinds ({', '.join(k.value for k in kinds)})"
