@@ -112,6 +112,10 @@ class LoraLayer(nn.Module):
             self.register_buffer(f"up_{index}", factor.up, persistent=False)
             self.register_buffer(f"down_{index}", factor.down, persistent=False)
 
+    def factors(self) -> list[tuple[Factor, float]]:
+        """The LoRAs it computes, with their strengths."""
+        return [(Factor(getattr(self, f"up_{i}"), getattr(self, f"down_{i}")), s) for i, s in enumerate(self.strengths)]
+
     @property
     def weight(self) -> Tensor:
         """The base layer's weight (the models read their dtype and device from their layers' weights)."""
@@ -218,7 +222,7 @@ def apply_loras(
                     f"{lora.name}: adapts {parts[0].source!r}, but this model (depth {depth}) has no {name!r}: "
                     f"the LoRA is for a PixArt of another depth or structure"
                 ) from None
-            _check_fits(model, lora, name, layer, parts)
+            _check_fits(model, lora, name, layer.base_layer if isinstance(layer, LoraLayer) else layer, parts)
             per_layer.setdefault(name, []).append((list(parts), strength))
     patched = _copy_modules(model)
     for name, applied in per_layer.items():
@@ -231,6 +235,9 @@ def apply_loras(
 
 
 def _adapted(name: str, base: nn.Module, applied: list[tuple[list[AdapterPart], float]], mode: LoraMode) -> nn.Module:
+    earlier: list[tuple[Factor, float]] = []
+    if isinstance(base, LoraLayer):  # a layer that already computes LoRAs on the fly takes more the same way
+        earlier, base, mode = base.factors(), base.base_layer, LoraMode.ON_THE_FLY
     quantized = isinstance(base, QuantizedLinear)
     if mode is LoraMode.MERGE and quantized:
         raise InputError(
@@ -242,7 +249,7 @@ def _adapted(name: str, base: nn.Module, applied: list[tuple[list[AdapterPart], 
     factors = [(f, s) for parts, s in applied for f in layer_factors(parts, out_features, dense)]
     if mode is LoraMode.ON_THE_FLY or quantized:
         dtype, device = _compute(base)
-        return LoraLayer(base, [(f.to(dtype, device), s) for f, s in factors])
+        return LoraLayer(base, earlier + [(f.to(dtype, device), s) for f, s in factors])
     weight = base.weight.detach().float()
     for factor, strength in factors:
         weight = weight + strength * factor.dense().to(weight.device).view(weight.shape)
