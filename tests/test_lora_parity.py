@@ -14,7 +14,18 @@ from safetensors.torch import save_file
 from pixart_delta_core.models.lora import LoraMode, apply_loras, remove_loras
 from pixart_delta_core.models.lora_config import Naming, read_lora
 from tests.helpers import TINY_MS, diffusers_twin, random_transformer
-from tests.lora_helpers import kohya_layout, lycoris_layout, peft_adapter, peft_layout, reference_layout
+from tests.lora_helpers import (
+    ALPHA,
+    ALPHAS,
+    RANK,
+    RANKS,
+    TARGETS,
+    kohya_layout,
+    lycoris_layout,
+    peft_adapter,
+    peft_layout,
+    reference_layout,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
 
@@ -104,6 +115,22 @@ def test_a_file_on_disk_reads_like_its_state_dict(lora_case, tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in kohya_layout(state, twin).items()}, str(path))
     got = _run(apply_loras(model, [(read_lora(path), 1.0)]))
     assert (got - want).abs().max().item() <= TOLERANCE
+
+
+def test_a_peft_adapter_folder_takes_its_alphas_from_adapter_config(lora_case, tmp_path) -> None:
+    """The reference's PEFT folders: no alpha in the tensors, lora_alpha and alpha_pattern in adapter_config.json."""
+    from peft import LoraConfig
+
+    model, _, _, want, state, _ = lora_case
+    LoraConfig(
+        r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, rank_pattern=RANKS, alpha_pattern=ALPHAS
+    ).save_pretrained(str(tmp_path))
+    save_file(
+        {f"base_model.model.{k}": v.contiguous() for k, v in state.items()}, str(tmp_path / "adapter_model.safetensors")
+    )
+    for path in (tmp_path, tmp_path / "adapter_model.safetensors"):  # the folder, or its file beside the config
+        got = _run(apply_loras(model, [(read_lora(path), 1.0)]))
+        assert (got - want).abs().max().item() <= TOLERANCE
 
 
 def test_merged_and_on_the_fly_agree_and_the_base_is_untouched(lora_case) -> None:

@@ -16,16 +16,21 @@ without an alpha has alpha = rank (scale 1), as PEFT files of the reference scri
 strict: a key that lands on no module is an error listing the leftovers, and LoRAs for other model families
 are refused by name.
 
-The files are read with the engine's own safe readers (``open_checkpoint``): peft reads only its own layout
+The tensors are read with the engine's own safe readers (``open_checkpoint``): peft reads only its own layout
 and names modules as the model it is attached to, so it can neither read the kohya/LyCORIS layouts nor map
-diffusers names onto our fused layers.
+diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder, or
+beside its file) is read with peft itself: its ``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora``
+set the scales of files that carry no alpha (the reference's scripts keep peft's default alpha, 8, whatever
+the rank).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +42,13 @@ from ..checkpoints.layouts import KeyTable, Rule
 from ..checkpoints.loading import as_source
 from ..errors import CheckpointError
 from .transformer_config import DIFFUSERS_TABLE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter's settings, beside its adapter_model.safetensors
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# (module name as the file names it, rank) -> alpha / rank, from a PEFT adapter_config.json
+Scaling = Callable[[str, int], float]
 
 
 class AdapterKind(Enum):
@@ -214,14 +226,52 @@ def refuse_other_families(source: TensorSource) -> None:
             )
 
 
+def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
+    """The LoRA's tensors, and the scaling its PEFT ``adapter_config.json`` sets, if it has one."""
+    if not isinstance(lora, (str, Path)):
+        return as_source(lora), None
+    path = Path(lora)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        found = next((folder / name for name in ADAPTER_FILES if (folder / name).is_file()), None)
+        if found is None:
+            raise CheckpointError(f"{path}: a folder without {' or '.join(ADAPTER_FILES)}; expected a LoRA")
+        path = found
+    config = folder / ADAPTER_CONFIG
+    return as_source(path), (peft_scaling(config) if config.is_file() else None)
+
+
+def peft_scaling(config_file: Path) -> Scaling:
+    """alpha / rank per module from a PEFT ``adapter_config.json``, read by peft (alpha / sqrt(rank) with rsLoRA)."""
+    try:
+        from peft import LoraConfig
+        from peft.utils.other import get_pattern_key
+    except ImportError as err:
+        raise CheckpointError(
+            f"{config_file}: reading a PEFT adapter's settings needs the peft package ({err}): pip install peft"
+        ) from err
+    try:
+        config = LoraConfig.from_pretrained(str(config_file.parent))
+    except (ValueError, TypeError, OSError) as err:
+        raise CheckpointError(f"{config_file}: not a PEFT LoRA configuration ({err})") from err
+    patterns = dict(config.alpha_pattern or {})
+
+    def scaling(module: str, rank: int) -> float:
+        alpha = patterns.get(get_pattern_key(list(patterns), module), config.lora_alpha)
+        return alpha / (math.sqrt(rank) if config.use_rslora else rank)
+
+    log.info("%s: lora_alpha %s%s", config_file, config.lora_alpha, ", rsLoRA" if config.use_rslora else "")
+    return scaling
+
+
 def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> Lora:
-    """Read a PixArt LoRA (any layout above) from a file or a state dict, strictly.
+    """Read a PixArt LoRA (any layout above) from a file, a PEFT adapter folder, or a state dict, strictly.
 
     Raises ``CheckpointError`` for a LoRA of another family, an unsupported adapter variant, keys that land on
     no module of the PixArt transformer (listed), or incomplete or inconsistent adapters. Whether the modules
     exist in a given model, with the sizes the adapters expect, is checked when applying (``models/lora.py``).
     """
-    source = as_source(lora)
+    source, scaling = _open(lora)
     if not source.shapes:
         raise CheckpointError(f"{source.origin}: holds no tensors; expected a LoRA")
     refuse_other_families(source)
@@ -248,7 +298,10 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
             leftovers.extend(found.values())
             continue
         ours, part, parts = located
-        targets.setdefault(ours, []).append(_adapter(source, module, found, naming, part, parts))
+        adapter = _adapter(source, module, found, part, parts)
+        if scaling is not None and "alpha" not in found and adapter.kind is AdapterKind.LORA:
+            adapter = replace(adapter, scale=scaling(module[len(prefix) :], adapter.rank))
+        targets.setdefault(ours, []).append(adapter)
     if leftovers:
         shown = ", ".join(sorted(leftovers)[:8]) + (f" and {len(leftovers) - 8} more" if len(leftovers) > 8 else "")
         raise CheckpointError(
@@ -264,9 +317,7 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
     return Lora(source.origin, naming, {k: tuple(sorted(v, key=lambda p: p.part)) for k, v in targets.items()})
 
 
-def _adapter(
-    source: TensorSource, module: str, found: Mapping[str, str], naming: Naming, part: int, parts: int
-) -> AdapterPart:
+def _adapter(source: TensorSource, module: str, found: Mapping[str, str], part: int, parts: int) -> AdapterPart:
     roles = {_ROLES[suffix][1]: source[key].float() for suffix, key in found.items()}
     if len(roles) != len(found):
         raise CheckpointError(
