@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 from pixart_delta_core.cli import _lora_spec, main
 from pixart_delta_core.demo.files import DEMO_TRANSFORMER, write_demo_models
 from pixart_delta_core.errors import CheckpointError
+from pixart_delta_core.models.controlnet import ControlNetTransformer
+from pixart_delta_core.models.transformer import load_transformer
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,3 +83,19 @@ def test_a_lora_of_another_width_is_refused_before_any_model_loads(files, tmp_pa
     args = ["generate", "--transformer", str(demo.transformer), "--t5", str(demo.t5), "--vae", str(demo.vae)]
     assert main([*args, "--prompt", "x", "--lora", f"{wrong}:1", "--out", str(tmp_path / "n.png")]) == 1
     assert "another width" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("to_controlnet", [True, False])
+def test_the_pipeline_gives_the_controlnet_copies_the_lora_when_asked(files, tmp_path: Path, to_controlnet) -> None:
+    demo, lora = files
+    base = load_transformer(demo.transformer)
+    net_file = tmp_path / "controlnet.safetensors"
+    save_file(ControlNetTransformer.from_base(base, copies=1).state_dict(), str(net_file))
+    pipeline = PixArtPipeline(
+        demo.transformer, demo.t5, demo.vae, demo.tokenizer, controlnet=net_file, device="cpu", dtype="fp32",
+        loras=[(lora, 0.7)], lora_controlnet=to_controlnet,
+    )  # fmt: skip
+    transformer = pipeline.load_transformer()
+    copy = pipeline.load_controlnet(transformer).controlnet[0].copied_block.attn.proj.weight
+    assert not torch.equal(transformer.blocks[0].attn.proj.weight, base.blocks[0].attn.proj.weight)
+    assert torch.equal(copy, (transformer if to_controlnet else base).blocks[0].attn.proj.weight)
