@@ -53,9 +53,6 @@ class Factor:
     up: Tensor
     down: Tensor | None = None
 
-    def dense(self) -> Tensor:
-        return self.up if self.down is None else self.up @ self.down
-
     def to(self, dtype: torch.dtype, device: torch.device) -> Factor:
         down = None if self.down is None else self.down.to(device, dtype)
         return Factor(self.up.to(device, dtype), down)
@@ -250,9 +247,14 @@ def _adapted(name: str, base: nn.Module, applied: list[tuple[list[AdapterPart], 
     if mode is LoraMode.ON_THE_FLY or quantized:
         dtype, device = _compute(base)
         return LoraLayer(base, earlier + [(f.to(dtype, device), s) for f, s in factors])
-    weight = base.weight.detach().float()
-    for factor, strength in factors:
-        weight = weight + strength * factor.dense().to(weight.device).view(weight.shape)
+    weight = base.weight.detach().to(torch.float32, copy=True)  # the merged sum is made in fp32, then cast once
+    flat = weight.view(weight.shape[0], -1)  # [out, in (x kh x kw)]
+    for factor, strength in factors:  # in place: no ΔW-sized temporary for a low-rank factor
+        up = factor.up.to(flat.device)
+        if factor.down is None:
+            flat.add_(up, alpha=strength)
+        else:
+            flat.addmm_(up, factor.down.to(flat.device), alpha=strength)
     merged = copy.copy(base)
     merged._parameters = dict(base._parameters)
     merged.weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
