@@ -180,7 +180,7 @@ def _underscored() -> tuple[tuple[re.Pattern[str], str], ...]:
     templates = {t for ours, theirs in DIFFUSERS_TABLE.names() for t in (ours, *theirs)}
     found = []
     for template in sorted(templates, key=len, reverse=True):
-        body = re.escape(template.replace(".", "_")).replace(r"\{i\}", r"(?P<i>\d+)").replace("{i}", r"(?P<i>\d+)")
+        body = re.escape(template.replace(".", "_")).replace(r"\{i\}", r"(?P<i>\d+)")
         found.append((re.compile(f"^{body}$"), template))
     return tuple(found)
 
