@@ -314,6 +314,15 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
         if len(seen) != len(set(seen)):
             sources = [p.source for p in found_parts]
             raise CheckpointError(f"{source.origin}: several adapters for {ours!r} ({sources}); expected one")
+    no_alpha = not any(k.endswith(".alpha") for k in source.shapes)
+    if scaling is None and no_alpha and naming in (Naming.PEFT, Naming.REFERENCE_PEFT, Naming.BARE):
+        log.warning(
+            "%s: no alpha in the file and no %s beside it: alpha = rank (scale 1) is assumed; keep a PEFT "
+            "adapter's %s beside its weights so its lora_alpha is read",
+            source.origin,
+            ADAPTER_CONFIG,
+            ADAPTER_CONFIG,
+        )
     return Lora(source.origin, naming, {k: tuple(sorted(v, key=lambda p: p.part)) for k, v in targets.items()})
 
 
