@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.comfy_helpers import BASE, ENGINE, MODEL_FILES, PACK, call_node
+from tests.comfy_helpers import BASE, ENGINE, LCM_PIPELINE, MODEL_FILES, PACK, call_node
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,3 +76,20 @@ def test_a_lora_for_another_family_is_refused_by_name(in_models: Path) -> None:
             call_node(NODES["PixArtDeltaLoraLoader"], model=_load(), lora_name="sd15_style.safetensors", strength=1.0)
     finally:
         (in_models / "loras" / "sd15_style.safetensors").unlink()
+
+
+def test_the_sampler_runs_the_lora_model_and_the_input_model_still_samples_as_before(in_models: Path) -> None:
+    """LCM-LoRA settings end to end through the nodes: lcm, 4 steps, guidance 0."""
+    model = _load()
+    (styled,) = call_node(NODES["PixArtDeltaLoraLoader"], model=model, lora_name=LCM_LORA, strength=1.0)
+    (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name=Path(LCM_PIPELINE).name, dtype="fp32")
+    (positive,) = call_node(NODES["PixArtDeltaT5TextEncode"], text="a fox", t5=t5)
+
+    def sample(m):
+        settings = {"steps": 4, "sampler": "lcm", "guidance": 0.0, "width": 64, "height": 64}
+        return call_node(NODES["PixArtDeltaSampler"], model=m, positive=positive, **settings)[0]["samples"]
+
+    before = sample(model)
+    with_lora = sample(styled)
+    assert torch.isfinite(with_lora).all() and (with_lora - before).abs().max() > 1e-3
+    assert torch.equal(sample(model), before)
