@@ -5,6 +5,7 @@ Node ids and input names are part of saved workflows: never rename them.
 
 from .controlnet import ControlNetApply, ControlNetLoader
 from .loaders import CheckpointLoader, LowMemoryLoader, T5Loader
+from .lora import LoraLoader
 from .resolution import Resolution
 from .sampling import PixArtSampler
 from .text import T5TextEncode
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "PixArtDeltaSampler": PixArtSampler,
     "PixArtDeltaControlNetLoader": ControlNetLoader,
     "PixArtDeltaControlNetApply": ControlNetApply,
+    "PixArtDeltaLoraLoader": LoraLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "PixArtDeltaCheckpointLoader": "PixArt-δ Checkpoint Loader",
@@ -28,4 +30,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "PixArtDeltaSampler": "PixArt-δ Sampler",
     "PixArtDeltaControlNetLoader": "PixArt-δ ControlNet Loader",
     "PixArtDeltaControlNetApply": "PixArt-δ Apply ControlNet",
+    "PixArtDeltaLoraLoader": "PixArt-δ LoRA Loader",
 }

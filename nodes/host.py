@@ -49,6 +49,7 @@ _FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet", "t2i_adapter"),
     "diffusers": ("diffusers",),
     "vae": ("vae",),
+    "loras": ("loras",),
 }
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 

@@ -14,14 +14,9 @@ from ..pixart_delta_core.text.encoder import find_tokenizer, load_text_encoder
 from ..pixart_delta_core.text.t5 import inspect_t5
 from . import comfy_model, host
 from .model_choices import TEXT_ENCODERS, TRANSFORMERS
-from .sockets import MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
+from .sockets import CORE_MODEL_TOOLTIP, CORE_MODEL_TYPE, MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
 
 CATEGORY = "PixArt-δ/loaders"
-CORE_MODEL_TYPE = "MODEL"
-CORE_MODEL_TOOLTIP = (
-    "The same transformer as ComfyUI's MODEL, for KSampler, SamplerCustomAdvanced, ModelSamplingDiscrete (lcm for "
-    "the LCM), core LoRA loaders and guidance nodes (empty on a ComfyUI without PixArt support)."
-)
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
 QUANTIZATIONS = [q.value for q in Quantization]
 QUANTIZATION_TOOLTIP = (

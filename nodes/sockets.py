@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # the models load on first use, not when ComfyUI imports the 
 MODEL_TYPE = "PIXART_DELTA_MODEL"
 T5_TYPE = "PIXART_DELTA_T5"
 CONTROLNET_TYPE = "PIXART_DELTA_CONTROLNET"
+CORE_MODEL_TYPE = "MODEL"
+CORE_MODEL_TOOLTIP = (
+    "The same transformer as ComfyUI's MODEL, for KSampler, SamplerCustomAdvanced, ModelSamplingDiscrete (lcm for "
+    "the LCM), core LoRA loaders and guidance nodes (empty on a ComfyUI without PixArt support)."
+)
 
 
 class PixArtModel:

@@ -63,6 +63,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         low_memory=args.low_memory,
         t5_quantization=None if args.t5_quantization == "auto" else args.t5_quantization,
         quantization=args.quantization,
+        loras=args.lora,
+        lora_controlnet=args.lora_controlnet,
     )
     control = None
     if args.control_image is not None:
@@ -178,6 +180,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
     run.add_argument("--init-image", type=Path, help="img2img: start from this image")
     run.add_argument("--strength", type=float, default=1.0, help="img2img denoise in (0, 1]")
+    lora = gen.add_argument_group("LoRA")
+    lora.add_argument(
+        "--lora",
+        type=_lora_spec,
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (any layout: PEFT, kohya, OneTrainer, ComfyUI, LoHa, LoKr) at STRENGTH (default 1, "
+        "negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
+    )
+    lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
     ctl = gen.add_argument_group("ControlNet-Transformer")
     ctl.add_argument("--control-image", type=Path, help="edge map (HED) steering the generation")
     ctl.add_argument("--control-strength", type=float, default=1.0)
@@ -198,6 +211,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     dev.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="transformer weights")
     gen.set_defaults(run=cmd_generate)
+
+
+def _lora_spec(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength); a colon followed by no number belongs to the path."""
+    path, colon, tail = text.rpartition(":")
+    if colon:
+        try:
+            strength = float(tail)
+        except ValueError:
+            return Path(text), 1.0
+        if strength != strength or abs(strength) == float("inf"):
+            raise argparse.ArgumentTypeError(f"a LoRA strength must be a finite number, found {tail}")
+        return Path(path), strength
+    return Path(text), 1.0
 
 
 def _positive(text: str) -> int:

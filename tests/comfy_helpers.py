@@ -44,6 +44,7 @@ MODEL_FILES = {
     "controlnet": "checkpoints/PixArt-XL-2-1024-ControlNet.pth",
     "t5": "text_encoders/t5xxl_fp16.safetensors",
     "vae": "vae/sd-vae-ft-ema.safetensors",
+    "lcm_lora": "loras/PixArt-LCM-LoRA-XL-2-1024-MS.safetensors",
 }
 LCM_PIPELINE = "diffusers/PixArt-LCM-XL-2-1024-MS"  # the LCM as a whole diffusers repository folder
 TINY_VAE = VaeConfig(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
@@ -66,6 +67,7 @@ def write_models(root: Path, tokenizer: Path | None = None, full_vae: bool = Fal
     controlnet = randomize_(ControlNetTransformer.from_base(base, CONTROL_COPIES), seed=4)
     whole = {f"base_model.{k}": v for k, v in base.reference_state_dict().items()}
     torch.save({"state_dict": {**whole, **controlnet.state_dict()}}, paths["controlnet"])
+    save_file(random_peft_lora(BASE), str(paths["lcm_lora"]))
     t5 = random_t5(seed=3)
     save_file(t5_file_weights(t5, torch.float16), str(paths["t5"]))
     paths["lcm_pipeline"] = _write_pipeline(root / LCM_PIPELINE, lcm_weights, t5, tokenizer)
@@ -77,6 +79,23 @@ def write_models(root: Path, tokenizer: Path | None = None, full_vae: bool = Fal
     else:
         del paths["vae"]
     return paths
+
+
+def random_peft_lora(config: TransformerConfig, rank: int = 4, seed: int = 6) -> dict[str, torch.Tensor]:
+    """A random LoRA in the reference PEFT layout (as PixArt-LCM-LoRA is shared) on every block's attention and
+    feed-forward layers, in diffusers names."""
+    generator = torch.Generator().manual_seed(seed)
+    width, hidden = config.hidden_size, config.mlp_hidden
+    layers = {"attn1.to_q": (width, width), "attn1.to_k": (width, width), "attn1.to_v": (width, width),
+              "attn1.to_out.0": (width, width), "attn2.to_q": (width, width), "attn2.to_k": (width, width),
+              "attn2.to_v": (width, width), "ff.net.0.proj": (width, hidden), "ff.net.2": (hidden, width)}  # fmt: skip
+    weights = {}
+    for i in range(config.depth):
+        for name, (n_in, n_out) in layers.items():
+            key = f"base_model.model.transformer_blocks.{i}.{name}"
+            weights[f"{key}.lora_A.weight"] = torch.randn(rank, n_in, generator=generator) * n_in**-0.5
+            weights[f"{key}.lora_B.weight"] = torch.randn(n_out, rank, generator=generator) * rank**-0.5
+    return weights
 
 
 def _random_like(tensor: torch.Tensor, seed: int) -> torch.Tensor:

@@ -138,7 +138,7 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_there_are_the_nine_examples() -> None:
+def test_there_are_the_ten_examples() -> None:
     assert [p.stem for p in WORKFLOWS] == [
         "pixart_alpha_dpm_solver",
         "pixart_delta_controlnet_dpm_solver",
@@ -146,6 +146,7 @@ def test_there_are_the_nine_examples() -> None:
         "pixart_delta_ksampler",
         "pixart_delta_lcm_controlnet",
         "pixart_delta_lcm_custom_sampler",
+        "pixart_delta_lcm_lora",
         "pixart_delta_lcm_low_memory",
         "pixart_delta_lcm_text_to_image",
         "pixart_delta_upscale",
@@ -232,6 +233,7 @@ def test_the_note_names_every_model_file_and_its_folder(path: Path) -> None:
             "PixArtDeltaT5Loader",
             "PixArtDelta8BitLoader",
             "PixArtDeltaControlNetLoader",
+            "PixArtDeltaLoraLoader",
             "VAELoader",
         )
         for value in n["widgets_values"]
@@ -265,6 +267,14 @@ def test_each_example_shows_what_its_name_says() -> None:
     assert sampler_settings("pixart_delta_lcm_controlnet") == ("lcm", 4, 0.0, 1.0)
     for name in ("pixart_delta_controlnet_dpm_solver", "pixart_delta_lcm_controlnet"):
         assert nodes_of(name, "PixArtDeltaControlNetApply") and nodes_of(name, "Canny")
+    assert sampler_settings("pixart_delta_lcm_lora") == ("lcm", 4, 0.0, 1.0)  # LCM-LoRA on the α base
+    assert nodes_of("pixart_delta_lcm_lora", "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0].startswith(
+        "PixArt-XL-2-1024-MS"
+    )
+    assert nodes_of("pixart_delta_lcm_lora", "PixArtDeltaLoraLoader")[0]["widgets_values"] == [
+        "PixArt-LCM-LoRA-XL-2-1024-MS.safetensors",
+        1.0,
+    ]
 
 
 def test_the_core_sampler_examples_sample_the_loaders_core_model() -> None:

@@ -101,6 +101,20 @@ class KeyTable:
             plan[ours] = Rule(tuple(found[p] for p in range(len(rule.theirs))), ours, rule.squeeze)
         return plan
 
+    def locate(self, name: str) -> tuple[str, int, int] | None:
+        """Where one of their whole module names lands in ours: (our name, its part, how many parts), or None if no
+        rule names it. A fused module of ours (``attn.qkv``) is ``parts`` of theirs stacked on dim 0, in order."""
+        hit = self._match_theirs(name)
+        if hit is None or hit[3]:  # a suffix: a tensor or sub-module of a named module, not the module itself
+            return None
+        rule_index, part, indices, _ = hit
+        rule = self._rules[rule_index].rule
+        return rule.ours.format(**dict(indices)), part, len(rule.theirs)
+
+    def names(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Every rule as (our name, their names), with their index placeholders (``{i}``)."""
+        return tuple((c.rule.ours, c.rule.theirs) for c in self._rules)
+
     def _match_theirs(self, key: str) -> tuple[int, int, tuple[tuple[str, str], ...], str] | None:
         for rule_index, compiled in enumerate(self._rules):
             for part, pattern in enumerate(compiled.theirs):

@@ -22,6 +22,8 @@ from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import InputError
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, load_controlnet
+from ..models.lora import apply_loras
+from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, vae_defaults_for
 from ..quant.quantization import Quantization, parse_quantization
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | Path
 ImageInput = Image.Image | PathLike | torch.Tensor
+LoraSpec = PathLike | tuple[PathLike, float]  # a LoRA file, at strength 1 or at the given strength
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class PixArtPipeline:
     low_memory: bool = False
     t5_quantization: Quantization | str | None = None
     quantization: Quantization | str = Quantization.NONE
+    loras: Sequence[LoraSpec] = ()
+    lora_controlnet: bool = False  # the ControlNet's copies also take the LoRAs of the base blocks they copy
     _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,13 +113,26 @@ class PixArtPipeline:
         """The transformer file, recognised once per pipeline: its layout and config (no weights read)."""
         return inspect_transformer(self.transformer)
 
+    @cached_property
+    def lora_stack(self) -> list[tuple[Lora, float]]:
+        """The ``loras``, read and checked once per pipeline, with their strengths (merged into full-precision
+        weights, computed on the fly beside quantized ones: ``models/lora.py``)."""
+        specs = [(spec, 1.0) if isinstance(spec, (str, Path)) else spec for spec in self.loras]
+        stack = [(read_lora(path), float(strength)) for path, strength in specs]
+        if stack:  # refuse a LoRA for another width or depth now, on an empty (meta) model: no weights read
+            apply_loras(PixArtTransformer(self.transformer_checkpoint.config, device="meta"), stack, "on_the_fly")
+        for lora, strength in stack:
+            log.info("LoRA %s at strength %g: %s", lora.name, strength, lora.describe())
+        return stack
+
     def load_transformer(self) -> PixArtTransformer:
-        return self._model(
-            "transformer",
-            lambda: load_transformer(
+        def load() -> PixArtTransformer:
+            model = load_transformer(
                 self.transformer_checkpoint, self.dtype, self.device, quantization=self.quantization
-            ),
-        )
+            )
+            return apply_loras(model, self.lora_stack) if self.lora_stack else model
+
+        return self._model("transformer", load)
 
     def load_text_encoder(self) -> TextEncoder:
         return self._model(
@@ -128,12 +146,12 @@ class PixArtPipeline:
 
     def load_controlnet(self, transformer: PixArtTransformer) -> ControlNetTransformer:
         source = self.controlnet or self.transformer
-        return self._model(
-            "controlnet",
-            lambda: load_controlnet(
-                source, transformer.config, self.dtype, self.device, quantization=self.quantization
-            ),
-        )
+
+        def load() -> ControlNetTransformer:
+            model = load_controlnet(source, transformer.config, self.dtype, self.device, quantization=self.quantization)
+            return apply_loras(model, self.lora_stack) if self.lora_controlnet and self.lora_stack else model
+
+        return self._model("controlnet", load)
 
     def encode_prompts(
         self, prompts: Sequence[str], negatives: Sequence[str] | None, caption_length: int, clean_caption: bool
@@ -194,6 +212,7 @@ class PixArtPipeline:
         if strength != 1.0 and init_image is None:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
         negatives = _negatives(negative_prompt, len(prompts), settings.guided)
+        self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
 
         transformer_config = self.transformer_checkpoint.config
         default = transformer_config.resolution
@@ -298,10 +317,11 @@ def generate(
     dtype: str | torch.dtype = "auto",
     t5_dtype: str | torch.dtype = "auto",
     low_memory: bool = False,
+    loras: Sequence[LoraSpec] = (),
     **options: Any,
 ) -> list[Image.Image]:
     """Files to PIL images in one call (see ``PixArtPipeline.__call__`` for the options)."""
     pipeline = PixArtPipeline(
-        transformer, t5, vae, tokenizer, controlnet, device, dtype, t5_dtype, low_memory=low_memory
+        transformer, t5, vae, tokenizer, controlnet, device, dtype, t5_dtype, low_memory=low_memory, loras=loras
     )
     return pipeline(prompt, **options).images
