@@ -28,7 +28,7 @@ def _run(model) -> torch.Tensor:
 
 
 def _load(quantization: str = "none"):
-    (model,) = call_node(
+    model, _ = call_node(
         NODES["PixArtDeltaCheckpointLoader"], ckpt_name=Path(MODEL_FILES["alpha"]).name, weight_dtype="fp32",
         quantization=quantization,
     )  # fmt: skip
