@@ -15,7 +15,7 @@ from pixart_delta_core import cli
 from pixart_delta_core.checkpoints.sources import StateDictSource
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.models.transformer_config import TransformerConfig, scaling_factor_for, vae_defaults_for
+from pixart_delta_core.models.transformer_config import TransformerConfig, vae_defaults_for
 from pixart_delta_core.vae.autoencoder import Vae, inspect_vae, load_vae
 from pixart_delta_core.vae.vae_config import (
     SCALING_FROM_CONFIG,
@@ -278,8 +278,8 @@ def test_fp16_is_kept_where_safe_and_upcast_where_the_vae_overflows(model_and_fi
 
 def test_the_model_family_picks_the_vae() -> None:
     sigma = TransformerConfig(caption_length=300)
-    assert vae_defaults_for(sigma) is SDXL_VAE and scaling_factor_for(sigma) == 0.13025
-    assert vae_defaults_for(TINY) is SD_VAE and scaling_factor_for(TransformerConfig()) == 0.18215
+    assert vae_defaults_for(sigma) is SDXL_VAE and vae_defaults_for(sigma).scaling_factor == 0.13025
+    assert vae_defaults_for(TINY) is SD_VAE and vae_defaults_for(TransformerConfig()).scaling_factor == 0.18215
 
 
 # --- refusals ---------------------------------------------------------------------------------------

@@ -241,8 +241,3 @@ def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 def vae_defaults_for(config: TransformerConfig) -> VaeConfig:
     """The VAE a transformer was trained with: SDXL's for PixArt-Σ (300 caption tokens), else SD 1.x's."""
     return SDXL_VAE if config.caption_length == SIGMA_TOKENS else SD_VAE
-
-
-def scaling_factor_for(config: TransformerConfig) -> float:
-    """Raw VAE latents times this are the transformer's (scaled) latents."""
-    return vae_defaults_for(config).scaling_factor
