@@ -67,6 +67,12 @@ class SamplerSpec:
     max_steps: int = TRAIN_STEPS
 
 
+# A run from pure noise must start at the top of the noise schedule (t = 999) at every step count.
+# diffusers' default spacings for Euler ("linspace") and DDIM ("leading") do not at 1-2 steps (Euler's
+# single step is t = 0 with the noise scaled to 1%, DDIM's are 0 or 500); "trailing" spacing always
+# does. DPM-Solver++ and SA-Solver start at 999 with their defaults and keep them.
+_FROM_NOISE: dict[str, Any] = {"timestep_spacing": "trailing"}
+
 SAMPLERS: dict[Sampler, SamplerSpec] = {
     Sampler.LCM: SamplerSpec(
         LCMScheduler,
@@ -79,9 +85,11 @@ SAMPLERS: dict[Sampler, SamplerSpec] = {
         DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
     ),
     Sampler.SA_SOLVER: SamplerSpec(SASolverScheduler, {}, steps=25, guidance=3.0),
-    Sampler.EULER: SamplerSpec(EulerDiscreteScheduler, {}, steps=20, guidance=4.5),
-    Sampler.EULER_ANCESTRAL: SamplerSpec(EulerAncestralDiscreteScheduler, {}, steps=20, guidance=4.5),
-    Sampler.DDIM: SamplerSpec(DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}, steps=25, guidance=4.5),
+    Sampler.EULER: SamplerSpec(EulerDiscreteScheduler, _FROM_NOISE, steps=20, guidance=4.5),
+    Sampler.EULER_ANCESTRAL: SamplerSpec(EulerAncestralDiscreteScheduler, _FROM_NOISE, steps=20, guidance=4.5),
+    Sampler.DDIM: SamplerSpec(
+        DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, **_FROM_NOISE}, steps=25, guidance=4.5
+    ),
 }
 
 
