@@ -171,6 +171,12 @@ class ControlSchedule:
     def active(self, step: int, steps: int) -> bool:
         return self.start <= step / steps < self.end
 
+    def check_batch(self, images: int) -> None:
+        """One control latent, or exactly one per image, before guidance doubles the batch."""
+        count = getattr(self.hook, "count", 1)  # a plain function hook carries no count: it serves any batch
+        if count not in (1, images):
+            raise InputError(f"{count} control images for {images} images: give one, or exactly one per image")
+
 
 StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, current latents)
 
@@ -237,6 +243,8 @@ def sample(
     batch = noise.shape[0]
     transformer.check_latent_size(*noise.shape[-2:])
     scheduler, timesteps = make_scheduler(settings, device)
+    if control is not None:
+        control.check_batch(batch)
     caption = _for_batch(cond, batch)
     if settings.guided:
         if uncond is None:
