@@ -90,16 +90,34 @@ def placement(
     return load_device
 
 
-def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> PixArtModel:
-    """The PixArt transformer ``ckpt_name`` names, in ``weight_dtype`` (the compute dtype when quantized)."""
+# What detection cannot read from some files' weights (PixArt-Σ 256 px has no pos_embed and no micro-conditions):
+# widget name -> (choices after "auto", the detection hint it sets, pixels -> hint value).
+HINT_WIDGETS: dict[str, tuple[list[str], str, Callable[[int], int]]] = {
+    "training_resolution": (["256", "512", "1024", "2048"], "sample_size", lambda px: px // 8),
+    "heads": (["8", "12", "16", "20", "24", "32"], "num_heads", int),
+    "caption_length": (["120", "300"], "caption_length", int),
+}
+
+
+def detection_hints(widgets: dict[str, str]) -> dict[str, int]:
+    """The detection hints the loader's widgets give ("auto" gives none)."""
+    return {HINT_WIDGETS[n][1]: HINT_WIDGETS[n][2](int(v)) for n, v in widgets.items() if v != "auto"}
+
+
+def load_model(
+    ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none", **hint_widgets: str
+) -> PixArtModel:
+    """The PixArt transformer ``ckpt_name`` names, in ``weight_dtype`` (the compute dtype when quantized);
+    ``hint_widgets`` (``HINT_WIDGETS``) give what detection cannot read from the weights. The file is
+    recognised once."""
     mode = parse_quantization(quantization)
     source = open_checkpoint(TRANSFORMERS.path(ckpt_name))
-    detected = inspect_transformer(source)
+    detected = inspect_transformer(source, detection_hints(hint_widgets))
     load_device, offload_device = host.torch_device(), host.offload_device()
     parameters = parameter_count(detected.tensors.shapes.values())
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
     device = placement(mode, load_device, offload_device, lambda: parameters)
-    transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
+    transformer = load_transformer(detected, dtype=dtype, device=device, quantization=mode)
     return PixArtModel(transformer, host.manage(transformer, load_device, offload_device), ckpt_name, mode)
 
 
@@ -113,6 +131,16 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     target = placement(mode, load_device, offload_device, lambda: parameter_count(found.tensors.shapes.values()))
     encoder = load_text_encoder(found, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
     return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
+
+
+HINT_TOOLTIPS = {
+    "training_resolution": "Pixels the model was trained at. auto: read from the file; set it only when loading "
+    "asks for it (files without pos_embed or micro-conditions, such as PixArt-Σ 256 px).",
+    "heads": "Attention heads. auto: read from the file (PixArt's heads are 72 wide); set it only when loading "
+    "asks for it.",
+    "caption_length": "Caption tokens: 120 for PixArt-α/δ, 300 for PixArt-Σ. auto: read from the file or its "
+    "folder; set it only when loading asks for it.",
+}
 
 
 class CheckpointLoader:
@@ -159,11 +187,20 @@ class CheckpointLoader:
                         "tooltip": f"The blocks' linear layers. {QUANTIZATION_TOOLTIP}",
                     },
                 ),
+                **{
+                    name: (
+                        ["auto", *choices],
+                        {"default": "auto", "tooltip": HINT_TOOLTIPS[name]},
+                    )
+                    for name, (choices, _, _) in HINT_WIDGETS.items()
+                },
             },
         }
 
-    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple[PixArtModel]:
-        return (load_model(ckpt_name, weight_dtype, quantization),)
+    def load(
+        self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none", **hint_widgets: str
+    ) -> tuple[PixArtModel]:
+        return (load_model(ckpt_name, weight_dtype, quantization, **hint_widgets),)
 
 
 class T5Loader:

@@ -186,7 +186,8 @@ def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) ->
     raise CheckpointError(
         f"{source.origin}: a diffusers-layout transformer without micro-conditions may be PixArt-α "
         f"(120 caption tokens) or PixArt-Σ (300), and nothing in the file says which: load its "
-        f"diffusers folder (with model_index.json) or give the caption length explicitly"
+        f"diffusers folder (with model_index.json) or give the caption length (--caption-length on the "
+        f"command line, hints={{'caption_length': N}} in Python)"
     )
 
 
@@ -203,7 +204,9 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
         return 128  # micro-conditions exist only in the 1024-MS models
     raise CheckpointError(
         f"{source.origin}: the training resolution is not in the weights (no pos_embed, no "
-        f"micro-conditions): load its diffusers folder (with config.json) or give the sample size"
+        f"micro-conditions): load its diffusers folder (with config.json) or give the training resolution "
+        f"(--training-resolution PX on the command line, the checkpoint loader's training_resolution in "
+        f"ComfyUI, hints={{'sample_size': PX // 8}} in Python)"
     )
 
 
@@ -220,7 +223,8 @@ def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, 
         return fallback
     raise CheckpointError(
         f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
-        f"number of heads cannot be read from the weights; give it explicitly"
+        f"number of heads cannot be read from the weights: give it (--heads on the command line, the "
+        f"checkpoint loader's heads in ComfyUI, hints={{'num_heads': N}} in Python)"
     )
 
 
