@@ -23,7 +23,7 @@ from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
 
 from ..checkpoints.detection import count_numbered, identify, shape_of
-from ..checkpoints.files import TensorSource, open_checkpoint
+from ..checkpoints.files import Shape, TensorSource, open_checkpoint
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule
 from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
 from ..devices import parse_dtype
@@ -140,7 +140,7 @@ def detect_t5(source: TensorSource, config_json: Mapping[str, Any] | None = None
             f"{source.origin}: ambiguous: it holds several T5 encoders (under {sorted(found)}); expected one"
         )
     prefix, hf_names = next(iter(found.items()))
-    view = source.without_prefix(prefix)
+    view = dequantized(source.without_prefix(prefix))
     others = len(source) - len(view)
     if others:
         log.info("%s: using the %d tensors under %r, ignoring %d others", source.origin, len(view), prefix, others)
@@ -160,6 +160,69 @@ def detect_t5(source: TensorSource, config_json: Mapping[str, Any] | None = None
         )
     config = _config_from_json(config_json, source.origin) if config_json else _config_from_shapes(view)
     return T5Checkpoint(config, view, prefix, layout, ignored)
+
+
+# ComfyUI's scaled fp8 files (its t5xxl_fp8_e4m3fn_scaled): each linear weight stored in fp8 with a per-tensor
+# ``<layer>.scale_weight`` (the weight is fp8 value x scale), optionally ``<layer>.scale_input`` (used only by fp8
+# matrix products, not needed once the weight is dequantized), and a ``scaled_fp8`` marker tensor.
+SCALED_FP8_MARKER = "scaled_fp8"
+_SCALE_WEIGHT, _SCALE_INPUT = ".scale_weight", ".scale_input"
+# Auxiliary per-tensor keys of other quantization schemes, named in the refusal.
+_OTHER_SCHEMES = {
+    ".weight_scale_inv": "block-scaled fp8 (weight_scale_inv)",
+    ".weight_scale": "a per-tensor scaled format (weight_scale, e.g. ComfyUI's comfy_quant)",
+    ".comfy_quant": "ComfyUI's comfy_quant format",
+    ".input_scale": "a scaled fp8 format with input scales (input_scale)",
+    ".SCB": "bitsandbytes int8 (SCB)",
+    ".absmax": "bitsandbytes 4-bit (absmax, quant_map)",
+    ".quant_map": "bitsandbytes 4-bit (absmax, quant_map)",
+}
+
+
+class ScaledFp8Source(TensorSource):
+    """A scaled fp8 file seen as plain weights: each scaled weight read as fp8 value x ``scale_weight`` (fp32)."""
+
+    def __init__(self, inner: TensorSource) -> None:
+        scales = {k.removesuffix(_SCALE_WEIGHT) + ".weight": k for k in inner.shapes if k.endswith(_SCALE_WEIGHT)}
+        missing = sorted(w for w in scales if w not in inner.shapes)
+        if missing:
+            raise CheckpointError(f"{inner.origin}: scale_weight without its weight for {missing[:3]}")
+        hidden = {SCALED_FP8_MARKER, *scales.values()}
+        hidden |= {k for k in inner.shapes if k.endswith(_SCALE_INPUT)}
+        shapes: dict[str, Shape] = {k: v for k, v in inner.shapes.items() if k not in hidden}
+        dtypes = {k: torch.float32 if k in scales else inner.dtypes[k] for k in shapes}
+        super().__init__(shapes, dtypes, inner.origin, inner.metadata)
+        self._inner, self._scales = inner, scales
+
+    def _read(self, key: str) -> torch.Tensor:
+        scale = self._scales.get(key)
+        if scale is None:
+            return self._inner[key]
+        return self._inner[key].float() * self._inner[scale].float()  # [out, in] x per-tensor scale
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        if key in self._scales:
+            out.copy_(self[key])
+        else:
+            self._inner.read_into(key, out)
+
+    def mapped(self, key: str) -> torch.Tensor | None:
+        return None if key in self._scales else self._inner.mapped(key)
+
+
+def dequantized(view: TensorSource) -> TensorSource:
+    """``view`` with ComfyUI's scaled fp8 read as plain weights; other quantization schemes refused by name."""
+    for suffix, scheme in _OTHER_SCHEMES.items():
+        keys = [k for k in view.shapes if k.endswith(suffix)]
+        if keys:
+            raise CheckpointError(
+                f"{view.origin}: a T5 stored in {scheme}, e.g. {keys[0]!r}: not read by this pack; use the "
+                f"fp16, bf16, fp8 or ComfyUI scaled fp8 T5 files"
+            )
+    if SCALED_FP8_MARKER in view.shapes or any(k.endswith(_SCALE_WEIGHT) for k in view.shapes):
+        log.info("%s: ComfyUI scaled fp8: weights read as fp8 value x scale_weight", view.origin)
+        return ScaledFp8Source(view)
+    return view
 
 
 def _what_it_is(source: TensorSource) -> str:
