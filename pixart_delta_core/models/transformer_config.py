@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.detection import count_numbered, identify, shape_of
+from ..checkpoints.detection import count_numbered, identify, refuse_other_family, shape_of
 from ..checkpoints.files import TensorSource
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..errors import CheckpointError
@@ -113,6 +113,7 @@ _DIFFUSERS_ANCHOR = "adaln_single.linear.weight"
 def detect_transformer(source: TensorSource, hints: Mapping[str, Any] | None = None) -> Detected:
     """Recognise a PixArt transformer in ``source``; ``hints`` are diffusers config fields."""
     hints = dict(hints or {})
+    refuse_other_family(source, "a PixArt transformer")
     prefixes = {k[: -len(a)]: a for a in (_REFERENCE_ANCHOR, _DIFFUSERS_ANCHOR) for k in source.shapes if k.endswith(a)}
     if not prefixes:
         raise CheckpointError(f"{source.origin}: not a PixArt transformer: {identify(source)}")
