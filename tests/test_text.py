@@ -208,7 +208,7 @@ def test_truncating_a_huge_prompt_warns_in_one_short_line(encoder, caplog) -> No
 
 
 def test_caption_cleaning_is_optional(encoder) -> None:
-    noisy = "<b>A Red Cat</b> @someone https://example.com/cat.jpg"
+    noisy = "<b>A Red Cat</b> @someone https://example.com/cat"
     assert not torch.equal(encoder.encode([noisy], LENGTH).mask, encoder.encode(["a red cat"], LENGTH).mask)
     cleaned = encoder.encode([noisy], LENGTH, clean_caption=True)
     assert torch.equal(cleaned.embeddings, encoder.encode(["a red cat"], LENGTH).embeddings)
