@@ -60,6 +60,13 @@ def check_generate(args: argparse.Namespace) -> None:
             raise InputError(f"{option} {named[option]} is a folder: give an image file")
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
+    if args.strength != 1.0 and args.init_image is None:
+        raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
+    if not 0.0 <= args.control_start < args.control_end <= 1.0:
+        raise InputError(
+            f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
+            f"0 <= start < end <= 1"
+        )
     if args.tokenizer is None:
         from .text.encoder import find_tokenizer
 

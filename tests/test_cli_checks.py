@@ -57,6 +57,8 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--out": "{file}/x.png"}, "cannot be made"),
         ({"--device": "tpu"}, "--device: unknown device 'tpu'"),
         ({"--width": "1", "--height": "1"}, "must be at least 16 px, found 1"),
+        ({"--strength": "0.5"}, "--strength 0.5 needs --init-image"),
+        ({"--control-start": "0.8", "--control-end": "0.2"}, "--control-start 0.8 and --control-end 0.2 must"),
     ],
 )
 def test_a_wrong_argument_stops_before_any_model_loads(
