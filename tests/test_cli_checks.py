@@ -51,6 +51,7 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--control-image": "hed.png"}, "--control-image hed.png: no such file or folder"),
         ({"--tokenizer": None}, "no T5 tokenizer found .*--tokenizer on the command line"),
         ({"--controlnet": "{transformer}"}, "--controlnet needs --control-image"),
+        ({"--control-image": "{image}"}, "not a PixArt ControlNet"),
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
         ({"--out": "{out}"}, "is a folder: give a file name"),
@@ -66,7 +67,9 @@ def test_a_wrong_argument_stops_before_any_model_loads(
 ) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    where = {"out": tmp_path, "file": a_file, "transformer": files.transformer}
+    image = tmp_path / "hed.png"
+    Image.new("RGB", (64, 64)).save(image)
+    where = {"out": tmp_path, "file": a_file, "transformer": files.transformer, "image": image}
     changes = {k: v if v is None else v.format(**where) for k, v in changes.items()}
     assert main(generate_args(files, tmp_path, **changes)) == 1
     err = capsys.readouterr().err

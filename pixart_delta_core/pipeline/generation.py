@@ -20,7 +20,7 @@ from PIL import Image
 from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import InputError
 from ..memory import return_free_heap
-from ..models.controlnet import ControlNetTransformer, load_controlnet
+from ..models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import Detected, TransformerConfig
 from ..quant.quantization import Quantization, parse_quantization
@@ -205,6 +205,8 @@ class PixArtPipeline:
         if self.tokenizer is None:
             find_tokenizer(self.t5)  # a missing tokenizer is found now, not after the other checks
         transformer_config = self.transformer_checkpoint.config
+        if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
+            inspect_controlnet(self.controlnet or self.transformer, base_config=transformer_config)
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
         asked = _asked_size(height, width, transformer_config.resolution, init_image)
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
