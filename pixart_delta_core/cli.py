@@ -80,7 +80,7 @@ def check_generate(args: argparse.Namespace) -> None:
 
 def _hints(args: argparse.Namespace) -> dict[str, int]:
     """Detection hints given on the command line (diffusers' config names)."""
-    hints = {"num_heads": args.heads, "caption_length": args.caption_length}
+    hints = {"num_heads": args.heads, "caption_length": args.caption_length, "sample_size": args.sample_size}
     if args.training_resolution is not None:
         hints["sample_size"] = args.training_resolution // 8
     return {k: v for k, v in hints.items() if v is not None}
@@ -263,12 +263,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
     hint = gen.add_argument_group("detection hints (only for files whose weights do not say it)")
     hint.add_argument("--heads", type=_positive, help="attention heads of a transformer whose width is not 72 x heads")
-    hint.add_argument(
+    resolution = hint.add_mutually_exclusive_group()
+    resolution.add_argument(
         "--training-resolution",
         type=_positive,
         metavar="PX",
         help="pixels the transformer was trained at (256, 512, 1024, 2048), for files without pos_embed or "
         "micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
+    )
+    resolution.add_argument(
+        "--sample-size", type=_positive, help="the same in diffusers' config.json units: latent pixels (32 = 256 px)"
     )
     hint.add_argument("--caption-length", type=_positive, help="caption tokens: 120 (PixArt-α/δ) or 300 (PixArt-Σ)")
     dev = gen.add_argument_group("devices and memory")

@@ -34,7 +34,10 @@ def models(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_the_error_names_the_option_and_the_widget(models: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"--training-resolution PX on the command line.*training_resolution"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"--training-resolution PX or --sample-size PX/8 on the command line.*training_resolution",
+    ):
         inspect_transformer(models / "checkpoints" / "sigma-256.safetensors")
 
 
@@ -43,6 +46,10 @@ def test_the_command_line_gives_the_hints_to_the_pipeline(models: Path) -> None:
     args = build_parser().parse_args([*argv, "--training-resolution", "256", "--heads", "2"])
     assert _hints(args) == {"sample_size": 32, "num_heads": 2}
     assert _hints(build_parser().parse_args(argv)) == {}
+    assert _hints(build_parser().parse_args([*argv, "--sample-size", "32", "--caption-length", "300"])) == {
+        "sample_size": 32,
+        "caption_length": 300,
+    }
     pipeline = PixArtPipeline(models / "checkpoints" / "sigma-256.safetensors", "a", "v", hints=_hints(args))
     config = pipeline.transformer_checkpoint.config
     assert (config.sample_size, config.caption_length, config.interpolation_scale) == (32, 300, 0.5)

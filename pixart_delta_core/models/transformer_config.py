@@ -206,8 +206,8 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
     raise CheckpointError(
         f"{source.origin}: the training resolution is not in the weights (no pos_embed, no "
         f"micro-conditions): load its diffusers folder (with config.json) or give the training resolution "
-        f"(--training-resolution PX on the command line, the checkpoint loader's training_resolution in "
-        f"ComfyUI, hints={{'sample_size': PX // 8}} in Python)"
+        f"(--training-resolution PX or --sample-size PX/8 on the command line, the checkpoint loader's "
+        f"training_resolution in ComfyUI, hints={{'sample_size': PX // 8}} in Python)"
     )
 
 
