@@ -3,12 +3,14 @@ quantized for the paper's low-memory recipe (docs/REFERENCE.md §5: T5 in 8-bit)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.models.transformer import inspect_transformer, load_transformer
+from ..pixart_delta_core.models.transformer_config import sample_size_for
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
 from ..pixart_delta_core.text.encoder import find_tokenizer, load_text_encoder
 from ..pixart_delta_core.text.t5 import inspect_t5
@@ -26,16 +28,34 @@ QUANTIZATION_TOOLTIP = (
 )
 
 
-def load_model(ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> PixArtModel:
-    """The PixArt transformer ``ckpt_name`` names, in ``weight_dtype`` (the compute dtype when quantized)."""
+# What detection cannot read from some files' weights (PixArt-Σ 256 px has no pos_embed and no micro-conditions):
+# widget name -> (choices after "auto", the detection hint it sets, widget value -> hint value).
+HINT_WIDGETS: dict[str, tuple[list[str], str, Callable[[int], int]]] = {
+    "training_resolution": (["256", "512", "1024", "2048"], "sample_size", sample_size_for),
+    "heads": (["8", "12", "16", "20", "24", "32"], "num_heads", int),
+    "caption_length": (["120", "300"], "caption_length", int),
+}
+
+
+def detection_hints(widgets: dict[str, str]) -> dict[str, int]:
+    """The detection hints the loader's widgets give ("auto" gives none)."""
+    return {HINT_WIDGETS[n][1]: HINT_WIDGETS[n][2](int(v)) for n, v in widgets.items() if v != "auto"}
+
+
+def load_model(
+    ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none", **hint_widgets: str
+) -> PixArtModel:
+    """The PixArt transformer ``ckpt_name`` names, in ``weight_dtype`` (the compute dtype when quantized);
+    ``hint_widgets`` (``HINT_WIDGETS``) give what detection cannot read from the weights. The file is
+    recognised once."""
     mode = parse_quantization(quantization)
     source = open_checkpoint(TRANSFORMERS.path(ckpt_name))
-    detected = inspect_transformer(source)
+    detected = inspect_transformer(source, detection_hints(hint_widgets))
     load_device, offload_device = host.torch_device(), host.offload_device()
     parameters = host.parameter_count(detected.tensors.shapes.values())
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
     device = host.placement(mode, load_device, offload_device, lambda: parameters)
-    transformer = load_transformer(source, dtype=dtype, device=device, quantization=mode)
+    transformer = load_transformer(detected, dtype=dtype, device=device, quantization=mode)
     patcher = comfy_model.model_patcher(transformer, load_device, offload_device)
     return PixArtModel(transformer, host.manage(transformer, load_device, offload_device, patcher), ckpt_name, mode)
 
@@ -52,6 +72,16 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     )
     encoder = load_text_encoder(found, torch_dtype, target, tokenizer=tokenizer_for(path), quantization=mode)
     return PixArtT5(encoder, host.manage(encoder.model, load_device, offload_device), t5_name, mode)
+
+
+HINT_TOOLTIPS = {
+    "training_resolution": "Pixels the model was trained at. auto: read from the file; set it only when loading "
+    "asks for it (files without pos_embed or micro-conditions, such as PixArt-Σ 256 px).",
+    "heads": "Attention heads. auto: read from the file (PixArt's heads are 72 wide); set it only when loading "
+    "asks for it.",
+    "caption_length": "Caption tokens: 120 for PixArt-α/δ, 300 for PixArt-Σ. auto: read from the file or its "
+    "folder; set it only when loading asks for it.",
+}
 
 
 class CheckpointLoader:
@@ -98,11 +128,20 @@ class CheckpointLoader:
                         "tooltip": f"The blocks' linear layers. {QUANTIZATION_TOOLTIP}",
                     },
                 ),
+                **{
+                    name: (
+                        ["auto", *choices],
+                        {"default": "auto", "tooltip": HINT_TOOLTIPS[name]},
+                    )
+                    for name, (choices, _, _) in HINT_WIDGETS.items()
+                },
             },
         }
 
-    def load(self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none") -> tuple:
-        model = load_model(ckpt_name, weight_dtype, quantization)
+    def load(
+        self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none", **hint_widgets: str
+    ) -> tuple:
+        model = load_model(ckpt_name, weight_dtype, quantization, **hint_widgets)
         return (model, model.core_model)
 
 

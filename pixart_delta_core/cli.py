@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CheckpointError, PixArtDeltaError
+from .errors import CheckpointError, InputError, PixArtDeltaError
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,54 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
     raise first
 
 
+def check_generate(args: argparse.Namespace) -> None:
+    """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
+    from .devices import pick_device
+    from .pipeline.outputs import check_output
+
+    named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
+    named |= {"--controlnet": args.controlnet, "--init-image": args.init_image, "--control-image": args.control_image}
+    for option, path in named.items():
+        if path is not None and not path.exists():
+            raise InputError(f"{option} {path}: no such file or folder")
+    for option in ("--init-image", "--control-image"):
+        if named[option] is not None and not named[option].is_file():
+            raise InputError(f"{option} {named[option]} is a folder: give an image file")
+    if args.controlnet is not None and args.control_image is None:
+        raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
+    if args.strength != 1.0 and args.init_image is None:
+        raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
+    if not 0.0 <= args.control_start < args.control_end <= 1.0:
+        raise InputError(
+            f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
+            f"0 <= start < end <= 1"
+        )
+    if args.tokenizer is None:
+        from .text.encoder import find_tokenizer
+
+        find_tokenizer(args.t5)
+    check_output(args.out)
+    try:
+        pick_device(args.device)
+    except InputError as err:
+        raise InputError(f"--device: {err}") from None
+
+
+def _hints(args: argparse.Namespace) -> dict[str, int]:
+    """Detection hints given on the command line (diffusers' config names)."""
+    hints = {"num_heads": args.heads, "caption_length": args.caption_length, "sample_size": args.sample_size}
+    if args.training_resolution is not None:
+        from .models.transformer_config import sample_size_for
+
+        hints["sample_size"] = sample_size_for(args.training_resolution)
+    return {k: v for k, v in hints.items() if v is not None}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.generation import Control, PixArtPipeline
+    from .pipeline.outputs import RunRecord, save_images
 
+    check_generate(args)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(
@@ -65,11 +110,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         quantization=args.quantization,
         loras=args.lora,
         lora_controlnet=args.lora_controlnet,
+        hints=_hints(args),
     )
     control = None
     if args.control_image is not None:
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
-    with _progress() as on_step:
+    with _progress() as on_step, _stages() as on_stage:
         result = pipeline(
             args.prompt,
             negative_prompt=args.negative_prompt,
@@ -87,25 +133,49 @@ def cmd_generate(args: argparse.Namespace) -> int:
             control=control,
             clean_caption=args.clean_caption,
             on_step=on_step,
-            on_stage=_announce_stage,
+            on_stage=on_stage,
         )
-    for path, image in zip(_outputs(args.out, len(result.images)), result.images, strict=True):
-        image.save(path)
-        print(f"wrote {path} ({image.width}x{image.height}, generated at {result.size[1]}x{result.size[0]})")
+    first = result.images[0]
+    record = RunRecord(
+        args.prompt,
+        args.negative_prompt,
+        args.seed,
+        result.settings.steps,
+        args.sampler,
+        result.settings.guidance,
+        (first.height, first.width),
+        {"Model": args.transformer.name, "T5": args.t5.name, "VAE": args.vae.name}
+        | ({"ControlNet": (args.controlnet or args.transformer).name} if control is not None else {}),
+    )
+    for path in save_images(result.images, args.out, record):
+        print(f"wrote {path} ({first.width}x{first.height}, generated at {result.size[1]}x{result.size[0]})")
     return 0
 
 
 _STAGES = {
-    "text": "encoding the prompts with T5",
-    "images": "encoding the init/control image with the VAE",
-    "denoise": "denoising with the transformer",
-    "decode": "decoding with the VAE",
+    "text": "loading T5 and encoding the prompts",
+    "images": "loading the VAE and encoding the init/control image",
+    "denoise": "loading the transformer and denoising",
+    "decode": "loading the VAE and decoding",
 }
 
 
-def _announce_stage(name: str) -> None:
-    if name in _STAGES:
-        print(f"{_STAGES[name]}...", file=sys.stderr, flush=True)
+@contextmanager
+def _stages():
+    """An ``on_stage`` callback printing one line per stage on stderr, and how long the previous one took."""
+    started: list[tuple[str, float]] = []
+
+    def on_stage(name: str) -> None:
+        now = time.perf_counter()
+        if started:
+            print(f"  {started[-1][0]}: {now - started[-1][1]:.1f} s", file=sys.stderr, flush=True)
+        if name in _STAGES:
+            print(f"{_STAGES[name]}...", file=sys.stderr, flush=True)
+            started.append((_STAGES[name], now))
+        else:
+            started.clear()
+
+    yield on_stage
 
 
 @contextmanager
@@ -131,32 +201,38 @@ def _progress():
             bar.close()
 
 
-def _outputs(out: Path, count: int) -> list[Path]:
-    """``x.png`` for one image; ``x-0.png``, ``x-1.png``... for several."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.files import write_demo_models
 
     print("The demo models are tiny and random, built in memory (no weights can be downloaded): the image")
-    print("is noise by design. They are saved as users hold real ones, then loaded and run by the same code.")
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_demo_models(Path(tmp))
-        cmd_info(argparse.Namespace(files=[files.transformer, files.t5, files.vae]))
-        demo_args = [*("--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae))]
-        demo_args += ["--tokenizer", str(files.tokenizer), "--prompt", args.prompt, "--out", str(args.out)]
-        demo_args += ["--width", "512", "--height", "512", "--no-binning", "--steps", "4", "--seed", "0"]
-        return cmd_generate(build_parser().parse_args(["generate", *demo_args]))
+    print(f"is noise by design. They are saved in {args.models} as users hold real ones, then loaded and run")
+    print("by the same code.")
+    files = write_demo_models(args.models)
+    cmd_info(argparse.Namespace(files=[files.transformer, files.t5, files.vae]))
+    model_args = [*("--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae))]
+    model_args += ["--tokenizer", str(files.tokenizer)]
+    demo_args = [*model_args, "--prompt", args.prompt, "--out", str(args.out)]
+    demo_args += ["--width", "512", "--height", "512", "--no-binning", "--steps", "4", "--seed", "0"]
+    status = cmd_generate(build_parser().parse_args(["generate", *demo_args]))
+    other = args.out.with_name(f"{args.out.stem}-dpm{args.out.suffix}")
+    print("\nNext, on the same files:")
+    print(f"  python -m pixart_delta_core info {files.transformer} {files.t5} {files.vae}")
+    print(f"  python -m pixart_delta_core generate {' '.join(model_args)} \\")
+    print(f'      --prompt "a lighthouse at dusk" --sampler dpm_solver++ --steps 14 --out {other}')
+    print("  python -m pixart_delta_core generate --help")
+    return status
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     from .sampling.samplers import Sampler
 
-    gen = sub.add_parser("generate", help="text (and optionally an init or control image) to images")
+    gen = sub.add_parser(
+        "generate",
+        parents=[_common()],
+        help="text (and optionally an init or control image) to images",
+        description="Text (and optionally an init or control image) to images. Every file, the output and the "
+        "device are checked before any model loads.",
+    )
     files = gen.add_argument_group("model files (any layout the engine reads)")
     files.add_argument("--transformer", type=Path, required=True, help="PixArt transformer file or diffusers folder")
     files.add_argument("--t5", type=Path, required=True, help="T5 encoder: single file or HF/diffusers folder")
@@ -165,7 +241,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     files.add_argument("--controlnet", type=Path, help="ControlNet file (default: --transformer's, if it has one)")
     gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
     gen.add_argument("--negative-prompt", help="used with guidance > 1 (default: the learned null caption)")
-    gen.add_argument("--out", type=Path, default=Path("outputs/pixart.png"), help="output PNG (x-N.png for several)")
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/pixart.png"),
+        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png",
+    )
     size = gen.add_argument_group("size")
     size.add_argument("--width", type=_positive, help="pixels (default: the model's training resolution)")
     size.add_argument("--height", type=_positive, help="pixels (default: the model's training resolution)")
@@ -196,6 +277,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--control-strength", type=float, default=1.0)
     ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
+    hint = gen.add_argument_group("detection hints (only for files whose weights do not say it)")
+    hint.add_argument("--heads", type=_positive, help="attention heads of a transformer whose width is not 72 x heads")
+    resolution = hint.add_mutually_exclusive_group()
+    resolution.add_argument(
+        "--training-resolution",
+        type=_positive,
+        metavar="PX",
+        help="pixels the transformer was trained at (256, 512, 1024, 2048), for files without pos_embed or "
+        "micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
+    )
+    resolution.add_argument(
+        "--sample-size", type=_positive, help="the same in diffusers' config.json units: latent pixels (32 = 256 px)"
+    )
+    hint.add_argument("--caption-length", type=_positive, help="caption tokens: 120 (PixArt-α/δ) or 300 (PixArt-Σ)")
     dev = gen.add_argument_group("devices and memory")
     dev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     dev.add_argument("--dtype", default="auto", help="transformer/VAE dtype: auto, fp32, fp16, bf16")
@@ -234,16 +329,39 @@ def _positive(text: str) -> int:
     return value
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand takes after its name too (``generate -v``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log what it does")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pixart_delta_core", description="PixArt-δ engine")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="say what a checkpoint (transformer or T5) is and its detected configuration")
+    what = "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE"
+    info = sub.add_parser(
+        "info",
+        parents=[_common()],
+        help=f"say what a file is ({what}) and its detected configuration",
+        description=f"Say what each file is ({what}: single files, diffusers or HF folders), its detected "
+        "configuration, how many tensors it holds and their size and dtypes. Reads no weights.",
+    )
     info.add_argument("files", nargs="+", type=Path, help="checkpoint files, diffusers or HF T5 folders")
     info.set_defaults(run=cmd_info)
-    demo = sub.add_parser("demo", help="generate an image with the built-in (tiny, random) demo models")
-    demo.add_argument("--prompt", default="a red fox in the snow, watercolour")
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"))
+    demo = sub.add_parser(
+        "demo",
+        parents=[_common()],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="generate an image with the built-in (tiny, random) demo models",
+        description="Build tiny random models (a transformer, a T5 encoder with its tokenizer, a VAE), save them "
+        "in the layouts users hold, describe them, generate one image with them (4 LCM steps), and print "
+        "commands to try next on the same files. The image is noise by design.",
+    )
+    demo.add_argument("--prompt", default="a red fox in the snow, watercolour", help="the prompt")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"), help="the image written")
+    demo.add_argument("--models", type=Path, default=Path("outputs/demo-models"), help="where the models are kept")
     demo.set_defaults(run=cmd_demo)
     _add_generate(sub)
     return parser

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -27,17 +29,36 @@ def run(*args: str | Path) -> None:
     subprocess.run([str(a) for a in args], cwd=ROOT, check=True)
 
 
+def step(what: str, how_long: str, *args: str | Path) -> None:
+    """Run one setup step, saying first what it does and roughly how long it takes, then how long it took."""
+    print(f"{what} ({how_long})...", flush=True)
+    started = time.perf_counter()
+    run(*args)
+    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def dependencies() -> str:
+    """The package names pyproject.toml lists as dependencies, for the setup message."""
+    listed = re.search(r"^dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    return ", ".join(re.findall(r'"([A-Za-z0-9_.\-]+)', listed.group(1))) if listed else "see pyproject.toml"
+
+
 def ensure_environment() -> None:
-    if not PYTHON.exists():
-        print(f"creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted:
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == wanted:
         return
+    print(f"First-time setup (again when pyproject.toml changes): everything goes into {VENV}.", flush=True)
+    if not PYTHON.exists():
+        print(f"creating the virtual environment {VENV} (a few seconds)", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
     has_torch = subprocess.run([str(PYTHON), "-c", "import torch"], capture_output=True).returncode == 0
     if not has_torch:
-        run(PYTHON, "-m", "pip", "install", "-q", os.environ.get("PIXART_DELTA_TORCH", "torch==2.13.0"))
-    run(PYTHON, "-m", "pip", "install", "-q", "-e", ".[test]")
+        torch = os.environ.get("PIXART_DELTA_TORCH", "torch==2.13.0")
+        how_long = "a download of about 1 GB for a CPU build, several GB with CUDA: often 2 to 10 minutes"
+        step(f"installing {torch}", how_long, PYTHON, "-m", "pip", "install", "-q", torch)
+    how_long = "a few hundred MB: usually 1 to 3 minutes"
+    what = f"installing this pack with {dependencies()}, and pytest, ruff for the tests"
+    step(what, how_long, PYTHON, "-m", "pip", "install", "-q", "-e", ".[test]")
     STAMP.write_text(wanted)
 
 

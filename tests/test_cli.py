@@ -16,21 +16,30 @@ def files(tmp_path_factory):
     return write_demo_models(tmp_path_factory.mktemp("models"))
 
 
-def test_demo_writes_an_image(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "demo.png"
-    assert main(["demo", "--out", str(out)]) == 0
+def test_demo_writes_an_image_keeps_its_models_and_says_what_to_try(tmp_path: Path, capsys) -> None:
+    out, models = tmp_path / "demo.png", tmp_path / "models"
+    assert main(["demo", "--out", str(out), "--models", str(models)]) == 0
     assert Image.open(out).size == (512, 512)
-    assert "random" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "random" in printed
+    kept = sorted(p.name for p in models.iterdir())
+    assert kept == ["demo-t5.safetensors", "demo-tokenizer", "demo-transformer.safetensors", "demo-vae"]
+    next_commands = printed.split("Next, on the same files:")[1]
+    assert f"info {models / 'demo-transformer.safetensors'}" in next_commands
+    assert f"--tokenizer {models / 'demo-tokenizer'}" in next_commands
 
 
-def test_generate_writes_one_file_per_image(files, tmp_path: Path) -> None:
+def test_generate_writes_one_file_per_image_named_for_its_prompt(files, tmp_path: Path) -> None:
     args = ["generate", "--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae)]
     args += ["--tokenizer", str(files.tokenizer), "--prompt", "a fox", "--prompt", "a cat", "--batch", "2"]
     args += ["--width", "96", "--height", "64", "--no-binning", "--out", str(tmp_path / "x.png")]
     assert main(args) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["x-0.png", "x-1.png", "x-2.png", "x-3.png"]
-    assert Image.open(tmp_path / "x-3.png").size == (96, 64)
+    assert written == ["x-p0-0.png", "x-p0-1.png", "x-p1-0.png", "x-p1-1.png"]
+    assert Image.open(tmp_path / "x-p1-1.png").size == (96, 64)
+    parameters = Image.open(tmp_path / "x-p1-0.png").text["parameters"]
+    assert parameters.startswith("a cat\nSteps: 4, Sampler: lcm, CFG scale: 0.0, Seed: 0, Size: 96x64, ")
+    assert f"Model: {files.transformer.name}, T5: {files.t5.name}, VAE: {files.vae.name}" in parameters
 
 
 def test_info_says_what_each_file_is(files, capsys) -> None:

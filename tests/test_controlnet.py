@@ -21,6 +21,8 @@ from pixart_delta_core.models.controlnet_config import ControlNetConfig, to_adap
 from pixart_delta_core.models.layers import BlockContext, sincos_pos_embed
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import TransformerConfig
+from pixart_delta_core.sampling.samplers import ControlSchedule, Sampler, SamplingSettings, sample
+from pixart_delta_core.text.encoder import TextEmbedding
 from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 
 TOLERANCE = 1e-5
@@ -268,3 +270,43 @@ def test_hook_refuses_a_base_it_does_not_fit_and_mixed_dtypes() -> None:
         net.hook(base, torch.zeros(1, 4, 16, 16))
     with pytest.raises(InputError, match="finite"):
         net.hook(random_transformer(SMALL), torch.zeros(1, 4, 16, 16), strength=float("nan"))
+
+
+# --- control batches under guidance -------------------------------------------------------------
+
+
+def guided_run(base: PixArtTransformer, net: ControlNetTransformer, control: Tensor, images: int) -> Tensor:
+    """A 2-step DDIM run with CFG over ``images`` images (one prompt each) and the given control latents."""
+    x, _, caption, mask, _ = inputs(SMALL_MS, images, 16, 16, seed=5)
+    uncond = torch.zeros_like(caption)
+    settings = SamplingSettings(Sampler.DDIM, steps=2, guidance=4.5)
+    cond, negative = TextEmbedding(caption, mask), TextEmbedding(uncond, torch.ones_like(mask))
+    schedule = ControlSchedule(net.hook(base, control))
+    return sample(base, cond, settings, x, uncond=negative, control=schedule)
+
+
+def test_each_image_pairs_its_two_guided_passes_with_its_own_control() -> None:
+    """Image i of a guided batch is what a guided run of image i alone with control i gives."""
+    base = random_transformer(SMALL_MS, seed=4)
+    net = random_controlnet(base)
+    controls = inputs(SMALL_MS, 2, 16, 16, seed=6)[-1]
+    x, _, caption, mask, _ = inputs(SMALL_MS, 2, 16, 16, seed=5)
+    batch = guided_run(base, net, controls, 2)
+    settings = SamplingSettings(Sampler.DDIM, steps=2, guidance=4.5)
+    for i in range(2):
+        cond = TextEmbedding(caption[i : i + 1], mask[i : i + 1])
+        negative = TextEmbedding(torch.zeros_like(cond.embeddings), torch.ones_like(cond.mask))
+        schedule = ControlSchedule(net.hook(base, controls[i : i + 1]))
+        alone = sample(base, cond, settings, x[i : i + 1], uncond=negative, control=schedule)
+        scale = alone.abs().max().item()  # a random model's latents reach O(500): the tolerance is relative
+        assert max_diff(batch[i : i + 1], alone) <= TOLERANCE * scale
+    assert max_diff(batch[:1], guided_run(base, net, controls[1:], 2)[:1]) > 1e-3 * scale  # the control matters
+
+
+@pytest.mark.parametrize(("controls", "images"), [(2, 1), (2, 4), (3, 2)])
+def test_a_control_count_that_is_not_one_or_one_per_image_is_refused_under_guidance(controls, images) -> None:
+    base = random_transformer(SMALL_MS, seed=4)
+    net = random_controlnet(base)
+    control = torch.zeros(controls, SMALL_MS.in_channels, 16, 16)
+    with pytest.raises(InputError, match=f"{controls} control images for {images} images"):
+        guided_run(base, net, control, images)

@@ -197,7 +197,7 @@ def test_heads_come_from_hints_or_metadata_before_the_base(files, tmp_path: Path
 def test_a_controlnet_file_given_to_the_transformer_loader(files, layout: str) -> None:
     with pytest.raises(
         CheckpointError,
-        match=r"PixArt ControlNet (adapter )?without its base model \(load it with the ControlNet loader",
+        match=r"PixArt ControlNet (adapter )?without its base model \(give it as the ControlNet",
     ):
         load_transformer(files[layout])
 

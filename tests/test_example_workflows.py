@@ -311,8 +311,8 @@ def test_the_low_memory_example_is_the_papers_recipe() -> None:
     assert not nodes_of(name, "PixArtDeltaCheckpointLoader") and not nodes_of(name, "PixArtDeltaT5Loader")
     for path in WORKFLOWS:
         if path.stem != name:
-            for node_type in ("PixArtDeltaCheckpointLoader", "PixArtDeltaT5Loader"):
-                assert all(n["widgets_values"][-1] == "none" for n in nodes_of(path.stem, node_type))
+            for node_type, quantization in (("PixArtDeltaCheckpointLoader", 2), ("PixArtDeltaT5Loader", -1)):
+                assert all(n["widgets_values"][quantization] == "none" for n in nodes_of(path.stem, node_type))
             for node_type in ("PixArtDeltaT5TextEncode", "PixArtDeltaSampler"):
                 assert all(n["widgets_values"][-1] is False for n in nodes_of(path.stem, node_type))
 

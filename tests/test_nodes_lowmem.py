@@ -100,7 +100,7 @@ def test_the_quantization_widgets_default_to_full_precision(in_models) -> None:
     """Added last and optional: saved workflows and API prompts without them load as before."""
     for node_id in ("PixArtDeltaT5Loader", "PixArtDeltaCheckpointLoader"):
         spec = NODES[node_id].INPUT_TYPES()
-        assert list(spec["optional"]) == ["quantization"]
+        assert next(iter(spec["optional"])) == "quantization"  # the checkpoint loader's detection hints follow it
         assert spec["optional"]["quantization"][0] == ["none", "int8", "nf4"]
         assert spec["optional"]["quantization"][1]["default"] == "none"
     model, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=ALPHA)

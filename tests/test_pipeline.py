@@ -157,7 +157,7 @@ def test_img2img_and_control_change_the_result(setup, tmp_path: Path) -> None:
     ("kwargs", "error", "message"),
     [
         ({"width": 100, "height": 128, "resolution_binning": False}, InputError, "multiple of 16"),
-        ({"width": 0, "height": 128}, InputError, "positive"),
+        ({"width": 0, "height": 128}, InputError, "at least 16 px"),
         ({"width": 20000, "height": 16, "resolution_binning": False}, InputError, "at most 8192"),
         ({"steps": 60}, InputError, "1 to 50 steps"),
         ({"sampler": "dpm_solver++", "steps": 0}, InputError, "1 to 1000 steps"),

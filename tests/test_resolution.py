@@ -75,9 +75,10 @@ def test_bins_follow_the_transformers_training_resolution() -> None:
     ("height", "width", "message"),
     [
         (1000, 1024, r"height must be a multiple of 16 px, found 1000 \(nearest: 992 or 1008\)"),
-        (1024, 8, r"width must be a multiple of 16 px, found 8 \(nearest: 16\)"),
-        (0, 512, "height must be a positive number of pixels, found 0"),
-        (512, -16, "width must be a positive number of pixels, found -16"),
+        (1024, 24, r"width must be a multiple of 16 px, found 24 \(nearest: 16 or 32\)"),
+        (0, 512, "height must be at least 16 px, found 0"),
+        (512, -16, "width must be at least 16 px, found -16"),
+        (15, 512, "height must be at least 16 px, found 15"),
         (8208, 512, "height must be at most 8192 px, found 8208"),
         (8192, 4096, r"8192x4096 is 33.6 megapixels; the limit is 16.8 \(4096x4096\)"),
         (512.0, 512, "height must be a whole number of pixels, found 512.0"),
@@ -88,6 +89,13 @@ def test_bins_follow_the_transformers_training_resolution() -> None:
 def test_impossible_sizes_are_refused(height, width, message: str) -> None:
     with pytest.raises(InputError, match=message):
         check_image_size(height, width)
+
+
+def test_a_size_below_16_px_is_refused_even_where_any_multiple_goes() -> None:
+    """With binning any size is asked (multiple 1), but 1 x 1 would be generated at a bin and cropped to a dot."""
+    with pytest.raises(InputError, match="height must be at least 16 px, found 1"):
+        check_image_size(1, 1, multiple=1)
+    check_image_size(17, 16, multiple=1)
 
 
 def test_largest_sizes_accepted() -> None:

@@ -11,10 +11,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from diffusers import PixArtAlphaPipeline
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, PixArtAlphaPipeline
 
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.sampling.samplers import (
+    NOISE_SCHEDULE,
     ControlSchedule,
     LcmTimesteps,
     Sampler,
@@ -99,8 +100,10 @@ def run_both(
         SamplingSettings(Sampler.LCM, steps=2, guidance=3.0),
         SamplingSettings(Sampler.DPM_SOLVER, steps=6, guidance=4.5),
         SamplingSettings(Sampler.EULER, steps=5, guidance=4.5),
+        SamplingSettings(Sampler.EULER, steps=1, guidance=4.5),
+        SamplingSettings(Sampler.DDIM, steps=2, guidance=4.5),
     ],
-    ids=["lcm4-reference", "lcm4-diffusers", "lcm2-guided", "dpm++-cfg", "euler-cfg"],
+    ids=["lcm4-reference", "lcm4-diffusers", "lcm2-guided", "dpm++-cfg", "euler-cfg", "euler1-cfg", "ddim2-cfg"],
 )
 def test_final_latents_match_diffusers(models, settings: SamplingSettings) -> None:
     ours, theirs = run_both(models, settings)
@@ -124,6 +127,29 @@ def test_lcm_timestep_conventions() -> None:
     assert reference_lcm_timesteps(2) == [999, 499]
     _, diffusers = make_scheduler(SamplingSettings(Sampler.LCM, steps=4, lcm_timesteps=LcmTimesteps.DIFFUSERS))
     assert diffusers.tolist() == [999, 759, 499, 259]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("sampler", list(Sampler), ids=[s.value for s in Sampler])
+@pytest.mark.parametrize("lcm", list(LcmTimesteps), ids=[c.value for c in LcmTimesteps])
+def test_a_run_from_noise_starts_at_the_top_of_the_schedule(sampler: Sampler, steps: int, lcm) -> None:
+    """Few-step runs from pure noise: the first timestep is 999 and the start noise keeps its full scale."""
+    scheduler, timesteps = make_scheduler(SamplingSettings(sampler, steps=steps, lcm_timesteps=lcm))
+    assert len(timesteps) == steps * scheduler.order
+    assert int(timesteps[0]) == 999
+    top = scheduler.alphas_cumprod[999]
+    sigma_top = ((1 - top) / top) ** 0.5  # the noise-to-signal ratio at the top, about 157
+    expected = (sigma_top**2 + 1) ** 0.5 if hasattr(scheduler, "sigmas") and sampler.value.startswith("euler") else 1
+    assert float(scheduler.init_noise_sigma) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_euler_and_ddim_use_trailing_spacing_as_diffusers_does_with_it() -> None:
+    """Our departure from diffusers' default spacing is exactly diffusers' own "trailing" option."""
+    for sampler, cls in ((Sampler.EULER, EulerDiscreteScheduler), (Sampler.DDIM, DDIMScheduler)):
+        _, ours = make_scheduler(SamplingSettings(sampler, steps=3))
+        theirs = cls(**NOISE_SCHEDULE, timestep_spacing="trailing")
+        theirs.set_timesteps(3)
+        assert ours.tolist() == theirs.timesteps.tolist() == [999, 666, 332]
 
 
 def test_img2img_runs_the_last_steps_of_the_schedule() -> None:

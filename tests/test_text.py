@@ -198,8 +198,18 @@ def test_prompts_are_lower_cased_and_stripped(encoder) -> None:
     assert torch.equal(a.embeddings, b.embeddings) and torch.equal(a.mask, b.mask)
 
 
+def test_truncating_a_huge_prompt_warns_in_one_short_line(encoder, caplog) -> None:
+    """A 5,000-word prompt: the warning says how many tokens went and shows only a short excerpt."""
+    huge = " ".join(["lighthouse"] * 5000)
+    with caplog.at_level(logging.WARNING, logger="pixart_delta_core"):
+        encoder.encode([huge], LENGTH)
+    (record,) = [r for r in caplog.records if "were dropped" in r.getMessage()]
+    assert len(record.getMessage()) < 200
+    assert "lighthouse" in record.getMessage() and "..." in record.getMessage()
+
+
 def test_caption_cleaning_is_optional(encoder) -> None:
-    noisy = "<b>A Red Cat</b> @someone https://example.com/cat.jpg"
+    noisy = "<b>A Red Cat</b> @someone https://example.com/cat"
     assert not torch.equal(encoder.encode([noisy], LENGTH).mask, encoder.encode(["a red cat"], LENGTH).mask)
     cleaned = encoder.encode([noisy], LENGTH, clean_caption=True)
     assert torch.equal(cleaned.embeddings, encoder.encode(["a red cat"], LENGTH).embeddings)
@@ -212,7 +222,7 @@ def test_truncation_warns_with_the_number_of_dropped_tokens(encoder, tokenizer, 
     with caplog.at_level(logging.WARNING, logger="pixart_delta_core"):
         embedding = encoder.encode(["a cat", long], LENGTH)
     assert f"prompt 1 is {count} tokens long but the model reads {LENGTH}" in caplog.text
-    assert f"the last {count - LENGTH} tokens were dropped" in caplog.text
+    assert f"{count - LENGTH} tokens were dropped, from " in caplog.text
     assert "prompt 0" not in caplog.text
     assert embedding.mask[1].all()
     ids = encoder.tokenize([long], LENGTH)[0][0]
@@ -352,7 +362,7 @@ def test_tokenizer_must_fit_the_encoder(tmp_path: Path, tokenizer) -> None:
 
 
 def test_missing_tokenizer_says_where_it_looked_and_what_to_pass(files, t5, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"a single file carries none.*pass tokenizer=.*t5_tokenizer"):
+    with pytest.raises(CheckpointError, match=r"carries none.*--tokenizer on the command line.*t5_tokenizer"):
         load_text_encoder(files["single"])
     bare = tmp_path / "bare"
     t5.save_pretrained(bare)

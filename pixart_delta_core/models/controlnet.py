@@ -8,7 +8,7 @@ From a sampler: build ``hook = controlnet.hook(base, vae_latent * scaling_factor
 per generation (it embeds the control once), then at each step pass ``control=hook`` to the base's
 forward when the step lies inside the chosen start/end fraction of the schedule, and nothing
 otherwise (the plain forward, no ControlNet cost). A CFG batch [uncond; cond] of 2B takes a control
-latent of batch 1 or B as it is; both halves see the same control.
+latent of batch 1 or B as it is; both halves see the same control, image i's two passes control i.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..ops import Ops
 from ..quant.quantization import Quantization
 from .controlnet_config import DEFAULT_COPIES, ControlNetConfig, detect_controlnet
 from .layers import Block, BlockContext
-from .transformer import ControlHook, PixArtTransformer, quantize_blocks_
+from .transformer import PixArtTransformer, quantize_blocks_
 from .transformer_config import TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,15 @@ class ControlNetTransformer(nn.Module):
             residuals.append(copy.after_proj(c) * strength)  # [B, N, C] added before base block i + 1
         return residuals
 
-    def hook(self, base: PixArtTransformer, control: Tensor, strength: float = 1.0) -> ControlHook:
+    def hook(self, base: PixArtTransformer, control: Tensor, strength: float = 1.0) -> ControlResiduals:
         """The ``control`` argument of ``base``'s forward for one control latent.
 
         ``control`` is the control image's VAE latent times the VAE scaling factor, [1 or B, 4, H, W],
         at the size of the latent being denoised. It is embedded once here by the base's own patch
         embedder and positions. Each call expands it to the batch it is given (a CFG batch of 2B gets
         the same control in its unconditional and conditional halves) and returns the residuals
-        scaled by ``strength`` (1.0 = the reference).
+        scaled by ``strength`` (1.0 = the reference). Raises InputError for a base it does not fit,
+        a dtype/device mismatch or a latent of the wrong shape.
         """
         self.config.check_fits(base.config, InputError)
         if not math.isfinite(strength):
@@ -126,22 +127,40 @@ class ControlNetTransformer(nn.Module):
         height, width = control.shape[-2:]
         p = base.config.patch_size
         control_tokens = base.embed_latent(control.to(base.device))  # [b, N, C]
-        grid = (height // p, width // p)
+        return ControlResiduals(self, control_tokens, (height // p, width // p), p, strength)
 
-        def residuals(tokens: Tensor, ctx: BlockContext) -> list[Tensor]:
-            if ctx.grid != grid:
-                raise InputError(
-                    f"the control latent is {height}x{width} but the latent being denoised is "
-                    f"{ctx.grid[0] * p}x{ctx.grid[1] * p}: encode the control image at the generation size"
-                )
-            batch, given = tokens.shape[0], control_tokens.shape[0]
-            if batch % given:
-                raise InputError(
-                    f"{given} control latents for a batch of {batch}: give one control latent, or one per image"
-                )
-            return self(tokens, control_tokens.repeat(batch // given, 1, 1), ctx, strength)  # same control per half
 
-        return residuals
+class ControlResiduals:
+    """The ``control`` argument of a base's forward: embedded control tokens [count, N, C] and strength.
+
+    Called with the base's tokens [B, N, C] after block 0, it returns the residuals for blocks 1..N.
+    ``count`` control latents serve a batch of one image per control, or a CFG batch [uncond; cond]
+    of twice that (image i's two passes get control i); one control latent serves any batch.
+    """
+
+    def __init__(
+        self, net: ControlNetTransformer, tokens: Tensor, grid: tuple[int, int], patch: int, strength: float
+    ) -> None:
+        self.net, self.tokens, self.grid, self.patch, self.strength = net, tokens, grid, patch, strength
+
+    @property
+    def count(self) -> int:
+        """How many control latents were given (1, or one per image)."""
+        return self.tokens.shape[0]
+
+    def __call__(self, tokens: Tensor, ctx: BlockContext) -> list[Tensor]:
+        if ctx.grid != self.grid:
+            p = self.patch
+            raise InputError(
+                f"the control latent is {self.grid[0] * p}x{self.grid[1] * p} but the latent being denoised is "
+                f"{ctx.grid[0] * p}x{ctx.grid[1] * p}: encode the control image at the generation size"
+            )
+        batch, given = tokens.shape[0], self.count
+        if given != 1 and batch not in (given, 2 * given):
+            raise InputError(
+                f"{given} control latents for a batch of {batch}: give one control latent, or one per image"
+            )
+        return self.net(tokens, self.tokens.repeat(batch // given, 1, 1), ctx, self.strength)
 
 
 def inspect_controlnet(

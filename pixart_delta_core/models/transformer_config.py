@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
+from ..checkpoints.detection import (
+    DetectedCheckpoint,
+    count_numbered,
+    find_prefix,
+    refuse_other_family,
+    shape_of,
+    under_prefix,
+)
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
@@ -98,6 +105,7 @@ def detect_transformer(
     Raises CheckpointError when ``source`` holds no transformer or several, or what it holds is not PixArt.
     """
     hints = dict(hints or {})
+    refuse_other_family(source, "a PixArt transformer")
     prefix, anchor = find_prefix(
         source,
         (_REFERENCE_ANCHOR, _DIFFUSERS_ANCHOR),
@@ -167,7 +175,8 @@ def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) ->
     raise CheckpointError(
         f"{source.origin}: a diffusers-layout transformer without micro-conditions may be PixArt-α "
         f"(120 caption tokens) or PixArt-Σ (300), and nothing in the file says which: load its "
-        f"diffusers folder (with model_index.json) or give the caption length explicitly"
+        f"diffusers folder (with model_index.json) or give the caption length (--caption-length on the "
+        f"command line, hints={{'caption_length': N}} in Python)"
     )
 
 
@@ -184,7 +193,9 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
         return 128  # micro-conditions exist only in the 1024-MS models
     raise CheckpointError(
         f"{source.origin}: the training resolution is not in the weights (no pos_embed, no "
-        f"micro-conditions): load its diffusers folder (with config.json) or give the sample size"
+        f"micro-conditions): load its diffusers folder (with config.json) or give the training resolution "
+        f"(--training-resolution PX or --sample-size PX/8 on the command line, the checkpoint loader's "
+        f"training_resolution in ComfyUI, hints={{'sample_size': PX // 8}} in Python)"
     )
 
 
@@ -201,7 +212,8 @@ def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, 
         return fallback
     raise CheckpointError(
         f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
-        f"number of heads cannot be read from the weights; give it explicitly"
+        f"number of heads cannot be read from the weights: give it (--heads on the command line, the "
+        f"checkpoint loader's heads in ComfyUI, hints={{'num_heads': N}} in Python)"
     )
 
 
@@ -241,3 +253,9 @@ def to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 def vae_defaults_for(config: TransformerConfig) -> VaeConfig:
     """The VAE a transformer was trained with: SDXL's for PixArt-Σ (300 caption tokens), else SD 1.x's."""
     return SDXL_VAE if config.caption_length == SIGMA_TOKENS else SD_VAE
+
+
+def sample_size_for(pixels: int) -> int:
+    """A training resolution in pixels as the transformer's ``sample_size`` in latents (PixArt-α, δ and Σ all
+    work at 1/8: the SD and SDXL VAEs have the same downscale)."""
+    return pixels // SD_VAE.downscale

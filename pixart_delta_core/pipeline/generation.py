@@ -8,8 +8,8 @@ is in memory at a time unless ``keep_loaded`` asks to keep them between calls.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import InputError
 from ..memory import return_free_heap
-from ..models.controlnet import ControlNetTransformer, load_controlnet
+from ..models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
 from ..models.lora import apply_loras
 from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
@@ -29,7 +29,7 @@ from ..models.transformer_config import TransformerConfig, vae_defaults_for
 from ..quant.quantization import Quantization, parse_quantization
 from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
-from ..text.encoder import TextEncoder, load_text_encoder
+from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
 from .images import prepare_image, resize_and_crop, to_pil
 from .resolution import bins_for, check_image_size, nearest_bin
@@ -54,11 +54,13 @@ class Control:
 
 @dataclass(frozen=True)
 class Generation:
-    """What a run made: the images, their scaled latents, and the size they were generated at."""
+    """What a run made: the images, their scaled latents, the size they were generated at, and the
+    sampling settings used (the sampler's defaults filled in)."""
 
     images: list[Image.Image]
     latents: torch.Tensor
     size: tuple[int, int]
+    settings: SamplingSettings
 
 
 @dataclass
@@ -80,6 +82,7 @@ class PixArtPipeline:
     quantization: Quantization | str = Quantization.NONE
     loras: Sequence[LoraSpec] = ()
     lora_controlnet: bool = False  # the ControlNet's copies also take the LoRAs of the base blocks they copy
+    hints: Mapping[str, Any] | None = None  # what detection cannot read from the transformer's weights
     _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,7 +114,7 @@ class PixArtPipeline:
     @cached_property
     def transformer_checkpoint(self) -> DetectedCheckpoint[TransformerConfig]:
         """The transformer file, recognised once per pipeline: its layout and config (no weights read)."""
-        return inspect_transformer(self.transformer)
+        return inspect_transformer(self.transformer, self.hints)
 
     @cached_property
     def lora_stack(self) -> list[tuple[Lora, float]]:
@@ -192,9 +195,13 @@ class PixArtPipeline:
         ``width``/``height`` default to the model's training resolution; with ``resolution_binning``
         the image is generated at the nearest trained aspect-ratio bin, then resized and centre-cropped
         to the asked size (as the reference app does). A negative prompt of None uses the model's
-        learned null caption when guidance is on (the reference's unconditional input). ``on_stage``
-        hears "text", "images" (VAE-encoding an init or control image), "denoise", "decode" and
-        "done" as the run moves on.
+        learned null caption when guidance is on (the reference's unconditional input), or the empty
+        prompt where the file has none (diffusers-layout files; what diffusers does). An image-to-image
+        run without a size keeps the init image's size. ``on_stage`` hears "text", "images"
+        (VAE-encoding an init or control image), "denoise", "decode" and "done" as the run moves on.
+
+        Everything that can be checked without loading a model is checked first (files, images,
+        tokenizer, sizes, settings): InputError or CheckpointError before T5 runs.
         """
         stage = on_stage or (lambda name: None)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -211,12 +218,17 @@ class PixArtPipeline:
         )
         if strength != 1.0 and init_image is None:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
-        negatives = _negatives(negative_prompt, len(prompts), settings.guided)
+        init_image = None if init_image is None else _open_image(init_image, "init image")
+        if control is not None:
+            control = replace(control, image=_open_image(control.image, "control image"))
+        if self.tokenizer is None:
+            find_tokenizer(self.t5)  # a missing tokenizer is found now, not after the other checks
         self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
-
         transformer_config = self.transformer_checkpoint.config
-        default = transformer_config.resolution
-        asked = (default if height is None else height, default if width is None else width)
+        if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
+            inspect_controlnet(self.controlnet or self.transformer, base_config=transformer_config)
+        negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
+        asked = _asked_size(height, width, transformer_config.resolution, init_image)
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
         size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
         check_image_size(*size)
@@ -230,10 +242,10 @@ class PixArtPipeline:
             stage("images")
             vae = self.load_vae(transformer_config)
             if init_image is not None:
-                init = vae.scale(vae.encode(_pixels(init_image, size)))
+                init = vae.scale(vae.encode(prepare_image(init_image, *size)))
             if control is not None:
                 generator = torch.Generator().manual_seed(seed)
-                control_latent = vae.scale(vae.encode(_pixels(control.image, size), generator, control.sample))
+                control_latent = vae.scale(vae.encode(prepare_image(control.image, *size), generator, control.sample))
             del vae
             if self.low_memory:
                 self._free("vae")
@@ -270,7 +282,7 @@ class PixArtPipeline:
         if resolution_binning and size != asked:
             pixels = resize_and_crop(pixels, *asked)
         stage("done")
-        return Generation(to_pil(pixels), latents.cpu(), size)
+        return Generation(to_pil(pixels), latents.cpu(), size, settings)
 
 
 def _lcm_timesteps(name: str) -> LcmTimesteps:
@@ -280,29 +292,53 @@ def _lcm_timesteps(name: str) -> LcmTimesteps:
         raise InputError(f"unknown LCM timesteps {name!r}: expected 'reference' or 'diffusers'") from None
 
 
-def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool) -> list[str] | None:
-    """One negative prompt per prompt, or None (the learned null caption, or no guidance at all)."""
-    if negative is None or not guided:
-        if negative is not None:
-            log.warning("a negative prompt only acts with guidance above 1: it is ignored")
+def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:
+    """One negative prompt per prompt, or None (the learned null caption, or no guidance at all).
+
+    Without a negative prompt, guidance uses the model's learned null caption where the file has one
+    (the reference), else the empty prompt encoded by T5 (diffusers' unconditional input).
+    """
+    if negative is not None and not guided:
+        log.warning("a negative prompt only acts with guidance above 1: it is ignored")
         return None
+    if negative is None:
+        if not guided:
+            return None
+        if null_caption:
+            log.info("unconditional input: the model's learned null caption (no negative prompt given)")
+            return None
+        log.info("unconditional input: the empty prompt (the model file has no learned null caption)")
+        return [""] * count
+    log.info("unconditional input: the negative prompt")
     negatives = [negative] * count if isinstance(negative, str) else list(negative)
     if len(negatives) != count:
         raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
     return negatives
 
 
-def _pixels(image: ImageInput, size: tuple[int, int]) -> torch.Tensor:
-    """An image (file, PIL or [0, 1] tensor) resized and centre-cropped to ``size``, in [-1, 1]."""
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image file {path} does not exist")
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise InputError(f"{path} is not an image that can be read ({err})") from err
-    return prepare_image(image, *size)
+def _open_image(image: ImageInput, what: str) -> Image.Image | torch.Tensor:
+    """An image given as a file opened now (so a bad path fails before any model loads); others as given."""
+    if not isinstance(image, (str, Path)):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except OSError as err:
+        raise InputError(f"{what} {path} is not an image that can be read ({err})") from err
+
+
+def _asked_size(
+    height: int | None, width: int | None, default: int, init_image: Image.Image | torch.Tensor | None
+) -> tuple[int, int]:
+    """(height, width) in pixels: as given, else the init image's size, else the model's training resolution."""
+    if init_image is not None and height is None and width is None:
+        if isinstance(init_image, Image.Image):
+            return init_image.height, init_image.width
+        return tuple(init_image.shape[-2:])  # type: ignore[return-value]
+    return (default if height is None else height, default if width is None else width)
 
 
 def generate(

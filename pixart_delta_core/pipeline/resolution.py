@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..models.transformer_config import TransformerConfig
 
 Size = tuple[int, int]  # (height, width) in pixels
+MIN_SIDE = 16  # two latent patches: smaller sizes would be generated at a bin and cropped to almost nothing
 
 # The 1024 px training bins, (height, width), ascending aspect ratio; every side a multiple of 64.
 _TRAINING_1024: tuple[Size, ...] = (
@@ -73,8 +74,8 @@ def check_image_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> 
     for name, side in (("height", height), ("width", width)):
         if isinstance(side, bool) or not isinstance(side, int):
             raise InputError(f"{name} must be a whole number of pixels, found {side!r}")
-        if side <= 0:
-            raise InputError(f"{name} must be a positive number of pixels, found {side}")
+        if side < MIN_SIDE:
+            raise InputError(f"{name} must be at least {MIN_SIDE} px, found {side}")
         if side % multiple:
             lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
             nearest = f"{upper}" if lower == 0 else f"{lower} or {upper}"

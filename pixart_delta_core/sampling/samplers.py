@@ -66,6 +66,12 @@ class SamplerSpec:
     max_steps: int = TRAIN_STEPS
 
 
+# A run from pure noise must start at the top of the noise schedule (t = 999) at every step count.
+# diffusers' default spacings for Euler ("linspace") and DDIM ("leading") do not at 1-2 steps (Euler's
+# single step is t = 0 with the noise scaled to 1%, DDIM's are 0 or 500); "trailing" spacing always
+# does. DPM-Solver++ and SA-Solver start at 999 with their defaults and keep them.
+_FROM_NOISE: dict[str, Any] = {"timestep_spacing": "trailing"}
+
 SAMPLERS: dict[Sampler, SamplerSpec] = {
     Sampler.LCM: SamplerSpec(
         "LCMScheduler",
@@ -78,10 +84,10 @@ SAMPLERS: dict[Sampler, SamplerSpec] = {
         "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
     ),
     Sampler.SA_SOLVER: SamplerSpec("SASolverScheduler", {}, steps=25, guidance=3.0),
-    Sampler.EULER: SamplerSpec("EulerDiscreteScheduler", {}, steps=20, guidance=4.5),
-    Sampler.EULER_ANCESTRAL: SamplerSpec("EulerAncestralDiscreteScheduler", {}, steps=20, guidance=4.5),
+    Sampler.EULER: SamplerSpec("EulerDiscreteScheduler", _FROM_NOISE, steps=20, guidance=4.5),
+    Sampler.EULER_ANCESTRAL: SamplerSpec("EulerAncestralDiscreteScheduler", _FROM_NOISE, steps=20, guidance=4.5),
     Sampler.DDIM: SamplerSpec(
-        "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, steps=25, guidance=4.5
+        "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, **_FROM_NOISE}, steps=25, guidance=4.5
     ),
 }
 
@@ -164,6 +170,12 @@ class ControlSchedule:
     def active(self, step: int, steps: int) -> bool:
         return self.start <= step / steps < self.end
 
+    def check_batch(self, images: int) -> None:
+        """One control latent, or exactly one per image, before guidance doubles the batch."""
+        count = getattr(self.hook, "count", 1)  # a plain function hook carries no count: it serves any batch
+        if count not in (1, images):
+            raise InputError(f"{count} control images for {images} images: give one, or exactly one per image")
+
 
 StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, current latents)
 
@@ -237,6 +249,8 @@ def sample(
         image_size = (noise.shape[-2] * downscale, noise.shape[-1] * downscale)
     transformer.check_latent_size(*noise.shape[-2:])
     scheduler, timesteps = make_scheduler(settings, device)
+    if control is not None:
+        control.check_batch(batch)
     caption = _for_batch(cond, batch)
     if settings.guided:
         if uncond is None:

@@ -2,8 +2,11 @@
 
 Every prompt is lower-cased and stripped. Optionally it is also cleaned the way the training captions
 were: web noise (URLs, HTML, @handles, file names, product codes, runs of punctuation...) removed,
-the whole cleaning applied twice. The rules follow the reference's; HTML is stripped with a tag pattern
-and entity decoding, and text repair is limited to Unicode normalisation (no mojibake repair).
+the whole cleaning applied twice. The rules follow the reference's step for step (PixArt-alpha's T5
+embedder, ``clean_caption``), quirks included: a web address loses only its scheme or its domain and
+path, and the edge punctuation is trimmed before the last strip, so some trailing commas stay. HTML is
+stripped with a tag pattern and entity decoding; text repair covers Unicode normalisation, character
+widths and Latin ligatures, not mojibake.
 """
 
 from __future__ import annotations
@@ -46,11 +49,26 @@ def _dashes_to_spaces(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    text = "".join(c for c in unicodedata.normalize("NFC", text) if c in "\t\n" or unicodedata.category(c) != "Cc")
-    return html.unescape(html.unescape(text))
+    """Text repair as the reference's (NFC, no control characters, standard-width letters, no Latin ligatures,
+    HTML entities decoded twice, stripped); mojibake is not repaired."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(_standard_form(c) for c in text if c in "\t\n" or unicodedata.category(c) != "Cc")
+    return html.unescape(html.unescape(text)).strip()
+
+
+def _standard_form(char: str) -> str:
+    """Fullwidth/halfwidth forms and Latin ligatures (ﬁ) as their plain letters; the ideographic space as a space."""
+    if char == "\u3000":
+        return " "
+    if "\uff01" <= char <= "\uffdc" or "\ufb00" <= char <= "\ufb06":
+        return unicodedata.normalize("NFKC", char)
+    return char
 
 
 _TLD = r"(?:com|co|ru|net|org|edu|gov|it)"
+# A web address as the reference removes it: only a scheme ("https:" or "www:") with its slashes or first
+# character, or a bare domain with its path; what follows a scheme (or a domain's "?query") stays.
+_DOMAIN = rf"[a-zA-Z0-9.\-]+\.{_TLD}[\w/-]*\b/?(?!@)"
 _DASHES = "\u002d\u058a\u05be\u1400\u1806\u2010-\u2015\u2e17\u2e1a\u2e3a\u2e3b\u2e40\u301c\u3030\u30a0"
 _DASHES += "\ufe31\ufe32\ufe58\ufe63\uff0d"
 _BAD_PUNCTUATION = r"#®•©™&@·º½¾¿¡§~()\[\]{}|\\/*"
@@ -59,9 +77,8 @@ _FILE_TYPES = r"(?:png|jpe?g|bmp|webp|eps|pdf|apk|mp4)"
 _STEPS: tuple[Step, ...] = (
     lambda text: urllib.parse.unquote_plus(str(text)).strip().lower(),
     _sub(r"<person>", "person"),
-    # web addresses: a scheme or www. and what follows, or a bare domain with its path
-    _sub(r"\b(?:https?:|www[.:])[^\s<>\"]*"),
-    _sub(rf"\b[a-z0-9.\-]+\.{_TLD}\b[\w/\-]*/?(?!@)"),
+    _sub(rf"\b(?:https?:(?:/{{1,3}}|[a-zA-Z0-9%])|{_DOMAIN})"),
+    _sub(rf"\b(?:www:(?:/{{1,3}}|[a-zA-Z0-9%])|{_DOMAIN})"),
     _strip_html,
     _sub(r"@\w+\b"),
     _sub(r"[\u31c0-\u9fff]+"),  # CJK strokes, symbols and ideographs
@@ -81,20 +98,21 @@ _STEPS: tuple[Step, ...] = (
     _sub(r"\s+\.\s+", " "),
     _dashes_to_spaces,
     _normalise,
-    _sub(r"\b[a-z]{1,3}\d{3,15}\b"),  # product codes: jc6640
-    _sub(r"\b[a-z]+\d+[a-z]+\b"),  # jc6640vc
-    _sub(r"\b\d+[a-z]+\d+\b"),  # 6640vc231
+    _sub(r"\b[a-zA-Z]{1,3}\d{3,15}\b"),  # product codes: jc6640 (entities decoded above may be upper case)
+    _sub(r"\b[a-zA-Z]+\d+[a-zA-Z]+\b"),  # jc6640vc
+    _sub(r"\b\d+[a-zA-Z]+\d+\b"),  # 6640vc231
     _sub(r"(?:worldwide\s+)?(?:free\s+)?shipping"),
     _sub(r"(?:free\s)?download(?:\sfree)?"),
     _sub(r"\bclick\b\s(?:for|on)\s\w+"),
     _sub(rf"\b{_FILE_TYPES}(?:\simages?)?"),
     _sub(r"\bpage\s+\d+\b"),
-    _sub(r"\b\d*[a-z]+\d+[a-z]+\d+[a-z\d]*\b", " "),  # j2d1a2a
+    _sub(r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b", " "),  # j2d1a2a
     _sub(r"\b\d+\.?\d*[xх×]\d+\.?\d*\b"),  # sizes: 1920x1080
     _sub(r"\b\s+:\s+", ": "),
     _sub(r"(\D[,./])\b", r"\1 "),
     _sub(r"\s+", " "),
-    lambda text: text.strip(),
+    # The reference trims quotes and edge punctuation without stripping spaces first: a caption that
+    # ends in "x, " keeps its comma (the model trained on it so); only the final strip follows.
     _sub(r"^[\"']([\s\S]+)[\"']$", r"\1"),
     _sub(r"^['_,\-:;]"),
     _sub(r"['_,\-:+]$"),

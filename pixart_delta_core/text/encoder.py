@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+_GIVE_TOKENIZER = "give its folder (--tokenizer on the command line, tokenizer= in Python)"
 _WHERE_TOKENIZERS_ARE = (
     "a folder with tokenizer.json or spiece.model: ComfyUI ships one in comfy/text_encoders/t5_tokenizer, "
     "an HF T5 folder has its own, a PixArt diffusers repository has one in tokenizer/"
@@ -89,9 +90,9 @@ class TextEncoder:
         for (i, _), ids in zip(full, self.tokenizer([text for _, text in full], verbose=False).input_ids, strict=True):
             dropped = len(ids) - max_length
             if dropped > 0:
-                lost = self.tokenizer.decode(ids[max_length - 1 : -1])
+                lost = _excerpt(self.tokenizer.decode(ids[max_length - 1 : -1]))
                 log.warning(
-                    "prompt %d is %d tokens long but the model reads %d: the last %d tokens were dropped (%r)",
+                    "prompt %d is %d tokens long but the model reads %d: %d tokens were dropped, from %r",
                     i,
                     len(ids),
                     max_length,
@@ -157,7 +158,12 @@ def find_tokenizer(weights: str | Path) -> Path:
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
             return folder
     looked = f"looked in {', '.join(str(c) for c in candidates)}" if candidates else "a single file carries none"
-    raise CheckpointError(f"{weights}: no T5 tokenizer found ({looked}): pass tokenizer=, {_WHERE_TOKENIZERS_ARE}")
+    raise CheckpointError(f"{weights}: no T5 tokenizer found ({looked}): {_GIVE_TOKENIZER}, {_WHERE_TOKENIZERS_ARE}")
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    """The start of ``text``, at most ``limit`` characters, marked when cut (a warning stays one short line)."""
+    return text if len(text) <= limit else text[:limit].rstrip() + "..."
 
 
 def load_text_encoder(
@@ -177,7 +183,7 @@ def load_text_encoder(
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         if tokenizer is None and not isinstance(checkpoint, (str, Path)):
             raise InputError(
-                f"T5 weights given as tensors carry no tokenizer: pass tokenizer=, {_WHERE_TOKENIZERS_ARE}"
+                f"T5 weights given as tensors carry no tokenizer: {_GIVE_TOKENIZER}, {_WHERE_TOKENIZERS_ARE}"
             )
         tokenizer = load_tokenizer(tokenizer if tokenizer is not None else find_tokenizer(checkpoint))
     found = checkpoint.expect(T5EncoderConfig) if isinstance(checkpoint, DetectedCheckpoint) else inspect_t5(checkpoint)

@@ -19,6 +19,7 @@ from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_pre
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule
 from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
+from .t5_scaled_fp8 import dequantized
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def detect_t5(
         not_under=("decoder.",),
         explain=_what_it_is,
     )
-    view = under_prefix(source, prefix)
+    view = dequantized(under_prefix(source, prefix))
     layout = T5Layout.TRANSFORMERS if anchor == _TRANSFORMERS_ANCHOR else T5Layout.BARE_STACK
     if layout is T5Layout.BARE_STACK:
         view = RenamedSource(view, _STACK_TABLE)

@@ -1,0 +1,139 @@
+"""What a careless first run meets: every check of ``generate`` comes before any model loads."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pixart_delta_core.cli import build_parser, main
+from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.errors import InputError
+from pixart_delta_core.pipeline import generation
+from pixart_delta_core.pipeline.generation import PixArtPipeline
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_demo_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Any model load fails the test: the checks must have stopped the run before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks finished")
+
+    for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
+        monkeypatch.setattr(generation, name, refuse)
+
+
+def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
+    options = {"--transformer": str(files.transformer), "--t5": str(files.t5), "--vae": str(files.vae)}
+    options |= {"--tokenizer": str(files.tokenizer), "--prompt": "a fox", "--out": str(tmp_path / "x.png")}
+    options |= {"--device": "cpu"} | changes
+    return ["generate", *(item for key, value in options.items() if value is not None for item in (key, value))]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"--vae": "missing-vae"}, "--vae missing-vae: no such file or folder"),
+        ({"--t5": "missing-t5.safetensors"}, "--t5 missing-t5.safetensors: no such file or folder"),
+        ({"--transformer": "none.pth"}, "--transformer none.pth: no such file or folder"),
+        ({"--tokenizer": "no-tokenizer"}, "--tokenizer no-tokenizer: no such file or folder"),
+        ({"--init-image": "init.png"}, "--init-image init.png: no such file or folder"),
+        ({"--control-image": "hed.png"}, "--control-image hed.png: no such file or folder"),
+        ({"--tokenizer": None}, "no T5 tokenizer found .*--tokenizer on the command line"),
+        ({"--controlnet": "{transformer}"}, "--controlnet needs --control-image"),
+        ({"--control-image": "{image}"}, "not a PixArt ControlNet"),
+        ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
+        ({"--out": "{out}/noextension"}, "no extension is not an image format"),
+        ({"--out": "{out}"}, "is a folder: give a file name"),
+        ({"--out": "{file}/x.png"}, "cannot be made"),
+        ({"--device": "tpu"}, "--device: unknown device 'tpu'"),
+        ({"--width": "1", "--height": "1"}, "must be at least 16 px, found 1"),
+        ({"--strength": "0.5"}, "--strength 0.5 needs --init-image"),
+        ({"--control-start": "0.8", "--control-end": "0.2"}, "--control-start 0.8 and --control-end 0.2 must"),
+    ],
+)
+def test_a_wrong_argument_stops_before_any_model_loads(
+    files, tmp_path: Path, nothing_loads, capsys, changes: dict, message: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    image = tmp_path / "hed.png"
+    Image.new("RGB", (64, 64)).save(image)
+    where = {"out": tmp_path, "file": a_file, "transformer": files.transformer, "image": image}
+    changes = {k: v if v is None else v.format(**where) for k, v in changes.items()}
+    assert main(generate_args(files, tmp_path, **changes)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA device exists here: nothing to refuse")
+def test_cuda_on_a_machine_without_it_is_refused_first(files, tmp_path: Path, nothing_loads, capsys) -> None:
+    assert main(generate_args(files, tmp_path, **{"--device": "cuda"})) == 1
+    assert "--device: device 'cuda' asked for, but" in capsys.readouterr().err
+
+
+def test_the_python_api_checks_images_before_t5_runs(files, tmp_path: Path, nothing_loads) -> None:
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")
+    with pytest.raises(InputError, match=r"init image .*missing.png does not exist"):
+        pipeline("a fox", init_image=tmp_path / "missing.png", strength=0.5)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"control image .*broken.png is not an image that can be read"):
+        pipeline("a fox", control=generation.Control(tmp_path / "broken.png"))
+
+
+@pytest.mark.parametrize("argv", [["-v", "info", "x"], ["info", "-v", "x"], ["demo", "--verbose"]])
+def test_verbose_before_or_after_the_subcommand(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args([a for a in argv if not a.startswith("-")] or ["demo"]).verbose is False
+
+
+def test_subcommand_help_describes_the_options(capsys) -> None:
+    for command in ("demo", "info", "generate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "where the models are kept (default: outputs/demo-models)" in out
+    assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE" in out
+    assert "--training-resolution PX" in out and "--heads" in out
+
+
+def test_img2img_without_a_size_keeps_the_init_image_size(files, tmp_path: Path) -> None:
+    init = tmp_path / "init.png"
+    Image.new("RGB", (96, 48), (200, 40, 40)).save(init)
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")
+    result = pipeline("a fox", init_image=init, strength=0.5, steps=2, resolution_binning=False)
+    assert result.size == (48, 96) and result.images[0].size == (96, 48)
+
+
+def test_guidance_on_a_file_without_a_null_caption_uses_the_empty_prompt(files, tmp_path: Path, caplog) -> None:
+    """diffusers-layout files carry no learned null caption: "" is encoded as the unconditional input."""
+    from safetensors.torch import load_file, save_file
+
+    from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, to_diffusers
+
+    weights = to_diffusers(load_file(files.transformer))
+    diffusers_file = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v for k, v in weights.items() if k not in REFERENCE_ONLY}, diffusers_file)
+    run = {"sampler": "ddim", "steps": 2, "width": 64, "height": 64, "resolution_binning": False}
+    with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
+        implicit = PixArtPipeline(diffusers_file, files.t5, files.vae, files.tokenizer, device="cpu")("a fox", **run)
+    assert "unconditional input: the empty prompt" in caplog.text
+    explicit = PixArtPipeline(diffusers_file, files.t5, files.vae, files.tokenizer, device="cpu")(
+        "a fox", negative_prompt="", **run
+    )
+    assert torch.equal(implicit.latents, explicit.latents)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
+        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")("a fox", **run)
+    assert "unconditional input: the model's learned null caption" in caplog.text

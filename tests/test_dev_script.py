@@ -1,0 +1,35 @@
+"""The quick start's first-time setup says what it installs and roughly how long it takes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+
+def load_dev_script():
+    spec = importlib.util.spec_from_file_location("dev_script", ROOT / "scripts" / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_time_setup_announces_each_install_with_its_duration(tmp_path: Path, monkeypatch, capsys) -> None:
+    dev = load_dev_script()
+    monkeypatch.setattr(dev, "VENV", tmp_path / ".venv")
+    monkeypatch.setattr(dev, "PYTHON", tmp_path / ".venv" / "bin" / "python")
+    monkeypatch.setattr(dev, "STAMP", tmp_path / ".venv" / ".stamp")
+    monkeypatch.setattr(dev.venv.EnvBuilder, "create", lambda self, path: Path(path).mkdir(parents=True))
+    no_torch = subprocess.CompletedProcess([], returncode=1)
+    monkeypatch.setattr(dev.subprocess, "run", lambda *a, **k: no_torch)  # torch is not installed there yet
+    installed = []
+    monkeypatch.setattr(dev, "run", lambda *args: installed.append([str(a) for a in args]))
+    dev.ensure_environment()
+    out = capsys.readouterr().out
+    assert "First-time setup" in out and f"creating the virtual environment {tmp_path / '.venv'}" in out
+    assert "installing torch==2.13.0 (a download of about 1 GB" in out and "minutes" in out
+    assert "installing this pack with torch, diffusers, transformers" in out
+    assert [args[-1] for args in installed] == ["torch==2.13.0", ".[test]"]
+    assert out.count("done in") == 2
