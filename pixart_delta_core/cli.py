@@ -1,4 +1,4 @@
-"""Command line: ``python -m pixart_delta_core {generate,info,demo} ...``."""
+"""Command line: ``python -m pixart_delta_core {generate,info,demo,train} ...``."""
 
 from __future__ import annotations
 
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"))
     demo.set_defaults(run=cmd_demo)
     _add_generate(sub)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

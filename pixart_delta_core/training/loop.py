@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..models.controlnet_config import ControlNetConfig
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from .cache import FeatureCache, build_cache
 from .config import Method, Optimizer, TrainingConfig
@@ -142,6 +143,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     if resume and checkpoint is None:
         raise InputError(f"--resume: no complete checkpoint in {t.output / CHECKPOINTS}")
     detected = inspect_transformer(config.model.transformer)
+    if config.method is Method.CONTROLNET and config.model.controlnet is None:
+        ControlNetConfig.for_base(detected.config, config.controlnet.copies)  # refuses a base too shallow
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
         cache = _cache(config, detected.config, accelerator.device)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
