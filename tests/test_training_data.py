@@ -69,7 +69,7 @@ def test_config_refuses_unknown_and_bad_settings_by_name(setup) -> None:
         config_from_dict({**setup, "train": {**setup["train"], "mixed_precision": "fp8"}}, "base")
     with pytest.raises(InputError, match=r"missing setting\(s\) model\.vae"):
         config_from_dict({**setup, "model": {k: v for k, v in setup["model"].items() if k != "vae"}}, "base")
-    with pytest.raises(InputError, match="data.control"):
+    with pytest.raises(InputError, match=r"data\.control"):
         config_from_dict({**setup, "data": {k: v for k, v in setup["data"].items() if k != "control"}}, "controlnet")
     with pytest.raises(InputError, match="unknown section"):
         config_from_dict({**setup, "optimiser": {}}, "base")
