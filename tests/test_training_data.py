@@ -97,7 +97,7 @@ def test_jsonl_records_resolve_beside_the_file(tmp_path) -> None:
         (tmp_path / "a.png", "b", None),
     ]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "a.png"}))
-    with pytest.raises(InputError, match="line 1: expected a \"caption\" string"):
+    with pytest.raises(InputError, match='line 1: expected a "caption" string'):
         read_records(tmp_path / "bad.jsonl")
 
 
