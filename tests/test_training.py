@@ -17,6 +17,8 @@ from pixart_delta_core.training.loop import make_optimizer, train
 from pixart_delta_core.training.trainers import ControlNetTrainer
 from tests.test_training_data import TRAIN_TINY, run_table, tiny_setup
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:

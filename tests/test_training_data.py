@@ -55,6 +55,9 @@ def run_table(base: dict, output: Path, **train: object) -> dict:
     return {**base, "train": {**base["train"], "output": str(output), **train}, "controlnet": {"copies": 1}}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     return tiny_setup(tmp_path_factory.mktemp("training"))
