@@ -3,8 +3,10 @@ the ControlNet starts as the base and trains alone, the LCM parameterisation is 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
@@ -36,7 +38,9 @@ def _run(setup: dict, output, method: str, resume: bool = False, **options):
 def test_loss_goes_down_and_the_weights_load(setup, tmp_path, method) -> None:
     # Four images, batch 2, learning rate 1e-3: 24 steps fit them; the mean of the last 6 losses is
     # measured at 0.55-0.8 of the first 6's (the per-step loss swings with the drawn timestep).
-    result = _run(setup, tmp_path, method, steps=24, checkpoint_every=24, caption_dropout=0.0)
+    validation = {"validate_every": 24, "validation_prompts": ["a box"]}
+    result = _run(setup, tmp_path, method, steps=24, checkpoint_every=24, caption_dropout=0.0, **validation)
+    assert (tmp_path / "validation" / "step-0000024.png").is_file()
     first, last = sum(result.losses[:6]) / 6, sum(result.losses[-6:]) / 6
     assert last < 0.9 * first, result.losses
     if method == "base":
@@ -64,12 +68,16 @@ def test_resume_is_bit_for_bit(setup, tmp_path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_lora_loss_in_lcm_mode_runs(setup, tmp_path) -> None:
-    table = run_table(setup, tmp_path, batch_size=2, steps=2, checkpoint_every=2)
+def test_lora_loss_in_lcm_mode_runs_and_validates(setup, tmp_path) -> None:
+    options = {"validate_every": 2, "validation_prompts": ["a box", "a red box"], "validation_seed": 3}
+    table = run_table(setup, tmp_path, batch_size=2, steps=2, checkpoint_every=2, **options)
     table["lora"] = {"rank": 2, "alpha": 2.0, "lcm": True, "targets": ["attn.qkv"]}
     result = train(config_from_dict(table, "lora"))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert sorted(load_file(result.weights))[0] == "transformer.transformer_blocks.0.attn1.to_k.lora_A.weight"
+    with Image.open(tmp_path / "validation" / "step-0000002.png") as grid:
+        assert grid.size == (128, 64)  # two 64 px images side by side
+        assert len(np.unique(np.asarray(grid).reshape(-1, 3), axis=0)) > 100  # an image, not a blank
 
 
 def test_controlnet_starts_as_the_base_and_trains_alone() -> None:

@@ -103,12 +103,22 @@ class TrainSection:
     caption_dropout: float = 0.1  # probability of training a caption as the learned null caption
     checkpoint_every: int = 500
     log_every: int = 1
+    validate_every: int = 0  # 0: no validation images
+    validation_prompts: tuple[str, ...] = ()
+    validation_seed: int = 0
     cpu: bool = False  # run on the CPU even where a GPU is present
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every", "log_every"):
             _check(getattr(self, name) > 0, f"train.{name}", "a positive number", getattr(self, name))
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "zero or more", self.warmup_steps)
+        for name in ("warmup_steps", "validate_every"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "zero or more", getattr(self, name))
+        _check(
+            not self.validate_every or bool(self.validation_prompts),
+            "train.validation_prompts",
+            "at least one prompt when train.validate_every is set",
+            self.validation_prompts,
+        )
         _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)

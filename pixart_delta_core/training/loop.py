@@ -28,6 +28,7 @@ from .cache import FeatureCache, build_cache
 from .config import Method, Optimizer, TrainingConfig
 from .draws import draw
 from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
+from .validation import validation_captions, validation_grid
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         ControlNetConfig.for_base(detected.config, config.controlnet.copies)  # refuses a base too shallow
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
         cache = _cache(config, detected.config, accelerator.device)
+    captions = None
+    if t.validate_every and accelerator.is_main_process:
+        captions = validation_captions(config.model, t.validation_prompts, detected.config.caption_length, cache.folder)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
     torch.manual_seed(t.seed)  # initial LoRA weights; DDP then copies the main process's to the others
     transformer = load_transformer(detected, torch.float32, accelerator.device).requires_grad_(True)
@@ -204,6 +208,11 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             csv_log.write(step, value, lr, rate)
         if step % t.checkpoint_every == 0 or step == t.steps:
             weights = _save_checkpoint(accelerator, trainer, config, step)
+        if captions is not None and step % t.validate_every == 0:
+            lcm = config.method is Method.LCM or (config.method is Method.LORA and config.lora.lcm)
+            grid = validation_grid(trainer, captions, cache, config.model.vae, t.validation_seed, lcm)
+            (t.output / "validation").mkdir(exist_ok=True)
+            grid.save(t.output / "validation" / f"step-{step:07d}.png")
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
