@@ -120,3 +120,32 @@ def test_lcm_boundary_conditions_are_the_samplers() -> None:
     with torch.no_grad():
         eps = model(noise, t, caption.embeddings, caption.mask)[:, :4]
     torch.testing.assert_close(consistency_output(noise, eps, t), sampled, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_lora_is_the_trained_adapter_in_diffusers_names(tmp_path) -> None:
+    from peft import LoraConfig
+
+    from pixart_delta_core.training.config import LcmSection, LoraSection
+    from pixart_delta_core.training.lora import LoraTrainer
+    from tests.helpers import random_transformer
+
+    settings = LoraSection(rank=3, alpha=6.0, targets=("attn.qkv", "cross_attn.kv_linear", "t_block.1"))
+    trainer = LoraTrainer(random_transformer(TRAIN_TINY), 0.18215, 0.0, settings, LcmSection())
+    with torch.no_grad():
+        for parameter in trainer.trainable_parameters():  # lora_B starts at zero: give it values
+            parameter.normal_()
+    path = trainer.save(tmp_path)
+    saved = load_file(path)
+    assert LoraConfig.from_pretrained(str(tmp_path)).r == 3
+    for ours, theirs in (("blocks.1.attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
+                         ("blocks.0.cross_attn.kv_linear", ("attn2.to_k", "attn2.to_v"))):  # fmt: skip
+        block = ours.split(".")[1]
+        up = torch.cat([saved[f"transformer.transformer_blocks.{block}.{t}.lora_B.weight"] for t in theirs])
+        downs = [saved[f"transformer.transformer_blocks.{block}.{t}.lora_A.weight"] for t in theirs]
+        layer = trainer.transformer.get_submodule(ours)
+        torch.testing.assert_close(up @ downs[0], layer.get_delta_weight("default"))  # alpha / rank = 2 inside
+        assert all(torch.equal(d, downs[0]) for d in downs)
+    delta = (
+        saved["transformer.adaln_single.linear.lora_B.weight"] @ saved["transformer.adaln_single.linear.lora_A.weight"]
+    )
+    torch.testing.assert_close(delta, trainer.transformer.t_block[1].get_delta_weight("default"))

@@ -10,7 +10,6 @@ multiplied into ``lora_B`` and the file declares alpha = rank, so every reader a
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -91,7 +90,9 @@ class LoraTrainer(Trainer):
         path = folder / LORA_FILE
         weights = self.lora_state_dict()
         save_file(weights, str(path), metadata={"format": "pt"})
+        from peft import LoraConfig
+
         modules = sorted({k.removeprefix(PREFIX).rsplit(".lora_", 1)[0] for k in weights})
-        config = {"r": self.settings.rank, "lora_alpha": self.settings.rank, "target_modules": modules}
-        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **config}, indent=1))
+        rank = self.settings.rank  # alpha = rank: the scale is already in lora_B
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=modules).save_pretrained(str(folder))
         return path
