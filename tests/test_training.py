@@ -13,6 +13,7 @@ from pixart_delta_core.models.controlnet import ControlNetTransformer, load_cont
 from pixart_delta_core.models.transformer import load_transformer
 from pixart_delta_core.sampling.samplers import Sampler, SamplingSettings, sample
 from pixart_delta_core.text.encoder import TextEmbedding
+from pixart_delta_core.training.cache import Batch
 from pixart_delta_core.training.config import config_from_dict
 from pixart_delta_core.training.lcm import boundary_scalings, consistency_output
 from pixart_delta_core.training.loop import make_optimizer, train
@@ -149,3 +150,30 @@ def test_saved_lora_is_the_trained_adapter_in_diffusers_names(tmp_path) -> None:
         saved["transformer.adaln_single.linear.lora_B.weight"] @ saved["transformer.adaln_single.linear.lora_A.weight"]
     )
     torch.testing.assert_close(delta, trainer.transformer.t_block[1].get_delta_weight("default"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    from pixart_delta_core.training.draws import draw
+    from pixart_delta_core.training.trainers import Trainer, enable_gradient_checkpointing
+    from tests.helpers import random_transformer
+
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(2, 4, 8, 8, generator=generator)
+    caption, mask = torch.randn(2, 16, 64, generator=generator), torch.ones(2, 16, dtype=torch.long)
+    batch = Batch(caption, mask, mean, torch.full_like(mean, 0.1), None, (64, 64))
+    gradients = []
+    for checkpointed in (False, True):
+        trainer = Trainer(random_transformer(TRAIN_TINY).requires_grad_(True), 0.18215, 0.0)
+        if checkpointed:
+            enable_gradient_checkpointing(trainer.module)
+        trainer.loss(trainer.module, batch, draw(0, 0, 0, 2, (4, 8, 8))).backward()
+        gradients.append([p.grad for p in trainer.trainable_parameters()])
+    for plain, recomputed in zip(*gradients, strict=True):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_lcm_in_bf16_mixed_precision_with_gradient_checkpointing(setup, tmp_path) -> None:
+    options = {"mixed_precision": "bf16", "gradient_checkpointing": True}
+    result = _run(setup, tmp_path, "lcm", steps=2, checkpoint_every=2, **options)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert load_transformer(result.weights).config == TRAIN_TINY

@@ -16,6 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -37,6 +39,11 @@ class MixedPrecision(Enum):
     NO = "no"
     FP16 = "fp16"
     BF16 = "bf16"
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The dtype frozen models (the LCM teacher) are held in: the reference casts them to the compute dtype."""
+        return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
 
 
 class Optimizer(Enum):

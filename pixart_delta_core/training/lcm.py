@@ -82,10 +82,16 @@ def noise_of(model: nn.Module, image_size: tuple[int, int], channels: int) -> De
 class LcmTrainer(Trainer):
     """LCM distillation: student trained, teacher frozen, target the student's EMA (decay 0.95)."""
 
-    def __init__(self, transformer: PixArtTransformer, scaling_factor: float, settings: LcmSection) -> None:
+    def __init__(
+        self,
+        transformer: PixArtTransformer,
+        scaling_factor: float,
+        settings: LcmSection,
+        teacher_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__(transformer, scaling_factor, caption_dropout=0.0)
         self.settings = settings
-        self.teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
+        self.teacher = copy.deepcopy(transformer).requires_grad_(False).eval().to(teacher_dtype)
         self.target = copy.deepcopy(transformer).requires_grad_(False).eval()
 
     def loss(self, module: nn.Module, batch: Batch, draws: Draws) -> Tensor:

@@ -55,7 +55,7 @@ def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling
     if config.method is Method.LCM:
         from .lcm import LcmTrainer
 
-        return LcmTrainer(transformer, scaling_factor, config.lcm)
+        return LcmTrainer(transformer, scaling_factor, config.lcm, config.train.mixed_precision.frozen_dtype)
     if config.method is Method.CONTROLNET:
         from ..models.controlnet import ControlNetTransformer, load_controlnet
 
