@@ -177,3 +177,21 @@ def test_lcm_in_bf16_mixed_precision_with_gradient_checkpointing(setup, tmp_path
     result = _run(setup, tmp_path, "lcm", steps=2, checkpoint_every=2, **options)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert load_transformer(result.weights).config == TRAIN_TINY
+
+
+def test_8bit_adamw_trains(setup, tmp_path) -> None:
+    pytest.importorskip("bitsandbytes", reason="8-bit AdamW comes from bitsandbytes")
+    # The whole transformer: bitsandbytes keeps tensors under 4096 values (all LoRA factors here) in 32 bits.
+    result = _run(setup, tmp_path, "base", steps=2, checkpoint_every=2, optimizer="adamw8bit")
+    state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True)
+    assert torch.uint8 in set(_tensor_dtypes(state["state"]))  # 8-bit moments were kept
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def _tensor_dtypes(tree: object):
+    """The dtypes of every tensor in nested dicts (bitsandbytes nests its quantized state)."""
+    if torch.is_tensor(tree):
+        yield tree.dtype
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensor_dtypes(value)
