@@ -20,11 +20,6 @@ import torch
 
 from ..errors import InputError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
-    import tomli as tomllib
-
 
 class Method(Enum):
     """What a run trains."""
@@ -216,6 +211,7 @@ def load_config(path: str | Path, method: Method | str | None = None) -> Trainin
     unknown or bad key.
     """
     path = Path(path)
+    tomllib = _toml_reader()
     try:
         table = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -281,6 +277,21 @@ def _convert(kind: Any, value: Any, name: str, root: Path) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InputError(f"{name} must be {kind.__name__}, found {value!r}")
     return value
+
+
+def _toml_reader() -> types.ModuleType:
+    """``tomllib`` (Python 3.11+), or its backport ``tomli`` on 3.10 (the ``train`` extra installs it)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli
+    except ModuleNotFoundError:
+        raise InputError(
+            "reading a training config on Python 3.10 needs tomli: pip install 'pixart-delta[train]'"
+        ) from None
+    return tomli
 
 
 def _check(ok: bool, name: str, expected: str, found: Any) -> None:

@@ -125,7 +125,12 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
 
     Raises ``InputError`` for settings that cannot work (before any model is loaded where it can).
     """
-    from accelerate import Accelerator
+    try:
+        from accelerate import Accelerator
+    except ModuleNotFoundError:
+        raise InputError(
+            "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
+        ) from None
     from tqdm import tqdm
 
     t = config.train

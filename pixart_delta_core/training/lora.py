@@ -50,8 +50,12 @@ class LoraTrainer(Trainer):
         settings: LoraSection,
         lcm: LcmSection,
     ) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
-
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ModuleNotFoundError:
+            raise InputError(
+                "LoRA training needs peft, which is not installed: pip install 'pixart-delta[train]'"
+            ) from None
         super().__init__(transformer, scaling_factor, 0.0 if settings.lcm else caption_dropout)
         self.settings, self.lcm = settings, lcm
         self.layers = lora_targets(transformer, settings.targets)
