@@ -36,6 +36,7 @@ def test_train_command_runs_prints_its_config_and_resumes(tmp_path, capsys) -> N
     assert 'method = "controlnet"' in printed and "trained 2 steps" in printed
     assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "controlnet.safetensors").is_file()
     assert main(["train", "controlnet", "--config", str(tmp_path / "run.toml"), "--resume"]) == 0
-    assert "trained 2 steps" in capsys.readouterr().out  # nothing left to do after the last checkpoint
+    printed = capsys.readouterr().out  # nothing left to do after the last checkpoint: its weights are the result
+    assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("controlnet.safetensors")
     assert main(["train", "base", "--config", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import InputError
+from ..pipeline.images import from_pil, to_pil
 from ..pipeline.resolution import Size
 from .config import ControlExtractor, ModelSection
 from .control import EXTRACTORS
@@ -219,7 +220,5 @@ def _control_pixels(record: Record, control: ControlExtractor, size: Size) -> Te
     if control is ControlExtractor.GIVEN:
         assert record.control is not None  # checked in build_cache
         return load_image(record.control, size)
-    from ..pipeline.images import from_pil, to_pil
-
     image = to_pil(load_image(record.image, size))[0]
     return from_pil(EXTRACTORS[control](image))

@@ -167,11 +167,12 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     warmup = t.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
     module, optimizer, scheduler = accelerator.prepare(trainer.module, optimizer, scheduler)
-    step = 0
+    step, weights = 0, t.output
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         trainer.load_state(load_file(str(checkpoint / TRAINER_STATE), device=str(accelerator.device)))
         step = json.loads((checkpoint / STEP_FILE).read_text())["step"]
+        weights = _weights_of(checkpoint)
         log.info("resuming from %s at step %d", checkpoint, step)
     if accelerator.is_main_process:
         t.output.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,6 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         total=t.steps, initial=step, desc=f"train {config.method.value}", disable=not accelerator.is_main_process
     )
     losses: list[float] = []
-    weights = t.output
     while step < t.steps:
         started = time.perf_counter()
         total = torch.zeros((), device=accelerator.device)
@@ -252,7 +252,12 @@ def _save_checkpoint(accelerator: Any, trainer: Trainer, config: TrainingConfig,
         (folder / "config.toml").write_text(config.to_toml())
         (folder / STEP_FILE).write_text(json.dumps({"step": step, "weights": weights.name}))
     accelerator.wait_for_everyone()
-    return folder / json.loads((folder / STEP_FILE).read_text())["weights"]
+    return _weights_of(folder)
+
+
+def _weights_of(checkpoint: Path) -> Path:
+    """The weights file a complete checkpoint folder holds."""
+    return checkpoint / json.loads((checkpoint / STEP_FILE).read_text())["weights"]
 
 
 class _CsvLog:

@@ -16,8 +16,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..models.controlnet import ControlNetTransformer
+from ..models.controlnet_config import ControlNetConfig
 from ..models.layers import Block
 from ..models.transformer import PixArtTransformer
+from ..models.transformer_config import TransformerConfig
 from .cache import Batch
 from .diffusion import diffusion_loss, noise_schedule
 from .draws import Draws
@@ -25,9 +27,9 @@ from .draws import Draws
 TRAIN_TIMESTEPS = 1000
 
 
-def heads_metadata(config: object) -> dict[str, str]:
+def heads_metadata(config: TransformerConfig | ControlNetConfig) -> dict[str, str]:
     """What detection cannot read from widths that are not multiples of 72 (tiny models)."""
-    return {"num_heads": str(config.num_heads)}  # type: ignore[attr-defined]
+    return {"num_heads": str(config.num_heads)}
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

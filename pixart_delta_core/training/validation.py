@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..pipeline.images import to_pil
@@ -31,8 +32,6 @@ def validation_captions(
     """The T5 features of ``prompts`` [P, L, C], encoded once and kept in ``folder``."""
     path = folder / VALIDATION_FILE
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as f:
             same = json.loads(f.metadata()["prompts"]) == list(prompts)
         if same:
