@@ -221,6 +221,11 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
+    # process (the Python API, the tests) may ask for other ones. The process group itself is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     return TrainResult(t.output, step, weights, losses)
 
 
