@@ -142,3 +142,21 @@ def test_cache_is_built_once_checked_and_resumed(setup, monkeypatch) -> None:
     with pytest.raises(InputError, match=r"resolution: cache has 64, the run asks for 128"):
         cache_module.build_cache(m, d.path, d.cache, 128, 16, False, ControlExtractor.CANNY, shard_size=2)
     assert torch.equal(cache_module.FeatureCache(d.cache).batch([3]).mean, batch.mean[1:])
+
+
+def test_given_control_images_are_encoded_like_the_images(setup, tmp_path) -> None:
+    data = Path(setup["data"]["path"])
+    lines = [json.dumps({"image": str(p), "caption": "a box", "control": str(p)}) for p in sorted(data.glob("*.png"))]
+    (tmp_path / "list.jsonl").write_text("\n".join(lines))
+    config = config_from_dict(setup, "controlnet")
+    cache = cache_module.build_cache(
+        config.model, tmp_path / "list.jsonl", tmp_path / "cache", 64, 16, False, ControlExtractor.GIVEN
+    )
+    batch = cache.batch([0, 1])
+    assert torch.equal(batch.control, batch.mean)  # the control image is the image: same posterior mean
+    first = str(sorted(data.glob("*.png"))[0])
+    (tmp_path / "bare.jsonl").write_text(json.dumps({"image": first, "caption": "x"}))
+    with pytest.raises(InputError, match=r"records without a .control. image"):
+        cache_module.build_cache(
+            config.model, tmp_path / "bare.jsonl", tmp_path / "cache2", 64, 16, False, ControlExtractor.GIVEN
+        )
