@@ -19,7 +19,7 @@ from pixart_delta_core.models.transformer_config import TransformerConfig
 from pixart_delta_core.training import cache as cache_module
 from pixart_delta_core.training.config import ControlExtractor, config_from_dict, load_config
 from pixart_delta_core.training.control import canny, soft_edge
-from pixart_delta_core.training.data import read_records, training_size
+from pixart_delta_core.training.data import BatchOrder, read_records, training_size
 
 # 64 px images -> 8x8 latents -> 16 patch tokens; caption width 64 = the demo T5's.
 TRAIN_TINY = TransformerConfig(
@@ -160,3 +160,16 @@ def test_given_control_images_are_encoded_like_the_images(setup, tmp_path) -> No
         cache_module.build_cache(
             config.model, tmp_path / "bare.jsonl", tmp_path / "cache2", 64, 16, False, ControlExtractor.GIVEN
         )
+
+
+def test_batches_hold_one_bin_each_and_repeat_from_the_seed() -> None:
+    sizes = [(512, 512)] * 5 + [(352, 704)] * 4 + [(704, 352)]  # the last bin is smaller than a batch
+    order = BatchOrder(sizes, batch_size=2, seed=7)
+    assert order.per_epoch == 4  # 2 + 2 + 0: incomplete batches are dropped
+    epoch = [order.batch(i) for i in range(4)]
+    assert all(len({sizes[i] for i in batch}) == 1 and len(batch) == 2 for batch in epoch)
+    assert len({i for batch in epoch for i in batch}) == 8  # no record twice in an epoch
+    assert [BatchOrder(sizes, 2, 7).batch(i) for i in range(4)] == epoch
+    assert [order.batch(i) for i in range(4, 8)] != epoch  # the next epoch is shuffled anew
+    with pytest.raises(InputError, match="larger than every aspect-ratio bin"):
+        BatchOrder(sizes, batch_size=6, seed=0)

@@ -26,6 +26,7 @@ from ..models.controlnet_config import ControlNetConfig
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from .cache import FeatureCache, build_cache
 from .config import Method, Optimizer, TrainingConfig
+from .data import BatchOrder
 from .draws import draw
 from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
 from .validation import validation_captions, validation_grid
@@ -81,37 +82,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig)
             ) from err
         return bitsandbytes.optim.AdamW8bit(parameters, **options)
     return torch.optim.AdamW(parameters, **options)
-
-
-class BatchOrder:
-    """Global batches of record indices, each from one size (aspect-ratio bin), shuffled per epoch from the seed."""
-
-    def __init__(self, sizes: list[tuple[int, int]], batch_size: int, seed: int) -> None:
-        self.groups: dict[tuple[int, int], list[int]] = {}
-        for index, size in enumerate(sizes):
-            self.groups.setdefault(size, []).append(index)
-        self.batch_size, self.seed = batch_size, seed
-        self.per_epoch = sum(len(g) // batch_size for g in self.groups.values())
-        if self.per_epoch == 0:
-            largest = max(len(g) for g in self.groups.values())
-            raise InputError(
-                f"train.batch_size {batch_size} is larger than every aspect-ratio bin of the dataset (the largest "
-                f"holds {largest} records): lower the batch size or set data.multi_scale = false"
-            )
-
-    def batch(self, number: int) -> list[int]:
-        """The ``number``-th global batch of the run (epochs follow each other)."""
-        epoch, index = divmod(number, self.per_epoch)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        batches = []
-        for size in sorted(self.groups):
-            group = self.groups[size]
-            shuffled = [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
-            batches += [
-                shuffled[i : i + self.batch_size] for i in range(0, len(group) - self.batch_size + 1, self.batch_size)
-            ]
-        order = torch.randperm(len(batches), generator=generator).tolist()
-        return batches[order[index]]
 
 
 def latest_checkpoint(output: Path) -> Path | None:
