@@ -195,3 +195,10 @@ def _tensor_dtypes(tree: object):
     elif isinstance(tree, dict):
         for value in tree.values():
             yield from _tensor_dtypes(value)
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_step(setup, tmp_path) -> None:
+    result = _run(setup, tmp_path, "base", steps=2, checkpoint_every=2, batch_size=1, gradient_accumulation=2)
+    state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True)
+    assert {s["step"].item() for s in state["state"].values()} == {2.0}  # 4 micro-batches, 2 optimizer steps
+    assert len(result.losses) == 2

@@ -2,7 +2,8 @@
 
 A JSONL line is ``{"image": PATH, "caption": TEXT}``, with ``"control": PATH`` for a given control
 image; paths are relative to the JSONL file. Images are fitted to their aspect-ratio bin (the
-reference's multi-scale training, ``pipeline/resolution.py``) or to a centre square.
+reference's multi-scale training, ``pipeline/resolution.py``) or to a centre square, and every batch
+holds records of one bin (``BatchOrder``).
 """
 
 from __future__ import annotations
