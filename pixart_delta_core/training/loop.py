@@ -189,6 +189,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             (t.output / "validation").mkdir(exist_ok=True)
             grid.save(t.output / "validation" / f"step-{step:07d}.png")
     bar.close()
+    if csv_log is not None:
+        csv_log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
@@ -249,3 +251,6 @@ class _CsvLog:
     def write(self, step: int, loss: float, lr: float, rate: float) -> None:
         self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
         self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
