@@ -1,4 +1,4 @@
-"""Command line: ``python -m pixart_delta_core {generate,info,demo} ...``."""
+"""Command line: ``python -m pixart_delta_core {generate,info,demo,train} ...``."""
 
 from __future__ import annotations
 
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models", type=Path, default=Path("outputs/demo-models"), help="where the models are kept")
     demo.set_defaults(run=cmd_demo)
     _add_generate(sub)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

@@ -1,0 +1,35 @@
+"""The ``train`` subcommand: ``python -m pixart_delta_core train {base,lcm,controlnet,lora} --config FILE``.
+
+Building the parser imports nothing heavy (accelerate, peft, diffusers, transformers load when the
+command runs). Under ``accelerate launch -m pixart_delta_core train ...`` every process runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .config import Method
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a model from a TOML config (base fine-tune, LCM distillation, ControlNet, LoRA)",
+        description="Train with the reference recipes; runs on many processes or GPUs under `accelerate launch`.",
+    )
+    train.add_argument("method", choices=[m.value for m in Method], help="what to train (overrides the file's method)")
+    train.add_argument("--config", type=Path, required=True, help="TOML file: [model], [data], [train], [lcm]...")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output")
+    train.set_defaults(run=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    config = load_config(args.config, args.method)
+    print(config.to_toml())
+    result = train(config, resume=args.resume)
+    print(f"trained {result.step} steps; weights: {result.weights}")
+    return 0

@@ -1,0 +1,311 @@
+"""Training configuration: one frozen dataclass per concern, read from a TOML file.
+
+A file has the sections ``[model]``, ``[data]``, ``[train]`` and the trainer's own (``[lcm]``,
+``[controlnet]``, ``[lora]``). Unknown sections and keys, wrong types and bad values are refused up
+front, by name, before any model is loaded. The defaults are the reference recipes (docs/REFERENCE.md §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+
+class Method(Enum):
+    """What a run trains."""
+
+    BASE = "base"  # fine-tune the whole transformer with the PixArt-α diffusion loss
+    LCM = "lcm"  # distil a latent consistency model from the transformer (PixArt-δ)
+    CONTROLNET = "controlnet"  # train a ControlNet-Transformer on the frozen transformer
+    LORA = "lora"  # train a PEFT LoRA on the transformer (LCM-LoRA with ``lora.lcm``)
+
+
+class MixedPrecision(Enum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The dtype frozen models (the LCM teacher) are held in: the reference casts them to the compute dtype."""
+        return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
+
+
+class Optimizer(Enum):
+    ADAMW = "adamw"
+    ADAMW_8BIT = "adamw8bit"  # bitsandbytes' 8-bit AdamW
+
+
+class ControlExtractor(Enum):
+    """Where control images come from: given with the data, or made from the image."""
+
+    GIVEN = "given"
+    CANNY = "canny"
+    SOFT_EDGE = "soft_edge"
+
+
+class LcmLoss(Enum):
+    HUBER = "huber"  # pseudo-Huber, sqrt(d^2 + c^2) - c
+    L2 = "l2"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The model files: the transformer to start from (teacher, base), T5 and its tokenizer, the VAE."""
+
+    transformer: Path
+    t5: Path
+    vae: Path
+    tokenizer: Path | None = None
+    controlnet: Path | None = None  # a ControlNet to continue training (default: fresh copies of the base)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The dataset and its feature cache."""
+
+    path: Path  # a folder of images with same-name .txt captions, or a JSONL file
+    cache: Path  # where the T5/VAE features are written once and reused
+    resolution: int | None = None  # training resolution in px (default: the transformer's)
+    multi_scale: bool = True  # aspect-ratio bins; False: every image centre-cropped to a square
+    control: ControlExtractor | None = None  # ControlNet only: given, canny or soft_edge
+    shard_size: int = 256  # records per cache shard
+
+    def __post_init__(self) -> None:
+        _check(self.resolution is None or self.resolution > 0, "data.resolution", "a positive number", self.resolution)
+        _check(self.shard_size > 0, "data.shard_size", "a positive number", self.shard_size)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """The loop: steps, batch, optimizer, precision, logging and checkpoints."""
+
+    output: Path
+    steps: int = 1000
+    batch_size: int = 1  # the global batch of one optimizer micro-step, over all processes
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    optimizer: Optimizer = Optimizer.ADAMW
+    mixed_precision: MixedPrecision = MixedPrecision.NO
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    caption_dropout: float = 0.1  # probability of training a caption as the learned null caption
+    checkpoint_every: int = 500
+    log_every: int = 1
+    validate_every: int = 0  # 0: no validation images
+    validation_prompts: tuple[str, ...] = ()
+    validation_seed: int = 0
+    cpu: bool = False  # run on the CPU even where a GPU is present
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) > 0, f"train.{name}", "a positive number", getattr(self, name))
+        for name in ("warmup_steps", "validate_every"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "zero or more", getattr(self, name))
+        _check(
+            not self.validate_every or bool(self.validation_prompts),
+            "train.validation_prompts",
+            "at least one prompt when train.validate_every is set",
+            self.validation_prompts,
+        )
+        _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
+        _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)
+        _check(0 <= self.caption_dropout < 1, "train.caption_dropout", "in [0, 1)", self.caption_dropout)
+
+
+@dataclass(frozen=True)
+class LcmSection:
+    """LCM distillation (PixArt-δ §3, docs/REFERENCE.md §6): DDIM solver, fixed guidance, EMA target."""
+
+    guidance: float = 4.5  # w in cond + w (cond - uncond), uncond = the learned null caption
+    ema_decay: float = 0.95
+    loss: LcmLoss = LcmLoss.HUBER
+    huber_c: float = 0.001
+    ddim_steps: int = 50  # of the 1000 training timesteps (skip 20)
+
+    def __post_init__(self) -> None:
+        _check(self.guidance >= 0, "lcm.guidance", "zero or more", self.guidance)
+        _check(0 <= self.ema_decay < 1, "lcm.ema_decay", "in [0, 1)", self.ema_decay)
+        _check(self.huber_c > 0, "lcm.huber_c", "a positive number", self.huber_c)
+        _check(0 < self.ddim_steps <= 1000 and 1000 % self.ddim_steps == 0, "lcm.ddim_steps", "a divisor of 1000",
+               self.ddim_steps)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ControlNetSection:
+    """ControlNet-Transformer training (PixArt-δ §4): N copies of the first base blocks."""
+
+    copies: int = 13
+
+    def __post_init__(self) -> None:
+        _check(self.copies > 0, "controlnet.copies", "a positive number", self.copies)
+
+
+LORA_TARGETS = ("attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj",
+                "mlp.fc1", "mlp.fc2", "t_block.1")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """PEFT LoRA on the transformer's linear layers; ``lcm``: LCM-LoRA, distilled into the adapter."""
+
+    rank: int = 32
+    alpha: float = 32.0
+    targets: tuple[str, ...] = LORA_TARGETS  # module names (suffixes) in the reference layout
+    lcm: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.rank > 0, "lora.rank", "a positive number", self.rank)
+        _check(self.alpha > 0, "lora.alpha", "a positive number", self.alpha)
+        _check(bool(self.targets), "lora.targets", "at least one module name", self.targets)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A whole run: what to train and everything it needs."""
+
+    method: Method
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+    lcm: LcmSection = field(default_factory=LcmSection)
+    controlnet: ControlNetSection = field(default_factory=ControlNetSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+
+    def __post_init__(self) -> None:
+        if self.method is Method.CONTROLNET and self.data.control is None:
+            raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
+
+    def to_toml(self) -> str:
+        """The full configuration, defaults included, as TOML (printed at start, saved beside checkpoints)."""
+        lines = [f'method = "{self.method.value}"']
+        for section in SECTIONS:
+            lines += ["", f"[{section}]"]
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                if value is not None:
+                    lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+SECTIONS = ("model", "data", "train", "lcm", "controlnet", "lora")
+
+
+def load_config(path: str | Path, method: Method | str | None = None) -> TrainingConfig:
+    """Read a TOML training config; ``method`` (from the command line) overrides the file's ``method``.
+
+    Relative paths in the file are taken from the file's folder. Raises ``InputError`` naming the
+    unknown or bad key.
+    """
+    path = Path(path)
+    tomllib = _toml_reader()
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"training config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"training config {path} is not valid TOML: {err}") from None
+    return config_from_dict(table, method, root=path.parent)
+
+
+def config_from_dict(
+    table: dict[str, Any], method: Method | str | None = None, root: Path = Path(".")
+) -> TrainingConfig:
+    """A ``TrainingConfig`` from parsed TOML (see ``load_config``)."""
+    table = dict(table)
+    chosen = method if method is not None else table.get("method")
+    table.pop("method", None)
+    unknown = sorted(set(table) - set(SECTIONS))
+    if unknown:
+        raise InputError(f"unknown section(s) {unknown} in the training config: expected {list(SECTIONS)}")
+    if chosen is None:
+        raise InputError(f"no training method: give one of {[m.value for m in Method]}")
+    hints = typing.get_type_hints(TrainingConfig)
+    sections = {name: _section(hints[name], table.get(name, {}), name, root) for name in SECTIONS}
+    return TrainingConfig(method=_convert(Method, chosen, "method", root), **sections)
+
+
+def _section(cls: type, values: Any, name: str, root: Path) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"[{name}] must be a table of settings, found {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(
+            f"unknown setting(s) {', '.join(f'{name}.{k}' for k in unknown)}: [{name}] takes {list(known)}"
+        )
+    missing = [k for k, f in known.items() if k not in values and f.default is f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"missing setting(s) {', '.join(f'{name}.{k}' for k in missing)}")
+    return cls(**{k: _convert(hints[k], v, f"{name}.{k}", root) for k, v in values.items()})
+
+
+def _convert(kind: Any, value: Any, name: str, root: Path) -> Any:
+    """``value`` as the annotated type ``kind``, or an ``InputError`` naming the setting."""
+    if isinstance(kind, types.UnionType):  # X | None
+        inner = [k for k in typing.get_args(kind) if k is not type(None)]
+        return None if value is None else _convert(inner[0], value, name, root)
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list):
+            raise InputError(f"{name} must be a list, found {value!r}")
+        return tuple(_convert(typing.get_args(kind)[0], v, name, root) for v in value)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            raise InputError(f"{name} must be one of {[m.value for m in kind]}, found {value!r}") from None
+    if kind is Path:
+        if not isinstance(value, str):
+            raise InputError(f"{name} must be a path, found {value!r}")
+        return root / Path(value).expanduser()
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InputError(f"{name} must be {kind.__name__}, found {value!r}")
+    return value
+
+
+def _toml_reader() -> types.ModuleType:
+    """``tomllib`` (Python 3.11+), or its backport ``tomli`` on 3.10 (the ``train`` extra installs it)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli
+    except ModuleNotFoundError:
+        raise InputError(
+            "reading a training config on Python 3.10 needs tomli: pip install 'pixart-delta[train]'"
+        ) from None
+    return tomli
+
+
+def _check(ok: bool, name: str, expected: str, found: Any) -> None:
+    if not ok:
+        raise InputError(f"{name} must be {expected}, found {found!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path | str):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,256 @@
+"""The training loop, driven by Hugging Face accelerate, for every trainer.
+
+accelerate runs it on one process or many (DDP by default; ``accelerate launch`` chooses), with
+mixed precision and gradient accumulation. ``train.batch_size`` is the global batch: each process
+trains its share of every batch, and every sample's random numbers come from (seed, step, index)
+(``draws.py``), so the result does not depend on the number of processes, and a resumed run repeats
+what an uninterrupted one would have done. Checkpoints hold the weights in the layouts the engine's
+loaders read plus accelerate's state (model, optimizer, scheduler, RNG) and the trainer's own (EMA).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import InputError
+from ..models.controlnet_config import ControlNetConfig
+from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
+from .cache import FeatureCache, build_cache
+from .config import Method, Optimizer, TrainingConfig
+from .data import BatchOrder
+from .draws import draw
+from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
+from .validation import validation_captions, validation_grid
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STEP_FILE = "step.json"  # written last: a checkpoint folder without it is incomplete
+TRAINER_STATE = "trainer.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run left its files, and the loss of each optimizer step it ran."""
+
+    output: Path
+    step: int
+    weights: Path
+    losses: list[float]
+
+
+def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling_factor: float) -> Trainer:
+    """The strategy of ``config.method`` around ``transformer`` (already on its device)."""
+    dropout = config.train.caption_dropout
+    if config.method is Method.BASE:
+        return Trainer(transformer, scaling_factor, dropout)
+    if config.method is Method.LCM:
+        from .lcm import LcmTrainer
+
+        return LcmTrainer(transformer, scaling_factor, config.lcm, config.train.mixed_precision.frozen_dtype)
+    if config.method is Method.CONTROLNET:
+        from ..models.controlnet import ControlNetTransformer, load_controlnet
+
+        if config.model.controlnet is not None:
+            controlnet = load_controlnet(config.model.controlnet, transformer.config, device=transformer.device)
+        else:
+            controlnet = ControlNetTransformer.from_base(transformer, config.controlnet.copies)
+        return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout)
+    from .lora import LoraTrainer
+
+    return LoraTrainer(transformer, scaling_factor, dropout, config.lora, config.lcm)
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
+    t = config.train
+    options: dict[str, Any] = {"lr": t.learning_rate, "weight_decay": t.weight_decay}
+    if t.optimizer is Optimizer.ADAMW_8BIT:
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise InputError(
+                f"train.optimizer = 'adamw8bit' needs bitsandbytes, which cannot be imported: {err}"
+            ) from err
+        return bitsandbytes.optim.AdamW8bit(parameters, **options)
+    return torch.optim.AdamW(parameters, **options)
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``output``."""
+    done = sorted(p.parent for p in (output / CHECKPOINTS).glob(f"step-*/{STEP_FILE}"))
+    return done[-1] if done else None
+
+
+def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
+    """Run ``config`` to ``train.steps`` optimizer steps (from the latest checkpoint with ``resume``).
+
+    Raises ``InputError`` for settings that cannot work (before any model is loaded where it can).
+    """
+    try:
+        from accelerate import Accelerator
+    except ModuleNotFoundError:
+        raise InputError(
+            "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
+        ) from None
+    from tqdm import tqdm
+
+    t = config.train
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision.value,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        cpu=t.cpu,
+        step_scheduler_with_optimizer=False,
+    )
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if t.batch_size % processes:
+        raise InputError(
+            f"train.batch_size {t.batch_size} (the global batch) must split evenly over {processes} processes"
+        )
+    checkpoint = latest_checkpoint(t.output) if resume else None
+    if resume and checkpoint is None:
+        raise InputError(f"--resume: no complete checkpoint in {t.output / CHECKPOINTS}")
+    detected = inspect_transformer(config.model.transformer)
+    if config.method is Method.CONTROLNET and config.model.controlnet is None:
+        ControlNetConfig.for_base(detected.config, config.controlnet.copies)  # refuses a base too shallow
+    with accelerator.main_process_first():  # the main process builds the cache, the others then read it
+        cache = _cache(config, detected.config, accelerator.device)
+    captions = None
+    if t.validate_every and accelerator.is_main_process:
+        captions = validation_captions(config.model, t.validation_prompts, detected.config.caption_length, cache.folder)
+    order = BatchOrder(cache.sizes, t.batch_size, t.seed)
+    torch.manual_seed(t.seed)  # initial LoRA weights; DDP then copies the main process's to the others
+    transformer = load_transformer(detected, torch.float32, accelerator.device).requires_grad_(True)
+    trainer = make_trainer(config, transformer, cache.scaling_factor)
+    if t.gradient_checkpointing:
+        enable_gradient_checkpointing(trainer.module)
+    parameters = trainer.trainable_parameters()
+    optimizer = make_optimizer(parameters, config)
+    warmup = t.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    module, optimizer, scheduler = accelerator.prepare(trainer.module, optimizer, scheduler)
+    step, weights = 0, t.output
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        trainer.load_state(load_file(str(checkpoint / TRAINER_STATE), device=str(accelerator.device)))
+        step = json.loads((checkpoint / STEP_FILE).read_text())["step"]
+        weights = _weights_of(checkpoint)
+        log.info("resuming from %s at step %d", checkpoint, step)
+    if accelerator.is_main_process:
+        t.output.mkdir(parents=True, exist_ok=True)
+        (t.output / "config.toml").write_text(config.to_toml())
+        log.info("training configuration:\n%s", config.to_toml())
+    per_process = t.batch_size // processes
+    csv_log = _CsvLog(t.output / "log.csv") if accelerator.is_main_process else None
+    bar = tqdm(
+        total=t.steps, initial=step, desc=f"train {config.method.value}", disable=not accelerator.is_main_process
+    )
+    losses: list[float] = []
+    while step < t.steps:
+        started = time.perf_counter()
+        total = torch.zeros((), device=accelerator.device)
+        for micro in range(t.gradient_accumulation):
+            number = step * t.gradient_accumulation + micro
+            indices = order.batch(number)[rank * per_process : (rank + 1) * per_process]
+            batch = cache.batch(indices).to(accelerator.device)
+            draws = draw(t.seed, number, rank * per_process, per_process, tuple(batch.mean.shape[1:]))
+            with accelerator.accumulate(module), accelerator.autocast():
+                loss = trainer.loss(module, batch, draws.to(accelerator.device))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(parameters, t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            total += loss.detach() / t.gradient_accumulation
+        scheduler.step()
+        trainer.after_step()
+        step += 1
+        value = accelerator.reduce(total, "mean").item()
+        losses.append(value)
+        rate = t.batch_size * t.gradient_accumulation / (time.perf_counter() - started)
+        lr = scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", samples_per_s=f"{rate:.3g}")
+        bar.update(1)
+        if csv_log is not None and step % t.log_every == 0:
+            csv_log.write(step, value, lr, rate)
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            weights = _save_checkpoint(accelerator, trainer, config, step)
+        if captions is not None and step % t.validate_every == 0:
+            lcm = config.method is Method.LCM or (config.method is Method.LORA and config.lora.lcm)
+            grid = validation_grid(trainer, captions, cache, config.model.vae, t.validation_seed, lcm)
+            (t.output / "validation").mkdir(exist_ok=True)
+            grid.save(t.output / "validation" / f"step-{step:07d}.png")
+    bar.close()
+    if csv_log is not None:
+        csv_log.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
+    # process (the Python API, the tests) may ask for other ones. The process group itself is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return TrainResult(t.output, step, weights, losses)
+
+
+def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCache:
+    data = config.data
+    return build_cache(
+        config.model,
+        data.path,
+        data.cache,
+        data.resolution or base.resolution,
+        base.caption_length,
+        data.multi_scale,
+        data.control,
+        data.shard_size,
+        device,
+    )
+
+
+def _save_checkpoint(accelerator: Any, trainer: Trainer, config: TrainingConfig, step: int) -> Path:
+    """Weights in the loaders' layout, accelerate's state, the trainer's state, then the step (last)."""
+    folder = config.train.output / CHECKPOINTS / f"step-{step:07d}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(folder))  # every process writes its RNG state
+    weights = folder
+    if accelerator.is_main_process:
+        weights = trainer.save(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in trainer.state().items()}
+        save_file(state, str(folder / TRAINER_STATE))
+        (folder / "config.toml").write_text(config.to_toml())
+        (folder / STEP_FILE).write_text(json.dumps({"step": step, "weights": weights.name}))
+    accelerator.wait_for_everyone()
+    return _weights_of(folder)
+
+
+def _weights_of(checkpoint: Path) -> Path:
+    """The weights file a complete checkpoint folder holds."""
+    return checkpoint / json.loads((checkpoint / STEP_FILE).read_text())["weights"]
+
+
+class _CsvLog:
+    """step, loss, learning rate, samples/s, one row per logged step (appended to on resume)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(["step", "loss", "learning_rate", "samples_per_s"])
+
+    def write(self, step: int, loss: float, lr: float, rate: float) -> None:
+        self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()

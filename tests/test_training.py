@@ -1,0 +1,204 @@
+"""The trainers on tiny random models: loss goes down, saved files load, resume is bit-for-bit,
+the ControlNet starts as the base and trains alone, the LCM parameterisation is the sampler's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
+from pixart_delta_core.models.transformer import load_transformer
+from pixart_delta_core.sampling.samplers import Sampler, SamplingSettings, sample
+from pixart_delta_core.text.encoder import TextEmbedding
+from pixart_delta_core.training.cache import Batch
+from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.lcm import boundary_scalings, consistency_output
+from pixart_delta_core.training.loop import make_optimizer, train
+from pixart_delta_core.training.trainers import ControlNetTrainer
+from tests.test_training_data import TRAIN_TINY, run_table, tiny_setup
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    return tiny_setup(tmp_path_factory.mktemp("trainers"))
+
+
+def _run(setup: dict, output, method: str, resume: bool = False, **options):
+    table = run_table(setup, output, **{"batch_size": 2, "learning_rate": 1e-3, **options})
+    if method == "lora":
+        table["lora"] = {"rank": 4, "alpha": 8.0}
+    return train(config_from_dict(table, method), resume=resume)
+
+
+@pytest.mark.parametrize("method", ["base", "controlnet", "lora"])
+def test_loss_goes_down_and_the_weights_load(setup, tmp_path, method) -> None:
+    # Four images, batch 2, learning rate 1e-3: 24 steps fit them; the mean of the last 6 losses is
+    # measured at 0.55-0.8 of the first 6's (the per-step loss swings with the drawn timestep).
+    validation = {"validate_every": 24, "validation_prompts": ["a box"]}
+    result = _run(setup, tmp_path, method, steps=24, checkpoint_every=24, caption_dropout=0.0, **validation)
+    assert (tmp_path / "validation" / "step-0000024.png").is_file()
+    first, last = sum(result.losses[:6]) / 6, sum(result.losses[-6:]) / 6
+    assert last < 0.9 * first, result.losses
+    if method == "base":
+        model = load_transformer(result.weights)
+        assert model.config == TRAIN_TINY
+        caption = TextEmbedding(torch.randn(1, 16, 64), torch.ones(1, 16, dtype=torch.long))
+        latents = sample(model, caption, SamplingSettings(), torch.randn(1, 4, 8, 8))
+        assert torch.isfinite(latents).all()
+    elif method == "controlnet":
+        assert load_controlnet(result.weights, TRAIN_TINY).config.copies == 1
+    else:
+        weights = load_file(result.weights)
+        assert "transformer.transformer_blocks.0.attn1.to_q.lora_A.weight" in weights
+        assert weights["transformer.transformer_blocks.0.attn1.to_k.lora_B.weight"].shape == (48, 4)
+        assert weights["transformer.adaln_single.linear.lora_A.weight"].shape == (4, 48)
+
+
+def test_resume_is_bit_for_bit(setup, tmp_path) -> None:
+    # LCM: the resumed run also needs the EMA target back, beside the weights, optimizer and scheduler.
+    whole = _run(setup, tmp_path / "whole", "lcm", steps=4, checkpoint_every=4)
+    _run(setup, tmp_path / "split", "lcm", steps=2, checkpoint_every=2)
+    resumed = _run(setup, tmp_path / "split", "lcm", resume=True, steps=4, checkpoint_every=2)
+    assert resumed.losses == whole.losses[2:]
+    ours, theirs = load_file(whole.weights), load_file(resumed.weights)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_lora_loss_in_lcm_mode_runs_and_validates(setup, tmp_path) -> None:
+    options = {"validate_every": 2, "validation_prompts": ["a box", "a red box"], "validation_seed": 3}
+    table = run_table(setup, tmp_path, batch_size=2, steps=2, checkpoint_every=2, **options)
+    table["lora"] = {"rank": 2, "alpha": 2.0, "lcm": True, "targets": ["attn.qkv"]}
+    result = train(config_from_dict(table, "lora"))
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert sorted(load_file(result.weights))[0] == "transformer.transformer_blocks.0.attn1.to_k.lora_A.weight"
+    with Image.open(tmp_path / "validation" / "step-0000002.png") as grid:
+        assert grid.size == (128, 64)  # two 64 px images side by side
+        assert len(np.unique(np.asarray(grid).reshape(-1, 3), axis=0)) > 100  # an image, not a blank
+
+
+def test_controlnet_starts_as_the_base_and_trains_alone() -> None:
+    from tests.helpers import random_transformer
+
+    base = random_transformer(TRAIN_TINY, seed=1)
+    trainer = ControlNetTrainer(base, ControlNetTransformer.from_base(base, 2), 0.18215, 0.5)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    caption = torch.randn(2, 16, 64)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    with torch.no_grad():
+        controlled = trainer.module(x, t, caption, mask, (64, 64), torch.randn(2, 4, 8, 8))
+        assert torch.equal(controlled, base(x, t, caption, mask, (64, 64)))
+    config = config_from_dict(
+        {
+            "model": {"transformer": "t", "t5": "t", "vae": "v"},
+            "data": {"path": "d", "cache": "c"},
+            "train": {"output": "o"},
+        },
+        "base",
+    )
+    optimizer = make_optimizer(trainer.trainable_parameters(), config)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in trainer.controlled.controlnet.parameters()}
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_lcm_boundary_conditions_are_the_samplers() -> None:
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 999]))
+    assert c_skip[0] == 1 and c_out[0] == 0
+    assert c_skip[1] == pytest.approx(0.25 / (9990**2 + 0.25)) and c_out[1] == pytest.approx(1.0, abs=1e-8)
+    from tests.helpers import random_transformer
+
+    model = random_transformer(TRAIN_TINY, seed=2)
+    caption = TextEmbedding(torch.randn(1, 16, 64), torch.ones(1, 16, dtype=torch.long))
+    noise = torch.randn(1, 4, 8, 8)
+    # One LCM step from t = 999 returns the consistency output the student is trained to produce there.
+    sampled = sample(model, caption, SamplingSettings(sampler=Sampler.LCM, steps=1), noise)
+    t = torch.tensor([999])
+    with torch.no_grad():
+        eps = model(noise, t, caption.embeddings, caption.mask)[:, :4]
+    torch.testing.assert_close(consistency_output(noise, eps, t), sampled, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_lora_is_the_trained_adapter_in_diffusers_names(tmp_path) -> None:
+    from peft import LoraConfig
+
+    from pixart_delta_core.training.config import LcmSection, LoraSection
+    from pixart_delta_core.training.lora import LoraTrainer
+    from tests.helpers import random_transformer
+
+    settings = LoraSection(rank=3, alpha=6.0, targets=("attn.qkv", "cross_attn.kv_linear", "t_block.1"))
+    trainer = LoraTrainer(random_transformer(TRAIN_TINY), 0.18215, 0.0, settings, LcmSection())
+    with torch.no_grad():
+        for parameter in trainer.trainable_parameters():  # lora_B starts at zero: give it values
+            parameter.normal_()
+    path = trainer.save(tmp_path)
+    saved = load_file(path)
+    assert LoraConfig.from_pretrained(str(tmp_path)).r == 3
+    for ours, theirs in (("blocks.1.attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
+                         ("blocks.0.cross_attn.kv_linear", ("attn2.to_k", "attn2.to_v"))):  # fmt: skip
+        block = ours.split(".")[1]
+        up = torch.cat([saved[f"transformer.transformer_blocks.{block}.{t}.lora_B.weight"] for t in theirs])
+        downs = [saved[f"transformer.transformer_blocks.{block}.{t}.lora_A.weight"] for t in theirs]
+        layer = trainer.transformer.get_submodule(ours)
+        torch.testing.assert_close(up @ downs[0], layer.get_delta_weight("default"))  # alpha / rank = 2 inside
+        assert all(torch.equal(d, downs[0]) for d in downs)
+    delta = (
+        saved["transformer.adaln_single.linear.lora_B.weight"] @ saved["transformer.adaln_single.linear.lora_A.weight"]
+    )
+    torch.testing.assert_close(delta, trainer.transformer.t_block[1].get_delta_weight("default"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    from pixart_delta_core.training.draws import draw
+    from pixart_delta_core.training.trainers import Trainer, enable_gradient_checkpointing
+    from tests.helpers import random_transformer
+
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(2, 4, 8, 8, generator=generator)
+    caption, mask = torch.randn(2, 16, 64, generator=generator), torch.ones(2, 16, dtype=torch.long)
+    batch = Batch(caption, mask, mean, torch.full_like(mean, 0.1), None, (64, 64))
+    gradients = []
+    for checkpointed in (False, True):
+        trainer = Trainer(random_transformer(TRAIN_TINY).requires_grad_(True), 0.18215, 0.0)
+        if checkpointed:
+            enable_gradient_checkpointing(trainer.module)
+        trainer.loss(trainer.module, batch, draw(0, 0, 0, 2, (4, 8, 8))).backward()
+        gradients.append([p.grad for p in trainer.trainable_parameters()])
+    for plain, recomputed in zip(*gradients, strict=True):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_lcm_in_bf16_mixed_precision_with_gradient_checkpointing(setup, tmp_path) -> None:
+    options = {"mixed_precision": "bf16", "gradient_checkpointing": True}
+    result = _run(setup, tmp_path, "lcm", steps=2, checkpoint_every=2, **options)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert load_transformer(result.weights).config == TRAIN_TINY
+
+
+def test_8bit_adamw_trains(setup, tmp_path) -> None:
+    pytest.importorskip("bitsandbytes", reason="8-bit AdamW comes from bitsandbytes")
+    # The whole transformer: bitsandbytes keeps tensors under 4096 values (all LoRA factors here) in 32 bits.
+    result = _run(setup, tmp_path, "base", steps=2, checkpoint_every=2, optimizer="adamw8bit")
+    state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True)
+    assert torch.uint8 in set(_tensor_dtypes(state["state"]))  # 8-bit moments were kept
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def _tensor_dtypes(tree: object):
+    """The dtypes of every tensor in nested dicts (bitsandbytes nests its quantized state)."""
+    if torch.is_tensor(tree):
+        yield tree.dtype
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensor_dtypes(value)
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_step(setup, tmp_path) -> None:
+    result = _run(setup, tmp_path, "base", steps=2, checkpoint_every=2, batch_size=1, gradient_accumulation=2)
+    state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True)
+    assert {s["step"].item() for s in state["state"].values()} == {2.0}  # 4 micro-batches, 2 optimizer steps
+    assert len(result.losses) == 2

@@ -1,0 +1,42 @@
+"""The ``train`` subcommand: runs a config file, resumes, and costs the parser no heavy import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pixart_delta_core.cli import main
+from pixart_delta_core.training.config import config_from_dict
+from tests.helpers import ROOT
+from tests.test_training_data import run_table, tiny_setup
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_train_parser_imports_no_heavy_library() -> None:
+    # The train subparser alone (the generate parser's own imports are another matter).
+    code = (
+        "import argparse, sys; from pixart_delta_core.training.cli import add_train_parser; "
+        "parser = argparse.ArgumentParser(); add_train_parser(parser.add_subparsers()); "
+        "parser.parse_args(['train', 'lcm', '--config', 'x.toml']); "
+        "heavy = {'accelerate', 'peft', 'diffusers', 'transformers', 'bitsandbytes'}; "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_train_command_runs_prints_its_config_and_resumes(tmp_path, capsys) -> None:
+    table = run_table(tiny_setup(tmp_path), tmp_path / "out", batch_size=2, steps=2, checkpoint_every=1)
+    (tmp_path / "run.toml").write_text(config_from_dict(table, "lcm").to_toml())
+    assert main(["train", "controlnet", "--config", str(tmp_path / "run.toml")]) == 0  # the command's method wins
+    printed = capsys.readouterr().out
+    assert 'method = "controlnet"' in printed and "trained 2 steps" in printed
+    assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "controlnet.safetensors").is_file()
+    assert main(["train", "controlnet", "--config", str(tmp_path / "run.toml"), "--resume"]) == 0
+    printed = capsys.readouterr().out  # nothing left to do after the last checkpoint: its weights are the result
+    assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("controlnet.safetensors")
+    assert main(["train", "base", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "missing.toml does not exist" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""The PixArt-α training loss against torch.distributions (an independent Gaussian KL and CDF)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from pixart_delta_core.training.diffusion import diffusion_loss, noise_schedule
+
+
+def _reference_posterior(x0, x_t, t):
+    """q(x_{t-1} | x_t, x_0) from the DDPM formulas (Ho et al. 2020, eq. 6-7), in float64."""
+    s = noise_schedule()
+    abar, abar_prev, beta = s.alphas_cumprod[t], s.alphas_cumprod_prev[t], s.betas[t]
+    mean = (beta * abar_prev.sqrt() / (1 - abar)) * x0 + ((1 - abar_prev) * (1 - beta).sqrt() / (1 - abar)) * x_t
+    variance = beta * (1 - abar_prev) / (1 - abar)
+    return mean, variance, beta
+
+
+def test_loss_is_mse_plus_the_kl_of_the_learned_variance() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 4, 4, 4, generator=generator)
+    output = torch.randn(2, 8, 4, 4, generator=generator).clamp(-1, 1)
+    t = torch.tensor([500, 37])
+    x_t = noise_schedule().add_noise(x0, noise, t)
+    loss = diffusion_loss(output, x0, x_t, noise, t)
+    for i in range(2):
+        mse = (noise[i] - output[i, :4]).pow(2).mean()
+        mean, variance, beta = _reference_posterior(x0[i].double(), x_t[i].double(), t[i])
+        abar = noise_schedule().alphas_cumprod[t[i]]
+        x0_pred = (x_t[i].double() - (1 - abar).sqrt() * output[i, :4].double()) / abar.sqrt()
+        model_mean, _, _ = _reference_posterior(x0_pred, x_t[i].double(), t[i])
+        fraction = (output[i, 4:].double() + 1) / 2
+        log_var = fraction * beta.log() + (1 - fraction) * variance.log()
+        kl = kl_divergence(Normal(mean, variance.sqrt()), Normal(model_mean, (0.5 * log_var).exp()))
+        expected = mse.double() + kl.mean() / math.log(2)
+        torch.testing.assert_close(loss[i].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_t0_term_is_the_discretised_likelihood_and_sigma_trains_only_through_the_bound() -> None:
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.rand(1, 4, 2, 2, generator=generator) * 1.6 - 0.8  # inside (-1, 1): no edge bins
+    noise = torch.randn(1, 4, 2, 2, generator=generator)
+    output = torch.zeros(1, 8, 2, 2, requires_grad=True)
+    t = torch.tensor([0])
+    x_t = noise_schedule().add_noise(x0, noise, t)
+    loss = diffusion_loss(output, x0, x_t, noise, t)
+    beta = noise_schedule().betas[0]
+    abar = noise_schedule().alphas_cumprod[0]
+    model_mean, _, _ = _reference_posterior((x_t.double() - (1 - abar).sqrt() * 0) / abar.sqrt(), x_t.double(), 0)
+    std = (0.25 * (beta.log() + noise_schedule().posterior_log_variance[0])).exp()  # fraction 1/2: mean log var
+    normal = Normal(model_mean, std)
+    nll = -(normal.cdf(x0.double() + 1 / 255) - normal.cdf(x0.double() - 1 / 255)).log()
+    expected = (noise.double()).pow(2).mean() + nll.mean() / math.log(2)
+    torch.testing.assert_close(loss[0].double(), expected, rtol=1e-4, atol=1e-6)
+    # The bound's gradient reaches the variance channels only: the noise channels get the MSE's gradient alone.
+    loss.sum().backward()
+    torch.testing.assert_close(output.grad[:, :4], -2 * noise / noise.numel())
+    assert output.grad[:, 4:].abs().sum() > 0
