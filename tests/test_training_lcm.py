@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pixart_delta_core.sampling.samplers import Sampler, SamplingSettings, null_caption, sample
-from pixart_delta_core.text.encoder import TextEmbedding
+from pixart_delta_core.text.embedding import TextEmbedding
 from pixart_delta_core.training.cache import Batch
 from pixart_delta_core.training.config import LcmSection
 from pixart_delta_core.training.draws import draw

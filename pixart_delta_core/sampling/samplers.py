@@ -180,12 +180,17 @@ class ControlSchedule:
 StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, current latents)
 
 
-def make_scheduler(settings: SamplingSettings, device: torch.device | str = "cpu") -> tuple[SchedulerMixin, Tensor]:
-    """The scheduler for ``settings`` and the timesteps this run visits (img2img: the last ones)."""
+def scheduler_for(sampler: Sampler) -> SchedulerMixin:
+    """A fresh diffusers scheduler for ``sampler`` over PixArt's noise schedule, its timesteps not set yet."""
     import diffusers
 
-    spec = SAMPLERS[settings.sampler]
-    scheduler = getattr(diffusers, spec.scheduler)(**NOISE_SCHEDULE, **spec.options)
+    spec = SAMPLERS[sampler]
+    return getattr(diffusers, spec.scheduler)(**NOISE_SCHEDULE, **spec.options)
+
+
+def make_scheduler(settings: SamplingSettings, device: torch.device | str = "cpu") -> tuple[SchedulerMixin, Tensor]:
+    """The scheduler for ``settings`` and the timesteps this run visits (img2img: the last ones)."""
+    scheduler = scheduler_for(settings.sampler)
     if settings.sampler is Sampler.LCM and settings.lcm_timesteps is LcmTimesteps.REFERENCE:
         scheduler.set_timesteps(timesteps=reference_lcm_timesteps(settings.steps), device=device)
     else:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.transformer import PixArtTransformer
-from ..sampling.samplers import NOISE_SCHEDULE, SAMPLERS, Sampler
+from ..sampling.samplers import Sampler, scheduler_for
 from .cache import Batch
 from .config import LcmLoss, LcmSection
 from .diffusion import noise_schedule
@@ -29,9 +29,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (x_t, t, captio
 
 def boundary_scalings(t: Tensor) -> tuple[Tensor, Tensor]:
     """(c_skip, c_out) at timesteps ``t``: those of the scheduler the ``lcm`` sampler runs."""
-    spec = SAMPLERS[Sampler.LCM]
-    scheduler = spec.scheduler(**NOISE_SCHEDULE, **spec.options)
-    return scheduler.get_scalings_for_boundary_condition_discrete(t.double())
+    return scheduler_for(Sampler.LCM).get_scalings_for_boundary_condition_discrete(t.double())
 
 
 def consistency_output(x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..pipeline.images import to_pil
 from ..sampling.samplers import ControlSchedule, Sampler, SamplingSettings, generate_latents
-from ..text.encoder import TextEmbedding
+from ..text.embedding import TextEmbedding
 from .cache import FeatureCache
 from .config import ModelSection
 from .trainers import ControlNetTrainer, Trainer
@@ -51,8 +51,8 @@ def validation_grid(
     trainer: Trainer, captions: TextEmbedding, cache: FeatureCache, vae_path: Path, seed: int, lcm: bool
 ) -> Image.Image:
     """One image per validation prompt, side by side, at the size of the dataset's first record."""
+    from ..models.transformer_config import vae_defaults_for
     from ..vae.autoencoder import load_vae
-    from ..vae.vae_config import vae_defaults_for
 
     model = trainer.saved_transformer
     height, width = cache.sizes[0]
