@@ -15,14 +15,8 @@ import torch
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer_config import vae_defaults_for
 from ..pixart_delta_core.pipeline.resolution import MAX_SIDE, check_image_size
-from ..pixart_delta_core.sampling.samplers import (
-    SAMPLERS,
-    LcmTimesteps,
-    Sampler,
-    SamplingSettings,
-    generate_latents,
-    parse_sampler,
-)
+from ..pixart_delta_core.sampling.choices import LcmTimesteps, Sampler
+from ..pixart_delta_core.sampling.samplers import SAMPLERS, SamplingSettings, generate_latents, parse_sampler
 from . import host
 from .conditioning import caption_from, control_from, image_size_from
 from .sockets import MODEL_TYPE, PixArtModel

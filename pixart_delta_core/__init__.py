@@ -24,9 +24,9 @@ _EXPORTS: dict[str, str] = {
     "Generation": ".pipeline.generation",
     "nearest_bin": ".pipeline.resolution",
     # sampling
-    "Sampler": ".sampling.samplers",
+    "Sampler": ".sampling.choices",
     "SamplingSettings": ".sampling.samplers",
-    "LcmTimesteps": ".sampling.samplers",
+    "LcmTimesteps": ".sampling.choices",
     # models: recognise a file without reading its weights, then load it strictly
     "PixArtTransformer": ".models.transformer",
     "TransformerConfig": ".models.transformer_config",

@@ -224,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from .sampling.samplers import Sampler
+    from .sampling.choices import Sampler
 
     gen = sub.add_parser(
         "generate",

@@ -21,7 +21,8 @@ from pixart_delta_core.models.controlnet_config import ControlNetConfig, to_adap
 from pixart_delta_core.models.layers import BlockContext, sincos_pos_embed
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import TransformerConfig
-from pixart_delta_core.sampling.samplers import ControlSchedule, Sampler, SamplingSettings, sample
+from pixart_delta_core.sampling.choices import Sampler
+from pixart_delta_core.sampling.samplers import ControlSchedule, SamplingSettings, sample
 from pixart_delta_core.text.encoder import TextEmbedding
 from tests.helpers import REAL_WIDTH, TINY, TINY_MS, diffusers_twin, random_transformer
 

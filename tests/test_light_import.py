@@ -29,9 +29,9 @@ HELP = (
 )
 
 
-def heavy_modules_after(code: str, pythonpath: Path | None = None) -> list[str]:
-    """The heavy top-level modules loaded once ``code`` has run in a fresh interpreter."""
-    probe = f"import sys\n{code}\nprint(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))"
+def heavy_modules_after(code: str, pythonpath: Path | None = None, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The ``heavy`` top-level modules loaded once ``code`` has run in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r})))"
     env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return [m for m in out.stdout.strip().split(",") if m]
@@ -42,6 +42,12 @@ def heavy_modules_after(code: str, pythonpath: Path | None = None) -> list[str]:
 )
 def test_start_up_imports_nothing_heavy(code: str) -> None:
     assert heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize("code", [BUILD_PARSER, HELP], ids=["build-parser", "help"])
+def test_the_command_lines_parser_does_not_even_import_torch(code: str) -> None:
+    """``--help`` and a mistyped command answer at once: torch (seconds to import) loads only for real work."""
+    assert heavy_modules_after(code, heavy=("torch",)) == []
 
 
 def test_probe_sees_a_heavy_import(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
 from pixart_delta_core.pipeline.generation import Control, PixArtPipeline
-from pixart_delta_core.sampling.samplers import LcmTimesteps, Sampler, SamplingSettings, make_scheduler
+from pixart_delta_core.sampling.choices import LcmTimesteps, Sampler
+from pixart_delta_core.sampling.samplers import SamplingSettings, make_scheduler
 from tests.helpers import TINY_MS, assert_latents_match, diffusers_twin
 
 MS_1024 = replace(TINY_MS, sample_size=128, caption_channels=DEMO_T5["d_model"], caption_length=120)

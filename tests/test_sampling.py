@@ -14,11 +14,10 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PixArtAlphaPipeline
 
 from pixart_delta_core.errors import InputError
+from pixart_delta_core.sampling.choices import LcmTimesteps, Sampler
 from pixart_delta_core.sampling.samplers import (
     NOISE_SCHEDULE,
     ControlSchedule,
-    LcmTimesteps,
-    Sampler,
     SamplingSettings,
     initial_noise,
     make_scheduler,

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
 from pixart_delta_core.models.transformer import load_transformer
-from pixart_delta_core.sampling.samplers import Sampler, SamplingSettings, sample
+from pixart_delta_core.sampling.choices import Sampler
+from pixart_delta_core.sampling.samplers import SamplingSettings, sample
 from pixart_delta_core.text.embedding import TextEmbedding
 from pixart_delta_core.training.cache import Batch
 from pixart_delta_core.training.config import config_from_dict

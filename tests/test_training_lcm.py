@@ -9,7 +9,8 @@ import copy
 import pytest
 import torch
 
-from pixart_delta_core.sampling.samplers import Sampler, SamplingSettings, null_caption, sample
+from pixart_delta_core.sampling.choices import Sampler
+from pixart_delta_core.sampling.samplers import SamplingSettings, null_caption, sample
 from pixart_delta_core.text.embedding import TextEmbedding
 from pixart_delta_core.training.cache import Batch
 from pixart_delta_core.training.config import LcmSection

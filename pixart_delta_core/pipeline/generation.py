@@ -27,7 +27,8 @@ from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, vae_defaults_for
 from ..quant.quantization import Quantization, parse_quantization
-from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings, StepCallback, generate_latents
+from ..sampling.choices import LcmTimesteps
+from ..sampling.samplers import ControlSchedule, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae

@@ -12,7 +12,6 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +22,7 @@ from ..models.transformer import ControlHook, PixArtTransformer
 from ..models.transformer_config import vae_defaults_for
 from ..text.embedding import TextEmbedding
 from ..vae.vae_config import SD_VAE
+from .choices import LcmTimesteps, Sampler
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -39,17 +39,6 @@ NOISE_SCHEDULE: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 LCM_ORIGINAL_STEPS = 50  # the teacher's DDIM schedule the LCM was distilled on (skip k = 20)
-
-
-class Sampler(Enum):
-    """The samplers users can pick; the value is the name shown in the UI and on the command line."""
-
-    LCM = "lcm"
-    DPM_SOLVER = "dpm_solver++"
-    SA_SOLVER = "sa_solver"
-    EULER = "euler"
-    EULER_ANCESTRAL = "euler_ancestral"
-    DDIM = "ddim"
 
 
 @dataclass(frozen=True)
@@ -90,13 +79,6 @@ SAMPLERS: dict[Sampler, SamplerSpec] = {
         "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, **_FROM_NOISE}, steps=25, guidance=4.5
     ),
 }
-
-
-class LcmTimesteps(Enum):
-    """Which timesteps LCM visits: the reference repository's, or diffusers' LCMScheduler's."""
-
-    REFERENCE = "reference"  # 4 steps: 999, 759, 519, 279
-    DIFFUSERS = "diffusers"  # 4 steps: 999, 759, 499, 259
 
 
 def reference_lcm_timesteps(steps: int) -> list[int]:

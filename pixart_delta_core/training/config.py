@@ -14,11 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch loads when a run starts, not when the command line's parser is built
+    import torch
 
 
 class Method(Enum):
@@ -38,7 +39,9 @@ class MixedPrecision(Enum):
     @property
     def frozen_dtype(self) -> torch.dtype:
         """The dtype frozen models (the LCM teacher) are held in: the reference casts them to the compute dtype."""
-        return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
+        from ..devices import parse_dtype
+
+        return parse_dtype("fp32" if self is MixedPrecision.NO else self.value)
 
 
 class Optimizer(Enum):

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.transformer import PixArtTransformer
-from ..sampling.samplers import Sampler, scheduler_for
+from ..sampling.choices import Sampler
+from ..sampling.samplers import scheduler_for
 from .cache import Batch
 from .config import LcmLoss, LcmSection
 from .diffusion import noise_schedule

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..pipeline.images import to_pil
-from ..sampling.samplers import ControlSchedule, Sampler, SamplingSettings, generate_latents
+from ..sampling.choices import Sampler
+from ..sampling.samplers import ControlSchedule, SamplingSettings, generate_latents
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache
 from .config import ModelSection
