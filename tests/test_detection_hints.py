@@ -65,6 +65,6 @@ def test_the_checkpoint_node_offers_the_hint_and_recognises_its_file_once(models
     calls = []
     detect = module.detect_transformer
     monkeypatch.setattr(module, "detect_transformer", lambda *a: calls.append(a) or detect(*a))
-    (model,) = call_node(loader, ckpt_name="sigma-256.safetensors", training_resolution="256")
+    model, _ = call_node(loader, ckpt_name="sigma-256.safetensors", training_resolution="256")
     assert model.transformer.config.sample_size == 32
     assert len(calls) == 1

@@ -64,4 +64,4 @@ def test_a_look_alike_family_is_named(family: str, prefix: str) -> None:
     state_dict = {prefix + k: torch.empty(2, 2, 1, 1) for k in FAMILIES[family]}
     with pytest.raises(CheckpointError, match=f"not a PixArt transformer: it looks like .*{family}"):
         inspect_transformer(state_dict)
-    assert family in identify(as_source(state_dict))
+    assert family in identify(as_source(state_dict), "PixArt keys")

@@ -81,6 +81,7 @@ def test_a_lora_of_another_width_is_refused_before_any_model_loads(files, tmp_pa
         pipeline("a fox", width=64, height=64, resolution_binning=False, on_stage=stages.append)
     assert stages == []  # refused before the text encoder loaded
     args = ["generate", "--transformer", str(demo.transformer), "--t5", str(demo.t5), "--vae", str(demo.vae)]
+    args += ["--tokenizer", str(demo.tokenizer)]
     assert main([*args, "--prompt", "x", "--lora", f"{wrong}:1", "--out", str(tmp_path / "n.png")]) == 1
     assert "another width" in capsys.readouterr().err
 
