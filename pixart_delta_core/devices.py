@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -19,9 +19,9 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto': CUDA when present, else Apple's MPS, else the CPU."""
+    """'auto': CUDA when present, else Apple's MPS, else the CPU; any other name goes through ``check_device``."""
     if str(device) != "auto":
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -34,3 +34,37 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if str(dtype) == "auto":
         return parse_dtype("fp16" if device.type != "cpu" else "fp32")
     return parse_dtype(dtype)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this torch build can run on: 'cpu', 'cuda' / 'cuda:N' with a GPU N present, 'mps' where Apple's
+    backend is available, or another accelerator type (e.g. 'xpu') its torch module says is available.
+
+    Raises InputError for a malformed name ('gpu', 'cuda:x'), the meta device, or a device absent here.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(
+            f"device {device!r} is not a device name (expected e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
+        ) from err
+    kind = parsed.type
+    if kind == "cpu":
+        return parsed
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"device {device!r}: there is no CUDA GPU {parsed.index}; found {count} (0..{count - 1})")
+        return parsed
+    if kind == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise InputError(f"device {device!r}: Apple's MPS backend is not available here")
+        return parsed
+    module = getattr(torch, kind, None)
+    available = getattr(module, "is_available", None)
+    if kind == "meta" or available is None or not available():
+        raise InputError(f"device {device!r}: not a device this torch ({torch.__version__}) can run on here")
+    return parsed

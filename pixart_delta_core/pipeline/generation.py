@@ -29,6 +29,16 @@ from ..sampling.samplers import ControlSchedule, LcmTimesteps, SamplingSettings,
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
+from .arguments import (
+    MAX_BATCH_PIXELS,
+    check_batch,
+    check_image,
+    check_integer,
+    check_prompts,
+    check_seed,
+    check_steps,
+    open_image,
+)
 from .images import prepare_image, resize_and_crop, to_pil
 from .resolution import bins_for, check_image_size, nearest_bin
 
@@ -179,11 +189,16 @@ class PixArtPipeline:
         "done" as the run moves on.
         """
         stage = on_stage or (lambda name: None)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt))
         if not prompts:
             raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
-        if images_per_prompt < 1:
-            raise InputError(f"images per prompt must be at least 1, found {images_per_prompt}")
+        check_integer("images per prompt", images_per_prompt, 1, MAX_BATCH_PIXELS)
+        seed = check_seed(seed)
+        steps = None if steps is None else check_steps(steps)
+        if init_image is not None:
+            check_image("init image", init_image)
+        if control is not None:
+            check_image("control image", control.image)
         settings = SamplingSettings.defaults(
             sampler,
             **({"steps": steps} if steps is not None else {}),
@@ -201,6 +216,7 @@ class PixArtPipeline:
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
         size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
         check_image_size(*size)
+        check_batch(len(prompts) * images_per_prompt, *size)
 
         stage("text")
         cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
@@ -276,13 +292,10 @@ def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool) -
 def _pixels(image: ImageInput, size: tuple[int, int]) -> torch.Tensor:
     """An image (file, PIL or [0, 1] tensor) resized and centre-cropped to ``size``, in [-1, 1]."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image file {path} does not exist")
         try:
-            image = Image.open(path).convert("RGB")
+            image = open_image(image).convert("RGB")
         except OSError as err:
-            raise InputError(f"{path} is not an image that can be read ({err})") from err
+            raise InputError(f"{image} is not an image that can be read ({err})") from err
     return prepare_image(image, *size)
 
 
