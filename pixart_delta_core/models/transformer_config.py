@@ -192,7 +192,7 @@ def _given(hints: dict[str, Any], name: str, default: float) -> float:
 def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
     if "y_embedder.y_embedding" in source.shapes:
         return shape_of(source, "y_embedder.y_embedding", 2)[0]
-    if "caption_length" in hints:
+    if hints.get("caption_length") is not None:
         return hints["caption_length"]  # checked by TransformerConfig
     pipeline = hints.get("_pipeline_class") or ""
     if not isinstance(pipeline, str):
@@ -215,8 +215,9 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
         if side * side != tokens:
             raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
         return side * patch
-    if "sample_size" in hints:
-        return hints["sample_size"]  # checked by TransformerConfig
+    if hints.get("sample_size") is not None:
+        check_int("transformer config", "sample_size", hints["sample_size"], 1, MAX_SAMPLE_SIZE)  # used at once
+        return hints["sample_size"]
     if micro:
         return 128  # micro-conditions exist only in the 1024-MS models
     raise CheckpointError(
@@ -228,7 +229,7 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
 def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, fallback: int | None = None) -> int:
     """Heads from a hint, the file's metadata, PixArt's 72-wide heads, else ``fallback``, else refuse."""
     for key in ("num_attention_heads", "num_heads"):
-        if key in hints:
+        if hints.get(key) is not None:  # a null in a config.json says nothing
             return hints[key]  # checked by the config it goes into
     if "num_heads" in source.metadata:
         return int_text(source.origin, "num_heads", source.metadata["num_heads"])
