@@ -187,6 +187,10 @@ class PixArtPipeline:
         learned null caption when guidance is on (the reference's unconditional input). ``on_stage``
         hears "text", "images" (VAE-encoding an init or control image), "denoise", "decode" and
         "done" as the run moves on.
+
+        Arguments are checked before any model loads (``arguments``): ``seed`` in 0..2^64-1 (a negative
+        seed is refused, not wrapped), integer ``steps`` and ``images_per_prompt``, prompts without lone
+        surrogates, images within size and finite, the batch within memory. Raises InputError otherwise.
         """
         stage = on_stage or (lambda name: None)
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt))
