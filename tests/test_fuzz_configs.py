@@ -37,7 +37,7 @@ READ = {
 }
 
 ODD_VALUES = (None, True, False, 0, -1, 1, 2, 3, 4, 8, 32, -32, 2.5, 1e9, 10**9, 2**63, 10**30, 1e308, math.nan)
-ODD_VALUES += (math.inf, -math.inf, "", "abc", "4", [], [4], {}, {"a": 1})
+ODD_VALUES += (10**400, math.inf, -math.inf, "", "abc", "4", [], [4], {}, {"a": 1})
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the child caps its memory with RLIMIT_AS and SIGALRM (Linux)")

@@ -24,22 +24,23 @@ MAX_VOCABULARY = 1 << 20  # T5: 32128
 def check_int(owner: str, name: str, value: object, low: int, high: int) -> None:
     """Refuse ``value`` unless it is an ``int`` (not a bool) in ``low..high``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CheckpointError(f"{owner}: {name} must be an integer in {low}..{high}, found {value!r}")
+        raise CheckpointError(f"{owner}: {name} must be an integer in {low}..{high}, found {value!r:.80}")
 
 
 def check_float(owner: str, name: str, value: object, high: float, *, zero: bool = False) -> None:
     """Refuse ``value`` unless it is a finite number above 0 (or equal to 0 when ``zero``) and at most ``high``."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    in_range = number and math.isfinite(value) and (value >= 0 if zero else value > 0) and value <= high  # type: ignore[arg-type, operator]
-    if not in_range:
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # ints: no float overflow
+    if isinstance(value, bool) or not finite or not (value >= 0 if zero else value > 0) or value > high:  # type: ignore[operator]
         low = "0 <=" if zero else "0 <"
-        raise CheckpointError(f"{owner}: {name} must be a finite number with {low} {name} <= {high:g}, found {value!r}")
+        raise CheckpointError(
+            f"{owner}: {name} must be a finite number with {low} {name} <= {high:g}, found {value!r:.80}"
+        )
 
 
 def check_bool(owner: str, name: str, value: object) -> None:
     """Refuse anything but ``True`` or ``False``."""
     if not isinstance(value, bool):
-        raise CheckpointError(f"{owner}: {name} must be true or false, found {value!r}")
+        raise CheckpointError(f"{owner}: {name} must be true or false, found {value!r:.80}")
 
 
 def int_text(origin: str, name: str, text: object) -> int:
@@ -47,4 +48,4 @@ def int_text(origin: str, name: str, text: object) -> int:
     try:
         return int(str(text).strip())
     except ValueError:
-        raise CheckpointError(f"{origin}: metadata {name} must be an integer, found {text!r}") from None
+        raise CheckpointError(f"{origin}: metadata {name} must be an integer, found {text!r:.80}") from None
