@@ -14,6 +14,7 @@ import torch
 
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer_config import vae_defaults_for
+from ..pixart_delta_core.pipeline.arguments import MAX_SEED, check_batch, check_seed, check_steps, check_tensor
 from ..pixart_delta_core.pipeline.resolution import MAX_SIDE, check_image_size
 from ..pixart_delta_core.sampling.choices import LcmTimesteps, Sampler
 from ..pixart_delta_core.sampling.samplers import SAMPLERS, SamplingSettings, generate_latents, parse_sampler
@@ -23,7 +24,6 @@ from .sockets import MODEL_TYPE, PixArtModel
 
 log = logging.getLogger(__name__)
 
-SEED_MAX = 2**64 - 1
 # Working memory asked of ComfyUI per latent pixel and batch item, in bytes per weight byte: the same
 # rule of thumb ComfyUI applies to its own PixArt models (0.01 x memory factor 0.5 MiB).
 _WORK_BYTES_PER_AREA = 0.005 * 2**20
@@ -59,7 +59,7 @@ class PixArtSampler:
                     {
                         "default": 0,
                         "min": 0,
-                        "max": SEED_MAX,
+                        "max": MAX_SEED,
                         "control_after_generate": True,
                         "tooltip": "The noise seed: the same seed gives the same image on every device.",
                     },
@@ -164,6 +164,7 @@ class PixArtSampler:
     ) -> tuple[dict]:
         transformer = model.transformer
         config = transformer.config
+        seed, steps = check_seed(seed), check_steps(steps)
         settings = SamplingSettings(parse_sampler(sampler), steps, guidance, denoise, LcmTimesteps(lcm_timesteps))
         cond = caption_from(positive, config, "positive")
         uncond = None
@@ -189,7 +190,10 @@ class PixArtSampler:
                 f"denoise to 1 for a new image"
             )
         pixels = (latent_height * vae.downscale, latent_width * vae.downscale)
+        check_batch(batch, *pixels)
         control_image = control_from(positive, negative)
+        if control_image is not None:
+            check_tensor("control image", control_image.image, ndims=(4,))
         control_latent = control_image.latent(*pixels, scale) if control_image is not None else None
         managed = [model.managed] + ([control_image.controlnet.managed] if control_image is not None else [])
         work = batch * (2 if settings.guided else 1) * latent_height * latent_width * len(managed)
@@ -248,5 +252,6 @@ def _start(
             "latent_image has a noise mask (inpainting): the PixArt-δ sampler does not inpaint; use VAEEncode, "
             "not VAEEncodeForInpaint or SetLatentNoiseMask"
         )
+    check_tensor("latent_image samples", samples, ndims=(4,))
     b, _, h, w = samples.shape
     return b, h, w, samples.float() if torch.count_nonzero(samples) > 0 else None

@@ -19,10 +19,9 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto': CUDA when present, else Apple's MPS, else the CPU. A named device must exist here:
-    InputError otherwise (e.g. 'cuda' on a CPU-only build of torch), before any model loads."""
+    """'auto': CUDA when present, else Apple's MPS, else the CPU; any other name goes through ``check_device``."""
     if str(device) != "auto":
-        return _existing(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -30,26 +29,42 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _existing(device: str | torch.device) -> torch.device:
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise InputError(f"device {device!r} asked for, but {build}: use cpu (or auto)")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
-    elif chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError(f"device {device!r} asked for, but Apple's MPS is not available here: use cpu (or auto)")
-    elif chosen.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device {device!r} is not supported: expected auto, cpu, cuda, cuda:N or mps")
-    return chosen
-
-
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """'auto': fp16 on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
     if str(dtype) == "auto":
         return parse_dtype("fp16" if device.type != "cpu" else "fp32")
     return parse_dtype(dtype)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this torch build can run on: 'cpu', 'cuda' / 'cuda:N' with a GPU N present, 'mps' where Apple's
+    backend is available, or another accelerator type (e.g. 'xpu') its torch module says is available.
+
+    Raises InputError for a malformed name ('gpu', 'cuda:x'), the meta device, or a device absent here.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(
+            f"device {device!r} is not a device name (expected e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
+        ) from err
+    kind = parsed.type
+    if kind == "cpu":
+        return parsed
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"device {device!r}: there is no CUDA GPU {parsed.index}; found {count} (0..{count - 1})")
+        return parsed
+    if kind == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise InputError(f"device {device!r}: Apple's MPS backend is not available here")
+        return parsed
+    module = getattr(torch, kind, None)
+    available = getattr(module, "is_available", None)
+    if kind == "meta" or available is None or not available():
+        raise InputError(f"device {device!r}: not a device this torch ({torch.__version__}) can run on here")
+    return parsed

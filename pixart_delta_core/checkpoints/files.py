@@ -118,7 +118,16 @@ def folder_config(source: TensorSource) -> dict:
     path = folder / "config.json"
     if path.is_file():
         config = read_json(path)
+        _class_name(config, path)
     pipeline = folder.parent / "model_index.json"
     if pipeline.is_file():
-        config["_pipeline_class"] = read_json(pipeline).get("_class_name")
+        config["_pipeline_class"] = _class_name(read_json(pipeline), pipeline)
     return config
+
+
+def _class_name(config: dict, path: Path) -> str | None:
+    """A diffusers JSON file's ``_class_name``: text when present, else ``CheckpointError`` naming the file."""
+    name = config.get("_class_name")
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{printable_path(path)}: _class_name must be a class name (text), found {name!r}")
+    return name

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.config_values import MAX_DEPTH, MAX_FEED_FORWARD, MAX_HEADS, MAX_WIDTH, check_int
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
@@ -40,8 +41,13 @@ class ControlNetConfig:
     caption_channels: int | None = None  # caption (T5) width of the base it was saved with, when known
 
     def __post_init__(self) -> None:
-        if self.copies < 1:
-            raise CheckpointError(f"a ControlNet needs at least one copied block, found {self.copies}")
+        owner = "ControlNet config"
+        check_int(owner, "copies", self.copies, 1, MAX_DEPTH)
+        check_int(owner, "hidden_size", self.hidden_size, 1, MAX_WIDTH)
+        check_int(owner, "num_heads", self.num_heads, 1, MAX_HEADS)
+        check_int(owner, "mlp_hidden", self.mlp_hidden, 1, MAX_FEED_FORWARD)
+        if self.caption_channels is not None:
+            check_int(owner, "caption_channels", self.caption_channels, 1, MAX_WIDTH)
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
 

@@ -14,6 +14,16 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.config_values import (
+    MAX_DEPTH,
+    MAX_FEED_FORWARD,
+    MAX_HEADS,
+    MAX_WIDTH,
+    check_bool,
+    check_float,
+    check_int,
+    int_text,
+)
 from ..checkpoints.detection import (
     DetectedCheckpoint,
     count_numbered,
@@ -27,6 +37,8 @@ from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
 from ..vae.vae_config import SD_VAE, SDXL_VAE, VaeConfig
 
+MAX_CAPTION_TOKENS = 4096  # bounds against hand-edited configs: PixArt-α reads 120 tokens, Σ 300
+MAX_SAMPLE_SIZE = 1024  # latent pixels per side (8192 image pixels); PixArt-Σ 4K is 512
 HEAD_DIM = 72  # every released PixArt model uses 72-wide heads (XL: 1152 = 16 x 72)
 ALPHA_TOKENS = 120
 SIGMA_TOKENS = 300
@@ -51,6 +63,23 @@ class TransformerConfig:
     interpolation_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        owner = "transformer config"
+        for name, high in (
+            ("depth", MAX_DEPTH),
+            ("hidden_size", MAX_WIDTH),
+            ("num_heads", MAX_HEADS),
+            ("patch_size", 64),
+            ("in_channels", MAX_WIDTH),
+            ("out_channels", MAX_WIDTH),
+            ("mlp_hidden", MAX_FEED_FORWARD),
+            ("caption_channels", MAX_WIDTH),
+            ("caption_length", MAX_CAPTION_TOKENS),
+            ("sample_size", MAX_SAMPLE_SIZE),
+        ):
+            check_int(owner, name, getattr(self, name), 1, high)
+        check_bool(owner, "micro_conditions", self.micro_conditions)
+        check_bool(owner, "null_caption", self.null_caption)
+        check_float(owner, "interpolation_scale", self.interpolation_scale, MAX_SAMPLE_SIZE)
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if self.micro_conditions and self.hidden_size % 3:
@@ -151,7 +180,7 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
         micro_conditions=micro,
         null_caption=null_caption,
         sample_size=sample_size,
-        interpolation_scale=float(hints.get("interpolation_scale") or _interpolation(sample_size, tokens)),
+        interpolation_scale=_given(hints, "interpolation_scale", _interpolation(sample_size, tokens)),
     )
 
 
@@ -162,12 +191,20 @@ def _interpolation(sample_size: int, tokens: int) -> float:
     return float(max(sample_size // 64, 1))
 
 
+def _given(hints: dict[str, Any], name: str, default: float) -> float:
+    """A hint as given (checked by TransformerConfig), or ``default`` when absent or null."""
+    value = hints.get(name)
+    return default if value is None else value
+
+
 def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
     if "y_embedder.y_embedding" in source.shapes:
         return shape_of(source, "y_embedder.y_embedding", 2)[0]
-    if "caption_length" in hints:
-        return int(hints["caption_length"])
+    if hints.get("caption_length") is not None:
+        return hints["caption_length"]  # checked by TransformerConfig
     pipeline = hints.get("_pipeline_class") or ""
+    if not isinstance(pipeline, str):
+        raise CheckpointError(f"{source.origin}: the pipeline's _class_name must be text, found {pipeline!r}")
     if "Sigma" in pipeline:
         return SIGMA_TOKENS
     if "Alpha" in pipeline or micro:
@@ -187,8 +224,9 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
         if side * side != tokens:
             raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
         return side * patch
-    if "sample_size" in hints:
-        return int(hints["sample_size"])
+    if hints.get("sample_size") is not None:
+        check_int("transformer config", "sample_size", hints["sample_size"], 1, MAX_SAMPLE_SIZE)  # used at once
+        return hints["sample_size"]
     if micro:
         return 128  # micro-conditions exist only in the 1024-MS models
     raise CheckpointError(
@@ -202,10 +240,10 @@ def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch
 def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, fallback: int | None = None) -> int:
     """Heads from a hint, the file's metadata, PixArt's 72-wide heads, else ``fallback``, else refuse."""
     for key in ("num_attention_heads", "num_heads"):
-        if key in hints:
-            return int(hints[key])
+        if hints.get(key) is not None:  # a null in a config.json says nothing
+            return hints[key]  # checked by the config it goes into
     if "num_heads" in source.metadata:
-        return int(source.metadata["num_heads"])
+        return int_text(source.origin, "num_heads", source.metadata["num_heads"])
     if hidden % HEAD_DIM == 0:
         return hidden // HEAD_DIM
     if fallback is not None:

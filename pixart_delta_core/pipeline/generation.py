@@ -32,6 +32,16 @@ from ..sampling.samplers import ControlSchedule, SamplingSettings, StepCallback,
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
+from .arguments import (
+    MAX_BATCH_PIXELS,
+    check_batch,
+    check_image,
+    check_integer,
+    check_prompts,
+    check_seed,
+    check_steps,
+    open_image,
+)
 from .images import prepare_image, resize_and_crop, to_pil
 from .resolution import bins_for, check_image_size, nearest_bin
 
@@ -203,13 +213,22 @@ class PixArtPipeline:
 
         Everything that can be checked without loading a model is checked first (files, images,
         tokenizer, sizes, settings): InputError or CheckpointError before T5 runs.
+
+        Arguments are checked before any model loads (``arguments``): ``seed`` in 0..2^64-1 (a negative
+        seed is refused, not wrapped), integer ``steps`` and ``images_per_prompt``, prompts without lone
+        surrogates, images within size and finite, the batch within memory. Raises InputError otherwise.
         """
         stage = on_stage or (lambda name: None)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt))
         if not prompts:
             raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
-        if images_per_prompt < 1:
-            raise InputError(f"images per prompt must be at least 1, found {images_per_prompt}")
+        check_integer("images per prompt", images_per_prompt, 1, MAX_BATCH_PIXELS)
+        seed = check_seed(seed)
+        steps = None if steps is None else check_steps(steps)
+        if init_image is not None:
+            check_image("init image", init_image)
+        if control is not None:
+            check_image("control image", control.image)
         settings = SamplingSettings.defaults(
             sampler,
             **({"steps": steps} if steps is not None else {}),
@@ -233,6 +252,7 @@ class PixArtPipeline:
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
         size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
         check_image_size(*size)
+        check_batch(len(prompts) * images_per_prompt, *size)
 
         stage("text")
         cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
@@ -321,14 +341,8 @@ def _open_image(image: ImageInput, what: str) -> Image.Image | torch.Tensor:
     """An image given as a file opened now (so a bad path fails before any model loads); others as given."""
     if not isinstance(image, (str, Path)):
         return image
-    path = Path(image)
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist")
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except OSError as err:
-        raise InputError(f"{what} {path} is not an image that can be read ({err})") from err
+    with open_image(image, what) as opened:
+        return opened.convert("RGB")
 
 
 def _asked_size(

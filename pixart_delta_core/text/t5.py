@@ -5,7 +5,6 @@ the model tensor by tensor.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.detection import DetectedCheckpoint
-from ..checkpoints.files import open_checkpoint
+from ..checkpoints.files import open_checkpoint, read_json
 from ..checkpoints.loading import Place, as_source, load_strict, place_tensor
 from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
@@ -58,7 +57,7 @@ def inspect_t5(checkpoint: Checkpoint) -> DetectedCheckpoint[T5EncoderConfig]:
         if folder is not None:
             checkpoint = folder
             if (folder / "config.json").is_file():
-                config_json = json.loads((folder / "config.json").read_text())
+                config_json = read_json(folder / "config.json")
         source = open_checkpoint(checkpoint)
     else:
         source = as_source(checkpoint)

@@ -15,6 +15,16 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
+from ..checkpoints.config_values import (
+    MAX_DEPTH,
+    MAX_FEED_FORWARD,
+    MAX_HEADS,
+    MAX_VOCABULARY,
+    MAX_WIDTH,
+    check_bool,
+    check_float,
+    check_int,
+)
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule
 from ..checkpoints.sources import TensorSource
@@ -45,6 +55,28 @@ class T5EncoderConfig:
     eos_token_id: int = 1
 
     def __post_init__(self) -> None:
+        owner = "T5 config"
+        check_int(owner, "vocab_size", self.vocab_size, 1, MAX_VOCABULARY)
+        for name, low, high in (
+            ("d_model", 1, MAX_WIDTH),
+            ("d_kv", 1, MAX_WIDTH),
+            ("d_ff", 1, MAX_FEED_FORWARD),
+            ("num_layers", 1, MAX_DEPTH),
+            ("num_heads", 1, MAX_HEADS),
+            ("relative_attention_num_buckets", 1, MAX_HEADS),
+            ("relative_attention_max_distance", 1, MAX_WIDTH),
+            ("pad_token_id", 0, self.vocab_size - 1),
+            ("eos_token_id", 0, self.vocab_size - 1),
+        ):
+            check_int(owner, name, getattr(self, name), low, high)
+        if self.num_heads * self.d_kv > MAX_WIDTH:
+            raise CheckpointError(
+                f"{owner}: the attention width num_heads x d_kv must be at most {MAX_WIDTH}, found "
+                f"{self.num_heads} x {self.d_kv}"
+            )
+        check_float(owner, "dropout_rate", self.dropout_rate, 1.0, zero=True)
+        check_float(owner, "layer_norm_epsilon", self.layer_norm_epsilon, 1.0)
+        check_bool(owner, "tie_word_embeddings", self.tie_word_embeddings)
         if self.feed_forward_proj != "gated-gelu":
             raise CheckpointError(
                 f"feed_forward_proj {self.feed_forward_proj!r}: PixArt uses T5-v1.1, whose feed-forward is 'gated-gelu'"
@@ -130,6 +162,7 @@ def detect_t5(
             "%s: a full T5: ignoring its %d decoder tensors, only the encoder is used", source.origin, len(ignored)
         )
     config = _config_from_json(config_json, source.origin) if config_json else _config_from_shapes(view)
+    _check_shapes(config, view)
     return DetectedCheckpoint(config, layout, prefix, view, ignored)
 
 
@@ -165,6 +198,13 @@ def _config_from_shapes(view: TensorSource) -> T5EncoderConfig:
     depth = count_numbered(view, "encoder.block.", "encoder blocks")
     inner = _shape(view, "encoder.block.0.layer.0.SelfAttention.q.weight")[0]
     buckets, heads = _shape(view, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    if buckets != T5_V1_1_XXL.relative_attention_num_buckets:
+        # A file without config.json is read as T5-v1.1, whose every size uses 32 buckets: another row count
+        # is a bias stored transposed (heads x buckets), which would otherwise read as 32 one-wide heads.
+        raise CheckpointError(
+            f"{view.origin}: the relative attention bias should be [{T5_V1_1_XXL.relative_attention_num_buckets} "
+            f"buckets, heads], found {[buckets, heads]} (stored transposed?)"
+        )
     if inner % heads:
         raise CheckpointError(f"{view.origin}: attention width {inner} is not a multiple of its {heads} heads")
     d_ff = _shape(view, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0]
@@ -184,6 +224,27 @@ def _config_from_shapes(view: TensorSource) -> T5EncoderConfig:
     return config
 
 
+def _check_shapes(config: T5EncoderConfig, view: TensorSource) -> None:
+    """Refuse a config the tensors contradict: sizes from a config.json, or a position bias stored transposed."""
+    buckets, heads, inner = config.relative_attention_num_buckets, config.num_heads, config.num_heads * config.d_kv
+    expected = {
+        "shared.weight": (config.vocab_size, config.d_model),
+        "encoder.block.0.layer.0.SelfAttention.q.weight": (inner, config.d_model),
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (buckets, heads),
+        "encoder.block.0.layer.1.DenseReluDense.wi_0.weight": (config.d_ff, config.d_model),
+    }
+    for key, shape in expected.items():
+        found = _shape(view, key)
+        if found != shape:
+            raise CheckpointError(
+                f"{view.origin}: {key} should be {list(shape)} for {config.describe()} "
+                f"({buckets} position buckets x {heads} heads, attention width {inner}), found {list(found)}"
+            )
+    depth = count_numbered(view, "encoder.block.", "encoder blocks")
+    if depth != config.num_layers:
+        raise CheckpointError(f"{view.origin}: config num_layers {config.num_layers}, found {depth} encoder blocks")
+
+
 def _config_from_json(config: Mapping[str, Any], origin: str) -> T5EncoderConfig:
     kind = config.get("model_type", "t5")
     if kind != "t5":
@@ -194,4 +255,7 @@ def _config_from_json(config: Mapping[str, Any], origin: str) -> T5EncoderConfig
             f"uses T5-v1.1 ('gated-gelu')"
         )
     known = {f.name for f in fields(T5EncoderConfig)}
-    return replace(T5_V1_1_XXL, **{k: v for k, v in config.items() if k in known})
+    try:
+        return replace(T5_V1_1_XXL, **{k: v for k, v in config.items() if k in known})
+    except CheckpointError as err:
+        raise CheckpointError(f"{origin}: config.json: {err}") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from ..checkpoints.config_values import MAX_WIDTH, check_bool, check_float, check_int
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
 from ..checkpoints.layouts import KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
@@ -37,6 +38,17 @@ class VaeConfig:
     force_upcast: bool = False  # fp16 weights overflow: keep them in fp32 when fp16 is asked
 
     def __post_init__(self) -> None:
+        owner = "VAE config"
+        channels = self.block_out_channels
+        if not isinstance(channels, tuple) or not 1 <= len(channels) <= 8:
+            raise CheckpointError(f"{owner}: block_out_channels must be 1 to 8 channel counts, found {channels!r}")
+        for value in channels:
+            check_int(owner, "block_out_channels", value, 1, MAX_WIDTH)
+        check_int(owner, "layers_per_block", self.layers_per_block, 1, 64)
+        for name in ("in_channels", "out_channels", "latent_channels", "norm_num_groups"):
+            check_int(owner, name, getattr(self, name), 1, MAX_WIDTH)
+        check_float(owner, "scaling_factor", self.scaling_factor, 1000.0)
+        check_bool(owner, "force_upcast", self.force_upcast)
         odd = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if odd:
             raise CheckpointError(

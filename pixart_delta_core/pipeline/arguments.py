@@ -1,0 +1,140 @@
+"""Generation arguments checked before any model loads: seeds, step counts, prompts, batch sizes, images, latents.
+
+The pipeline (``generation``) and the ComfyUI sampler node call these first, so a bad argument costs no
+model load and gets an ``InputError`` naming the argument, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+
+MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
+# Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
+MAX_IMAGE_PIXELS = 1 << 27  # an init or control image of at most 134 megapixels (e.g. 11585 x 11585)
+MAX_BATCH_PIXELS = 1 << 28  # images x height x width of one run: 256 images of 1024 x 1024, 16 of 4096 x 4096
+
+
+def _integer(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, found {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def check_integer(name: str, value: object, low: int, high: int) -> int:
+    """``value`` when it is an ``int`` (not a bool) in ``low..high``; InputError naming ``name`` otherwise."""
+    if not low <= _integer(name, value) <= high:
+        raise InputError(f"{name} must be in {low}..{high}, found {value}")
+    return value
+
+
+def check_seed(seed: object) -> int:
+    """A noise seed in 0..2^64-1, the CPU generator's range.
+
+    A negative seed is refused rather than wrapped: the same number then means the same image in the
+    pack, in diffusers and in ComfyUI, whose seed widget also spans 0..2^64-1.
+    """
+    return check_integer("seed", seed, 0, MAX_SEED)
+
+
+def check_steps(steps: object) -> int:
+    """A step count of integer type (bool, float and text refused); its range is the sampler's to check."""
+    return _integer("steps", steps)
+
+
+def check_prompts(prompts: Sequence[object], name: str = "prompt") -> list[str]:
+    """Prompts as text: a lone surrogate (half of a UTF-16 pair, from a mis-decoded file or a broken
+    clipboard) is refused, naming the prompt and the position, since the tokenizer cannot encode it."""
+    checked = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise InputError(f"{name} {i} must be text, found {type(prompt).__name__} {prompt!r:.80}")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(
+                f"{name} {i} holds a lone surrogate {prompt[err.start]!r} at character {err.start}, which is not "
+                f"text any tokenizer encodes: fix how the prompt was decoded"
+            ) from None
+        checked.append(prompt)
+    return checked
+
+
+def check_batch(batch: int, height: int, width: int) -> None:
+    """Refuse a run of ``batch`` images of ``height`` x ``width`` px beyond ``MAX_BATCH_PIXELS`` in all."""
+    if batch * height * width > MAX_BATCH_PIXELS:
+        raise InputError(
+            f"{batch} images of {width}x{height} px are {batch * height * width / 1e6:.0f} megapixels in one run, "
+            f"far beyond any accelerator's memory (at most {MAX_BATCH_PIXELS / 1e6:.0f}): make fewer or smaller images"
+        )
+
+
+def check_tensor(name: str, tensor: object, ndims: tuple[int, ...] = (3, 4)) -> torch.Tensor:
+    """A non-empty floating-point tensor of ``ndims`` dimensions holding only finite values."""
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"{name} must be a tensor, found {type(tensor).__name__}")
+    if tensor.ndim not in ndims or tensor.numel() == 0:
+        raise InputError(
+            f"{name} must be a non-empty tensor of {' or '.join(map(str, ndims))} dimensions, "
+            f"found shape {list(tensor.shape)}"
+        )
+    if not tensor.is_floating_point():
+        raise InputError(f"{name} must hold floating-point values, found {tensor.dtype}")
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise InputError(f"{name} holds {bad} NaN or infinite values of {tensor.numel()}: expected finite values")
+    return tensor
+
+
+def check_image_size(name: str, image: Image.Image) -> Image.Image:
+    """Refuse an image over ``MAX_IMAGE_PIXELS``, from its header's size (before decoding it)."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{name} is {width}x{height} px ({width * height / 1e6:.0f} megapixels): expected at most "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+        )
+    return image
+
+
+def open_image(path: str | Path, name: str = "image") -> Image.Image:
+    """An image file opened lazily (header read, pixels not yet decoded) once its size is checked.
+
+    Pillow's own decompression-bomb limit is replaced by ``MAX_IMAGE_PIXELS``, checked here from the header.
+    Raises InputError for a missing file, a file Pillow cannot read, or an image too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name} file {path} does not exist or is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            image = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{name} {path} is too large to decode ({err})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise InputError(f"{name} {path} is not an image that can be read ({err})") from err
+    return check_image_size(f"{name} {path}", image)
+
+
+def check_image(name: str, image: object) -> None:
+    """An init or control image in any form the pipeline takes: a file (size read from its header), a PIL
+    image, or a tensor [B,3,H,W] / [3,H,W] in [0, 1] (finite, non-empty)."""
+    if isinstance(image, (str, Path)):
+        open_image(image, name).close()
+    elif isinstance(image, Image.Image):
+        check_image_size(name, image)
+    elif isinstance(image, torch.Tensor):
+        check_tensor(name, image)
+        if image.shape[-2] * image.shape[-1] > MAX_IMAGE_PIXELS:
+            raise InputError(
+                f"{name} is {image.shape[-1]}x{image.shape[-2]} px: expected at most {MAX_IMAGE_PIXELS} pixels"
+            )
+    else:
+        raise InputError(f"{name} must be an image file, a PIL image or a tensor, found {type(image).__name__}")
