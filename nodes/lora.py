@@ -61,9 +61,18 @@ class LoraLoader:
                         "tooltip": "How strongly the LoRA acts: 1 as trained, 0 not at all, negative the opposite.",
                     },
                 ),
-            }
+            },
+            "hidden": comfy_model.HIDDEN_INPUTS,
         }
 
-    def load(self, model: PixArtModel, lora_name: str, strength: float = 1.0) -> tuple:
+    def load(
+        self,
+        model: PixArtModel,
+        lora_name: str,
+        strength: float = 1.0,
+        prompt: dict | None = None,
+        unique_id: str | None = None,
+    ) -> tuple:
+        comfy_model.refuse_missing_core_model(prompt, unique_id, self.RETURN_NAMES.index("MODEL"))
         patched = load_lora(model, lora_name, strength)
         return (patched, patched.core_model)
