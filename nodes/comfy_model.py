@@ -301,6 +301,21 @@ def layer_ops(quantization: Quantization) -> type[Ops]:
     return CastOps if CORE_MODEL and quantization is Quantization.NONE else Ops
 
 
+def forget_load_state(model: torch.nn.Module, original: torch.nn.Module) -> None:
+    """Clear ComfyUI's per-layer loading marks from the layers of ``model`` that are not ``original``'s own (a LoRA
+    merged into a copy of a loaded layer): copied along, they would tell ComfyUI that the new weight is already
+    patched on the device, or carry ``original``'s low-VRAM weight patches into ``model``."""
+    shared = {id(layer) for layer in original.modules()}
+    for layer in model.modules():
+        if id(layer) in shared:
+            continue
+        streamed_before = layer.__dict__.pop("prev_comfy_cast_weights", None)
+        if streamed_before is not None:
+            layer.comfy_cast_weights = streamed_before
+        for mark in ("comfy_patched_weights", "weight_function", "bias_function"):
+            layer.__dict__.pop(mark, None)  # back to the class's defaults: not patched, no functions
+
+
 HIDDEN_INPUTS = {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}  # the workflow and the node's id, from ComfyUI
 
 

@@ -23,6 +23,7 @@ def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtMode
         return model
     lora = read_lora(LORAS.path(lora_name))
     patched = apply_loras(model.transformer, [(lora, strength)])
+    comfy_model.forget_load_state(patched, model.transformer)  # merged layers are copies of possibly loaded ones
     load_device, offload_device = model.managed.load_device, model.managed.offload_device
     patcher = comfy_model.model_patcher(patched, load_device, offload_device)
     managed = host.manage(patched, load_device, offload_device, patcher)

@@ -209,7 +209,13 @@ def main() -> None:
     results["plain_after_lora_vs_before"] = difference(ksampler(model, positive, negative, steps=4), plain)
 
     # Low VRAM: loaded partly, our MODEL (plain, with a core LoRA, with the pack's LoRA) samples as when loaded whole.
-    pack_lora = PACK.nodes.lora.LoraLoader().load(ours, "tiny_lora.safetensors", 0.8)[1]
+    pack_lora = PACK.nodes.lora.LoraLoader().load(ours, "tiny_lora.safetensors", 0.8)[1]  # ours is loaded now
+    results["pack_lora_layers_marked_loaded"] = sum(
+        bool(getattr(m, "comfy_patched_weights", False)) for m in pack_lora.model.diffusion_model.modules()
+    )
+    results["plain_layers_marked_loaded"] = sum(
+        bool(getattr(m, "comfy_patched_weights", False)) for m in ours.transformer.modules()
+    )
     pack_lora_full = ksampler(pack_lora, positive, negative, steps=4)
     with partial_loads(model.model_size() // 4):
         results["lowvram_vs_full"] = difference(ksampler(model, positive, negative, steps=4), plain)

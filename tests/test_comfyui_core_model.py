@@ -137,3 +137,10 @@ def test_under_low_vram_our_model_loads_partly_and_samples_as_when_whole(measure
     assert state["cast_layers"] > 0 and state["streamed"] > 0, state  # some layers cast their weights on use
     difference = measured[f"lowvram{variant}_vs_full"]
     assert relative(difference) < TOLERANCE, difference
+
+
+def test_layers_the_packs_lora_merged_into_copies_do_not_inherit_comfyuis_loading_marks(measured) -> None:
+    # The input model is loaded (every layer marked patched on the device); the LoRA'd model shares its unmerged
+    # layers (marked) but its 9 merged ones are new weights ComfyUI has not loaded or patched yet.
+    assert measured["plain_layers_marked_loaded"] > 9
+    assert measured["pack_lora_layers_marked_loaded"] == measured["plain_layers_marked_loaded"] - 9

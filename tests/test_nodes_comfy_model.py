@@ -4,8 +4,10 @@ MODEL, no core control) that keeps the pack loading outside ComfyUI. In a real C
 
 from __future__ import annotations
 
+import copy
 import types
 from dataclasses import replace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -95,3 +97,22 @@ def test_caption_conds_honour_the_mask_and_the_models_caption_length() -> None:
     assert longer.shape == (1, 120, 32)  # cut to what the model reads
     with pytest.raises(ENGINE.errors.InputError, match="32-wide"):
         BRIDGE.caption_conds(BASE, torch.randn(1, 5, 64), {})
+
+
+def test_forget_load_state_clears_comfyuis_marks_on_copied_layers_only() -> None:
+    class CastLinear(torch.nn.Linear):  # ComfyUI's layers keep these as class defaults
+        comfy_cast_weights = False
+        weight_function: ClassVar[list] = []
+        bias_function: ClassVar[list] = []
+
+    original = torch.nn.Sequential(CastLinear(2, 2), CastLinear(2, 2))
+    for layer in original:  # as ComfyUI leaves a layer it streamed with a weight patch
+        layer.comfy_patched_weights, layer.prev_comfy_cast_weights, layer.comfy_cast_weights = True, False, True
+        layer.weight_function = ["patch of the original model"]
+    copied = copy.copy(original[1])  # what merging a LoRA into that layer makes
+    model = torch.nn.Sequential(original[0], copied)
+    BRIDGE.forget_load_state(model, original)
+    assert not hasattr(copied, "comfy_patched_weights") and not hasattr(copied, "prev_comfy_cast_weights")
+    assert copied.comfy_cast_weights is False and copied.weight_function == [] and copied.bias_function == []
+    shared = original[0]  # still the original's layer, loaded as it was
+    assert shared.comfy_patched_weights and shared.comfy_cast_weights and shared.weight_function
