@@ -55,7 +55,8 @@ def load_model(
     parameters = host.parameter_count(detected.tensors.shapes.values())
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
     device = host.placement(mode, load_device, offload_device, lambda: parameters)
-    transformer = load_transformer(detected, dtype=dtype, device=device, quantization=mode)
+    ops = comfy_model.layer_ops(mode)  # cast-capable layers: ComfyUI can stream them in low-VRAM mode
+    transformer = load_transformer(detected, dtype=dtype, device=device, ops=ops, quantization=mode)
     patcher = comfy_model.model_patcher(transformer, load_device, offload_device)
     return PixArtModel(transformer, host.manage(transformer, load_device, offload_device, patcher), ckpt_name, mode)
 
@@ -136,11 +137,19 @@ class CheckpointLoader:
                     for name, (choices, _, _) in HINT_WIDGETS.items()
                 },
             },
+            "hidden": comfy_model.HIDDEN_INPUTS,
         }
 
     def load(
-        self, ckpt_name: str, weight_dtype: str = "auto", quantization: str = "none", **hint_widgets: str
+        self,
+        ckpt_name: str,
+        weight_dtype: str = "auto",
+        quantization: str = "none",
+        prompt: dict | None = None,
+        unique_id: str | None = None,
+        **hint_widgets: str,
     ) -> tuple:
+        comfy_model.refuse_missing_core_model(prompt, unique_id, self.RETURN_NAMES.index("MODEL"))
         model = load_model(ckpt_name, weight_dtype, quantization, **hint_widgets)
         return (model, model.core_model)
 
@@ -242,10 +251,20 @@ class LowMemoryLoader:
                         "quantized too, for still less memory at some cost in quality.",
                     },
                 ),
-            }
+            },
+            "hidden": comfy_model.HIDDEN_INPUTS,
         }
 
-    def load(self, t5_name: str, t5_quantization: str, ckpt_name: str, transformer_quantization: str = "none") -> tuple:
+    def load(
+        self,
+        t5_name: str,
+        t5_quantization: str,
+        ckpt_name: str,
+        transformer_quantization: str = "none",
+        prompt: dict | None = None,
+        unique_id: str | None = None,
+    ) -> tuple:
+        comfy_model.refuse_missing_core_model(prompt, unique_id, self.RETURN_NAMES.index("MODEL"))
         if parse_quantization(t5_quantization) is Quantization.NONE:
             raise InputError(
                 "the low-memory loader loads T5 quantized (int8 or nf4), found 'none': use PixArt-δ T5 Loader for "

@@ -23,6 +23,7 @@ def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtMode
         return model
     lora = read_lora(LORAS.path(lora_name))
     patched = apply_loras(model.transformer, [(lora, strength)])
+    comfy_model.forget_load_state(patched, model.transformer)  # merged layers are copies of possibly loaded ones
     load_device, offload_device = model.managed.load_device, model.managed.offload_device
     patcher = comfy_model.model_patcher(patched, load_device, offload_device)
     managed = host.manage(patched, load_device, offload_device, patcher)
@@ -61,9 +62,18 @@ class LoraLoader:
                         "tooltip": "How strongly the LoRA acts: 1 as trained, 0 not at all, negative the opposite.",
                     },
                 ),
-            }
+            },
+            "hidden": comfy_model.HIDDEN_INPUTS,
         }
 
-    def load(self, model: PixArtModel, lora_name: str, strength: float = 1.0) -> tuple:
+    def load(
+        self,
+        model: PixArtModel,
+        lora_name: str,
+        strength: float = 1.0,
+        prompt: dict | None = None,
+        unique_id: str | None = None,
+    ) -> tuple:
+        comfy_model.refuse_missing_core_model(prompt, unique_id, self.RETURN_NAMES.index("MODEL"))
         patched = load_lora(model, lora_name, strength)
         return (patched, patched.core_model)

@@ -23,7 +23,8 @@ CONTROLNET_TYPE = "PIXART_DELTA_CONTROLNET"
 CORE_MODEL_TYPE = "MODEL"
 CORE_MODEL_TOOLTIP = (
     "The same transformer as ComfyUI's MODEL, for KSampler, SamplerCustomAdvanced, ModelSamplingDiscrete (lcm for "
-    "the LCM), core LoRA loaders and guidance nodes (empty on a ComfyUI without PixArt support)."
+    "the LCM), core LoRA loaders and guidance nodes. On a ComfyUI too old for it, the loader refuses to run while this "
+    "output is connected (the log names what is missing)."
 )
 
 

@@ -9,6 +9,7 @@ to OUT.json for the test to judge. Nothing is asserted here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -105,6 +106,35 @@ def engine_euler(model, positive, negative, steps: int, control=None) -> torch.T
     return latents / 0.18215
 
 
+@contextlib.contextmanager
+def partial_loads(memory: int):
+    """ComfyUI's model management giving every model ``memory`` bytes of its device, as on a GPU smaller than the
+    model (on the CPU ComfyUI always loads whole): models already loaded are unloaded first."""
+    comfy.model_management.unload_all_models()
+    original = comfy.model_management.LoadedModel.model_use_more_vram
+
+    def limited(self, extra_memory, force_patch_weights=False):
+        return self.model.partially_load(self.device, memory, force_patch_weights=force_patch_weights)
+
+    comfy.model_management.LoadedModel.model_use_more_vram = limited
+    try:
+        yield
+    finally:
+        comfy.model_management.LoadedModel.model_use_more_vram = original
+
+
+def load_state(patcher) -> dict:
+    """How ComfyUI loaded ``patcher``'s model: partly or not, bytes loaded of all, layers streamed (cast on use)."""
+    layers = [m for m in patcher.model.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")]
+    return {
+        "lowvram": bool(patcher.model.model_lowvram),
+        "loaded": patcher.loaded_size(),
+        "size": patcher.model_size(),
+        "cast_layers": len(layers),
+        "streamed": sum(bool(m.comfy_cast_weights) for m in layers),
+    }
+
+
 def caption_of(conditioning):
     return ENGINE.text.encoder.TextEmbedding(conditioning[0][0], torch.ones(conditioning[0][0].shape[:2]))
 
@@ -177,6 +207,26 @@ def main() -> None:
     results["lora_vs_core_lora"] = difference(lora_latent, ksampler(core_lora, positive, negative, steps=4))
     results["lora_vs_plain"] = difference(lora_latent, plain)
     results["plain_after_lora_vs_before"] = difference(ksampler(model, positive, negative, steps=4), plain)
+
+    # Low VRAM: loaded partly, our MODEL (plain, with a core LoRA, with the pack's LoRA) samples as when loaded whole.
+    pack_lora = PACK.nodes.lora.LoraLoader().load(ours, "tiny_lora.safetensors", 0.8)[1]  # ours is loaded now
+    results["pack_lora_layers_marked_loaded"] = sum(
+        bool(getattr(m, "comfy_patched_weights", False)) for m in pack_lora.model.diffusion_model.modules()
+    )
+    results["plain_layers_marked_loaded"] = sum(
+        bool(getattr(m, "comfy_patched_weights", False)) for m in ours.transformer.modules()
+    )
+    pack_lora_full = ksampler(pack_lora, positive, negative, steps=4)
+    with partial_loads(model.model_size() // 4):
+        results["lowvram_vs_full"] = difference(ksampler(model, positive, negative, steps=4), plain)
+        results["lowvram_state"] = load_state(model)
+        results["lowvram_core_lora_vs_full"] = difference(ksampler(ours_lora, positive, negative, steps=4), lora_latent)
+        results["lowvram_core_lora_state"] = load_state(ours_lora)
+        results["lowvram_pack_lora_vs_full"] = difference(
+            ksampler(pack_lora, positive, negative, steps=4), pack_lora_full
+        )
+        results["lowvram_pack_lora_state"] = load_state(pack_lora)
+    comfy.model_management.unload_all_models()
 
     # An 8-bit model (bitsandbytes' LLM.int8) samples too; a LoRA on its quantized weights is refused.
     _, int8 = PACK.nodes.loaders.CheckpointLoader().load(path.name, "auto", "int8")

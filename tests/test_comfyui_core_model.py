@@ -40,6 +40,47 @@ def measured(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+# A ComfyUI from before the model-function wrappers: the pack still loads, says what is missing, and a loader whose
+# MODEL output is wired to KSampler refuses before loading instead of handing KSampler None.
+OLDER_COMFYUI = """
+import importlib.util, json, logging, sys
+import torch
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+comfyui, pack_root = sys.argv[1], sys.argv[2]
+sys.path.insert(0, comfyui)
+from comfy.cli_args import args
+args.cpu = args.cpu or not torch.cuda.is_available()
+import comfy.model_base
+del comfy.model_base.BaseModel._apply_model
+init = pack_root + "/__init__.py"
+spec = importlib.util.spec_from_file_location("pack", init, submodule_search_locations=[pack_root])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["pack"] = pack
+spec.loader.exec_module(pack)
+prompt = {"3": {"class_type": "PixArtDeltaCheckpointLoader", "inputs": {}},
+          "5": {"class_type": "KSampler", "inputs": {"model": ["3", 1]}}}
+try:
+    pack.nodes.loaders.CheckpointLoader().load("not-there.safetensors", prompt=prompt, unique_id="3")
+    refused = ""
+except pack.pixart_delta_core.errors.InputError as err:
+    refused = str(err)
+print(json.dumps({"core_model": pack.nodes.comfy_model.CORE_MODEL, "refused": refused}))
+"""
+
+
+def test_an_older_comfyui_keeps_the_pack_says_what_is_missing_and_refuses_a_wired_empty_model() -> None:
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    done = subprocess.run(
+        [python, "-c", OLDER_COMFYUI, COMFYUI_ROOT, str(ROOT)], cwd=COMFYUI_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["core_model"] is False
+    assert "lacks comfy.model_base.BaseModel._apply_model" in done.stdout, done.stdout  # the pack's log warning
+    assert "connected to KSampler (node 5)" in result["refused"], result  # before the (missing) file is read
+    assert "BaseModel._apply_model" in result["refused"], result
+
+
 def relative(difference: dict) -> float:
     return difference["max_abs"] / difference["scale"]
 
@@ -87,3 +128,19 @@ def test_a_cfg_patch_wraps_our_model(measured) -> None:
 def test_our_controlnet_steers_ksampler_with_strength_and_start_end(measured) -> None:
     assert relative(measured["controlnet_vs_engine"]) < TOLERANCE, measured["controlnet_vs_engine"]
     assert relative(measured["controlnet_vs_none"]) > 0.005
+
+
+@pytest.mark.parametrize("variant", ["", "_core_lora", "_pack_lora"])
+def test_under_low_vram_our_model_loads_partly_and_samples_as_when_whole(measured, variant: str) -> None:
+    state = measured[f"lowvram{variant}_state"]
+    assert state["lowvram"] and 0 < state["loaded"] < state["size"], state  # ComfyUI loaded it partly
+    assert state["cast_layers"] > 0 and state["streamed"] > 0, state  # some layers cast their weights on use
+    difference = measured[f"lowvram{variant}_vs_full"]
+    assert relative(difference) < TOLERANCE, difference
+
+
+def test_layers_the_packs_lora_merged_into_copies_do_not_inherit_comfyuis_loading_marks(measured) -> None:
+    # The input model is loaded (every layer marked patched on the device); the LoRA'd model shares its unmerged
+    # layers (marked) but its 9 merged ones are new weights ComfyUI has not loaded or patched yet.
+    assert measured["plain_layers_marked_loaded"] > 9
+    assert measured["pack_lora_layers_marked_loaded"] == measured["plain_layers_marked_loaded"] - 9

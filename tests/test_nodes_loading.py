@@ -62,8 +62,9 @@ def test_declaration_is_what_comfyui_needs(node_id: str, in_models: Path) -> Non
     assert len(getattr(node, "RETURN_NAMES", node.RETURN_TYPES)) == len(node.RETURN_TYPES)
     assert all(t in OURS or t in CORE_TYPES for t in node.RETURN_TYPES)
     spec = node.INPUT_TYPES()
-    assert set(spec) <= {"required", "optional"}
-    for group in spec.values():
+    assert set(spec) <= {"required", "optional", "hidden"}
+    assert set(spec.get("hidden", {}).values()) <= {"PROMPT", "UNIQUE_ID"}  # ComfyUI's hidden inputs, no widget
+    for group in (spec.get("required", {}), spec.get("optional", {})):
         for name, entry in group.items():
             kind, options = entry
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
