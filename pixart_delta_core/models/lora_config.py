@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.files import TensorSource
+from ..checkpoints.files import TensorSource, read_json
 from ..checkpoints.layouts import KeyTable, Rule
 from ..checkpoints.loading import as_source
 from ..errors import CheckpointError
@@ -124,6 +124,8 @@ _OTHER_FAMILIES = (
     ("context_block", "SD3"),
     ("add_q_proj", "Flux or SD3 (joint attention)"),
     ("conv_inverted", "Sana"),
+    ("conv_depth", "Sana"),
+    ("conv_point", "Sana"),
     ("down_blocks_0_attentions", "SD 1.x/2.x"),
     ("down_blocks.0.attentions", "SD 1.x/2.x"),
     ("input_blocks_1_1", "SD 1.x/2.x"),
@@ -132,9 +134,23 @@ _OTHER_FAMILIES = (
     ("text_encoder_2", "SDXL"),
     ("input_blocks", "SDXL"),
     ("down_blocks", "SDXL"),
+    ("mid_block", "SD 1.x/2.x or SDXL (a UNet)"),
+    ("up_blocks", "SD 1.x/2.x or SDXL (a UNet)"),
+    ("middle_block", "SD 1.x/2.x or SDXL (a UNet)"),
+    ("output_blocks", "SD 1.x/2.x or SDXL (a UNet)"),
     ("lora_te_", "a CLIP text encoder (SD 1.x)"),
     ("text_encoder.", "a CLIP text encoder"),
 )
+
+# T5's own module names: a file that holds them also trained the T5 text encoder.
+_T5_FRAGMENTS = ("SelfAttention", "EncDecAttention", "DenseReluDense")
+# Widths of other families whose module names are PixArt's (diffusers' attention and feed-forward names):
+# only the sizes tell them apart. Sana-600M is as wide as PixArt-XL: only its caption projection (Gemma-2's
+# 2304-wide features) shows it, and an attention-only Sana-600M LoRA cannot be told from a PixArt one.
+_CAPTION_PROJECTION = ("caption_projection", "y_embedder", "y_proj")
+_SANA_CAPTION_WIDTH = 2304
+_SANA_1600M_WIDTH = 2240
+_FLUX_WIDTHS = (3072, 12288)  # Flux's width and its feed-forward's
 
 
 @dataclass(frozen=True)
@@ -161,9 +177,11 @@ class Lora:
 
     @property
     def kinds(self) -> list[str]:
+        """The adapter kinds the file holds, by name (``LoRA``, ``LoHa``, ``LoKr``), sorted."""
         return sorted({p.kind.value for parts in self.targets.values() for p in parts})
 
     def describe(self) -> str:
+        """One line for logs and node outputs: kinds, layout, number of adapted modules and the rank range."""
         ranks = sorted({p.rank for parts in self.targets.values() for p in parts if p.rank})
         rank = f", rank {ranks[0]}" + (f" to {ranks[-1]}" if len(ranks) > 1 else "") if ranks else ""
         return f"{'/'.join(self.kinds)} in the {self.naming.value} layout on {len(self.targets)} modules{rank}"
@@ -210,6 +228,18 @@ def _naming(module: str) -> tuple[str, Naming]:
 def refuse_other_families(source: TensorSource) -> None:
     """Raise ``CheckpointError`` naming the family of a LoRA made for another model, or an unsupported variant."""
     keys = list(source.shapes)
+    t5 = next((k for k in keys if any(f in k for f in _T5_FRAGMENTS)), None)
+    if t5 is not None:
+        raise CheckpointError(
+            f"{source.origin}: this LoRA includes T5 text encoder weights (e.g. {t5!r}); the pack applies LoRAs "
+            f"to the PixArt transformer only and refuses a file it would apply in part"
+        )
+    family_by_size = _family_by_size(source)
+    if family_by_size is not None:
+        raise CheckpointError(
+            f"{source.origin}: this is a LoRA for {family_by_size}, not for PixArt: it cannot apply to a PixArt "
+            f"transformer"
+        )
     for fragment, family in _OTHER_FAMILIES:
         hit = next((k for k in keys if fragment in k), None)
         if hit is not None:
@@ -226,6 +256,20 @@ def refuse_other_families(source: TensorSource) -> None:
             )
 
 
+def _family_by_size(source: TensorSource) -> str | None:
+    """Another family whose LoRA keys are PixArt's own names, told by its tensors' sizes, or None."""
+    sizes = {key: set(shape) for key, shape in source.shapes.items()}
+    for key, dims in sizes.items():
+        if any(f in key for f in _CAPTION_PROJECTION) and _SANA_CAPTION_WIDTH in dims:
+            return f"Sana (e.g. {key!r} takes Gemma-2's {_SANA_CAPTION_WIDTH}-wide captions)"
+        if _SANA_1600M_WIDTH in dims:
+            return f"Sana-1600M (e.g. {key!r} is {_SANA_1600M_WIDTH} wide)"
+    every = set().union(*sizes.values()) if sizes else set()
+    if all(width in every for width in _FLUX_WIDTHS):
+        return f"Flux (its tensors are {_FLUX_WIDTHS[0]} wide, with a {_FLUX_WIDTHS[1]}-wide feed-forward)"
+    return None
+
+
 def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
     """The LoRA's tensors, and the scaling its PEFT ``adapter_config.json`` sets, if it has one."""
     if not isinstance(lora, (str, Path)):
@@ -238,7 +282,10 @@ def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple
             raise CheckpointError(f"{path}: a folder without {' or '.join(ADAPTER_FILES)}; expected a LoRA")
         path = found
     config = folder / ADAPTER_CONFIG
-    return as_source(path), (peft_scaling(config) if config.is_file() else None)
+    # only a PEFT adapter's own file takes its folder's settings: in ComfyUI's flat loras/ folder a config beside
+    # another file belongs to some other adapter
+    peft_layout = path.name in ADAPTER_FILES
+    return as_source(path), (peft_scaling(config) if peft_layout and config.is_file() else None)
 
 
 def peft_scaling(config_file: Path) -> Scaling:
@@ -250,6 +297,12 @@ def peft_scaling(config_file: Path) -> Scaling:
         raise CheckpointError(
             f"{config_file}: reading a PEFT adapter's settings needs the peft package ({err}): pip install peft"
         ) from err
+    settings = read_json(config_file)
+    kind, alpha = settings.get("peft_type"), settings.get("lora_alpha", 8)
+    if kind != "LORA":
+        raise CheckpointError(f"{config_file}: expected a PEFT LoRA configuration (peft_type LORA), found {kind!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise CheckpointError(f"{config_file}: lora_alpha should be a positive number, found {alpha!r}")
     try:
         config = LoraConfig.from_pretrained(str(config_file.parent))
     except (ValueError, TypeError, OSError) as err:
@@ -274,6 +327,11 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
     source, scaling = _open(lora)
     if not source.shapes:
         raise CheckpointError(f"{source.origin}: holds no tensors; expected a LoRA")
+    not_float = next(((k, d) for k, d in source.dtypes.items() if not d.is_floating_point), None)
+    if not_float is not None:
+        raise CheckpointError(
+            f"{source.origin}: {not_float[0]!r} holds {not_float[1]}; expected floating-point adapter tensors"
+        )
     refuse_other_families(source)
     modules: dict[str, dict[str, str]] = {}
     leftovers: list[str] = []
@@ -342,12 +400,42 @@ def _adapter(source: TensorSource, module: str, found: Mapping[str, str], part: 
             f"{source.origin}: the {kind.value} of {module!r} is incomplete: found {sorted(found)}, expected "
             f"{' or '.join(str(sorted(n)) for n in _NEEDED[kind])} (+ alpha)"
         )
+    for role, tensor in roles.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source.origin}: {role} of {module!r} holds NaN or infinite values")
+        if role != "alpha" and tensor.dim() < 2:
+            raise CheckpointError(
+                f"{source.origin}: {role} of {module!r} should be a matrix, found shape {list(tensor.shape)}"
+            )
     alpha_tensor = roles.pop("alpha", None)
     if alpha_tensor is not None and alpha_tensor.numel() != 1:
         raise CheckpointError(f"{source.origin}: alpha of {module!r} should be one number, found {alpha_tensor.shape}")
     alpha = None if alpha_tensor is None else alpha_tensor.item()
+    _check_factors(source.origin, module, kind, roles)
     rank, scale = _rank_and_scale(source.origin, module, kind, roles, alpha)
     return AdapterPart(module, kind, roles, scale, rank, part, parts)
+
+
+def _check_factors(origin: str, module: str, kind: AdapterKind, roles: Mapping[str, torch.Tensor]) -> None:
+    """Refuse factors whose shapes cannot multiply: every product an adapter forms, checked before any is."""
+    shapes = {role: list(t.shape) for role, t in roles.items()}
+    pairs = {AdapterKind.LORA: [("up", "down")], AdapterKind.LOHA: [("w1_a", "w1_b"), ("w2_a", "w2_b")]}.get(
+        kind, [("w1_a", "w1_b"), ("w2_a", "w2_b")]
+    )
+    for left, right in pairs:
+        if left in shapes and (shapes[left][1] != shapes[right][0] or shapes[right][0] == 0):
+            raise CheckpointError(
+                f"{origin}: the {kind.value} of {module!r} has {left} {shapes[left]} and {right} {shapes[right]}; "
+                f"expected a shared, non-zero rank"
+            )
+    if kind is AdapterKind.LOHA:
+        first = (shapes["w1_a"][0], math.prod(shapes["w1_b"][1:]))
+        second = (shapes["w2_a"][0], math.prod(shapes["w2_b"][1:]))
+        if first != second:
+            raise CheckpointError(
+                f"{origin}: the LoHa of {module!r} multiplies a {first[1]} -> {first[0]} product by a "
+                f"{second[1]} -> {second[0]} one; expected the same shape"
+            )
 
 
 def _rank_and_scale(
@@ -355,12 +443,7 @@ def _rank_and_scale(
 ) -> tuple[int, float]:
     """The rank and alpha / rank of one adapter; alpha = rank where the file has none (scale 1)."""
     if kind is AdapterKind.LORA:
-        down, up = roles["down"], roles["up"]
-        rank = down.shape[0]
-        if up.shape[1] != rank:
-            raise CheckpointError(
-                f"{origin}: {module!r}: down {list(down.shape)} and up {list(up.shape)} disagree on the rank"
-            )
+        rank = roles["down"].shape[0]
     elif kind is AdapterKind.LOHA:
         rank = roles["w1_b"].shape[0]
     else:  # LyCORIS scales a LoKr by alpha / rank only when one half is factored (the factor's rank)
