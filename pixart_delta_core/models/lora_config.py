@@ -14,14 +14,15 @@ separate ``to_q``/``to_k``/``to_v`` are parts of our fused ``attn.qkv`` (``kv_li
 adapter on one of them adapts its rows of the fused layer. Rank and alpha are read per module; a module
 without an alpha has alpha = rank (scale 1), as PEFT files of the reference scripts are saved. Reading is
 strict: a key that lands on no module is an error listing the leftovers, and LoRAs for other model families
-are refused by name.
+are refused by name where their keys or sizes show them (an attention-only Sana-600M LoRA has PixArt-XL's
+names and sizes: nothing tells it apart). Non-float, non-finite and ill-shaped tensors are refused at read.
 
 The tensors are read with the engine's own safe readers (``open_checkpoint``): peft reads only its own layout
 and names modules as the model it is attached to, so it can neither read the kohya/LyCORIS layouts nor map
-diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder, or
-beside its file) is read with peft itself: its ``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora``
-set the scales of files that carry no alpha (the reference's scripts keep peft's default alpha, 8, whatever
-the rank).
+diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder,
+beside its ``adapter_model.safetensors``/``.bin``; never beside another file) is read with peft itself: its
+``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora`` set the scales of files that carry no alpha (the
+reference's scripts keep peft's default alpha, 8, whatever the rank).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..checkpoints.files import TensorSource, read_json
 from ..checkpoints.layouts import KeyTable, Rule
 from ..checkpoints.loading import as_source
 from ..errors import CheckpointError
+from .lora_families import refuse_other_families
 from .transformer_config import DIFFUSERS_TABLE
 
 log = logging.getLogger(__name__)
@@ -105,52 +107,6 @@ _NEEDED: dict[AdapterKind, tuple[frozenset[str], ...]] = {  # any one of these r
         frozenset({*w1, *w2}) for w1 in (("w1",), ("w1_a", "w1_b")) for w2 in (("w2",), ("w2_a", "w2_b"))
     ),
 }
-# Adapter tensors of variants this pack does not apply: a dotted part of the key -> what they are.
-_UNSUPPORTED = {
-    "dora_scale": "DoRA (weight-decomposed LoRA)",
-    "lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
-    "hada_t1": "LoHa with Tucker factors (convolutions)",
-    "lokr_t2": "LoKr with Tucker factors (convolutions)",
-    "lora_mid": "LoCon with Tucker factors (convolutions)",
-    "diff": "a full weight difference",
-    "diff_b": "a full bias difference",
-}
-# Key fragments of LoRAs for other model families, checked in order: fragment -> the family.
-_OTHER_FAMILIES = (
-    ("double_blocks", "Flux"),
-    ("single_blocks", "Flux"),
-    ("single_transformer_blocks", "Flux"),
-    ("joint_blocks", "SD3"),
-    ("context_block", "SD3"),
-    ("add_q_proj", "Flux or SD3 (joint attention)"),
-    ("conv_inverted", "Sana"),
-    ("conv_depth", "Sana"),
-    ("conv_point", "Sana"),
-    ("down_blocks_0_attentions", "SD 1.x/2.x"),
-    ("down_blocks.0.attentions", "SD 1.x/2.x"),
-    ("input_blocks_1_1", "SD 1.x/2.x"),
-    ("input_blocks.1.1", "SD 1.x/2.x"),
-    ("lora_te2_", "SDXL"),
-    ("text_encoder_2", "SDXL"),
-    ("input_blocks", "SDXL"),
-    ("down_blocks", "SDXL"),
-    ("mid_block", "SD 1.x/2.x or SDXL (a UNet)"),
-    ("up_blocks", "SD 1.x/2.x or SDXL (a UNet)"),
-    ("middle_block", "SD 1.x/2.x or SDXL (a UNet)"),
-    ("output_blocks", "SD 1.x/2.x or SDXL (a UNet)"),
-    ("lora_te_", "a CLIP text encoder (SD 1.x)"),
-    ("text_encoder.", "a CLIP text encoder"),
-)
-
-# T5's own module names: a file that holds them also trained the T5 text encoder.
-_T5_FRAGMENTS = ("SelfAttention", "EncDecAttention", "DenseReluDense")
-# Widths of other families whose module names are PixArt's (diffusers' attention and feed-forward names):
-# only the sizes tell them apart. Sana-600M is as wide as PixArt-XL: only its caption projection (Gemma-2's
-# 2304-wide features) shows it, and an attention-only Sana-600M LoRA cannot be told from a PixArt one.
-_CAPTION_PROJECTION = ("caption_projection", "y_embedder", "y_proj")
-_SANA_CAPTION_WIDTH = 2304
-_SANA_1600M_WIDTH = 2240
-_FLUX_WIDTHS = (3072, 12288)  # Flux's width and its feed-forward's
 
 
 @dataclass(frozen=True)
@@ -223,51 +179,6 @@ def _split(key: str) -> tuple[str, str] | None:
 
 def _naming(module: str) -> tuple[str, Naming]:
     return next((p, n) for p, n in _PREFIXES if module.startswith(p))
-
-
-def refuse_other_families(source: TensorSource) -> None:
-    """Raise ``CheckpointError`` naming the family of a LoRA made for another model, or an unsupported variant."""
-    keys = list(source.shapes)
-    t5 = next((k for k in keys if any(f in k for f in _T5_FRAGMENTS)), None)
-    if t5 is not None:
-        raise CheckpointError(
-            f"{source.origin}: this LoRA includes T5 text encoder weights (e.g. {t5!r}); the pack applies LoRAs "
-            f"to the PixArt transformer only and refuses a file it would apply in part"
-        )
-    family_by_size = _family_by_size(source)
-    if family_by_size is not None:
-        raise CheckpointError(
-            f"{source.origin}: this is a LoRA for {family_by_size}, not for PixArt: it cannot apply to a PixArt "
-            f"transformer"
-        )
-    for fragment, family in _OTHER_FAMILIES:
-        hit = next((k for k in keys if fragment in k), None)
-        if hit is not None:
-            raise CheckpointError(
-                f"{source.origin}: this is a LoRA for {family} (e.g. {hit!r}), not for PixArt: it cannot apply "
-                f"to a PixArt transformer"
-            )
-    for fragment, what in _UNSUPPORTED.items():
-        hit = next((k for k in keys if fragment in k.split(".")), None)
-        if hit is not None:
-            raise CheckpointError(
-                f"{source.origin}: holds {what} (e.g. {hit!r}), which this pack does not apply; it applies "
-                f"LoRA, LoHa and LoKr adapters of linear layers"
-            )
-
-
-def _family_by_size(source: TensorSource) -> str | None:
-    """Another family whose LoRA keys are PixArt's own names, told by its tensors' sizes, or None."""
-    sizes = {key: set(shape) for key, shape in source.shapes.items()}
-    for key, dims in sizes.items():
-        if any(f in key for f in _CAPTION_PROJECTION) and _SANA_CAPTION_WIDTH in dims:
-            return f"Sana (e.g. {key!r} takes Gemma-2's {_SANA_CAPTION_WIDTH}-wide captions)"
-        if _SANA_1600M_WIDTH in dims:
-            return f"Sana-1600M (e.g. {key!r} is {_SANA_1600M_WIDTH} wide)"
-    every = set().union(*sizes.values()) if sizes else set()
-    if all(width in every for width in _FLUX_WIDTHS):
-        return f"Flux (its tensors are {_FLUX_WIDTHS[0]} wide, with a {_FLUX_WIDTHS[1]}-wide feed-forward)"
-    return None
 
 
 def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
