@@ -269,7 +269,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE[:STRENGTH]",
         help="apply a LoRA (any layout: PEFT, kohya, OneTrainer, ComfyUI, LoHa, LoKr) at STRENGTH (default 1, "
-        "negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
+        "-1000 to 1000, negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
     )
     lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
     ctl = gen.add_argument_group("ControlNet-Transformer")
