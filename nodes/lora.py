@@ -37,8 +37,9 @@ class LoraLoader:
         "Applies a PixArt LoRA to the model: a style or character LoRA, or PixArt-LCM-LoRA, which turns a PixArt-α "
         "model into a 4-step one (sampler lcm, 4 steps, guidance 0). Reads every layout users share (PEFT/diffusers, "
         "the reference's PEFT files, kohya, OneTrainer, ComfyUI, LyCORIS LoHa and LoKr), recognised from the keys; a "
-        "LoRA for another model (SD 1.5, SDXL, Flux, Sana, a PixArt of another size) is refused with an error that "
-        "names it. Works on full-precision, 8-bit and 4-bit models. Chain several to stack them."
+        "LoRA for another model (SD 1.5, SDXL, Flux, a PixArt of another size) is refused with an error that names "
+        "it; an attention-only Sana-600M LoRA has PixArt-XL's names and sizes and cannot be told apart. Works on "
+        "full-precision, 8-bit and 4-bit models. Chain several to stack them."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"

@@ -269,7 +269,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE[:STRENGTH]",
         help="apply a LoRA (any layout: PEFT, kohya, OneTrainer, ComfyUI, LoHa, LoKr) at STRENGTH (default 1, "
-        "negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
+        "-1000 to 1000, negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
     )
     lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
     ctl = gen.add_argument_group("ControlNet-Transformer")
@@ -309,17 +309,22 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _lora_spec(text: str) -> tuple[Path, float]:
-    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength); a colon followed by no number belongs to the path."""
+    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
+    whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
+    from .models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
+
     path, colon, tail = text.rpartition(":")
-    if colon:
-        try:
-            strength = float(tail)
-        except ValueError:
-            return Path(text), 1.0
-        if strength != strength or abs(strength) == float("inf"):
-            raise argparse.ArgumentTypeError(f"a LoRA strength must be a finite number, found {tail}")
-        return Path(path), strength
-    return Path(text), 1.0
+    if not colon or "/" in tail or "\\" in tail or Path(text).exists():
+        return Path(text), 1.0
+    try:
+        if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength
+            raise ValueError(tail)
+        return Path(path), check_strength(float(tail))
+    except (ValueError, InputError) as err:
+        raise argparse.ArgumentTypeError(
+            f"{text}: the strength after the last colon should be a number from {-MAX_STRENGTH:g} to "
+            f"{MAX_STRENGTH:g}, found {tail!r} (and {text} is no file)"
+        ) from err
 
 
 def _positive(text: str) -> int:

@@ -114,3 +114,12 @@ def lycoris_layout(state, twin, kind: str) -> dict[str, torch.Tensor]:
         rank = factored.shape[0] if factored is not None else 1
         out[f"{name}.alpha"] = torch.tensor(s[module] * rank)
     return out
+
+
+def pair(prefix: str, rank: int = 2, width: int = 48, out: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One random LoRA module under ``prefix`` (kohya names: lora_down/lora_up)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        f"{prefix}.lora_down.weight": torch.randn(rank, width, generator=g) * 0.1,
+        f"{prefix}.lora_up.weight": torch.randn(out or width, rank, generator=g) * 0.1,
+    }

@@ -48,8 +48,16 @@ def files(tmp_path_factory):
 )  # fmt: skip
 def test_lora_arguments_parse_with_and_without_a_strength(text: str, path: str, strength: float) -> None:
     assert _lora_spec(text) == (Path(path), strength)
-    with pytest.raises(argparse.ArgumentTypeError, match="finite number"):
-        _lora_spec("a.safetensors:nan")
+    for bad in ("a.safetensors:nan", "a.safetensors:abc", "a.safetensors:", "a.safetensors:1_0", "a:1e400"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"strength after the last colon should be a number"):
+            _lora_spec(bad)
+
+
+def test_a_lora_file_whose_name_holds_a_colon_is_a_file(tmp_path: Path) -> None:
+    named = tmp_path / "style:v2"
+    named.write_bytes(b"")
+    assert _lora_spec(str(named)) == (named, 1.0)
+    assert _lora_spec(f"{named}:0.5") == (named, 0.5)
 
 
 def _generate(files, tmp_path: Path, name: str, *extra: str) -> np.ndarray:
@@ -81,7 +89,7 @@ def test_a_lora_of_another_width_is_refused_before_any_model_loads(files, tmp_pa
         pipeline("a fox", width=64, height=64, resolution_binning=False, on_stage=stages.append)
     assert stages == []  # refused before the text encoder loaded
     args = ["generate", "--transformer", str(demo.transformer), "--t5", str(demo.t5), "--vae", str(demo.vae)]
-    args += ["--tokenizer", str(demo.tokenizer)]
+    args += ["--tokenizer", str(demo.tokenizer)]  # the CLI checks its tokenizer before the models
     assert main([*args, "--prompt", "x", "--lora", f"{wrong}:1", "--out", str(tmp_path / "n.png")]) == 1
     assert "another width" in capsys.readouterr().err
 

@@ -1,11 +1,12 @@
 """Applying LoRAs to a PixArt transformer or its ControlNet: merged into the weights, or computed on the fly.
 
 ``apply_loras(model, [(lora, strength), ...])`` returns a new model and leaves the one it was given exactly
-as it was: its modules are copied (a few hundred small objects), its tensors shared, and only the adapted
-layers differ. A merged layer holds a new weight ``W + Σ strength · ΔW``; an on-the-fly layer
-(``LoraLayer``) keeps the base layer untouched and adds ``Σ strength · ΔW x`` to its output. Merging is for
-full-precision weights; beside 8-bit and NF4 layers the LoRA is computed on the fly, because quantizing the
-sum again would lose the LoRA in the quantization's rounding. Going back to the base is using the model the
+as it was: its modules and Parameter objects are copied (a few hundred small objects) over the same tensor
+storage, so ``.to()`` on one model leaves the other where and as it was, and only the adapted layers differ.
+A merged layer holds a new weight ``W + Σ strength · ΔW``; an on-the-fly layer (``LoraLayer``) keeps the base
+layer untouched and adds ``Σ strength · ΔW x`` to its output. Merging is for full-precision weights; beside
+8-bit and NF4 layers the LoRA is computed on the fly, because quantizing the sum again would lose the LoRA in
+the quantization's rounding. Going back to the base is using the model the
 LoRAs were applied to (``remove_loras`` also unwraps on-the-fly layers).
 
 Fused layers: a LoRA on diffusers' ``to_q``/``to_k``/``to_v`` adapts rows of our fused ``qkv``. The fused
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -35,6 +37,10 @@ from .lora_config import AdapterKind, AdapterPart, Lora
 from .transformer import PixArtTransformer
 
 log = logging.getLogger(__name__)
+
+# |strength| above this is a mistake, not a style: a LoRA at 1000x its trained strength already swamps the model,
+# and much larger values overflow the weights (1e308 times anything is inf).
+MAX_STRENGTH = 1e3
 
 
 class LoraMode(Enum):
@@ -54,6 +60,7 @@ class Factor:
     down: Tensor | None = None
 
     def to(self, dtype: torch.dtype, device: torch.device) -> Factor:
+        """The same factor with its matrices in ``dtype`` on ``device`` (the layer's compute dtype and device)."""
         down = None if self.down is None else self.down.to(device, dtype)
         return Factor(self.up.to(device, dtype), down)
 
@@ -134,14 +141,27 @@ class LoraLayer(nn.Module):
         return out
 
 
-def _copy_modules(module: nn.Module) -> nn.Module:
-    """A copy of a module tree that shares every tensor and every leaf module (layers without children)."""
-    if not module._modules:
-        return module
+def _own_parameter(param: nn.Parameter, owned: dict[int, nn.Parameter]) -> nn.Parameter:
+    """A new Parameter object (of the same class, with the same attributes) over the same storage.
+
+    ``nn.Module.to()`` and ``requires_grad_()`` change a Parameter object in place (``param.data = ...``), so
+    two models holding one Parameter object would move and cast together; two Parameters over one storage
+    do not. ``owned`` keeps a weight shared by two modules (tied) shared in the copy."""
+    if id(param) not in owned:
+        clone = torch.Tensor._make_subclass(type(param), param.detach(), param.requires_grad)
+        clone.__dict__.update(param.__dict__)  # a quantized Parameter's own attributes (its quantization state)
+        owned[id(param)] = clone
+    return owned[id(param)]
+
+
+def _copy_modules(module: nn.Module, owned: dict[int, nn.Parameter] | None = None) -> nn.Module:
+    """A copy of a module tree with its own module objects, Parameter objects and tensor dicts, over the same
+    tensor storage: no weight is copied, and ``.to()`` on either tree leaves the other as it was."""
+    owned = {} if owned is None else owned
     clone = copy.copy(module)
-    clone._parameters = dict(module._parameters)
+    clone._parameters = {n: None if p is None else _own_parameter(p, owned) for n, p in module._parameters.items()}
     clone._buffers = dict(module._buffers)
-    clone._modules = {name: None if child is None else _copy_modules(child) for name, child in module._modules.items()}
+    clone._modules = {n: None if c is None else _copy_modules(c, owned) for n, c in module._modules.items()}
     return clone
 
 
@@ -194,22 +214,28 @@ def _part_shape(part: AdapterPart) -> tuple[int, int]:
     return w1[0] * w2[0], w1[1] * math.prod(w2[1:])
 
 
+def check_strength(strength: object, what: str = "a LoRA strength") -> float:
+    """``strength`` as a float; ``InputError`` unless it is a real number (not a bool) with |strength| <= 1000."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not abs(strength) <= MAX_STRENGTH:
+        raise InputError(f"{what} must be a number from {-MAX_STRENGTH:g} to {MAX_STRENGTH:g}, found {strength!r}")
+    return float(strength)
+
+
 def apply_loras(
     model: nn.Module, loras: Sequence[tuple[Lora, float]], mode: LoraMode | str = LoraMode.AUTO
 ) -> nn.Module:
-    """``model`` with ``loras`` applied at their strengths (any real number; 0 = no change, negative = the
-    opposite direction), stacked in order; ``model`` itself is left exactly as it was.
+    """``model`` with ``loras`` applied at their strengths (a real number up to ``MAX_STRENGTH`` either way; 0 = no
+    change, negative = the opposite direction), stacked in order; ``model`` itself is left exactly as it was.
 
     ``model`` is a ``PixArtTransformer`` or a ``ControlNetTransformer`` (its copies take the adapters of the
     base blocks they copy; the rest are the base's). Raises ``CheckpointError`` when an adapter names a layer
     the model lacks (a LoRA for a deeper PixArt) or has other sizes (another width), and ``InputError`` for a
-    strength that is not a finite number or ``merge`` asked on quantized layers.
+    strength that is not a number within ``MAX_STRENGTH`` or ``merge`` asked on quantized layers.
     """
     mode = LoraMode(mode)
     per_layer: dict[str, list[tuple[list[AdapterPart], float]]] = {}
     for lora, strength in loras:
-        if not math.isfinite(strength):
-            raise InputError(f"a LoRA strength must be a finite number, found {strength}")
+        strength = check_strength(strength)
         for name, parts in _targets(model, lora).items():
             try:
                 layer = model.get_submodule(name)
@@ -255,10 +281,9 @@ def _adapted(name: str, base: nn.Module, applied: list[tuple[list[AdapterPart], 
             flat.add_(up, alpha=strength)
         else:
             flat.addmm_(up, factor.down.to(flat.device), alpha=strength)
-    merged = copy.copy(base)
-    merged._parameters = dict(base._parameters)
-    merged.weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
-    return merged
+    # ``base`` is the new model's own copy of the layer (``_copy_modules``): it takes the merged weight itself
+    base.weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
+    return base
 
 
 def _compute(layer: nn.Module) -> tuple[torch.dtype, torch.device]:

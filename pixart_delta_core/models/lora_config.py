@@ -14,14 +14,15 @@ separate ``to_q``/``to_k``/``to_v`` are parts of our fused ``attn.qkv`` (``kv_li
 adapter on one of them adapts its rows of the fused layer. Rank and alpha are read per module; a module
 without an alpha has alpha = rank (scale 1), as PEFT files of the reference scripts are saved. Reading is
 strict: a key that lands on no module is an error listing the leftovers, and LoRAs for other model families
-are refused by name.
+are refused by name where their keys or sizes show them (an attention-only Sana-600M LoRA has PixArt-XL's
+names and sizes: nothing tells it apart). Non-float, non-finite and ill-shaped tensors are refused at read.
 
 The tensors are read with the engine's own safe readers (``open_checkpoint``): peft reads only its own layout
 and names modules as the model it is attached to, so it can neither read the kohya/LyCORIS layouts nor map
-diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder, or
-beside its file) is read with peft itself: its ``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora``
-set the scales of files that carry no alpha (the reference's scripts keep peft's default alpha, 8, whatever
-the rank).
+diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder,
+beside its ``adapter_model.safetensors``/``.bin``; never beside another file) is read with peft itself: its
+``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora`` set the scales of files that carry no alpha (the
+reference's scripts keep peft's default alpha, 8, whatever the rank).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.files import TensorSource
+from ..checkpoints.files import TensorSource, read_json
 from ..checkpoints.layouts import KeyTable, Rule
 from ..checkpoints.loading import as_source
 from ..errors import CheckpointError
+from .lora_families import refuse_other_families
 from .transformer_config import DIFFUSERS_TABLE
 
 log = logging.getLogger(__name__)
@@ -105,36 +107,6 @@ _NEEDED: dict[AdapterKind, tuple[frozenset[str], ...]] = {  # any one of these r
         frozenset({*w1, *w2}) for w1 in (("w1",), ("w1_a", "w1_b")) for w2 in (("w2",), ("w2_a", "w2_b"))
     ),
 }
-# Adapter tensors of variants this pack does not apply: a dotted part of the key -> what they are.
-_UNSUPPORTED = {
-    "dora_scale": "DoRA (weight-decomposed LoRA)",
-    "lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
-    "hada_t1": "LoHa with Tucker factors (convolutions)",
-    "lokr_t2": "LoKr with Tucker factors (convolutions)",
-    "lora_mid": "LoCon with Tucker factors (convolutions)",
-    "diff": "a full weight difference",
-    "diff_b": "a full bias difference",
-}
-# Key fragments of LoRAs for other model families, checked in order: fragment -> the family.
-_OTHER_FAMILIES = (
-    ("double_blocks", "Flux"),
-    ("single_blocks", "Flux"),
-    ("single_transformer_blocks", "Flux"),
-    ("joint_blocks", "SD3"),
-    ("context_block", "SD3"),
-    ("add_q_proj", "Flux or SD3 (joint attention)"),
-    ("conv_inverted", "Sana"),
-    ("down_blocks_0_attentions", "SD 1.x/2.x"),
-    ("down_blocks.0.attentions", "SD 1.x/2.x"),
-    ("input_blocks_1_1", "SD 1.x/2.x"),
-    ("input_blocks.1.1", "SD 1.x/2.x"),
-    ("lora_te2_", "SDXL"),
-    ("text_encoder_2", "SDXL"),
-    ("input_blocks", "SDXL"),
-    ("down_blocks", "SDXL"),
-    ("lora_te_", "a CLIP text encoder (SD 1.x)"),
-    ("text_encoder.", "a CLIP text encoder"),
-)
 
 
 @dataclass(frozen=True)
@@ -161,9 +133,11 @@ class Lora:
 
     @property
     def kinds(self) -> list[str]:
+        """The adapter kinds the file holds, by name (``LoRA``, ``LoHa``, ``LoKr``), sorted."""
         return sorted({p.kind.value for parts in self.targets.values() for p in parts})
 
     def describe(self) -> str:
+        """One line for logs and node outputs: kinds, layout, number of adapted modules and the rank range."""
         ranks = sorted({p.rank for parts in self.targets.values() for p in parts if p.rank})
         rank = f", rank {ranks[0]}" + (f" to {ranks[-1]}" if len(ranks) > 1 else "") if ranks else ""
         return f"{'/'.join(self.kinds)} in the {self.naming.value} layout on {len(self.targets)} modules{rank}"
@@ -207,25 +181,6 @@ def _naming(module: str) -> tuple[str, Naming]:
     return next((p, n) for p, n in _PREFIXES if module.startswith(p))
 
 
-def refuse_other_families(source: TensorSource) -> None:
-    """Raise ``CheckpointError`` naming the family of a LoRA made for another model, or an unsupported variant."""
-    keys = list(source.shapes)
-    for fragment, family in _OTHER_FAMILIES:
-        hit = next((k for k in keys if fragment in k), None)
-        if hit is not None:
-            raise CheckpointError(
-                f"{source.origin}: this is a LoRA for {family} (e.g. {hit!r}), not for PixArt: it cannot apply "
-                f"to a PixArt transformer"
-            )
-    for fragment, what in _UNSUPPORTED.items():
-        hit = next((k for k in keys if fragment in k.split(".")), None)
-        if hit is not None:
-            raise CheckpointError(
-                f"{source.origin}: holds {what} (e.g. {hit!r}), which this pack does not apply; it applies "
-                f"LoRA, LoHa and LoKr adapters of linear layers"
-            )
-
-
 def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
     """The LoRA's tensors, and the scaling its PEFT ``adapter_config.json`` sets, if it has one."""
     if not isinstance(lora, (str, Path)):
@@ -238,7 +193,10 @@ def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple
             raise CheckpointError(f"{path}: a folder without {' or '.join(ADAPTER_FILES)}; expected a LoRA")
         path = found
     config = folder / ADAPTER_CONFIG
-    return as_source(path), (peft_scaling(config) if config.is_file() else None)
+    # only a PEFT adapter's own file takes its folder's settings: in ComfyUI's flat loras/ folder a config beside
+    # another file belongs to some other adapter
+    peft_layout = path.name in ADAPTER_FILES
+    return as_source(path), (peft_scaling(config) if peft_layout and config.is_file() else None)
 
 
 def peft_scaling(config_file: Path) -> Scaling:
@@ -250,6 +208,12 @@ def peft_scaling(config_file: Path) -> Scaling:
         raise CheckpointError(
             f"{config_file}: reading a PEFT adapter's settings needs the peft package ({err}): pip install peft"
         ) from err
+    settings = read_json(config_file)
+    kind, alpha = settings.get("peft_type"), settings.get("lora_alpha", 8)
+    if kind != "LORA":
+        raise CheckpointError(f"{config_file}: expected a PEFT LoRA configuration (peft_type LORA), found {kind!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise CheckpointError(f"{config_file}: lora_alpha should be a positive number, found {alpha!r}")
     try:
         config = LoraConfig.from_pretrained(str(config_file.parent))
     except (ValueError, TypeError, OSError) as err:
@@ -274,6 +238,11 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
     source, scaling = _open(lora)
     if not source.shapes:
         raise CheckpointError(f"{source.origin}: holds no tensors; expected a LoRA")
+    not_float = next(((k, d) for k, d in source.dtypes.items() if not d.is_floating_point), None)
+    if not_float is not None:
+        raise CheckpointError(
+            f"{source.origin}: {not_float[0]!r} holds {not_float[1]}; expected floating-point adapter tensors"
+        )
     refuse_other_families(source)
     modules: dict[str, dict[str, str]] = {}
     leftovers: list[str] = []
@@ -342,12 +311,42 @@ def _adapter(source: TensorSource, module: str, found: Mapping[str, str], part: 
             f"{source.origin}: the {kind.value} of {module!r} is incomplete: found {sorted(found)}, expected "
             f"{' or '.join(str(sorted(n)) for n in _NEEDED[kind])} (+ alpha)"
         )
+    for role, tensor in roles.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source.origin}: {role} of {module!r} holds NaN or infinite values")
+        if role != "alpha" and tensor.dim() < 2:
+            raise CheckpointError(
+                f"{source.origin}: {role} of {module!r} should be a matrix, found shape {list(tensor.shape)}"
+            )
     alpha_tensor = roles.pop("alpha", None)
     if alpha_tensor is not None and alpha_tensor.numel() != 1:
         raise CheckpointError(f"{source.origin}: alpha of {module!r} should be one number, found {alpha_tensor.shape}")
     alpha = None if alpha_tensor is None else alpha_tensor.item()
+    _check_factors(source.origin, module, kind, roles)
     rank, scale = _rank_and_scale(source.origin, module, kind, roles, alpha)
     return AdapterPart(module, kind, roles, scale, rank, part, parts)
+
+
+def _check_factors(origin: str, module: str, kind: AdapterKind, roles: Mapping[str, torch.Tensor]) -> None:
+    """Refuse factors whose shapes cannot multiply: every product an adapter forms, checked before any is."""
+    shapes = {role: list(t.shape) for role, t in roles.items()}
+    pairs = {AdapterKind.LORA: [("up", "down")], AdapterKind.LOHA: [("w1_a", "w1_b"), ("w2_a", "w2_b")]}.get(
+        kind, [("w1_a", "w1_b"), ("w2_a", "w2_b")]
+    )
+    for left, right in pairs:
+        if left in shapes and (shapes[left][1] != shapes[right][0] or shapes[right][0] == 0):
+            raise CheckpointError(
+                f"{origin}: the {kind.value} of {module!r} has {left} {shapes[left]} and {right} {shapes[right]}; "
+                f"expected a shared, non-zero rank"
+            )
+    if kind is AdapterKind.LOHA:
+        first = (shapes["w1_a"][0], math.prod(shapes["w1_b"][1:]))
+        second = (shapes["w2_a"][0], math.prod(shapes["w2_b"][1:]))
+        if first != second:
+            raise CheckpointError(
+                f"{origin}: the LoHa of {module!r} multiplies a {first[1]} -> {first[0]} product by a "
+                f"{second[1]} -> {second[0]} one; expected the same shape"
+            )
 
 
 def _rank_and_scale(
@@ -355,12 +354,7 @@ def _rank_and_scale(
 ) -> tuple[int, float]:
     """The rank and alpha / rank of one adapter; alpha = rank where the file has none (scale 1)."""
     if kind is AdapterKind.LORA:
-        down, up = roles["down"], roles["up"]
-        rank = down.shape[0]
-        if up.shape[1] != rank:
-            raise CheckpointError(
-                f"{origin}: {module!r}: down {list(down.shape)} and up {list(up.shape)} disagree on the rank"
-            )
+        rank = roles["down"].shape[0]
     elif kind is AdapterKind.LOHA:
         rank = roles["w1_b"].shape[0]
     else:  # LyCORIS scales a LoKr by alpha / rank only when one half is factored (the factor's rank)

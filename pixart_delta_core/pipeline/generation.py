@@ -22,7 +22,7 @@ from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import InputError
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
-from ..models.lora import apply_loras
+from ..models.lora import apply_loras, check_strength
 from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, vae_defaults_for
@@ -50,6 +50,25 @@ log = logging.getLogger(__name__)
 PathLike = str | Path
 ImageInput = Image.Image | PathLike | torch.Tensor
 LoraSpec = PathLike | tuple[PathLike, float]  # a LoRA file, at strength 1 or at the given strength
+
+
+def lora_specs(loras: Sequence[LoraSpec] | PathLike) -> list[tuple[PathLike, float]]:
+    """``loras`` as (path, strength) pairs: a path alone (or a list entry that is one) is a LoRA at strength 1.
+
+    Raises ``InputError`` naming the entry for anything else (a dict, ``None``, a pair without a number)."""
+    if isinstance(loras, (str, Path)):
+        loras = [loras]
+    if not isinstance(loras, (list, tuple)):
+        raise InputError(f"loras: expected a list of paths or (path, strength) pairs, found {loras!r}")
+    specs = []
+    for entry in loras:
+        if isinstance(entry, (str, Path)):
+            specs.append((entry, 1.0))
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (str, Path)):
+            specs.append((entry[0], check_strength(entry[1], f"the strength of the LoRA entry {entry!r}")))
+        else:
+            raise InputError(f"loras: expected a path or a (path, strength) pair, found the entry {entry!r}")
+    return specs
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,7 @@ class PixArtPipeline:
     low_memory: bool = False
     t5_quantization: Quantization | str | None = None
     quantization: Quantization | str = Quantization.NONE
-    loras: Sequence[LoraSpec] = ()
+    loras: Sequence[LoraSpec] | PathLike = ()  # one path alone is one LoRA at strength 1
     lora_controlnet: bool = False  # the ControlNet's copies also take the LoRAs of the base blocks they copy
     hints: Mapping[str, Any] | None = None  # what detection cannot read from the transformer's weights
     _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
@@ -131,8 +150,7 @@ class PixArtPipeline:
     def lora_stack(self) -> list[tuple[Lora, float]]:
         """The ``loras``, read and checked once per pipeline, with their strengths (merged into full-precision
         weights, computed on the fly beside quantized ones: ``models/lora.py``)."""
-        specs = [(spec, 1.0) if isinstance(spec, (str, Path)) else spec for spec in self.loras]
-        stack = [(read_lora(path), float(strength)) for path, strength in specs]
+        stack = [(read_lora(path), strength) for path, strength in lora_specs(self.loras)]
         if stack:  # refuse a LoRA for another width or depth now, on an empty (meta) model: no weights read
             apply_loras(PixArtTransformer(self.transformer_checkpoint.config, device="meta"), stack, "on_the_fly")
         for lora, strength in stack:
@@ -368,7 +386,7 @@ def generate(
     dtype: str | torch.dtype = "auto",
     t5_dtype: str | torch.dtype = "auto",
     low_memory: bool = False,
-    loras: Sequence[LoraSpec] = (),
+    loras: Sequence[LoraSpec] | PathLike = (),
     **options: Any,
 ) -> list[Image.Image]:
     """Files to PIL images in one call (see ``PixArtPipeline.__call__`` for the options)."""
