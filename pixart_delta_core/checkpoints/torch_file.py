@@ -34,8 +34,9 @@ _LEGACY_PROTOCOL = 1001
 class TorchFileSource(TensorSource):
     """A PyTorch checkpoint (zip archive, memory-mapped; or legacy pickle, read into memory).
 
-    Raises ``CheckpointError`` for a damaged file (a zip member with a wrong CRC, cut short or compressed;
-    a legacy file truncated or declaring more data than it holds), for pickled objects other than
+    Raises ``CheckpointError`` for a damaged file (a zip member with a wrong CRC, cut short or compressed,
+    or of another size than its storage declares; a legacy file truncated or declaring more data than it
+    holds; a tensor view past its storage or repeating elements), for pickled objects other than
     tensors and plain containers, and for a state dict whose keys are not text or whose values are not
     dense tensors.
     """
