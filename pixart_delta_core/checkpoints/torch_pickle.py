@@ -26,12 +26,26 @@ _INT64_LIMIT = 2**63
 
 
 class _Stub:
-    """What the dry run builds for every other global: accepts any arguments, holds nothing, runs nothing."""
+    """What the dry run builds for every other global: accepts any arguments and any of the pickle's
+    container operations, holds nothing, runs nothing. A file of other objects gets through the dry run
+    (its sizes are all checked) to be refused by ``torch.load(weights_only=True)`` with its own message."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
+    def __call__(self, *args: object, **kwargs: object) -> _Stub:
+        return _Stub()
+
     def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
         pass
 
 
