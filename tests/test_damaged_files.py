@@ -106,6 +106,7 @@ HEADER_DAMAGE = {
     "__metadata__ values not text": (lambda h: {**h, "__metadata__": {"n": 1}}, "__metadata__ to map text"),
     "absurd nesting": (lambda h: {**h, "__metadata__": {"x": json.loads("[" * 500 + "]" * 500)}}, "text to text"),
     "a [10^12, 32] tensor": (lambda h: _edit(h, "a", "shape", [10**12, 32]), "needs 128000000000000 bytes"),
+    "an empty shape past 64 bits": (lambda h: _edit(h, "a", "shape", [0, 2**64]), "does not fit 64-bit"),
 }
 
 
@@ -132,9 +133,8 @@ def test_a_damaged_safetensors_header_is_refused_before_any_tensor(
         (b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}', "not a UTF-8 JSON object"),
         (b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not a UTF-8 JSON object"),
         (b'{"a\\ud800":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', "not valid Unicode"),
-        (b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"__metadata__":null}', "found nothing"),
     ],
-    ids=["duplicate key", "not UTF-8", "not JSON", "nesting past the parser", "lone surrogate", "metadata null"],
+    ids=["duplicate key", "not UTF-8", "not JSON", "nesting past the parser", "lone surrogate"],
 )  # fmt: skip
 def test_a_header_that_is_not_a_clean_json_object_is_refused(raw: bytes, expected: str, tmp_path: Path) -> None:
     path = write_safetensors(tmp_path / "bad.safetensors", raw, bytes(16))
@@ -156,6 +156,24 @@ def test_a_valid_file_reads_exactly_what_the_safetensors_library_reads(valid_saf
         theirs = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
     assert_same(read_all(valid_safetensors), theirs)
     assert open_checkpoint(valid_safetensors).metadata == {"format": "pt"}
+
+
+def test_null_metadata_and_f8_e8m0_read_as_the_safetensors_library_reads_them(tmp_path: Path) -> None:
+    header = {"__metadata__": None, "s": {"dtype": "F8_E8M0", "shape": [2, 2], "data_offsets": [0, 4]}}
+    path = write_safetensors(tmp_path / "scales.safetensors", header, bytes([120, 127, 130, 255]))
+    with safe_open(str(path), "pt") as f:
+        theirs = f.get_tensor("s")
+    ours = open_checkpoint(path)
+    assert ours.metadata == {} and ours["s"].dtype == theirs.dtype == torch.float8_e8m0fnu
+    assert torch.equal(ours["s"].view(torch.uint8), theirs.view(torch.uint8))
+
+
+def test_a_safetensors_dtype_the_pack_does_not_read_is_named_as_such(tmp_path: Path) -> None:
+    path = write_safetensors(
+        tmp_path / "f4.safetensors", {"a": {"dtype": "F4", "shape": [4], "data_offsets": [0, 2]}}, b"ab"
+    )
+    with pytest.raises(CheckpointError, match="stored as F4, a safetensors dtype the pack does not read"):
+        open_checkpoint(path)
 
 
 # --- kind 2: sniffing by structure ----------------------------------------------------------------------

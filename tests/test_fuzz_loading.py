@@ -1,12 +1,15 @@
 """Property-based fuzzing of every file kind the pack reads: any bytes give the file's exact tensors or our error.
 
 Valid tiny files (safetensors, zip .pth, legacy .pth, a sharded diffusers folder's JSON) are damaged by
-byte flips, truncations, insertions, deletions, overwrites and header edits. For each case, opening it and
-reading every tensor must either give exactly the tensors an independent reader finds in the file
-(safetensors: the safetensors library; legacy .pth: torch.load; zip .pth and folders, whose bytes are
-checksummed or untouched: the original tensors) or raise a ``PixArtDeltaError``: never another exception,
-never a hang, never a huge allocation. The cases run in a child process, each under an alarm, with its
-address space capped; the parent gives the child a wall-clock limit, so a hang fails instead of stalling.
+byte flips, truncations, insertions, deletions, overwrites and header edits. A fifth kind rebuilds zip .pth
+archives with valid CRCs around a tensor of odd strides (stride 0, overlapping, offset, huge claimed
+dimensions), with a storage member resized and byte edits in the pickle: what the CRCs cannot catch. For
+each case, opening it and reading every tensor must either give exactly the tensors an independent reader
+finds in the file (safetensors: the safetensors library; legacy .pth and rebuilt zip archives: torch.load,
+unmapped, which checks member sizes; zip .pth and folders, whose bytes are checksummed or untouched: the
+original tensors) or raise a ``PixArtDeltaError``: never another exception, never a hang, never a huge
+allocation. The cases run in a child process, each under an alarm, with its address space capped; the
+parent gives the child a wall-clock limit, so a hang fails instead of stalling.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("safetensors", "zip", "legacy", "folder")
-EXAMPLES = 200  # per kind: 10 s for the four kinds on a quiet core, about 50 s on a busy shared one
+KINDS = ("safetensors", "zip", "legacy", "folder", "rebuilt zip")
+EXAMPLES = 200  # per kind: 12 s for the five kinds on a quiet core, about 60 s on a busy shared one
 CASE_SECONDS = 10
 SPARE_ADDRESS_SPACE = 2 << 30  # what a case may map beyond the child's start: far above the tiny files
 
@@ -136,12 +139,18 @@ def independent_read(kind: str, path: Path) -> dict[str, torch.Tensor] | None:
             return None
     if kind == "legacy":
         return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)  # sizes checked
+    if kind == "rebuilt zip":  # our checks passed, so its views fit its storages: nothing huge is allocated
+        try:
+            return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        except Exception:
+            return None
     return WEIGHTS  # zip members are checksummed, a folder's tensors untouched: only the original may load
 
 
 def same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
     def raw(t: torch.Tensor) -> bytes:
-        return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        dense = torch.empty(t.shape, dtype=t.dtype).copy_(t)  # strides 1 throughout (contiguous() keeps a size-1 dim's)
+        return dense.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
     return ours.keys() == theirs.keys() and all(
         ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape and raw(ours[k]) == raw(theirs[k])
@@ -155,8 +164,6 @@ class Hung(BaseException):  # not an Exception: no handler in the pack may swall
 
 def check_case(kind: str, valid: Path, work: Path, target: str, edits: list[tuple], json_edit: tuple | None) -> bool:
     """Check one damaged case; True when the pack loaded it (with the right tensors), False when it refused."""
-    import signal
-
     case = work / "case"
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir()
@@ -171,9 +178,39 @@ def check_case(kind: str, valid: Path, work: Path, target: str, edits: list[tupl
     if json_edit is not None:
         data = edit_json(data, *json_edit, header=kind == "safetensors")
     damaged.write_bytes(mutate(data, edits))
+    return judge(kind, path, f"{edits} {json_edit}")
+
+
+def write_rebuilt(work: Path, dims: list[tuple[int, int]], offset: int, member_len: int | None, edits: list) -> Path:
+    """A zip .pth holding ``a`` and a view ``v`` of ``dims`` (size, stride) pairs at ``offset``, rebuilt with valid
+    CRCs after ``v``'s storage member is cut or padded to ``member_len`` bytes and ``edits`` damage data.pkl."""
+    import zipfile
+
+    huge = next((i for i, (n, _) in enumerate(dims) if n > 64), None)  # one huge dim at most, with stride 0
+    dims = [(n, 0) if i == huge else (min(n, 5), st) for i, (n, st) in enumerate(dims)]
+    size, stride = [n for n, _ in dims], [st for _, st in dims]
+    extent = offset + sum((n - 1) * st for n, st in dims) + 1 if all(size) else offset
+    storage = torch.arange(max(extent, 1), dtype=torch.float32).untyped_storage()
+    view = torch.empty(0).set_(storage, offset, size, stride)  # the storage holds every element: no allocation
+    buffer = io.BytesIO()
+    torch.save({"a": WEIGHTS["a"], "v": view}, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    path = work / "rebuilt.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            if name.endswith("/data/1") and member_len is not None:  # v's storage (a's is data/0)
+                data = (data + bytes(member_len))[:member_len]
+            archive.writestr(name, mutate(data, edits) if name.endswith("/data.pkl") else data)
+    return path
+
+
+def judge(kind: str, path: Path, label: str) -> bool:
+    """True when the pack loaded ``path`` with the tensors an independent reader finds, False when it refused."""
+    import signal
 
     def hang(*_: object) -> None:
-        raise Hung(f"{kind} case {edits} {json_edit} ran past {CASE_SECONDS} s")
+        raise Hung(f"{kind} case {label} ran past {CASE_SECONDS} s")
 
     signal.signal(signal.SIGALRM, hang)
     signal.alarm(CASE_SECONDS)
@@ -183,8 +220,8 @@ def check_case(kind: str, valid: Path, work: Path, target: str, edits: list[tupl
         signal.alarm(0)
     if ours is not None:
         theirs = independent_read(kind, path)
-        assert theirs is not None, f"we loaded a {kind} file the independent reader refuses: {edits} {json_edit}"
-        assert same(ours, theirs), f"we loaded other tensors than the {kind} file holds: {edits} {json_edit}"
+        assert theirs is not None, f"we loaded a {kind} file the independent reader refuses: {label}"
+        assert same(ours, theirs), f"we loaded other tensors than the {kind} file holds: {label}"
     return ours is not None
 
 
@@ -215,26 +252,34 @@ def fuzz(kind: str) -> None:
     )
     json_edit = st.none() if kind in ("zip", "legacy") else st.tuples(st.lists(st.integers(0, 8), max_size=3), value)
     targets = st.sampled_from(["diffusion_pytorch_model.safetensors.index.json", "config.json"])
+    dim = st.tuples(st.one_of(st.integers(0, 5), st.sampled_from([2**31, 2**40, 2**58])), st.integers(0, 6))
+    member_len = st.one_of(st.none(), st.integers(0, 512))
+    settle = settings(
+        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "valid").mkdir()
-        valid = write_valid(kind, work / "valid")
+        valid = None if kind == "rebuilt zip" else write_valid(kind, work / "valid")
         count = loaded = 0
 
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        @settle
         @given(target=targets, edits=st.lists(edit, max_size=3), json_edit=json_edit)
         def run(target: str, edits: list[tuple], json_edit: tuple | None) -> None:
             nonlocal count, loaded
             count += 1
             loaded += check_case(kind, valid, work, target, edits, json_edit)
 
-        run()
+        @settle
+        @given(dims=st.lists(dim, min_size=1, max_size=3), offset=st.integers(0, 6), member_len=member_len,
+               edits=st.lists(edit, max_size=2))  # fmt: skip
+        def run_rebuilt(dims: list[tuple[int, int]], offset: int, member_len: int | None, edits: list) -> None:
+            nonlocal count, loaded
+            count += 1
+            path = write_rebuilt(work, dims, offset, member_len, edits)
+            loaded += judge(kind, path, f"{dims} offset {offset} member {member_len} {edits}")
+
+        run_rebuilt() if valid is None else run()
     print(
         f"{kind}: {count} cases, {loaded} loaded with the file's exact tensors, {count - loaded} refused by our error"
     )

@@ -4,9 +4,10 @@ Why our own reader rather than ``safetensors.safe_open``: loading streams each t
 dtype and device through a small staging buffer, or hands out a view of the memory-mapped file, and
 neither needs a whole-tensor copy (``safe_open.get_tensor`` makes one). The header is small, so it is
 parsed here and checked against all the format's rules before any tensor is made. The library (0.8)
-refuses the same files, except two it lets through and we refuse: a key given twice with the same
-entry, and ``__metadata__: null``; it also accepts a header starting with whitespace, which the format
-says must start with ``{``. tests/test_fuzz_loading.py compares both readers on damaged files.
+refuses the same files, except one it lets through and we refuse: a key given twice with the same
+entry; it also accepts a header starting with whitespace, which the format says must start with ``{``.
+``__metadata__: null`` is read as no metadata, as the library reads it. tests/test_fuzz_loading.py
+compares both readers on damaged files.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E8M0": torch.float8_e8m0fnu,
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -40,7 +42,11 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 
+LIBRARY_ONLY_DTYPES = ("F4", "F6_E2M3", "F6_E3M2", "U16", "U32", "U64", "C64")
+"""Dtypes the safetensors library (0.8) knows that the pack does not read (sub-byte floats, unsigned, complex)."""
+
 _STAGING_BYTES = 8 << 20
+_INT64_LIMIT = 2**63  # torch counts elements (and each dimension's stride) in signed 64-bit integers
 
 
 class SafetensorsSource(TensorSource):
@@ -136,11 +142,11 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str], int]:
 
     Raises ``CheckpointError`` unless the file follows every rule of the format: an 8-byte little-endian
     header length within the file and at most ``MAX_HEADER_BYTES``; a UTF-8 JSON object starting with
-    ``{`` and no key given twice; ``__metadata__`` (optional) mapping text to text; each other entry a
-    known ``dtype``, a ``shape`` of non-negative integers and ``data_offsets`` [begin, end] holding exactly
-    shape x dtype bytes; the tensors' bytes side by side, with no overlap or gap, filling the data section
-    to the end of the file. Nothing is allocated from a size the file claims before it is checked against
-    the file's size.
+    ``{`` and no key given twice; ``__metadata__`` (optional, null for none) mapping text to text; each
+    other entry a known ``dtype``, a ``shape`` of non-negative integers (under 2**63 elements) and
+    ``data_offsets`` [begin, end] holding exactly shape x dtype bytes; the tensors' bytes side by side,
+    with no overlap or gap, filling the data section to the end of the file. Nothing is allocated from a
+    size the file claims before it is checked against the file's size.
     """
     name = printable_path(path)
     check_regular_file(path)
@@ -167,7 +173,8 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str], int]:
         raise CheckpointError(f"{name}: corrupted safetensors header: not a UTF-8 JSON object ({err})") from err
     if not isinstance(header, dict):
         raise CheckpointError(f"{name}: corrupted safetensors header: expected an object, found {_brief(header)}")
-    metadata = _metadata(header.pop("__metadata__", {}), name)
+    declared = header.pop("__metadata__", None)
+    metadata = {} if declared is None else _metadata(declared, name)  # null: no metadata, as the library reads it
     entries = {key: _entry(key, info, name) for key, info in header.items()}
     _check_layout(entries, data_size, name)
     return entries, metadata, 8 + header_len
@@ -212,6 +219,11 @@ def _entry(key: str, info: object, name: str) -> Entry:
     if not isinstance(info, dict):
         raise CheckpointError(f"{where}: expected an object with dtype, shape and data_offsets, found {_brief(info)}")
     dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype_name in LIBRARY_ONLY_DTYPES:
+        raise CheckpointError(
+            f"{name}: tensor {key!r} is stored as {dtype_name}, a safetensors dtype the pack does not read "
+            f"(expected one of {', '.join(SAFETENSORS_DTYPES)})"
+        )
     if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
         raise CheckpointError(
             f"{where}: dtype {_brief(dtype_name)} is not one the pack reads (expected one of "
@@ -219,6 +231,8 @@ def _entry(key: str, info: object, name: str) -> Entry:
         )
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise CheckpointError(f"{where}: expected a shape of non-negative integers, found {_brief(shape)}")
+    if math.prod(max(n, 1) for n in shape) >= _INT64_LIMIT:  # an empty tensor's strides still count the others
+        raise CheckpointError(f"{where}: shape {_brief(shape)} does not fit 64-bit element counts (expected < 2**63)")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
         raise CheckpointError(f"{where}: expected data_offsets [begin, end] of two integers, found {_brief(offsets)}")
     begin, end = offsets

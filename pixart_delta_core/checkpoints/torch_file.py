@@ -13,11 +13,10 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO
 
 import torch
 
@@ -25,6 +24,7 @@ from ..errors import CheckpointError, first_line
 from ..memory import release_pages
 from .formats import CheckpointFormat, sniff_format
 from .sources import TensorSource, printable_path, reading, unreadable_tensor
+from .torch_pickle import DryRun, check_views, view_names
 
 _CRC_CHUNK = 16 << 20
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy torch.save file
@@ -34,8 +34,9 @@ _LEGACY_PROTOCOL = 1001
 class TorchFileSource(TensorSource):
     """A PyTorch checkpoint (zip archive, memory-mapped; or legacy pickle, read into memory).
 
-    Raises ``CheckpointError`` for a damaged file (a zip member with a wrong CRC, cut short or compressed;
-    a legacy file truncated or declaring more data than it holds), for pickled objects other than
+    Raises ``CheckpointError`` for a damaged file (a zip member with a wrong CRC, cut short or compressed,
+    or of another size than its storage declares; a legacy file truncated or declaring more data than it
+    holds; a tensor view past its storage or repeating elements), for pickled objects other than
     tensors and plain containers, and for a state dict whose keys are not text or whose values are not
     dense tensors.
     """
@@ -76,14 +77,17 @@ class TorchFileSource(TensorSource):
             release_pages(tensor)
 
     def mapped(self, key: str) -> torch.Tensor | None:
-        return self._tensors[key]  # memory-mapped from the zip archive, or already in memory (legacy files)
+        tensor = self._tensors[key]  # memory-mapped from the zip archive, or already in memory (legacy files)
+        return tensor if tensor.is_contiguous() else None  # a strided view (a transpose) is copied by read_into
 
 
 def check_zip_archive(path: Path) -> None:
     """Raise ``CheckpointError`` unless every member of the archive is stored whole with its CRC intact.
 
     torch writes members uncompressed; reading each one through ``zipfile`` checks its local header
-    against the directory, its length against the file and its CRC-32 against its bytes.
+    against the directory, its length against the file and its CRC-32 against its bytes. Then every
+    storage the pickle declares must be a member of exactly its declared size, and every tensor view
+    must lie within its storage (``_check_zip_storages``).
     """
     name = printable_path(path)
     try:
@@ -106,6 +110,7 @@ def check_zip_archive(path: Path) -> None:
                 with archive.open(member) as f:
                     while f.read(_CRC_CHUNK):  # zipfile checks the CRC when the member's end is reached
                         pass
+            _check_zip_storages(archive, name)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, NotImplementedError, OverflowError) as err:
@@ -114,56 +119,32 @@ def check_zip_archive(path: Path) -> None:
         ) from err
 
 
-class _Stub:
-    """What the dry run builds for every global: accepts any arguments, holds nothing, runs nothing."""
+def _check_zip_storages(archive: zipfile.ZipFile, name: str) -> None:
+    """Raise ``CheckpointError`` unless ``<folder>/data/<key>`` holds exactly the bytes each storage declares.
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-
-class _StorageType:
-    def __init__(self, itemsize: int) -> None:
-        self.itemsize = itemsize
-
-
-class _DryRun(pickle._Unpickler):
-    """Unpickles the structure of a legacy checkpoint without making any object it names.
-
-    Every global becomes ``_Stub`` (nothing is imported or called); a storage's persistent id only
-    records its size, from its declared element count and its storage type's element size. Built on
-    the pure-Python unpickler: it reads a damaged length field as a short read of what is there,
-    where the C one first allocates a buffer of the size the field claims (gigabytes).
+    torch names the archive's folder after its first member and maps each storage at the size its
+    pickle declares, whatever its member holds (its unmapped reader refuses a size mismatch: so do we).
     """
-
-    def _refuse_bytearray8(self) -> None:  # the one opcode that allocates what its length claims before reading
-        raise pickle.UnpicklingError("a protocol-5 bytearray, which torch.save never writes")
-
-    dispatch: ClassVar[dict] = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray8}
-
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file)
-        self.storages: dict[str, tuple[int, int]] = {}
-
-    def find_class(self, module: str, name: str) -> object:
-        if module == "torch" and name.endswith("Storage"):
-            with warnings.catch_warnings():  # the typed storage classes are deprecated, their dtypes are not
-                warnings.simplefilter("ignore")
-                dtype = getattr(getattr(torch, name, None), "dtype", None)
-            if isinstance(dtype, torch.dtype):
-                return _StorageType(dtype.itemsize)
-        return _Stub
-
-    def persistent_load(self, pid: object) -> object:
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
-        _, storage_type, key, _, numel, _ = pid
-        if not isinstance(storage_type, _StorageType) or type(numel) is not int or numel < 0:
-            raise pickle.UnpicklingError(f"storage {key!r:.40} declared with size {numel!r:.40}")
-        self.storages[str(key)] = (numel, storage_type.itemsize)
-        return _Stub()
+    members = {m.filename: m.file_size for m in archive.infolist()}
+    folder = next(iter(members), "").partition("/")[0]
+    if not all(n.startswith(folder + "/") for n in members):
+        raise CheckpointError(f"{name}: damaged PyTorch archive: expected every member in the folder {folder!r}")
+    if f"{folder}/data.pkl" not in members:
+        raise CheckpointError(f"{name}: damaged PyTorch archive: no {folder}/data.pkl (the state dict's pickle)")
+    dry = DryRun(io.BytesIO(archive.read(f"{folder}/data.pkl")), 5)
+    try:
+        root = dry.load()
+    except Exception as err:  # the dry run runs no code: whatever stops it is damage in the file
+        raise CheckpointError(f"{name}: damaged PyTorch archive: its data.pkl: {first_line(err)}") from err
+    for key, storage in dry.storages.items():
+        member = f"{folder}/data/{key}"
+        if members.get(member) != storage.nbytes:
+            found = "is missing" if member not in members else f"holds {members[member]} bytes"
+            raise CheckpointError(
+                f"{name}: damaged PyTorch archive: storage {key!r} is declared with {storage.numel} elements of "
+                f"{storage.itemsize} bytes ({storage.nbytes} bytes), but its member {member!r} {found}"
+            )
+    check_views(dry.views, view_names(root), name)
 
 
 def check_legacy_pickle(data: bytes, name: str) -> None:
@@ -171,21 +152,22 @@ def check_legacy_pickle(data: bytes, name: str) -> None:
 
     The legacy layout: pickles of the magic number, the protocol version, system info, the object (with
     storages as persistent ids) and the list of storage keys; then each storage as an 8-byte element
-    count and its bytes, in that list's order. A dry run (``_DryRun``) reads the pickles; every declared
-    storage must follow, at its declared size, and nothing after the last.
+    count and its bytes, in that list's order. A dry run (``DryRun``) reads the pickles; every declared
+    storage must follow, at its declared size, and nothing after the last; every tensor view must lie
+    within its storage and repeat no element (``check_views``).
     """
     stream = io.BytesIO(data)
     try:
-        magic = _DryRun(stream).load()
+        magic = DryRun(stream, 6).load()
         if magic != _LEGACY_MAGIC:
             raise CheckpointError(
                 f"{name}: refused to unpickle: a plain pickle of {type(magic).__name__}, not a file torch.save "
                 f"wrote; expected a state dict of tensors (a pickle may run code when loaded)"
             )
-        protocol, _ = _DryRun(stream).load(), _DryRun(stream).load()
-        dry = _DryRun(stream)
-        dry.load()
-        keys = _DryRun(stream).load()
+        protocol, _ = DryRun(stream, 6).load(), DryRun(stream, 6).load()
+        dry = DryRun(stream, 6)
+        root = dry.load()
+        keys = DryRun(stream, 6).load()
     except CheckpointError:
         raise
     except Exception as err:  # the dry run runs no code: whatever stops it is damage in the file
@@ -196,7 +178,7 @@ def check_legacy_pickle(data: bytes, name: str) -> None:
         raise CheckpointError(f"{name}: damaged PyTorch file: its list of storages does not match the storages it uses")
     position = stream.tell()
     for key in keys:
-        numel, itemsize = dry.storages[str(key)]
+        numel, itemsize = dry.storages[str(key)].numel, dry.storages[str(key)].itemsize
         if position + 8 + numel * itemsize > len(data):
             raise CheckpointError(
                 f"{name}: truncated PyTorch file: storage {str(key)!r} needs {numel * itemsize} bytes at "
@@ -213,6 +195,7 @@ def check_legacy_pickle(data: bytes, name: str) -> None:
         raise CheckpointError(
             f"{name}: damaged PyTorch file: {len(data) - position} bytes after its last storage (expected none)"
         )
+    check_views(dry.views, view_names(root), name)
 
 
 def _torch_load(file: Path | BinaryIO, name: str, mmap: bool) -> object:
