@@ -203,3 +203,30 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_step(setup, tmp_path
     state = torch.load(tmp_path / "checkpoints" / "step-0000002" / "optimizer.bin", weights_only=True)
     assert {s["step"].item() for s in state["state"].values()} == {2.0}  # 4 micro-batches, 2 optimizer steps
     assert len(result.losses) == 2
+
+
+def test_a_trained_lora_loads_with_the_packs_lora_loader(tmp_path) -> None:
+    """What the LoRA trainer saves is what the LoRA loader (and so ``--lora``, ``loras=`` and the node) applies:
+    the base with the loaded file computes what the trainer's adapted model computes (fp32, tiny model)."""
+    from pixart_delta_core.models.lora import apply_loras
+    from pixart_delta_core.models.lora_config import read_lora
+    from pixart_delta_core.training.config import LcmSection, LoraSection
+    from pixart_delta_core.training.lora import LoraTrainer
+    from tests.helpers import random_transformer
+
+    settings = LoraSection(rank=3, alpha=6.0)
+    trainer = LoraTrainer(random_transformer(TRAIN_TINY, seed=4), 0.18215, 0.0, settings, LcmSection())
+    with torch.no_grad():
+        for parameter in trainer.trainable_parameters():  # lora_B starts at zero: give the adapter an effect
+            parameter.normal_(std=0.05)
+    path = trainer.save(tmp_path)
+    base = random_transformer(TRAIN_TINY, seed=4)
+    loaded = apply_loras(base, [(read_lora(path), 1.0)])
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    caption, mask = torch.randn(2, 16, 64), torch.ones(2, 16, dtype=torch.long)
+    with torch.no_grad():
+        trained = trainer.transformer(x, t, caption, mask)
+        plain = base(x, t, caption, mask)
+        ours = loaded(x, t, caption, mask)
+    assert (trained - plain).abs().max() > 1e-2  # the adapter changes the output
+    torch.testing.assert_close(ours, trained, rtol=1e-5, atol=1e-5)
