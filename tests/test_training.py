@@ -70,6 +70,17 @@ def test_resume_is_bit_for_bit(setup, tmp_path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_a_second_run_into_the_same_output_needs_resume(setup, tmp_path) -> None:
+    """Starting over where a run left checkpoints would overwrite them and its log: refused, naming --resume."""
+    from pixart_delta_core.errors import InputError
+
+    _run(setup, tmp_path, "base", steps=2, checkpoint_every=2)
+    log = (tmp_path / "log.csv").read_text()
+    with pytest.raises(InputError, match=r"already holds a run .*step-0*2\): add --resume"):
+        _run(setup, tmp_path, "base", steps=2, checkpoint_every=2)
+    assert (tmp_path / "log.csv").read_text() == log
+
+
 def test_lora_loss_in_lcm_mode_runs_and_validates(setup, tmp_path) -> None:
     options = {"validate_every": 2, "validation_prompts": ["a box", "a red box"], "validation_seed": 3}
     table = run_table(setup, tmp_path, batch_size=2, steps=2, checkpoint_every=2, **options)

@@ -115,9 +115,14 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         raise InputError(
             f"train.batch_size {t.batch_size} (the global batch) must split evenly over {processes} processes"
         )
-    checkpoint = latest_checkpoint(t.output) if resume else None
+    checkpoint = latest_checkpoint(t.output)
     if resume and checkpoint is None:
         raise InputError(f"--resume: no complete checkpoint in {t.output / CHECKPOINTS}")
+    if not resume and checkpoint is not None:  # starting over would overwrite its checkpoints and log
+        raise InputError(
+            f"train.output {t.output} already holds a run (its newest checkpoint is {checkpoint.name}): add "
+            f"--resume to continue it, or choose another train.output"
+        )
     detected = inspect_transformer(config.model.transformer)
     if config.method is Method.CONTROLNET and config.model.controlnet is None:
         ControlNetConfig.for_base(detected.config, config.controlnet.copies)  # refuses a base too shallow
