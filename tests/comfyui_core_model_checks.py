@@ -157,9 +157,10 @@ def main() -> None:
     latent = ksampler(model, positive, negative)
     results["ksampler_vs_core_pixart"] = difference(latent, ksampler(core_pixart(path), positive, negative))
 
-    # Our engine's euler where the schedules agree (10 steps: whole timesteps 999, 888, ..., 0).
+    # Our engine's euler where the schedules agree: its trailing spacing (10 steps: timesteps 999, 899, ..., 99)
+    # is core's "simple" scheduler.
     results["ksampler_vs_engine_euler"] = difference(
-        ksampler(model, positive, negative, steps=10), engine_euler(ours, positive, negative, 10)
+        ksampler(model, positive, negative, steps=10, scheduler="simple"), engine_euler(ours, positive, negative, 10)
     )
 
     # The caption mask: a caption padded with junk but masked gives what the same caption without padding gives.
@@ -247,11 +248,13 @@ def main() -> None:
     pos_c, neg_c = PACK.nodes.controlnet.ControlNetApply().apply(
         positive, controlnet, image, vae, 0.9, 0.3, 0.8, negative
     )
-    controlled = ksampler(model, pos_c, neg_c, steps=10)
+    controlled = ksampler(model, pos_c, neg_c, steps=10, scheduler="simple")  # the engine's euler spacing
     control = pos_c[0][1]["pixart_delta_control"]
     schedule = control.schedule(ours.transformer, control.latent(HEIGHT, WIDTH, 0.18215))
     results["controlnet_vs_engine"] = difference(controlled, engine_euler(ours, positive, negative, 10, schedule))
-    results["controlnet_vs_none"] = difference(controlled, ksampler(model, positive, negative, steps=10))
+    results["controlnet_vs_none"] = difference(
+        controlled, ksampler(model, positive, negative, steps=10, scheduler="simple")
+    )
 
     OUT.write_text(json.dumps(results, indent=1))
 

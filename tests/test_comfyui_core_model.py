@@ -140,7 +140,8 @@ def test_under_low_vram_our_model_loads_partly_and_samples_as_when_whole(measure
 
 
 def test_layers_the_packs_lora_merged_into_copies_do_not_inherit_comfyuis_loading_marks(measured) -> None:
-    # The input model is loaded (every layer marked patched on the device); the LoRA'd model shares its unmerged
-    # layers (marked) but its 9 merged ones are new weights ComfyUI has not loaded or patched yet.
+    # The input model is loaded (every layer marked patched on the device by its patcher); the LoRA'd model's
+    # layers are its own modules over shared storage (merged ones hold new weights), which its own patcher has not
+    # loaded or patched yet: none carries the input's marks.
     assert measured["plain_layers_marked_loaded"] > 9
-    assert measured["pack_lora_layers_marked_loaded"] == measured["plain_layers_marked_loaded"] - 9
+    assert measured["pack_lora_layers_marked_loaded"] == 0

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
     not COMFYUI_ROOT, reason="COMFYUI_ROOT is not set: these tests start a real ComfyUI server from that checkout"
 )
 PACK_NAME = "pixart-delta"
-KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "controlnet", "diffusers")
+KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "controlnet", "diffusers", "loras")
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 SIDE = 256  # generation size in the tests (the workflows ask for 1024)
 
