@@ -14,6 +14,7 @@ import torch
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.controlnet import inspect_controlnet, load_controlnet
+from ..pixart_delta_core.models.lora import apply_loras
 from . import comfy_model, host
 from .conditioning import ControlImage, control_in, with_control
 from .model_choices import CONTROLNETS
@@ -53,10 +54,22 @@ class ControlNetLoader:
                         "models/checkpoints."
                     },
                 ),
-            }
+            },
+            "optional": {
+                "apply_model_loras": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Give the ControlNet's copied blocks the LoRAs applied to the model (by PixArt-δ "
+                        "LoRA Loader) on the base blocks they copy.",
+                    },
+                ),
+            },
         }
 
-    def load(self, model: PixArtModel, controlnet_name: str) -> tuple[PixArtControlNet]:
+    def load(
+        self, model: PixArtModel, controlnet_name: str, apply_model_loras: bool = False
+    ) -> tuple[PixArtControlNet]:
         source = open_checkpoint(CONTROLNETS.path(controlnet_name))
         base, devices, mode = model.transformer, model.managed, model.quantization
         device = host.placement(
@@ -66,6 +79,8 @@ class ControlNetLoader:
             lambda: host.parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
         )
         network = load_controlnet(source, base.config, dtype=base.dtype, device=device, quantization=mode)
+        if apply_model_loras and model.loras:
+            network = apply_loras(network, list(model.loras))
         managed = host.manage(network, devices.load_device, devices.offload_device)
         return (PixArtControlNet(network, managed, model),)
 

@@ -27,7 +27,8 @@ def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtMode
     load_device, offload_device = model.managed.load_device, model.managed.offload_device
     patcher = comfy_model.model_patcher(patched, load_device, offload_device)
     managed = host.manage(patched, load_device, offload_device, patcher)
-    return PixArtModel(patched, managed, f"{model.name} + {lora_name} ({strength:g})", model.quantization)
+    name = f"{model.name} + {lora_name} ({strength:g})"
+    return PixArtModel(patched, managed, name, model.quantization, (*model.loras, (lora, strength)))
 
 
 class LoraLoader:

@@ -14,6 +14,7 @@ from . import comfy_model, host
 
 if TYPE_CHECKING:  # the models load on first use, not when ComfyUI imports the pack
     from ..pixart_delta_core.models.controlnet import ControlNetTransformer
+    from ..pixart_delta_core.models.lora_config import Lora
     from ..pixart_delta_core.models.transformer import PixArtTransformer
     from ..pixart_delta_core.text.encoder import TextEncoder
 
@@ -38,11 +39,13 @@ class PixArtModel:
         managed: host.ManagedModel,
         name: str,
         quantization: Quantization = Quantization.NONE,
+        loras: tuple[tuple[Lora, float], ...] = (),
     ) -> None:
         self.transformer = transformer
         self.managed = managed
         self.name = name
         self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
+        self.loras = loras  # the LoRAs applied by LoRA loaders, with their strengths: a ControlNet may take them too
 
     @property
     def core_model(self) -> object | None:

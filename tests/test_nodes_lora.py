@@ -93,3 +93,20 @@ def test_the_sampler_runs_the_lora_model_and_the_input_model_still_samples_as_be
     with_lora = sample(styled)
     assert torch.isfinite(with_lora).all() and (with_lora - before).abs().max() > 1e-3
     assert torch.equal(sample(model), before)
+
+
+def test_the_controlnet_loader_gives_its_copies_the_models_loras_when_asked(in_models: Path) -> None:
+    model = _load()
+    styled, _ = call_node(NODES["PixArtDeltaLoraLoader"], model=model, lora_name=LCM_LORA, strength=0.8)
+    controlnet = Path(MODEL_FILES["controlnet"]).name
+    load = NODES["PixArtDeltaControlNetLoader"]
+    (plain,) = call_node(load, model=styled, controlnet_name=controlnet)
+    (with_loras,) = call_node(load, model=styled, controlnet_name=controlnet, apply_model_loras=True)
+    (unstyled,) = call_node(load, model=model, controlnet_name=controlnet, apply_model_loras=True)
+    engine = ENGINE.models
+    lora = engine.lora_config.read_lora(in_models / "loras" / LCM_LORA)
+    expected = engine.lora.apply_loras(plain.controlnet, [(lora, 0.8)]).state_dict()
+    got, base = with_loras.controlnet.state_dict(), plain.controlnet.state_dict()
+    assert any(not torch.equal(got[k], base[k]) for k in base)  # the copies took the LoRA
+    assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
+    assert all(torch.equal(v, base[k]) for k, v in unstyled.controlnet.state_dict().items())  # no LoRA, nothing
