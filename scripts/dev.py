@@ -37,9 +37,9 @@ def step(what: str, how_long: str, *args: str | Path) -> None:
     print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def dependencies() -> str:
-    """The package names pyproject.toml lists as dependencies, for the setup message."""
-    listed = re.search(r"^dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+def dependencies(key: str = "dependencies") -> str:
+    """The package names pyproject.toml lists under ``key`` (the dependencies, or an extra), for the setup message."""
+    listed = re.search(rf"^{key} = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
     return ", ".join(re.findall(r'"([A-Za-z0-9_.\-]+)', listed.group(1))) if listed else "see pyproject.toml"
 
 
@@ -57,7 +57,7 @@ def ensure_environment() -> None:
         how_long = "a download of about 1 GB for a CPU build, several GB with CUDA: often 2 to 10 minutes"
         step(f"installing {torch}", how_long, PYTHON, "-m", "pip", "install", "-q", torch)
     how_long = "a few hundred MB: usually 1 to 3 minutes"
-    what = f"installing this pack with {dependencies()}, and pytest, ruff for the tests"
+    what = f"installing this pack with {dependencies()}, and {dependencies('test')} for the tests"
     step(what, how_long, PYTHON, "-m", "pip", "install", "-q", "-e", ".[test]")
     STAMP.write_text(wanted)
 
