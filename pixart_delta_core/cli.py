@@ -46,20 +46,6 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
     raise first
 
 
-def _check_transformer_holds_a_controlnet(transformer: Path) -> None:
-    """--control-image without --controlnet reads the ControlNet from --transformer (a reference ControlNet file)."""
-    from .errors import first_line
-    from .models.controlnet import inspect_controlnet
-
-    try:
-        inspect_controlnet(transformer)
-    except CheckpointError as err:
-        raise InputError(
-            f"--control-image needs --controlnet FILE: --transformer {transformer.name} holds no ControlNet "
-            f"({first_line(err)})"
-        ) from None
-
-
 def check_generate(args: argparse.Namespace) -> None:
     """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
     from .devices import pick_device
@@ -75,8 +61,6 @@ def check_generate(args: argparse.Namespace) -> None:
             raise InputError(f"{option} {named[option]} is a folder: give an image file")
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
-    if args.control_image is not None and args.controlnet is None:
-        _check_transformer_holds_a_controlnet(args.transformer)
     if args.strength != 1.0 and args.init_image is None:
         raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
     if not 0.0 <= args.control_start < args.control_end <= 1.0:

@@ -51,7 +51,7 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--control-image": "hed.png"}, "--control-image hed.png: no such file or folder"),
         ({"--tokenizer": None}, "no T5 tokenizer found .*--tokenizer on the command line"),
         ({"--controlnet": "{transformer}"}, "--controlnet needs --control-image"),
-        ({"--control-image": "{image}"}, "--control-image needs --controlnet FILE"),
+        ({"--control-image": "{image}"}, "a control image needs a ControlNet.*--controlnet FILE on the command line"),
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
         ({"--out": "{out}"}, "is a folder: give a file name"),

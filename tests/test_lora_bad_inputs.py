@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.lora import apply_loras
 from pixart_delta_core.models.lora_config import read_lora
-from pixart_delta_core.pipeline.generation import lora_specs
+from pixart_delta_core.pipeline.arguments import lora_specs
 from tests.helpers import TINY, random_transformer
 from tests.lora_helpers import pair
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..models.lora import check_strength
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
 # Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
@@ -138,3 +139,26 @@ def check_image(name: str, image: object) -> None:
             )
     else:
         raise InputError(f"{name} must be an image file, a PIL image or a tensor, found {type(image).__name__}")
+
+
+PathLike = str | Path
+LoraSpec = PathLike | tuple[PathLike, float]  # a LoRA file, at strength 1 or at the given strength
+
+
+def lora_specs(loras: Sequence[LoraSpec] | PathLike) -> list[tuple[PathLike, float]]:
+    """``loras`` as (path, strength) pairs: a path alone (or a list entry that is one) is a LoRA at strength 1.
+
+    Raises ``InputError`` naming the entry for anything else (a dict, ``None``, a pair without a number)."""
+    if isinstance(loras, (str, Path)):
+        loras = [loras]
+    if not isinstance(loras, (list, tuple)):
+        raise InputError(f"loras: expected a list of paths or (path, strength) pairs, found {loras!r}")
+    specs = []
+    for entry in loras:
+        if isinstance(entry, (str, Path)):
+            specs.append((entry, 1.0))
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (str, Path)):
+            specs.append((entry[0], check_strength(entry[1], f"the strength of the LoRA entry {entry!r}")))
+        else:
+            raise InputError(f"loras: expected a path or a (path, strength) pair, found the entry {entry!r}")
+    return specs

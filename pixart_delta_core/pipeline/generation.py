@@ -19,10 +19,10 @@ from PIL import Image
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype, pick_device, pick_dtype
-from ..errors import InputError
+from ..errors import CheckpointError, InputError, first_line
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
-from ..models.lora import apply_loras, check_strength
+from ..models.lora import apply_loras
 from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, vae_defaults_for
@@ -34,12 +34,15 @@ from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
 from ..vae.autoencoder import Vae, load_vae
 from .arguments import (
     MAX_BATCH_PIXELS,
+    LoraSpec,
+    PathLike,
     check_batch,
     check_image,
     check_integer,
     check_prompts,
     check_seed,
     check_steps,
+    lora_specs,
     open_image,
 )
 from .images import prepare_image, resize_and_crop, to_pil
@@ -47,28 +50,7 @@ from .resolution import bins_for, check_image_size, nearest_bin
 
 log = logging.getLogger(__name__)
 
-PathLike = str | Path
 ImageInput = Image.Image | PathLike | torch.Tensor
-LoraSpec = PathLike | tuple[PathLike, float]  # a LoRA file, at strength 1 or at the given strength
-
-
-def lora_specs(loras: Sequence[LoraSpec] | PathLike) -> list[tuple[PathLike, float]]:
-    """``loras`` as (path, strength) pairs: a path alone (or a list entry that is one) is a LoRA at strength 1.
-
-    Raises ``InputError`` naming the entry for anything else (a dict, ``None``, a pair without a number)."""
-    if isinstance(loras, (str, Path)):
-        loras = [loras]
-    if not isinstance(loras, (list, tuple)):
-        raise InputError(f"loras: expected a list of paths or (path, strength) pairs, found {loras!r}")
-    specs = []
-    for entry in loras:
-        if isinstance(entry, (str, Path)):
-            specs.append((entry, 1.0))
-        elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (str, Path)):
-            specs.append((entry[0], check_strength(entry[1], f"the strength of the LoRA entry {entry!r}")))
-        else:
-            raise InputError(f"loras: expected a path or a (path, strength) pair, found the entry {entry!r}")
-    return specs
 
 
 @dataclass(frozen=True)
@@ -156,6 +138,20 @@ class PixArtPipeline:
         for lora, strength in stack:
             log.info("LoRA %s at strength %g: %s", lora.name, strength, lora.describe())
         return stack
+
+    def _check_controlnet(self, base: TransformerConfig) -> None:
+        """The ControlNet a control image needs is there and fits ``base``: ``controlnet``, else the transformer
+        file itself (a reference ControlNet file holds both). Raises InputError or CheckpointError."""
+        if self.controlnet is not None:
+            inspect_controlnet(self.controlnet, base_config=base)
+            return
+        try:
+            inspect_controlnet(self.transformer, base_config=base)
+        except CheckpointError as err:
+            raise InputError(
+                f"a control image needs a ControlNet, and the transformer file {Path(self.transformer).name} holds "
+                f"none: give one (--controlnet FILE on the command line, controlnet= in Python) ({first_line(err)})"
+            ) from None
 
     def load_transformer(self) -> PixArtTransformer:
         def load() -> PixArtTransformer:
@@ -264,7 +260,7 @@ class PixArtPipeline:
         self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
         transformer_config = self.transformer_checkpoint.config
         if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
-            inspect_controlnet(self.controlnet or self.transformer, base_config=transformer_config)
+            self._check_controlnet(transformer_config)
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
         asked = _asked_size(height, width, transformer_config.resolution, init_image)
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)
