@@ -14,20 +14,18 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fuzz_harness import ROOT, cap_address_space, run_child, within_alarm
+
 KINDS = ("transformer", "vae", "t5")
 EXAMPLES = int(
     os.environ.get("FUZZ_CONFIG_EXAMPLES", 40)
 )  # per kind: about 20 s for the three kinds on a busy shared core
-CASE_SECONDS = 10
-SPARE_ADDRESS_SPACE = 2 << 30
 
 # config.json key -> the config field it sets, where the loaders read it (the others must not matter).
 READ = {
@@ -42,14 +40,7 @@ ODD_VALUES += (10**400, math.inf, -math.inf, "", "abc", "4", [], [4], {}, {"a": 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the child caps its memory with RLIMIT_AS and SIGALRM (Linux)")
 def test_config_values_give_a_correct_load_or_our_error() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    try:
-        run = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"fuzzing hung: {err}")
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
-    for kind in KINDS:
-        assert f"{kind}: {EXAMPLES} cases" in run.stdout, run.stdout
+    run_child(__file__, KINDS, EXAMPLES)
 
 
 # --- the child: everything below runs in the fuzzing process --------------------------------------------
@@ -101,13 +92,8 @@ def same_value(ours: object, theirs: object) -> bool:
     return ours == theirs
 
 
-class Hung(BaseException):  # not an Exception: no handler in the pack may swallow it
-    pass
-
-
 def check_case(kind: str, valid: Path, work: Path, key: str | int, value: object, remove: bool) -> bool:
     """One mutated config.json; True when the pack loaded it (with exactly its values), False when it refused."""
-    import signal
 
     case = work / "case"
     shutil.rmtree(case, ignore_errors=True)
@@ -122,15 +108,7 @@ def check_case(kind: str, valid: Path, work: Path, key: str | int, value: object
         config[key] = value
     (path / "config.json").write_text(json.dumps(config))
 
-    def hang(*_: object) -> None:
-        raise Hung(f"{kind} case {key}={value!r} ran past {CASE_SECONDS} s")
-
-    signal.signal(signal.SIGALRM, hang)
-    signal.alarm(CASE_SECONDS)
-    try:
-        loaded = load(kind, path)
-    finally:
-        signal.alarm(0)
+    loaded = within_alarm(f"{kind} case {key}={value!r}", lambda: load(kind, path))
     if loaded is not None and not remove and key in READ[kind] and value is not None:
         field = READ[kind][key]
         found = getattr(loaded, field)
@@ -139,8 +117,6 @@ def check_case(kind: str, valid: Path, work: Path, key: str | int, value: object
 
 
 def fuzz(kind: str) -> None:
-    import resource
-
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -149,10 +125,7 @@ def fuzz(kind: str) -> None:
         (work / "valid").mkdir()
         valid = write_valid(kind, work / "valid")
         assert load(kind, valid) is not None, f"the valid {kind} folder does not load"
-        if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
-            pages = int(Path("/proc/self/statm").read_text().split()[0])
-            limit = pages * os.sysconf("SC_PAGE_SIZE") + SPARE_ADDRESS_SPACE
-            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        cap_address_space()
         value = st.one_of(
             st.sampled_from(ODD_VALUES),
             st.integers(-(2**64), 2**64),

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,11 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fuzz_harness import cap_address_space, run_child, within_alarm
+
 KINDS = ("safetensors", "zip", "legacy", "folder", "rebuilt zip")
 EXAMPLES = 200  # per kind: 12 s for the five kinds on a quiet core, about 60 s on a busy shared one
-CASE_SECONDS = 10
-SPARE_ADDRESS_SPACE = 2 << 30  # what a case may map beyond the child's start: far above the tiny files
 
 WEIGHTS = {
     "a": torch.arange(256, dtype=torch.float32).reshape(16, 16) / 7,  # the tensors' bytes outweigh the framing
@@ -41,14 +38,7 @@ WEIGHTS = {
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the child caps its memory with RLIMIT_AS and SIGALRM (Linux)")
 def test_damaged_files_give_their_exact_tensors_or_our_error() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    try:  # one child for all kinds: torch and hypothesis start once
-        run = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"fuzzing hung: {err}")
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
-    for kind in KINDS:
-        assert f"{kind}: {EXAMPLES} cases" in run.stdout, run.stdout  # hypothesis ran every case it was given
+    run_child(__file__, KINDS, EXAMPLES)
 
 
 # --- the child: everything below runs in the fuzzing process --------------------------------------------
@@ -158,10 +148,6 @@ def same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool
     )
 
 
-class Hung(BaseException):  # not an Exception: no handler in the pack may swallow it
-    pass
-
-
 def check_case(kind: str, valid: Path, work: Path, target: str, edits: list[tuple], json_edit: tuple | None) -> bool:
     """Check one damaged case; True when the pack loaded it (with the right tensors), False when it refused."""
     case = work / "case"
@@ -207,17 +193,7 @@ def write_rebuilt(work: Path, dims: list[tuple[int, int]], offset: int, member_l
 
 def judge(kind: str, path: Path, label: str) -> bool:
     """True when the pack loaded ``path`` with the tensors an independent reader finds, False when it refused."""
-    import signal
-
-    def hang(*_: object) -> None:
-        raise Hung(f"{kind} case {label} ran past {CASE_SECONDS} s")
-
-    signal.signal(signal.SIGALRM, hang)
-    signal.alarm(CASE_SECONDS)
-    try:
-        ours = outcome(path)
-    finally:
-        signal.alarm(0)
+    ours = within_alarm(f"{kind} case {label}", lambda: outcome(path))
     if ours is not None:
         theirs = independent_read(kind, path)
         assert theirs is not None, f"we loaded a {kind} file the independent reader refuses: {label}"
@@ -226,15 +202,10 @@ def judge(kind: str, path: Path, label: str) -> bool:
 
 
 def fuzz(kind: str) -> None:
-    import resource
-
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
-        pages = int(Path("/proc/self/statm").read_text().split()[0])
-        limit = pages * os.sysconf("SC_PAGE_SIZE") + SPARE_ADDRESS_SPACE
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    cap_address_space()
 
     position = st.integers(0, 4096)
     edit = st.one_of(
