@@ -13,7 +13,7 @@ STAR_INNER = 0.45  # a star's inner radius over its outer radius
 
 
 def outline(kind: str, x: float, y: float, side: float) -> list[tuple[float, float]] | tuple[float, ...]:
-    """The polygon (or, for a circle, the bounding box) of a shape of ``kind`` centred at (x, y) in a square of ``side``."""
+    """The polygon (a circle: its bounding box) of a ``kind`` shape centred at (x, y) in a square of ``side`` px."""
     r = side / 2
     if kind == "circle":
         return (x - r, y - r, x + r, y + r)

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 IMAGE_SIZE = 128  # px per side of every picture of the world
 
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (20, 20, 20), "white": (235, 235, 235), "gray": (128, 128, 128)}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (20, 20, 20),
+    "white": (235, 235, 235),
+    "gray": (128, 128, 128),
+}
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
