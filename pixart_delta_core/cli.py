@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
     _add_generate(sub)
     from .training.cli import add_train_parser
+    from .world.cli import add_world_parsers
 
     add_train_parser(sub)
+    add_world_parsers(sub, _common())
     return parser
 
 
