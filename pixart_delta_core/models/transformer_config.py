@@ -180,11 +180,11 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
         micro_conditions=micro,
         null_caption=null_caption,
         sample_size=sample_size,
-        interpolation_scale=_given(hints, "interpolation_scale", _interpolation(sample_size, tokens)),
+        interpolation_scale=_given(hints, "interpolation_scale", default_interpolation(sample_size, tokens)),
     )
 
 
-def _interpolation(sample_size: int, tokens: int) -> float:
+def default_interpolation(sample_size: int, tokens: int) -> float:
     """Position interpolation: α 1 at 256/512 and 2 at 1024; Σ 0.5 at 256 up to 4 at 2K."""
     if tokens == SIGMA_TOKENS:
         return sample_size / 64

@@ -68,6 +68,11 @@ class Batch:
     control: Tensor | None  # [B, 4, h, w] raw latent of the control image
     size: Size  # (height, width) in px
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """[C, h, w] of one record's latents (what the per-sample noise is drawn as)."""
+        return tuple(self.mean.shape[1:])
+
     def to(self, device: torch.device | str) -> Batch:
         control = None if self.control is None else self.control.to(device)
         tensors = {name: getattr(self, name).to(device) for name in ("caption", "mask", "mean", "std")}

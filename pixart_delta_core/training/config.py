@@ -29,6 +29,7 @@ class Method(Enum):
     LCM = "lcm"  # distil a latent consistency model from the transformer (PixArt-δ)
     CONTROLNET = "controlnet"  # train a ControlNet-Transformer on the frozen transformer
     LORA = "lora"  # train a PEFT LoRA on the transformer (LCM-LoRA with ``lora.lcm``)
+    AUTOENCODER = "autoencoder"  # train a TAESD-architecture autoencoder on the data set's pictures
 
 
 class MixedPrecision(Enum):
@@ -42,6 +43,13 @@ class MixedPrecision(Enum):
         from ..devices import parse_dtype
 
         return parse_dtype("fp32" if self is MixedPrecision.NO else self.value)
+
+
+class LrSchedule(Enum):
+    """The learning rate after warm-up."""
+
+    CONSTANT = "constant"  # the reference's
+    COSINE = "cosine"  # down to 0 at the last step along a half cosine: short runs end better converged
 
 
 class Optimizer(Enum):
@@ -64,11 +72,15 @@ class LcmLoss(Enum):
 
 @dataclass(frozen=True)
 class ModelSection:
-    """The model files: the transformer to start from (teacher, base), T5 and its tokenizer, the VAE."""
+    """The model files: the transformer to start from (teacher, base), T5 and its tokenizer, the VAE.
 
-    transformer: Path
-    t5: Path
-    vae: Path
+    ``base`` training without a transformer starts a new one shaped by ``[architecture]``; ``autoencoder``
+    training takes no model files.
+    """
+
+    transformer: Path | None = None
+    t5: Path | None = None
+    vae: Path | None = None
     tokenizer: Path | None = None
     controlnet: Path | None = None  # a ControlNet to continue training (default: fresh copies of the base)
 
@@ -100,6 +112,7 @@ class TrainSection:
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
     max_grad_norm: float = 1.0  # 0 turns clipping off
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -178,6 +191,43 @@ class LoraSection:
 
 
 @dataclass(frozen=True)
+class ArchitectureSection:
+    """A new transformer's shape (``base`` training without ``model.transformer``), initialised as the reference
+    initialises PixArt (``models/initialization.py``). The caption width is T5's, the latent size the data's.
+    """
+
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    caption_length: int = 120
+    micro_conditions: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "hidden_size", "num_heads", "patch_size", "caption_length"):
+            _check(getattr(self, name) > 0, f"architecture.{name}", "a positive number", getattr(self, name))
+        _check(self.hidden_size % self.num_heads == 0, "architecture.hidden_size", "a multiple of num_heads",
+               self.hidden_size)  # fmt: skip
+        _check(self.mlp_ratio > 0, "architecture.mlp_ratio", "a positive number", self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class AutoencoderSection:
+    """Autoencoder training (``training/autoencoder.py``): crops, latent noise, the latent scaling it serves."""
+
+    crop_size: int = 32  # px, a multiple of 8
+    latent_noise: float = 0.1  # std of the Gaussian noise added to the latents before decoding
+    scaling_factor: float = 0.18215  # the transformer family's (PixArt-α/δ); scaled latents get unit std
+
+    def __post_init__(self) -> None:
+        _check(self.crop_size > 0 and self.crop_size % 8 == 0, "autoencoder.crop_size", "a positive multiple of 8",
+               self.crop_size)  # fmt: skip
+        _check(self.latent_noise >= 0, "autoencoder.latent_noise", "zero or more", self.latent_noise)
+        _check(self.scaling_factor > 0, "autoencoder.scaling_factor", "a positive number", self.scaling_factor)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """A whole run: what to train and everything it needs."""
 
@@ -188,10 +238,24 @@ class TrainingConfig:
     lcm: LcmSection = field(default_factory=LcmSection)
     controlnet: ControlNetSection = field(default_factory=ControlNetSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    architecture: ArchitectureSection = field(default_factory=ArchitectureSection)
+    autoencoder: AutoencoderSection = field(default_factory=AutoencoderSection)
 
     def __post_init__(self) -> None:
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
+        files = {name: getattr(self.model, name) for name in ("transformer", "t5", "vae")}
+        if self.method is Method.AUTOENCODER:
+            given = [f"model.{name}" for name, path in files.items() if path is not None]
+            if given:
+                raise InputError(f"autoencoder training starts a new autoencoder and reads no files: drop {given}")
+            if self.train.validate_every:
+                raise InputError("autoencoder training makes no validation images: set train.validate_every = 0")
+            return
+        needed = ("t5", "vae") if self.method is Method.BASE else ("transformer", "t5", "vae")
+        missing = [f"model.{name}" for name in needed if files[name] is None]
+        if missing:
+            raise InputError(f"{self.method.value} training needs {', '.join(missing)}")
 
     def to_toml(self) -> str:
         """The full configuration, defaults included, as TOML (printed at start, saved beside checkpoints)."""
@@ -204,7 +268,7 @@ class TrainingConfig:
         return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("model", "data", "train", "lcm", "controlnet", "lora")
+SECTIONS = ("model", "data", "train", "lcm", "controlnet", "lora", "architecture", "autoencoder")
 
 
 def load_config(path: str | Path, method: Method | str | None = None) -> TrainingConfig:

@@ -22,6 +22,7 @@ class Draws:
     noise: Tensor  # [B, C, h, w] N(0, 1): the diffusion noise
     uniform: Tensor  # [B] U[0, 1): picks the timestep
     dropout: Tensor  # [B] U[0, 1): caption dropout when below its probability
+    crop: Tensor  # [B, 2] U[0, 1): where a crop sits (autoencoder training)
 
     def to(self, device: torch.device | str) -> Draws:
         return Draws(*(getattr(self, name).to(device) for name in self.__dataclass_fields__))
@@ -33,11 +34,12 @@ class Draws:
 
 def draw(seed: int, step: int, first: int, batch: int, latent_shape: tuple[int, ...]) -> Draws:
     """The draws of samples ``first .. first + batch - 1`` of the global batch at optimizer micro-step ``step``."""
-    parts: list[list[Tensor]] = [[], [], [], []]
+    parts: list[list[Tensor]] = [[], [], [], [], []]
     for index in range(first, first + batch):
         generator = torch.Generator().manual_seed(((seed << 44) ^ (step << 16) ^ index) & _MASK)
         parts[0].append(torch.randn(latent_shape, generator=generator))
         parts[1].append(torch.randn(latent_shape, generator=generator))
         parts[2].append(torch.rand((), generator=generator))
         parts[3].append(torch.rand((), generator=generator))
+        parts[4].append(torch.rand(2, generator=generator))
     return Draws(*(torch.stack(p) for p in parts))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
 from ..models.controlnet_config import ControlNetConfig
+from ..models.initialization import initialize_weights_
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
+from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for
+from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
-from .config import Method, Optimizer, TrainingConfig
-from .data import BatchOrder
+from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
+from .data import BatchOrder, read_records
 from .draws import draw
 from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
 from .validation import validation_captions, validation_grid
@@ -84,6 +89,16 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig)
     return torch.optim.AdamW(parameters, **options)
 
 
+def lr_factor(t: TrainSection, step: int) -> float:
+    """The learning rate at optimizer step ``step`` as a fraction of ``train.learning_rate``."""
+    if step < t.warmup_steps:
+        return (step + 1) / (t.warmup_steps + 1)
+    if t.lr_schedule is LrSchedule.COSINE:
+        done = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return 1.0
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     """The newest complete checkpoint folder under ``output``."""
     done = sorted(p.parent for p in (output / CHECKPOINTS).glob(f"step-*/{STEP_FILE}"))
@@ -123,24 +138,13 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             f"train.output {t.output} already holds a run (its newest checkpoint is {checkpoint.name}): add "
             f"--resume to continue it, or choose another train.output"
         )
-    detected = inspect_transformer(config.model.transformer)
-    if config.method is Method.CONTROLNET and config.model.controlnet is None:
-        ControlNetConfig.for_base(detected.config, config.controlnet.copies)  # refuses a base too shallow
-    with accelerator.main_process_first():  # the main process builds the cache, the others then read it
-        cache = _cache(config, detected.config, accelerator.device)
-    captions = None
-    if t.validate_every and accelerator.is_main_process:
-        captions = validation_captions(config.model, t.validation_prompts, detected.config.caption_length, cache.folder)
+    trainer, cache, captions = _setup(config, accelerator)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
-    torch.manual_seed(t.seed)  # initial LoRA weights; DDP then copies the main process's to the others
-    transformer = load_transformer(detected, torch.float32, accelerator.device).requires_grad_(True)
-    trainer = make_trainer(config, transformer, cache.scaling_factor)
     if t.gradient_checkpointing:
         enable_gradient_checkpointing(trainer.module)
     parameters = trainer.trainable_parameters()
     optimizer = make_optimizer(parameters, config)
-    warmup = t.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t))
     module, optimizer, scheduler = accelerator.prepare(trainer.module, optimizer, scheduler)
     step, weights = 0, t.output
     if checkpoint is not None:
@@ -166,7 +170,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             number = step * t.gradient_accumulation + micro
             indices = order.batch(number)[rank * per_process : (rank + 1) * per_process]
             batch = cache.batch(indices).to(accelerator.device)
-            draws = draw(t.seed, number, rank * per_process, per_process, tuple(batch.mean.shape[1:]))
+            draws = draw(t.seed, number, rank * per_process, per_process, batch.latent_shape)
             with accelerator.accumulate(module), accelerator.autocast():
                 loss = trainer.loss(module, batch, draws.to(accelerator.device))
                 accelerator.backward(loss)
@@ -204,6 +208,59 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
 
     AcceleratorState._reset_state()
     return TrainResult(t.output, step, weights, losses)
+
+
+def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbedding | None]:
+    """The trainer, its data (feature cache or pictures) and the validation captions (main process only)."""
+    t, device = config.train, accelerator.device
+    if config.method is Method.AUTOENCODER:
+        from .autoencoder import AutoencoderTrainer, PixelData, new_autoencoder
+
+        if config.data.resolution is None:
+            raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
+        pictures = PixelData(read_records(config.data.path), config.data.resolution, config.autoencoder.crop_size)
+        return AutoencoderTrainer(new_autoencoder(t.seed).to(device), pictures, config.autoencoder), pictures, None
+    if config.model.transformer is None:
+        transformer_config = new_transformer_config(config)
+    else:
+        detected = inspect_transformer(config.model.transformer)
+        transformer_config = detected.config
+    if config.method is Method.CONTROLNET and config.model.controlnet is None:
+        ControlNetConfig.for_base(transformer_config, config.controlnet.copies)  # refuses a base too shallow
+    with accelerator.main_process_first():  # the main process builds the cache, the others then read it
+        cache = _cache(config, transformer_config, device)
+    captions = None
+    if t.validate_every and accelerator.is_main_process:
+        length = transformer_config.caption_length
+        captions = validation_captions(config.model, t.validation_prompts, length, cache.folder)
+    torch.manual_seed(t.seed)  # initial LoRA weights; DDP then copies the main process's to the others
+    if config.model.transformer is None:
+        transformer = initialize_weights_(PixArtTransformer(transformer_config, device=device), t.seed)
+    else:
+        transformer = load_transformer(detected, torch.float32, device)
+    return make_trainer(config, transformer.requires_grad_(True), cache.scaling_factor), cache, captions
+
+
+def new_transformer_config(config: TrainingConfig) -> TransformerConfig:
+    """The shape of a new transformer: ``[architecture]``, T5's width, the data's resolution."""
+    from ..text.t5 import inspect_t5
+
+    if config.data.resolution is None:
+        raise InputError("a new transformer (no model.transformer) needs data.resolution (px)")
+    a = config.architecture
+    sample_size = sample_size_for(config.data.resolution)
+    return TransformerConfig(
+        depth=a.depth,
+        hidden_size=a.hidden_size,
+        num_heads=a.num_heads,
+        patch_size=a.patch_size,
+        mlp_hidden=round(a.hidden_size * a.mlp_ratio),
+        caption_channels=inspect_t5(config.model.t5).config.d_model,
+        caption_length=a.caption_length,
+        micro_conditions=a.micro_conditions,
+        sample_size=sample_size,
+        interpolation_scale=default_interpolation(sample_size, a.caption_length),
+    )
 
 
 def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCache:
