@@ -66,32 +66,30 @@ def _all_three(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
     return _noise(_blur(_latent_like(picture, rng), rng), rng)
 
 
-# Each degradation with the least the judge must get on the kind and on every other attribute.
-# Measured on the first 300 scenes: blur and noise 100% everywhere; the 128 -> 32 -> 128 resize leaves a small star
-# about 7 px across at 32 px, a blob: kind 87% (small stars read as circles), 100% elsewhere; all three: kind 85%,
-# 98.7-100% elsewhere.
+# Each degradation with the least the judge must get on every attribute. Measured on the first 300 scenes: blur
+# and noise 100% everywhere; the 128 -> 32 -> 128 resize (a small star is then a blob about 7 px across at
+# 32 px): 99.6-100%; all three: kind 98.2%, 99.0-100% elsewhere.
 DEGRADATIONS = {
-    "blur 1.5 px": (_blur, 0.98, 0.98),
-    "noise std 10/255": (_noise, 0.98, 0.98),
-    "128 -> 32 -> 128 px": (_latent_like, 0.8, 0.98),
-    "all three": (_all_three, 0.8, 0.95),
+    "blur 1.5 px": (_blur, 0.98),
+    "noise std 10/255": (_noise, 0.98),
+    "128 -> 32 -> 128 px": (_latent_like, 0.98),
+    "all three": (_all_three, 0.95),
 }
 
 
 @pytest.mark.parametrize("name", DEGRADATIONS)
 def test_the_judge_still_reads_degraded_pictures(name: str, scenes, pictures) -> None:
-    degrade, least_kind, least_other = DEGRADATIONS[name]
+    degrade, least = DEGRADATIONS[name]
     rng = np.random.default_rng(0)
     fractions = _scores(scenes, [degrade(p, rng) for p in pictures])
-    assert fractions.pop("kind") >= least_kind
-    fractions.pop("picture")  # a picture is right when all its attributes are
-    assert min(fractions.values()) >= least_other, fractions
+    fractions.pop("picture")  # a picture is right when all its attributes are: lower
+    assert min(fractions.values()) >= least, fractions
 
 
 def test_pictures_judged_against_other_pictures_prompts_score_low(scenes, pictures) -> None:
     shuffled = [s.caption() for s in scenes[1:] + scenes[:1]]  # each picture against its neighbour's prompt
     fractions = _scores(scenes, pictures, shuffled)
-    # measured: background 35%, count 45%, colour 16%, kind 21%, position 15%, size 50%, picture 0%
+    # measured: background 33%, count 51%, colour 15%, kind 24%, position 17%, size 46%, picture 0%
     assert fractions["colour"] < 0.35 and fractions["kind"] < 0.4 and fractions["position"] < 0.35
     assert fractions["background"] < 0.5 and fractions["picture"] < 0.05, fractions
 
@@ -313,3 +311,23 @@ def test_a_prompt_parses_into_the_scene_it_names() -> None:
     for _ in range(50):
         scene = sample_scene(rng.randrange(10**9), max_shapes=rng.randint(1, 9), jitter=False)
         assert parse_caption(scene.caption()) == scene
+
+
+@pytest.mark.parametrize("kind", ["circle", "square", "triangle", "star"])
+def test_each_kind_is_fitted_clean_and_blurred(kind: str) -> None:
+    scene = _scene("gray", (kind, "purple", "small", 4))  # purple on gray: the palette's least contrast
+    for blur, least in ((0, 0.93), (2.5, 0.85)):  # measured: 0.94-0.98 clean, 0.88-0.95 blurred (stars least)
+        picture = render(scene).filter(ImageFilter.GaussianBlur(blur)) if blur else render(scene)
+        (found,) = read_picture(picture).shapes
+        assert (found.kind, found.size, found.place) == (kind, "small", 4) and found.fit >= least, found.fit
+
+
+def test_any_picture_is_read_without_error() -> None:
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    ramp = np.broadcast_to(np.linspace(0, 255, 128, dtype=np.uint8)[None, :, None], (128, 128, 3)).copy()
+    ramp[40:90, 40:90] = (128, 128, 128)  # a block darker than the palette's colours on a bright edge
+    for picture in (noise, ramp):
+        reading = read_picture(picture)
+        assert reading.background in ("black", "white", "gray") and reading.foreground.shape == (128, 128)
+        assert all(0.0 <= s.fit <= 1.0 for s in reading.shapes)

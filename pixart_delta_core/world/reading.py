@@ -2,8 +2,9 @@
 
 The background is the palette background nearest the picture's border; shapes are the connected regions
 of pixels far from it; each shape's colour is the nearest palette colour, its kind the one whose outline
-(drawn by the renderer's own ``draw_shape``) covers it best, its size and place come from the fitted
-outline and its centroid. Every rule works in fractions of the side, so any square picture is read.
+(drawn by the renderer's own ``draw_shape``, placed with the region's area and centroid) matches it best,
+blurred or not, its size comes from that outline and its place from its centroid. Every rule works in
+fractions of the side, so any square picture is read.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import InputError
-from .render import draw_shape, outline
+from .render import SUPERSAMPLE, draw_shape, outline
 from .scenes import BACKGROUNDS, COLOURS, KINDS, SIZES, Scene, Shape, place_of
 
 BORDER = 2  # px: the ring of the picture read for the background (shapes keep clear of it)
 MIN_AREA = 0.005  # a region under this fraction of the picture is a speck, not a shape (the smallest is ~1.4%)
 SIZE_THRESHOLD = (SIZES["small"] * SIZES["large"]) ** 0.5  # a fitted side above this fraction of the picture: large
-PAD = 3  # px around a region when its outlines are drawn, so an outline a little larger still fits
+REACH = 8  # px around a region's box read to fit its outline
+GROW = 4  # px around a region whose pixels count as part of its shape (blur spreads a shape past its region)
+BLURS = (0.0, 1.0, 2.0, 3.0)  # Gaussian std (px) of the blurs each fitted outline is also compared with
 
 _BACKGROUND_RGB = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
 _COLOUR_RGB = np.array(list(COLOURS.values()), dtype=np.float32)
@@ -126,49 +129,87 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 @cache
-def _unit_outline(kind: str) -> tuple[tuple[float, float, float, float], float, tuple[float, float]]:
-    """A side-1 ``kind`` outline centred at (0, 0): its bounding box, area and centroid (shoelace formula)."""
+def _unit_outline(kind: str) -> tuple[float, tuple[float, float]]:
+    """A side-1 ``kind`` outline centred at (0, 0): its area and centroid (shoelace formula)."""
     if kind == "circle":
-        return (-0.5, -0.5, 0.5, 0.5), np.pi / 4, (0.0, 0.0)
+        return np.pi / 4, (0.0, 0.0)
     points = np.array(outline(kind, 0.0, 0.0, 1.0))
     x, y = points[:, 0], points[:, 1]
     cross = x * np.roll(y, -1) - np.roll(x, -1) * y
     area = cross.sum() / 2
     centroid = ((x + np.roll(x, -1)) * cross).sum() / (6 * area), ((y + np.roll(y, -1)) * cross).sum() / (6 * area)
-    return (x.min(), y.min(), x.max(), y.max()), abs(area), (float(centroid[0]), float(centroid[1]))
+    return abs(area), (float(centroid[0]), float(centroid[1]))
 
 
-def _fits(kind: str, box: tuple[int, int, int, int], area: float, centroid: tuple[float, float]) -> list[tuple]:
-    """Where a ``kind`` outline matching a region would be, as (x, y, side) px: one fitted to the region's
-    bounding box, one with the region's area and centroid (it holds better where blur rounds the corners)."""
-    (ux0, uy0, ux1, uy1), unit_area, (ucx, ucy) = _unit_outline(kind)
-    left, top, right, bottom = box  # pixel edges: the region spans [left, right) x [top, bottom)
-    side = ((right - left) / (ux1 - ux0) + (bottom - top) / (uy1 - uy0)) / 2
-    by_box = ((left + right) / 2 - side * (ux0 + ux1) / 2, (top + bottom) / 2 - side * (uy0 + uy1) / 2, side)
-    side = (area / unit_area) ** 0.5
-    by_area = (centroid[0] - side * ucx, centroid[1] - side * ucy, side)
-    return [by_box, by_area]
+def _drawn_coverage(kind: str, x: float, y: float, side: float, shape: tuple[int, int]) -> Image.Image:
+    """How much of each pixel (mode "L", 255 = all) a ``kind`` outline centred at (x, y) px covers, drawn by the
+    renderer's ``draw_shape`` at ``SUPERSAMPLE`` x and reduced; pixel i spans [i, i + 1)."""
+    height, width = shape
+    big = Image.new("L", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
+    at = Shape(kind, "", "", 0, x * SUPERSAMPLE - 0.5, y * SUPERSAMPLE - 0.5, side * SUPERSAMPLE)  # PIL: centres
+    draw_shape(ImageDraw.Draw(big), at, 1.0, fill=255)
+    return big.resize((width, height), Image.Resampling.BOX)
 
 
-def fit_kind(region: np.ndarray) -> tuple[str, float, float]:
-    """The kind whose world outline best covers a region (bool (H, W), pixel centres at +0.5): the kind, the
-    IoU of its fitted outline with the region, and the outline's side in px."""
-    rows, columns = np.nonzero(region)
-    top, left = max(0, rows.min() - PAD), max(0, columns.min() - PAD)
-    crop = region[top : rows.max() + PAD + 1, left : columns.max() + PAD + 1]
-    box = (columns.min() - left, rows.min() - top, columns.max() + 1 - left, rows.max() + 1 - top)
-    centroid = (columns.mean() - left + 0.5, rows.mean() - top + 0.5)
+def fit_kind(coverage: np.ndarray) -> tuple[str, float, float]:
+    """The kind whose world outline best matches a region: the kind, the match (0..1) and the outline's side px.
+
+    ``coverage`` (H, W) is how much of each pixel the region covers (0 outside it, 1 inside, between on its
+    edges; noise may take it a little past 0 or 1). Blur keeps a region's area and centroid, so each kind's
+    outline is placed with the region's area and centroid, then compared with the region by the IoU of the two
+    coverages (the sum of their minima over the sum of their maxima; 1 for the same outline). A generated
+    picture is blurred by an amount not known in advance, so each outline is also compared blurred by each of
+    ``BLURS`` (Gaussian std, px) and its best match kept: a blurred star then still matches a blurred star best.
+    """
+    area = float(coverage.sum())
+    if area <= 0:
+        raise InputError(f"expected a region that covers some pixels, found a total coverage of {area}")
+    rows, columns = np.indices(coverage.shape) + 0.5
+    x, y = float((coverage * columns).sum() / area), float((coverage * rows).sum() / area)
+    clipped = np.clip(coverage, 0.0, 1.0)
     best = ("", -1.0, 0.0)
     for kind in KINDS:
-        for x, y, side in _fits(kind, box, float(len(rows)), centroid):
-            drawn = Image.new("L", (crop.shape[1], crop.shape[0]), 0)
-            # PIL fills the pixels whose centres are inside; the outline is shifted so pixel i spans [i, i + 1)
-            draw_shape(ImageDraw.Draw(drawn), Shape(kind, "", "", 0, x - 0.5, y - 0.5, side), 1.0, fill=255)
-            inside = np.asarray(drawn) > 127
-            iou = np.logical_and(inside, crop).sum() / max(1, np.logical_or(inside, crop).sum())
-            if iou > best[1]:
-                best = (kind, float(iou), side)
+        unit_area, (unit_x, unit_y) = _unit_outline(kind)
+        side = (area / unit_area) ** 0.5
+        drawn = _drawn_coverage(kind, x - side * unit_x, y - side * unit_y, side, coverage.shape)
+        for blur in BLURS:
+            blurred = drawn.filter(ImageFilter.GaussianBlur(blur)) if blur else drawn
+            outline_coverage = np.asarray(blurred, dtype=np.float32) / 255
+            match = np.minimum(clipped, outline_coverage).sum() / np.maximum(clipped, outline_coverage).sum()
+            if match > best[1]:
+                best = (kind, float(match), side)
     return best
+
+
+def _grown(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` grown by ``steps`` px (each step adds the 4 neighbours of every pixel in it)."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
+
+
+def region_coverage(
+    pixels: np.ndarray, labels: np.ndarray, label: int, background: np.ndarray, colour: str
+) -> np.ndarray:
+    """How much of each pixel near region ``label`` its shape covers, read as the fraction of the way from the
+    background colour (as drawn) to the shape's palette colour: (h, w) over the region's box grown by ``REACH``
+    px, 0 past ``GROW`` px from the region and on other regions. Blur spreads a shape past its region (whose
+    pixels are at least half shape), so the pixels around it count too. A region whose colour is so far from
+    the palette that it reads as covering less than half of itself is taken as covering exactly its pixels."""
+    region = labels == label
+    rows, columns = np.nonzero(region)
+    top, left = max(0, rows.min() - REACH), max(0, columns.min() - REACH)
+    box = np.s_[top : rows.max() + REACH + 1, left : columns.max() + REACH + 1]
+    towards = np.array(COLOURS[colour], dtype=np.float32) - background
+    coverage = (pixels[box] - background) @ towards / (towards @ towards)
+    near = _grown(region[box], GROW) & np.isin(labels[box], (0, label))
+    coverage = np.where(near, coverage, 0.0)
+    return coverage if coverage.sum() >= len(rows) / 2 else region[box].astype(np.float32)
 
 
 def read_colour(pixels: np.ndarray, background: np.ndarray) -> str:
@@ -195,10 +236,11 @@ def read_picture(image: Image.Image | np.ndarray) -> Reading:
         region = labels == label
         rows, columns = np.nonzero(region)
         x, y = float(columns.mean()) + 0.5, float(rows.mean()) + 0.5
-        kind, fit, fitted = fit_kind(region)
+        colour = read_colour(pixels[region], drawn)
+        kind, fit, fitted = fit_kind(region_coverage(pixels, labels, int(label), drawn, colour))
         shapes.append(
             FoundShape(
-                colour=read_colour(pixels[region], drawn),
+                colour=colour,
                 kind=kind,
                 size="large" if fitted > SIZE_THRESHOLD * side else "small",
                 place=place_of(x, y, side),
