@@ -71,6 +71,7 @@ def parse_caption(text: str) -> Scene:
 
 
 def _described(shape: Shape) -> str:
+    """E.g. "small red circle at the top left": a shape's phrase without its article, for verdicts."""
     return f"{shape.size} {shape.colour} {shape.kind} {PLACES[shape.place][1]}"
 
 
@@ -83,7 +84,8 @@ class ShapeVerdict:
     right: dict[str, bool]  # SHAPE_ATTRIBUTES -> right
 
     def line(self) -> str:
-        """ "" when right; else e.g. "colour: asked small red circle at the top left, found small orange circle ..."."""
+        """Empty when all is right; else e.g. "colour: asked small red circle at the top left, found small orange
+        circle at the top left"."""
         wrong = [a for a in SHAPE_ATTRIBUTES if not self.right[a]]
         if not wrong:
             return ""
@@ -108,7 +110,7 @@ class Verdict:
         return self.background and self.count and all(all(s.right.values()) for s in self.shapes)
 
     def line(self) -> str:
-        """ "ok", or each wrong attribute with what was asked and found, separated by "; "."""
+        """The verdict in one line: ok, or each wrong attribute with what was asked and found, joined by "; "."""
         background = f"background: asked {self.asked.background}, found {self.reading.background}"
         parts = [] if self.background else [background]
         parts += [line for s in self.shapes if (line := s.line())]
