@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.world.judge import Scores, foreground_iou, held_out_scenes, judge, parse_caption
-from pixart_delta_core.world.reading import label_regions, read_picture
+from pixart_delta_core.world.reading import Reading, label_regions, read_picture
 from pixart_delta_core.world.render import filled_mask, render
 from pixart_delta_core.world.scenes import IMAGE_SIZE, PLACES, Scene, cell_centre, sample_scene
 
@@ -33,16 +33,21 @@ def pictures(scenes: list[Scene]) -> list[Image.Image]:
     return [render(scene) for scene in scenes]
 
 
-def _scores(scenes: list[Scene], pictures: list[Image.Image], prompts: list[str] | None = None) -> dict[str, float]:
+@pytest.fixture(scope="module")
+def readings(pictures: list[Image.Image]) -> list[Reading]:
+    return [read_picture(picture) for picture in pictures]
+
+
+def _scores(prompts: list[str], readings: list[Reading]) -> dict[str, float]:
     scores = Scores()
-    for picture, prompt in zip(pictures, prompts or [s.caption() for s in scenes], strict=True):
-        scores.add(judge(parse_caption(prompt), read_picture(picture)))
+    for prompt, reading in zip(prompts, readings, strict=True):
+        scores.add(judge(parse_caption(prompt), reading))
     print(scores.table())  # what the judge actually gets, shown with -s
     return scores.fractions()
 
 
-def test_the_judge_reads_the_data_sets_own_pictures(scenes, pictures) -> None:
-    fractions = _scores(scenes, pictures)
+def test_the_judge_reads_the_data_sets_own_pictures(scenes, readings) -> None:
+    fractions = _scores([s.caption() for s in scenes], readings)
     assert set(fractions) == {"background", "count", "colour", "kind", "position", "size", "picture"}
     assert min(fractions.values()) >= 0.98, fractions  # measured: 100% on every attribute
 
@@ -81,14 +86,14 @@ DEGRADATIONS = {
 def test_the_judge_still_reads_degraded_pictures(name: str, scenes, pictures) -> None:
     degrade, least = DEGRADATIONS[name]
     rng = np.random.default_rng(0)
-    fractions = _scores(scenes, [degrade(p, rng) for p in pictures])
+    fractions = _scores([s.caption() for s in scenes], [read_picture(degrade(p, rng)) for p in pictures])
     fractions.pop("picture")  # a picture is right when all its attributes are: lower
     assert min(fractions.values()) >= least, fractions
 
 
-def test_pictures_judged_against_other_pictures_prompts_score_low(scenes, pictures) -> None:
+def test_pictures_judged_against_other_pictures_prompts_score_low(scenes, readings) -> None:
     shuffled = [s.caption() for s in scenes[1:] + scenes[:1]]  # each picture against its neighbour's prompt
-    fractions = _scores(scenes, pictures, shuffled)
+    fractions = _scores(shuffled, readings)
     # measured: background 33%, count 51%, colour 15%, kind 24%, position 17%, size 46%, picture 0%
     assert fractions["colour"] < 0.35 and fractions["kind"] < 0.4 and fractions["position"] < 0.35
     assert fractions["background"] < 0.5 and fractions["picture"] < 0.05, fractions
@@ -194,10 +199,10 @@ def test_each_found_shape_is_matched_once_preferring_place_then_colour_then_kind
     assert found == ["a small blue circle at the bottom left", "a small red square at the top right"]
 
 
-def test_scores_print_as_a_table_and_as_json(scenes, pictures) -> None:
+def test_scores_print_as_a_table_and_as_json(scenes, readings) -> None:
     scores = Scores()
-    for scene, picture in zip(scenes[:5], pictures[:5], strict=True):
-        scores.add(judge(scene, read_picture(picture)))
+    for scene, reading in zip(scenes[:5], readings[:5], strict=True):
+        scores.add(judge(scene, reading))
     data = json.loads(scores.to_json())
     shapes = sum(len(s.shapes) for s in scenes[:5])
     assert data["kind"] == {"fraction": 1.0, "right": shapes, "judged": shapes}
