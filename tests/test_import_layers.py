@@ -1,5 +1,5 @@
 """The engine's import graph: no cycles (lazy imports inside functions count too) and no package importing
-one above it in the layering the package docstrings state (base < checkpoints < quant < text, vae < models <
+one above it in the layering the package docstrings state (base < checkpoints, world < quant < text, vae < models <
 sampling < pipeline < demo, training < cli)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "pixart_delta_core"
 RANKS = {
     "": 0,  # errors, devices, memory, ops
     "checkpoints": 1,
+    "world": 1,  # the shapes world: numpy and PIL over the base modules
     "quant": 2,
     "text": 3,
     "vae": 3,

@@ -1,8 +1,9 @@
-"""The shapes world's subcommands: ``world`` writes a data set of it."""
+"""The shapes world's subcommands: ``world`` writes a data set of it, ``judge`` reads pictures against their prompts."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..errors import InputError
@@ -23,6 +24,19 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
     world.add_argument("--first-seed", type=int, default=0, help="the seed of the first scene")
     world.add_argument("--max-shapes", type=int, default=2, help="at most this many shapes a scene (1 to 9)")
     world.set_defaults(run=cmd_world)
+    judge = sub.add_parser(
+        "judge",
+        parents=[common],
+        help="read pictures of the shapes world and judge them against their prompts",
+        description="Read each picture back into the shapes world's attributes (background, each shape's colour, "
+        "kind, size and place) and judge them against its prompt: --prompt, else the prompt generate wrote into "
+        "the PNG's parameters chunk, else the same-name .txt caption beside it. Prints each picture's verdict, "
+        "then the fraction right per attribute.",
+    )
+    judge.add_argument("images", nargs="+", type=Path, help="pictures (PNG, JPEG, ...)")
+    judge.add_argument("--prompt", help="the prompt every picture was made for")
+    judge.add_argument("--json", action="store_true", help="print one JSON object: each verdict and the scores")
+    judge.set_defaults(run=cmd_judge)
 
 
 def cmd_world(args: argparse.Namespace) -> int:
@@ -36,4 +50,60 @@ def cmd_world(args: argparse.Namespace) -> int:
         raise InputError(f"--first-seed must be 0 or more, found {args.first_seed}")
     path = write_dataset(args.out, args.count, args.first_seed, args.max_shapes)
     print(f"wrote {args.count} scenes to {args.out}; records: {path}")
+    return 0
+
+
+def prompt_of(path: Path) -> str | None:
+    """The prompt a picture was made for: the one in its PNG ``parameters`` chunk (as generate writes it: the
+    prompt's lines, then an optional "Negative prompt: " line and one settings line), else the text of the
+    same-name ``.txt`` beside it; None when neither is there. Raises InputError for what is not a picture."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"{path}: expected a picture, found {'a folder' if path.is_dir() else 'no such file'}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # a truncated or damaged file fails here, before any picture is judged
+            parameters = image.info.get("parameters")
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path}: expected a picture, found a file Pillow cannot read ({err})") from None
+    if parameters:
+        lines = parameters.splitlines()
+        negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt: ")]
+        return "\n".join(lines[: negative[0] if negative else max(1, len(lines) - 1)])
+    caption = path.with_suffix(".txt")
+    return caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .judge import Scores, judge, parse_caption
+    from .reading import read_picture
+
+    asked = []
+    for path in args.images:  # every picture and prompt is checked before any is read
+        found = prompt_of(path)  # also refuses what is not a picture
+        prompt = found if args.prompt is None else args.prompt
+        if prompt is None:
+            raise InputError(
+                f"{path}: no prompt found (expected --prompt, a PNG parameters chunk or {path.with_suffix('.txt')})"
+            )
+        try:
+            asked.append((path, prompt, parse_caption(prompt)))
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+    scores, records = Scores(), []
+    for path, prompt, scene in asked:
+        with Image.open(path) as image:
+            verdict = judge(scene, read_picture(image))
+        scores.add(verdict)
+        records.append({"image": str(path), "prompt": prompt, **verdict.as_dict()})
+        if not args.json:
+            print(f"{path}: {verdict.line()}")
+    if args.json:
+        print(json.dumps({"images": records, "scores": scores.as_dict()}, indent=2))
+    else:
+        print()
+        print(scores.table())
     return 0

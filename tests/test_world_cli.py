@@ -1,0 +1,99 @@
+"""The shapes world's commands: ``world`` writes a data set, ``judge`` reads pictures against their prompts
+(from --prompt, the PNG's parameters chunk generate writes, or the same-name .txt) and refuses bad input first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from pixart_delta_core.cli import main
+from pixart_delta_core.pipeline.outputs import RunRecord
+from pixart_delta_core.world.render import render
+from pixart_delta_core.world.scenes import sample_scene
+
+
+@pytest.fixture
+def data_set(tmp_path: Path, capsys) -> Path:
+    assert main(["world", "--out", str(tmp_path / "set"), "--count", "3", "--first-seed", "5"]) == 0
+    assert "wrote 3 scenes to" in capsys.readouterr().out
+    return tmp_path / "set"
+
+
+def test_the_world_command_writes_the_data_set(data_set: Path) -> None:
+    names = sorted(p.name for p in data_set.iterdir())
+    assert names == [
+        "000005.png",
+        "000005.txt",
+        "000006.png",
+        "000006.txt",
+        "000007.png",
+        "000007.txt",
+        "control",
+        "data.jsonl",
+    ]
+    assert (data_set / "000006.txt").read_text(encoding="utf-8") == sample_scene(6).caption() + "\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--count", "0"], "--count must be a positive number of scenes, found 0"),
+        (["--max-shapes", "10"], "--max-shapes must be 1 to 9 (one shape a grid cell), found 10"),
+        (["--first-seed", "-1"], "--first-seed must be 0 or more, found -1"),
+    ],
+)
+def test_the_world_command_refuses_bad_options(tmp_path: Path, capsys, option: list[str], says: str) -> None:
+    assert main(["world", "--out", str(tmp_path / "set"), *option]) == 1
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()
+
+
+def test_judge_reads_each_picture_against_its_txt_caption(data_set: Path, capsys) -> None:
+    pictures = sorted(str(p) for p in data_set.glob("*.png"))
+    assert main(["judge", *pictures]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [f"{p}: ok" for p in pictures]
+    assert lines[4].split() == ["attribute", "right", "of"] and lines[5].split() == ["background", "100.0%", "3/3"]
+
+
+def test_judge_takes_the_prompt_from_the_option(data_set: Path, capsys) -> None:
+    picture = data_set / "000005.png"
+    other = sample_scene(6).caption()
+    assert main(["judge", str(picture), "--prompt", other, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"][0]["prompt"] == other
+    assert report["images"][0]["reads"] == sample_scene(5).caption()
+    assert report["images"][0]["verdict"] != "ok" and report["scores"]["picture"]["fraction"] == 0.0
+
+
+def test_judge_takes_the_prompt_from_the_png_that_generate_wrote(tmp_path: Path, capsys) -> None:
+    scene = sample_scene(11)
+    record = RunRecord([scene.caption()], "blurry", 3, 4, "lcm", 1.0, (128, 128), {"Model": "tiny.safetensors"})
+    info = PngInfo()
+    info.add_text("parameters", record.parameters(0, 0))
+    render(scene).save(tmp_path / "generated.png", pnginfo=info)
+    (tmp_path / "generated.txt").write_text("a large red star in the center, on a white background", encoding="utf-8")
+    assert main(["judge", str(tmp_path / "generated.png"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"][0]["prompt"] == scene.caption() and report["images"][0]["verdict"] == "ok"
+
+
+def test_judge_refuses_bad_input_before_reading_any_picture(data_set: Path, tmp_path: Path, capsys) -> None:
+    good = str(data_set / "000005.png")
+    (tmp_path / "notes.png").write_text("not a picture", encoding="utf-8")
+    Image.new("RGB", (128, 128)).save(tmp_path / "bare.png")
+    cases = [
+        ([good, str(tmp_path / "notes.png")], "notes.png: expected a picture, found a file Pillow cannot read"),
+        ([good, str(tmp_path / "missing.png")], "missing.png: expected a picture, found no such file"),
+        ([good, str(tmp_path)], "expected a picture, found a folder"),
+        ([good, str(tmp_path / "bare.png")], "bare.png: no prompt found (expected --prompt, a PNG parameters chunk"),
+        ([good, "--prompt", "a red fox"], "000005.png: expected a prompt of the shapes world"),
+    ]
+    for argv, says in cases:
+        assert main(["judge", *argv]) == 1
+        captured = capsys.readouterr()
+        assert says in captured.err and captured.out == ""  # no verdict printed: nothing was judged
