@@ -24,6 +24,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
     inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae))
+    embedded_names(args, "files")
     for path in args.files:
         detected, what = _first_that_reads(path, inspectors)
         source = detected.tensors
@@ -44,6 +45,18 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
             first = first or err
     assert first is not None
     raise first
+
+
+def embedded_names(args: argparse.Namespace, *options: str) -> None:
+    """Put the embedded models' files for their names (``shapes-lcm``...) in the model options ``options``."""
+    from .demo.embedded import MODELS, embedded_path
+
+    for option in options:
+        value = getattr(args, option)
+        if isinstance(value, list):
+            setattr(args, option, [embedded_path(v) if str(v) in MODELS else v for v in value])
+        elif value is not None and str(value) in MODELS:
+            setattr(args, option, embedded_path(value))
 
 
 def check_generate(args: argparse.Namespace) -> None:
@@ -93,6 +106,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.outputs import RunRecord, save_images
 
+    embedded_names(args, "transformer", "t5", "vae", "controlnet")
     check_generate(args)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
@@ -202,25 +216,25 @@ def _progress():
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.files import write_demo_models
+    from .demo.embedded import FOLDER
+    from .demo.showcase import write_demo
 
-    print("The demo models are tiny and random, built in memory (no weights can be downloaded): the image")
-    print(f"is noise by design. They are saved in {args.models} as users hold real ones, then loaded and run")
-    print("by the same code.")
-    files = write_demo_models(args.models)
-    cmd_info(argparse.Namespace(files=[files.transformer, files.t5, files.vae]))
-    model_args = [*("--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae))]
-    model_args += ["--tokenizer", str(files.tokenizer)]
-    demo_args = [*model_args, "--prompt", args.prompt, "--out", str(args.out)]
-    demo_args += ["--width", "512", "--height", "512", "--no-binning", "--steps", "4", "--seed", "0"]
-    status = cmd_generate(build_parser().parse_args(["generate", *demo_args]))
-    other = args.out.with_name(f"{args.out.stem}-dpm{args.out.suffix}")
-    print("\nNext, on the same files:")
-    print(f"  python -m pixart_delta_core info {files.transformer} {files.t5} {files.vae}")
-    print(f"  python -m pixart_delta_core generate {' '.join(model_args)} \\")
-    print(f'      --prompt "a lighthouse at dusk" --sampler dpm_solver++ --steps 14 --out {other}')
-    print("  python -m pixart_delta_core generate --help")
-    return status
+    print("The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world")
+    print(f"(model card: {FOLDER / 'MODEL_CARD.md'}). Held-out prompts, the LCM student in 4 steps, then the")
+    print("ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.")
+    shown = write_demo(args.out, args.device)
+    for item in shown:
+        print(f"\n[{item.title}] {item.prompt}")
+        print(f"  judge: {item.note if item.title == 'edge map' else item.verdict.line()}")
+        if item.note and item.title != "edge map":
+            print(f"  {item.note}")
+    print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
+    print("  python -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")
+    print("  python -m pixart_delta_core generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\")
+    print('      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\')
+    print("      --out outputs/star.png")
+    print("  python -m pixart_delta_core judge outputs/star.png")
+    return 0
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -359,14 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[_common()],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="generate an image with the built-in (tiny, random) demo models",
-        description="Build tiny random models (a transformer, a T5 encoder with its tokenizer, a VAE), save them "
-        "in the layouts users hold, describe them, generate one image with them (4 LCM steps), and print "
-        "commands to try next on the same files. The image is noise by design.",
+        help="draw held-out prompts with the embedded model and judge the pictures",
+        description="Draw held-out prompts of the shapes world with the embedded model (a small PixArt-δ trained "
+        "by this pack: the LCM student in 4 steps, then the ControlNet on an edge map), write them as one grid, "
+        "and print each prompt with the judge's verdict. Runs offline in seconds.",
     )
-    demo.add_argument("--prompt", default="a red fox in the snow, watercolour", help="the prompt")
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"), help="the image written")
-    demo.add_argument("--models", type=Path, default=Path("outputs/demo-models"), help="where the models are kept")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"), help="the grid written")
+    demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     demo.set_defaults(run=cmd_demo)
     _add_generate(sub)
     from .training.cli import add_train_parser

@@ -29,7 +29,7 @@ from .draws import Draws
 if TYPE_CHECKING:
     from diffusers import AutoencoderTiny
 
-STATISTICS_RECORDS = 512  # pictures encoded whole to measure the latents' mean and spread when saving
+STATISTICS_RECORDS = 64  # pictures encoded whole to measure the latents' mean and spread when saving
 DOWNSCALE = 8  # TAESD's pixels per latent pixel
 
 

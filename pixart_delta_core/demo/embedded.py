@@ -1,0 +1,54 @@
+"""The embedded model: a small PixArt-δ trained here on the shapes world, shipped inside the pack.
+
+Its files sit in ``pixart_delta_core/embedded_model/`` (the model card there says how each was made):
+a TAESD-architecture autoencoder in ComfyUI's single-file layout, a tiny T5 encoder in the HF folder
+layout with T5's own tokenizer, the PixArt-α-layout teacher, the LCM student distilled from it, and a
+ControlNet-Transformer trained on the world's edge maps. ``write_t5`` makes the T5 encoder: random (it
+is frozen during training, and the transformer learns from whatever features it gives), from a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ..text.t5_config import T5EncoderConfig
+from .random_weights import t5_weights
+
+FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
+EMBEDDED_T5 = T5EncoderConfig(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "LICENSE", "NOTICE")
+
+
+def write_t5(folder: Path, tokenizer: Path, seed: int = 0, config: T5EncoderConfig = EMBEDDED_T5) -> Path:
+    """A random T5-v1.1 encoder in the HF folder layout (config.json, model.safetensors in fp16) with the
+    tokenizer files copied from ``tokenizer``; returns ``folder``."""
+    from transformers import T5Config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.half().contiguous() for k, v in t5_weights(config, seed).items()}
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    hf = T5Config(**config.transformers_kwargs(), architectures=["T5EncoderModel"], torch_dtype="float16")
+    (folder / "config.json").write_text(json.dumps(hf.to_dict(), indent=1, sort_keys=True) + "\n")
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tokenizer / name, folder / name)
+    return folder
+
+
+TRAINING_SCENES = 8000  # the world's scenes the models were trained on: seeds 0 .. 7999 (held-out prompts avoid them)
+MODELS = {
+    "shapes-teacher": "transformer/shapes-teacher.safetensors",
+    "shapes-lcm": "transformer/shapes-lcm.safetensors",
+    "shapes-controlnet": "controlnet/shapes-edges.safetensors",
+    "shapes-taesd": "vae/shapes-taesd.safetensors",
+    "shapes-t5": "text_encoders/shapes-t5",
+}
+
+
+def embedded_path(name: str | Path) -> Path:
+    """The file of an embedded model given by name (``shapes-lcm``...), or ``name`` itself as a path."""
+    relative = MODELS.get(str(name))
+    return FOLDER / relative if relative is not None else Path(name)

@@ -1,0 +1,74 @@
+"""Scoring the embedded model with the shapes world's judge: prompt-following over held-out prompts, and how
+well the ControlNet puts shapes on its edge maps. The model card's figures and the tests' thresholds come
+from here, with fixed prompts and seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..pipeline.generation import Control, PixArtPipeline
+from ..world.judge import Scores, foreground_iou, held_out_scenes, judge, parse_caption
+from ..world.reading import read_picture
+from ..world.render import edge_map
+from ..world.scenes import Scene
+from .embedded import TRAINING_SCENES, embedded_path
+
+BATCH = 25  # prompts drawn at once
+
+
+def evaluation_scenes(count: int = 100) -> list[Scene]:
+    """The held-out scenes every score is measured on (fixed seeds, no caption seen in training)."""
+    return held_out_scenes(count, TRAINING_SCENES)
+
+
+def embedded_pipeline(transformer: str = "shapes-lcm", **options: Any) -> PixArtPipeline:
+    """A pipeline over the embedded files (fp32 on the CPU unless ``options`` say otherwise)."""
+    options = {"device": "cpu", "dtype": "fp32", "keep_loaded": True, **options}
+    return PixArtPipeline(
+        embedded_path(transformer), embedded_path("shapes-t5"), embedded_path("shapes-taesd"), **options
+    )
+
+
+def draw(
+    pipeline: PixArtPipeline, scenes: list[Scene], seed: int = 0, control: bool = False, **sampling: Any
+) -> list[Image.Image]:
+    """One picture per scene's caption (``BATCH`` at a time, seed ``seed + batch index``); ``control``: one at
+    a time over the scene's edge map."""
+    if control:
+        return [
+            pipeline(s.caption(), seed=seed + i, control=Control(edge_map(s)), **sampling).images[0]
+            for i, s in enumerate(scenes)
+        ]
+    images: list[Image.Image] = []
+    for start in range(0, len(scenes), BATCH):
+        captions = [s.caption() for s in scenes[start : start + BATCH]]
+        images += pipeline(captions, seed=seed + start // BATCH, **sampling).images
+    return images
+
+
+def prompt_scores(images: list[Image.Image], scenes: list[Scene]) -> Scores:
+    """The judge's scores of ``images`` against their scenes' captions."""
+    scores = Scores()
+    for image, scene in zip(images, scenes, strict=True):
+        scores.add(judge(parse_caption(scene.caption()), read_picture(image)))
+    return scores
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How much the pictures' shapes cover their scenes' shapes: IoU of the filled regions, per picture."""
+
+    ious: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.ious))
+
+
+def overlap(images: list[Image.Image], scenes: list[Scene]) -> Overlap:
+    return Overlap(tuple(foreground_iou(image, scene) for image, scene in zip(images, scenes, strict=True)))

@@ -1,0 +1,46 @@
+"""Copy the embedded model's trained files into the pack (pixart_delta_core/embedded_model/), in fp16.
+
+    python scripts/embedded_model/ship.py TEACHER LCM CONTROLNET AUTOENCODER T5_FOLDER
+
+Each file keeps its layout and metadata (the transformers' head count); only the dtype changes (the
+autoencoder's vae_scale and vae_shift stay fp32: they are exact constants, not weights).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pixart_delta_core.demo.embedded import MODELS, embedded_path  # noqa: E402
+
+
+def half(source: Path, target: Path) -> None:
+    with safe_open(source, "pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    tensors = {k: (v.half() if v.is_floating_point() and v.ndim else v).contiguous() for k, v in tensors.items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata=metadata)
+    print(f"{source} -> {target} ({target.stat().st_size / 2**20:.1f} MiB)")
+
+
+def main(teacher: str, lcm: str, controlnet: str, autoencoder: str, t5: str) -> None:
+    for name, source in (("shapes-teacher", teacher), ("shapes-lcm", lcm), ("shapes-controlnet", controlnet),
+                         ("shapes-taesd", autoencoder)):  # fmt: skip
+        half(Path(source), embedded_path(name))
+    target = embedded_path("shapes-t5")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(t5, target)
+    total = sum(p.stat().st_size for p in embedded_path("shapes-t5").parent.parent.rglob("*") if p.is_file())
+    print(f"{len(MODELS)} models, {total / 2**20:.1f} MiB in all")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])

@@ -1,0 +1,25 @@
+#!/bin/sh
+# How the embedded model (pixart_delta_core/embedded_model/) was made, step by step, on a 2-core CPU.
+# Each training run writes resumable checkpoints: after an interruption, run the same command with --resume.
+# Run from the repository root; everything is written under outputs/embedded/.
+set -e
+PY=${PYTHON:-.venv/bin/python}
+M=scripts/embedded_model
+
+# 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps
+$PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
+# 2. the T5 encoder: random (seed 0) and frozen, with T5's tokenizer
+$PY -c "from pathlib import Path; from pixart_delta_core.demo.embedded import write_t5; \
+write_t5(Path('outputs/embedded/t5'), Path('tests/fixtures/t5_tokenizer'))"
+# 3. the autoencoder (TAESD architecture)
+$PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
+# 4. the teacher, from scratch
+$PY -m pixart_delta_core train base --config $M/teacher.toml
+# 5. the LCM student and the ControlNet, both from the teacher (they may run side by side)
+$PY -m pixart_delta_core train lcm --config $M/lcm.toml
+$PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
+# 6. into the pack, in fp16
+$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0003000/transformer.safetensors \
+    outputs/embedded/lcm/checkpoints/step-0000800/transformer.safetensors \
+    outputs/embedded/controlnet/checkpoints/step-0000800/controlnet.safetensors \
+    outputs/embedded/autoencoder/checkpoints/step-0001500/autoencoder.safetensors outputs/embedded/t5
