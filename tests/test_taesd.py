@@ -159,7 +159,7 @@ def test_a_decoder_alone_decodes_and_refuses_to_encode(model_and_files, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(vae.decode(raw), model.decode((raw - 0) * SD_VAE.scaling_factor).sample, **PARITY)
     for encode in (vae.encode, vae.posterior):
-        with pytest.raises(InputError, match="holds only its decoder: .* needs its encoder too .*taesd_encoder"):
+        with pytest.raises(InputError, match=r"holds only its decoder: .* needs its encoder too .*taesd_encoder"):
             encode(pictures()[:1])
     comfy = {k: v for k, v in comfy_taesd_state_dict(model, SCALE, SHIFT).items() if "encoder" not in k}
     assert not inspect_vae(comfy).config.has_encoder  # the single file without its encoder, too
@@ -180,14 +180,14 @@ def test_an_encoder_without_its_decoder_is_refused(model_and_files, tmp_path: Pa
     model, _ = model_and_files
     encoder, _ = separate(model)
     save_file(encoder, str(tmp_path / "taesd_encoder.safetensors"))
-    with pytest.raises(CheckpointError, match="TAESD encoder without its decoder .*taesd_decoder.safetensors"):
+    with pytest.raises(CheckpointError, match=r"TAESD encoder without its decoder .*taesd_decoder.safetensors"):
         load_vae(tmp_path / "taesd_encoder.safetensors")
 
 
 def test_taesd3_and_taef1_16_channels_are_refused_by_name() -> None:
     with torch.device("meta"):
         sixteen = comfy_taesd_state_dict(AutoencoderTiny(latent_channels=16), 1.5305, 0.0609)
-    with pytest.raises(CheckpointError, match="a TAESD with 16 latent channels .*TAESD3 and TAEF1"):
+    with pytest.raises(CheckpointError, match=r"a TAESD with 16 latent channels .*TAESD3 and TAEF1"):
         inspect_vae(sixteen)
 
 
@@ -216,7 +216,7 @@ def test_an_sd_vae_is_still_detected_as_the_kl_vae() -> None:
 
 
 def test_bad_scalars_and_configs_of_another_architecture_are_refused(model_and_files, tmp_path: Path) -> None:
-    model, paths = model_and_files
+    model, _ = model_and_files
     tensors = comfy_taesd_state_dict(model, SCALE, SHIFT)
     with pytest.raises(CheckpointError, match=r"vae_scale must be one floating-point number, found shape \[2\]"):
         inspect_vae({**tensors, "vae_scale": torch.ones(2)})
@@ -232,5 +232,5 @@ def test_bad_scalars_and_configs_of_another_architecture_are_refused(model_and_f
 
 def test_the_transformer_loader_names_a_taesd_file(model_and_files) -> None:
     _, paths = model_and_files
-    with pytest.raises(CheckpointError, match="it looks like a TAESD autoencoder .give it as the VAE."):
+    with pytest.raises(CheckpointError, match=r"it looks like a TAESD autoencoder .give it as the VAE."):
         inspect_transformer(paths["comfy-single-file"])

@@ -223,7 +223,7 @@ def test_posterior_of_one_image_is_diffusers_mean_and_std(model_and_files, vae: 
     assert mean.shape == std.shape == (4, 4, 3) and mean.dtype == std.dtype == torch.float32
     torch.testing.assert_close(mean, theirs.mean[0], **EXACT)
     torch.testing.assert_close(std, theirs.std[0], **EXACT)
-    with pytest.raises(InputError, match="expected one image .*found a batch of 2"):
+    with pytest.raises(InputError, match=r"expected one image .*found a batch of 2"):
         vae.posterior(image.expand(2, -1, -1, -1))
 
 
