@@ -6,16 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
+from PIL import Image
 from safetensors.torch import save_file
 
 from pixart_delta_core import cli
 from pixart_delta_core.checkpoints.sources import StateDictSource
+from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.models.transformer import inspect_transformer
+from pixart_delta_core.pipeline.generation import PixArtPipeline
+from pixart_delta_core.pipeline.images import to_pil
 from pixart_delta_core.training.cache import _posterior
 from pixart_delta_core.vae.autoencoder import TaesdVae, inspect_vae, load_vae
 from pixart_delta_core.vae.taesd_config import TaesdConfig, TaesdLayout
@@ -234,3 +239,36 @@ def test_the_transformer_loader_names_a_taesd_file(model_and_files) -> None:
     _, paths = model_and_files
     with pytest.raises(CheckpointError, match=r"it looks like a TAESD autoencoder .give it as the VAE."):
         inspect_transformer(paths["comfy-single-file"])
+
+
+# --- generation ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    return write_demo_models(tmp_path_factory.mktemp("models"))
+
+
+def test_generate_decodes_with_a_taesd_file(demo_files, model_and_files, tmp_path: Path) -> None:
+    _, paths = model_and_files
+    taesd = paths["comfy-single-file"]
+    pipeline = PixArtPipeline(demo_files.transformer, demo_files.t5, taesd, demo_files.tokenizer, device="cpu")
+    made = pipeline("a fox", width=96, height=64, resolution_binning=False)
+    vae = load_vae(taesd)
+    wanted = to_pil(vae.decode(made.latents / SD_VAE.scaling_factor))[0]  # the engine's scaled latents -> raw
+    assert np.array_equal(np.asarray(made.images[0]), np.asarray(wanted))
+    args = ["generate", "--transformer", str(demo_files.transformer), "--t5", str(demo_files.t5), "--vae", str(taesd)]
+    args += ["--tokenizer", str(demo_files.tokenizer), "--prompt", "a fox", "--width", "96", "--height", "64"]
+    assert cli.main([*args, "--no-binning", "--out", str(tmp_path / "fox.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "fox.png").convert("RGB")), np.asarray(wanted))
+
+
+def test_an_init_image_with_a_decoder_alone_is_refused_before_t5(demo_files, model_and_files, monkeypatch) -> None:
+    _, paths = model_and_files
+    decoder = paths["separate-safetensors"].parent.parent / "decoder-only" / "taesd_decoder.safetensors"
+    decoder.parent.mkdir(exist_ok=True)
+    decoder.write_bytes(paths["separate-safetensors"].read_bytes())  # without its encoder beside it
+    pipeline = PixArtPipeline(demo_files.transformer, demo_files.t5, decoder, demo_files.tokenizer, device="cpu")
+    monkeypatch.setattr(PixArtPipeline, "encode_prompts", lambda *args: pytest.fail("T5 ran before the refusal"))
+    with pytest.raises(InputError, match=r"taesd_decoder.safetensors holds only its decoder: encoding an image"):
+        pipeline("a fox", width=64, height=64, init_image=Image.new("RGB", (64, 64)), strength=0.5)

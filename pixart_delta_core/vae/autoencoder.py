@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DECODER_ONLY = (
+    "holds only its decoder: encoding an image (image-to-image, a ControlNet image, a training cache) needs its "
+    "encoder too (taesd_encoder.* tensors, or taesd_encoder.safetensors beside taesd_decoder.safetensors)"
+)
 TILE_SIZE = 512  # pixels per side of one decoded tile (64 latents for the SD VAE)
 TILE_ABOVE_PIXELS = 2048 * 1024  # automatic tiling above 2 megapixels (every α/δ bin is at most 1 megapixel)
 
@@ -169,11 +173,7 @@ class TaesdVae(Vae):
 
     def _moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model.encoder is None:
-            raise InputError(
-                "this TAESD holds only its decoder: encoding an image (image-to-image, a ControlNet image, a "
-                "training cache) needs its encoder too (taesd_encoder.* tensors, or taesd_encoder.safetensors "
-                "beside taesd_decoder.safetensors)"
-            )
+            raise InputError(f"this TAESD {DECODER_ONLY}")
         latent = self.model.encode(image.to(self.device, self.dtype)).latents.float()  # [1,4,h,w]
         raw = latent / self.config.vae_scale + self.config.vae_shift
         return raw, torch.zeros_like(raw)
@@ -215,6 +215,14 @@ def inspect_vae(
     source = as_source(checkpoint)
     detect = detect_taesd if is_taesd(source) else detect_vae
     return detect(source, {**folder_config(source), **(hints or {})}, defaults)
+
+
+def check_encodes(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], defaults: VaeConfig) -> None:
+    """Raise InputError when the VAE in ``checkpoint`` cannot encode images (a TAESD decoder alone), from its keys
+    only: the check a run that encodes an image makes before its long stages."""
+    detected = inspect_vae(checkpoint, defaults)
+    if isinstance(detected.config, TaesdConfig) and not detected.config.has_encoder:
+        raise InputError(f"the VAE {detected.tensors.origin} {DECODER_ONLY}")
 
 
 def load_vae(
