@@ -189,6 +189,17 @@ def test_an_encoder_without_its_decoder_is_refused(model_and_files, tmp_path: Pa
         load_vae(tmp_path / "taesd_encoder.safetensors")
 
 
+def test_a_truncated_decoder_file_and_a_numbered_file_of_another_model_are_refused(model_and_files, tmp_path) -> None:
+    _, paths = model_and_files
+    cut = tmp_path / "taesd_decoder.safetensors"
+    cut.write_bytes(paths["separate-safetensors"].read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_vae(cut)
+    sequential = {"0.weight": torch.zeros(8, 3, 1, 1), "1.weight": torch.zeros(8, 8, 1, 1)}  # not TAESD's shapes
+    with pytest.raises(CheckpointError, match="not a VAE: unknown model"):
+        inspect_vae(sequential)
+
+
 def test_taesd3_and_taef1_16_channels_are_refused_by_name() -> None:
     with torch.device("meta"):
         sixteen = comfy_taesd_state_dict(AutoencoderTiny(latent_channels=16), 1.5305, 0.0609)

@@ -169,7 +169,6 @@ class TaesdVae(Vae):
     def __init__(self, model: AutoencoderTiny, config: TaesdConfig) -> None:
         self.model = model
         self.config = config  # type: ignore[assignment]  # the same fields Vae reads of a VaeConfig
-        self.tile_above_pixels = TILE_ABOVE_PIXELS  # unused: TAESD never tiles
 
     def _moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model.encoder is None:

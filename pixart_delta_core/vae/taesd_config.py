@@ -211,9 +211,10 @@ def _bare_side(source: TensorSource) -> str | None:
     ``1.conv.0.weight``...: the encoder starts at layer 0, the decoder at 1 after its clamp), else None."""
     if not source.shapes or not all(_BARE.match(k) for k in source.shapes):
         return None
-    if "0.weight" in source.shapes:
+    if source.shapes.get("0.weight") == (WIDTH, 3, 3, 3):  # the first convolution, from RGB
         return ENCODER
-    return DECODER if "1.weight" in source.shapes else None
+    first = source.shapes.get("1.weight", ())  # the first convolution, from the latent (of any channel count)
+    return DECODER if "0.weight" not in source.shapes and first[:1] == (WIDTH,) and first[2:] == (3, 3) else None
 
 
 def _join_separate_files(source: TensorSource) -> TensorSource | None:
