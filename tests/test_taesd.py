@@ -200,6 +200,16 @@ def test_a_truncated_decoder_file_and_a_numbered_file_of_another_model_are_refus
         inspect_vae(sequential)
 
 
+def test_two_candidate_encoders_beside_a_decoder_are_refused_as_ambiguous(model_and_files, tmp_path: Path) -> None:
+    model, _ = model_and_files
+    encoder, decoder = separate(model)
+    save_file(decoder, str(tmp_path / "taesd_decoder.safetensors"))
+    for name in ("taesd_encoder.pth", "taesd_encoder.bin"):  # neither has the decoder's extension
+        torch.save(encoder, tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"ambiguous: .*\['taesd_encoder.bin', 'taesd_encoder.pth'\]"):
+        inspect_vae(tmp_path / "taesd_decoder.safetensors")
+
+
 def test_taesd3_and_taef1_16_channels_are_refused_by_name() -> None:
     with torch.device("meta"):
         sixteen = comfy_taesd_state_dict(AutoencoderTiny(latent_channels=16), 1.5305, 0.0609)

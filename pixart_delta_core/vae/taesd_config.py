@@ -30,7 +30,7 @@ from ..checkpoints.detection import DetectedCheckpoint, find_prefix, shape_of, u
 from ..checkpoints.files import open_checkpoint
 from ..checkpoints.layouts import RenamedSource
 from ..checkpoints.loading import FLOATING_DTYPES
-from ..checkpoints.sources import JoinedSource, TensorSource, printable_path
+from ..checkpoints.sources import JoinedSource, TensorSource, printable_path, reading
 from ..errors import CheckpointError
 from .taesd_layout import COMFY_TABLE, DECODER, ENCODER, SCALE, SHIFT
 from .vae_config import SD_VAE, VaeConfig
@@ -247,7 +247,8 @@ def _sibling(path: Path | None, side: str, other_side: str) -> Path | None:
     if path is None or word not in path.name:
         return None
     head = path.name[: path.name.rindex(word)] + other_word
-    found = sorted(p for p in path.parent.iterdir() if p.name.startswith(head) and p.suffix in _EXTENSIONS)
+    with reading(path.parent):
+        found = sorted(p for p in path.parent.iterdir() if p.name.startswith(head) and p.suffix in _EXTENSIONS)
     same = [p for p in found if p.suffix == path.suffix]
     if len(same) == 1 or len(found) == 1:
         return (same or found)[0]
