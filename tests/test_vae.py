@@ -215,6 +215,18 @@ def test_encode_samples_the_posterior_from_a_seed(model_and_files, vae: Vae) -> 
     assert torch.equal(mean, vae.encode(images))
 
 
+def test_posterior_of_one_image_is_diffusers_mean_and_std(model_and_files, vae: Vae) -> None:
+    model, _ = model_and_files
+    image = torch.rand(1, 3, 32, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    mean, std = vae.posterior(image)
+    theirs = model.encode(image).latent_dist
+    assert mean.shape == std.shape == (4, 4, 3) and mean.dtype == std.dtype == torch.float32
+    torch.testing.assert_close(mean, theirs.mean[0], **EXACT)
+    torch.testing.assert_close(std, theirs.std[0], **EXACT)
+    with pytest.raises(InputError, match=r"expected one image .*found a batch of 2"):
+        vae.posterior(image.expand(2, -1, -1, -1))
+
+
 def test_raw_and_scaled_latents(vae: Vae) -> None:
     raw = torch.randn(1, 4, 2, 2)
     assert vae.scaling_factor == 0.18215

@@ -182,6 +182,8 @@ _LOOKALIKES = (
     ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
     ("decoder.up.0.block.0.conv1.weight", "a VAE (give it as the VAE)"),
     ("post_quant_conv.weight", "a VAE (give it as the VAE)"),
+    ("taesd_decoder.", "a TAESD autoencoder (give it as the VAE)"),
+    ("decoder.layers.0.weight", "a TAESD autoencoder (give it as the VAE)"),
     ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet"),
     ("lora_", "a LoRA"),
     ("shared.weight", "a T5 text encoder (give it as the T5 encoder)"),

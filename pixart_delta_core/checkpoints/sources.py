@@ -157,6 +157,30 @@ class _PrefixView(TensorSource):
         return self._inner.mapped(self._theirs(key))
 
 
+class JoinedSource(TensorSource):
+    """Several sources seen as one, each under its own key prefix (two files that together hold one model)."""
+
+    def __init__(self, parts: Mapping[str, TensorSource], origin: str) -> None:
+        self._where = {prefix + key: (inner, key) for prefix, inner in parts.items() for key in inner.shapes}
+        super().__init__(
+            {name: inner.shapes[key] for name, (inner, key) in self._where.items()},
+            {name: inner.dtypes[key] for name, (inner, key) in self._where.items()},
+            origin,
+        )
+
+    def _read(self, key: str) -> torch.Tensor:
+        inner, theirs = self._where[key]
+        return inner[theirs]
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        inner, theirs = self._where[key]
+        inner.read_into(theirs, out)
+
+    def mapped(self, key: str) -> torch.Tensor | None:
+        inner, theirs = self._where[key]
+        return inner.mapped(theirs)
+
+
 @contextmanager
 def reading(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn any ``OSError`` raised inside into a ``CheckpointError`` naming ``path`` and the system's reason."""

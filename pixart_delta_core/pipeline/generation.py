@@ -31,7 +31,7 @@ from ..sampling.choices import LcmTimesteps
 from ..sampling.samplers import ControlSchedule, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
-from ..vae.autoencoder import Vae, load_vae
+from ..vae.autoencoder import Vae, check_encodes, load_vae
 from .arguments import (
     MAX_BATCH_PIXELS,
     LoraSpec,
@@ -261,6 +261,8 @@ class PixArtPipeline:
         transformer_config = self.transformer_checkpoint.config
         if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
             self._check_controlnet(transformer_config)
+        if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
+            check_encodes(self.vae, vae_defaults_for(transformer_config))
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
         asked = _asked_size(height, width, transformer_config.resolution, init_image)
         check_image_size(*asked, multiple=16 if not resolution_binning else 1)

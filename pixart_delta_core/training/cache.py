@@ -213,11 +213,10 @@ def _write_shard(
     os.replace(temporary, path)
 
 
-@torch.no_grad()
 def _posterior(vae: Vae, pixels: Tensor) -> tuple[Tensor, Tensor]:
-    """An image [1, 3, H, W] in [-1, 1] -> the VAE posterior's mean and std [4, h, w] (raw latents, fp32, CPU)."""
-    posterior = vae.model.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
+    """An image [1, 3, H, W] in [-1, 1] -> the VAE posterior's mean and std [4, h, w] (raw latents, fp32, CPU;
+    the std is zeros for TAESD, which is deterministic)."""
+    return vae.posterior(pixels)
 
 
 def _control_pixels(record: Record, control: ControlExtractor, size: Size) -> Tensor:

@@ -1,4 +1,5 @@
-"""The VAE between images and latents (docs/REFERENCE.md §1): diffusers' ``AutoencoderKL``, loaded strictly.
+"""The VAE between images and latents (docs/REFERENCE.md §1): diffusers' ``AutoencoderKL`` (the SD/SDXL VAE) or
+``AutoencoderTiny`` (TAESD, ``taesd_config``), loaded strictly, behind one ``Vae`` interface.
 
 Two latent spaces, kept apart in every name: **raw** latents are what the VAE encodes and decodes
 (ComfyUI's LATENT holds these); **scaled** latents (raw x scaling factor) are what the transformer
@@ -20,19 +21,28 @@ from ..checkpoints.loading import as_source, load_strict
 from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
 from ..errors import InputError
+from .taesd_config import TaesdConfig, detect_taesd, is_taesd
+from .taesd_layout import TAESD_KWARGS
 from .vae_config import SD_VAE, VaeConfig, detect_vae
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, AutoencoderTiny
 
 log = logging.getLogger(__name__)
 
+DECODER_ONLY = (
+    "holds only its decoder: encoding an image (image-to-image, a ControlNet image, a training cache) needs its "
+    "encoder too (taesd_encoder.* tensors, or taesd_encoder.safetensors beside taesd_decoder.safetensors)"
+)
 TILE_SIZE = 512  # pixels per side of one decoded tile (64 latents for the SD VAE)
 TILE_ABOVE_PIXELS = 2048 * 1024  # automatic tiling above 2 megapixels (every α/δ bin is at most 1 megapixel)
 
 
 class Vae:
-    """An SD/SDXL VAE: images in [-1, 1] <-> raw latents, one image at a time, outputs in float32."""
+    """An autoencoder: images in [-1, 1] <-> raw latents, one image at a time, outputs in float32.
+
+    This class runs the SD/SDXL KL VAE; ``TaesdVae`` runs TAESD behind the same methods. ``load_vae`` gives either.
+    """
 
     def __init__(
         self,
@@ -91,12 +101,26 @@ class Vae:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32) if sample else None
         out = []
         for i in range(b):
-            posterior = self.model.encode(images[i : i + 1].to(self.device, self.dtype)).latent_dist
-            latent = posterior.mean  # [1,4,h,w]
-            if noise is not None:
-                latent = latent + posterior.std * noise[i : i + 1].to(self.device, self.dtype)
-            out.append(latent.float())
+            mean, std = self._moments(images[i : i + 1])  # [1,4,h,w] each, fp32 on the VAE's device
+            out.append(mean if noise is None else mean + std * noise[i : i + 1].to(mean.device))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image [1,3,H,W] in [-1, 1] -> the posterior's mean and std, raw latents [4,H/8,W/8] fp32 on the CPU.
+
+        The std is all zeros for a deterministic autoencoder (TAESD). Raises InputError for another shape.
+        """
+        self._check(pixels, self.config.in_channels, self.config.downscale, "pixels")
+        if pixels.shape[0] != 1:
+            raise InputError(f"expected one image [1, 3, height, width], found a batch of {pixels.shape[0]}")
+        mean, std = self._moments(pixels)
+        return mean[0].cpu(), std[0].cpu()
+
+    def _moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image [1,3,H,W] -> the posterior's mean and std [1,4,h,w] (raw latents, fp32, on the VAE's device)."""
+        posterior = self.model.encode(image.to(self.device, self.dtype)).latent_dist
+        return posterior.mean.float(), posterior.std.float()
 
     @torch.no_grad()
     def decode(self, raw_latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
@@ -133,7 +157,38 @@ class Vae:
             raise InputError(f"{what} sides must be multiples of {multiple} px, found {list(tensor.shape[2:])}")
 
 
-def storage_dtype(requested: torch.dtype, config: VaeConfig) -> torch.dtype:
+class TaesdVae(Vae):
+    """TAESD (diffusers' ``AutoencoderTiny``) behind the ``Vae`` methods, in ComfyUI's latent convention: raw
+    latent = encoder(image) / vae_scale + vae_shift, image = decoder((raw - vae_shift) x vae_scale) (``taesd_config``).
+
+    TAESD is deterministic: ``posterior`` gives a std of zeros and ``encode(sample=True)`` gives the mean.
+    ``decode`` always decodes whole images and ignores ``tiled``: TAESD's largest activations, 64 channels at the
+    image's full size, take 0.25 GiB in fp32 for a 1024 px image, far below what the KL VAE's tiles save.
+    """
+
+    def __init__(self, model: AutoencoderTiny, config: TaesdConfig) -> None:
+        self.model = model
+        self.config = config  # type: ignore[assignment]  # the same fields Vae reads of a VaeConfig
+
+    def _moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model.encoder is None:
+            raise InputError(f"this TAESD {DECODER_ONLY}")
+        latent = self.model.encode(image.to(self.device, self.dtype)).latents.float()  # [1,4,h,w]
+        raw = latent / self.config.vae_scale + self.config.vae_shift
+        return raw, torch.zeros_like(raw)
+
+    @torch.no_grad()
+    def decode(self, raw_latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Raw latents [B,4,h,w] -> images [B,3,8h,8w], nominally in [-1, 1] (not clamped); ``tiled`` is ignored."""
+        self._check(raw_latents, self.config.latent_channels, 1, "raw latents")
+        out = []
+        for z in raw_latents.split(1):  # [1,4,h,w]
+            z = ((z.float() - self.config.vae_shift) * self.config.vae_scale).to(self.device, self.dtype)
+            out.append(self.model.decode(z).sample.float())  # [1,3,8h,8w]
+        return torch.cat(out)
+
+
+def storage_dtype(requested: torch.dtype, config: VaeConfig | TaesdConfig) -> torch.dtype:
     """The dtype the weights are held in: fp32 instead of fp16 for a VAE that overflows in fp16."""
     if requested == torch.float16 and config.force_upcast:
         log.info("this VAE overflows in fp16 (force_upcast): keeping its weights in fp32")
@@ -145,17 +200,28 @@ def inspect_vae(
     checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
     defaults: VaeConfig = SD_VAE,
     hints: Mapping[str, Any] | None = None,
-) -> DetectedCheckpoint[VaeConfig]:
-    """Detect a VAE's layout and config without reading its weights.
+) -> DetectedCheckpoint[VaeConfig] | DetectedCheckpoint[TaesdConfig]:
+    """Detect a VAE's layout and config without reading its weights (TAESD: but its two scalars).
 
     ``checkpoint``: an LDM or diffusers file, a whole SD checkpoint, a diffusers VAE folder or a
-    pipeline folder (its ``vae/``). ``defaults`` fill what the file does not say (``SD_VAE`` for
-    PixArt-α/δ, ``SDXL_VAE`` for Σ: see ``vae_defaults_for``); ``hints`` are diffusers config fields.
+    pipeline folder (its ``vae/``); or TAESD: ComfyUI's single file, a ``taesd_decoder`` file (its
+    ``taesd_encoder`` found beside it) or a diffusers ``AutoencoderTiny`` folder (see ``taesd_config``).
+    ``defaults`` fill what the file does not say (``SD_VAE`` for PixArt-α/δ, ``SDXL_VAE`` for Σ: see
+    ``vae_defaults_for``); ``hints`` are diffusers config fields. Raises CheckpointError for anything else.
     """
     if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
         checkpoint = Path(checkpoint) / "vae"
     source = as_source(checkpoint)
-    return detect_vae(source, {**folder_config(source), **(hints or {})}, defaults)
+    detect = detect_taesd if is_taesd(source) else detect_vae
+    return detect(source, {**folder_config(source), **(hints or {})}, defaults)
+
+
+def check_encodes(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], defaults: VaeConfig) -> None:
+    """Raise InputError when the VAE in ``checkpoint`` cannot encode images (a TAESD decoder alone), from its keys
+    only: the check a run that encodes an image makes before its long stages."""
+    detected = inspect_vae(checkpoint, defaults)
+    if isinstance(detected.config, TaesdConfig) and not detected.config.has_encoder:
+        raise InputError(f"the VAE {detected.tensors.origin} {DECODER_ONLY}")
 
 
 def load_vae(
@@ -165,13 +231,20 @@ def load_vae(
     defaults: VaeConfig = SD_VAE,
     hints: Mapping[str, Any] | None = None,
 ) -> Vae:
-    """Load a VAE from any supported layout, strictly, in ``dtype`` on ``device`` (see ``inspect_vae``)."""
-    from diffusers import AutoencoderKL
+    """Load a VAE or TAESD from any supported layout, strictly, in ``dtype`` on ``device`` (see ``inspect_vae``)."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
 
     detected = inspect_vae(checkpoint, defaults, hints)
     log.info("loading VAE: %s", detected.describe())
+    config = detected.config
     with torch.device("meta"):
-        model = AutoencoderKL(**detected.config.diffusers_kwargs())
-    dtype = storage_dtype(parse_dtype(dtype), detected.config)
+        model = (
+            AutoencoderTiny(**TAESD_KWARGS)
+            if isinstance(config, TaesdConfig)
+            else AutoencoderKL(**config.diffusers_kwargs())
+        )
+    if isinstance(config, TaesdConfig) and not config.has_encoder:
+        model.encoder = None  # a decoder-only file: nothing to load into it, and encoding is refused
+    dtype = storage_dtype(parse_dtype(dtype), config)
     load_strict(model, detected.tensors, dtype, torch.device(device), ignore=detected.ignored)
-    return Vae(model, detected.config)
+    return TaesdVae(model, config) if isinstance(config, TaesdConfig) else Vae(model, config)
