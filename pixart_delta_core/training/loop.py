@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import InputError
 from ..models.controlnet_config import ControlNetConfig
 from ..models.initialization import initialize_weights_
+from ..models.layers import set_gradient_checkpointing
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for
 from ..text.embedding import TextEmbedding
@@ -33,7 +34,7 @@ from .cache import FeatureCache, build_cache
 from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, read_records
 from .draws import draw
-from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
+from .trainers import ControlNetTrainer, Trainer
 from .validation import validation_captions, validation_grid
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         )
     trainer, cache, captions = _setup(config, accelerator)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
-    if t.gradient_checkpointing:
-        enable_gradient_checkpointing(trainer.module)
+    set_gradient_checkpointing(trainer.module, t.gradient_checkpointing)
     parameters = trainer.trainable_parameters()
     optimizer = make_optimizer(parameters, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t))

@@ -12,12 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..models.controlnet import ControlNetTransformer
 from ..models.controlnet_config import ControlNetConfig
-from ..models.layers import Block
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import TransformerConfig
 from .cache import Batch
@@ -30,18 +28,6 @@ TRAIN_TIMESTEPS = 1000
 def heads_metadata(config: TransformerConfig | ControlNetConfig) -> dict[str, str]:
     """What detection cannot read from widths that are not multiples of 72 (tiny models)."""
     return {"num_heads": str(config.num_heads)}
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute each transformer block's activations in the backward pass instead of keeping them.
-
-    Set per block instance (the models carry no training switches): ``forward`` of every ``Block``
-    inside ``model`` runs under ``torch.utils.checkpoint``.
-    """
-    for block in model.modules():
-        if isinstance(block, Block):
-            plain = block.forward
-            block.forward = lambda x, ctx, plain=plain: checkpoint(plain, x, ctx, use_reentrant=False)
 
 
 def with_null_captions(model: PixArtTransformer, batch: Batch, drop: Tensor) -> Tensor:
