@@ -3,6 +3,8 @@ the ControlNet starts as the base and trains alone, the LCM parameterisation is 
 
 from __future__ import annotations
 
+import csv
+import struct
 from functools import partial
 
 import numpy as np
@@ -279,3 +281,42 @@ def test_a_trained_lora_loads_with_the_packs_lora_loader(tmp_path) -> None:
         ours = loaded(x, t, caption, mask)
     assert (trained - plain).abs().max() > 1e-2  # the adapter changes the output
     torch.testing.assert_close(ours, trained, rtol=1e-5, atol=1e-5)
+
+
+def _event_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of every TensorBoard event file under ``folder``: tag -> [(step, value)].
+
+    Event files are TFRecords: a little-endian uint64 length, its CRC (4 bytes), the Event, its CRC."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_gets_the_csvs_scalars_when_installed(setup, tmp_path) -> None:
+    pytest.importorskip("tensorboardX", reason="reading the event files needs tensorboardX (the test extra has it)")
+    _run(setup, tmp_path, "base", steps=3, checkpoint_every=3)
+    with (tmp_path / "log.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    scalars = _event_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars) == ["learning_rate", "loss", "samples_per_s"]
+    for tag in scalars:
+        expected = [(int(row["step"]), float(row[tag])) for row in rows]
+        assert [step for step, _ in scalars[tag]] == [1, 2, 3]
+        # the CSV rounds to 6 (rates: 4) significant digits, TensorBoard keeps fp32
+        assert [value for _, value in scalars[tag]] == pytest.approx([value for _, value in expected], rel=1e-3)
+
+
+def test_without_tensorboard_the_csv_alone_is_written(setup, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("accelerate.utils.is_tensorboard_available", lambda: False)
+    result = _run(setup, tmp_path, "base", steps=2, checkpoint_every=2)
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + len(result.losses)
+    assert not (tmp_path / "tensorboard").exists()

@@ -40,6 +40,7 @@ from .validation import validation_captions, validation_grid
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # the TensorBoard run's folder under train.output
 STEP_FILE = "step.json"  # written last: a checkpoint folder without it is incomplete
 TRAINER_STATE = "trainer.safetensors"
 
@@ -113,6 +114,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     """
     try:
         from accelerate import Accelerator
+        from accelerate.utils import is_tensorboard_available
     except ModuleNotFoundError:
         raise InputError(
             "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
@@ -125,6 +127,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         gradient_accumulation_steps=t.gradient_accumulation,
         cpu=t.cpu,
         step_scheduler_with_optimizer=False,
+        log_with="tensorboard" if is_tensorboard_available() else None,  # beside the CSV, when installed
+        project_dir=str(t.output),
     )
     processes, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % processes:
@@ -157,6 +161,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         t.output.mkdir(parents=True, exist_ok=True)
         (t.output / "config.toml").write_text(config.to_toml())
         log.info("training configuration:\n%s", config.to_toml())
+    accelerator.init_trackers(TENSORBOARD)  # writes under train.output/tensorboard (main process only)
     per_process = t.batch_size // processes
     csv_log = _CsvLog(t.output / "log.csv") if accelerator.is_main_process else None
     bar = tqdm(
@@ -188,8 +193,10 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", samples_per_s=f"{rate:.3g}")
         bar.update(1)
-        if csv_log is not None and step % t.log_every == 0:
-            csv_log.write(step, value, lr, rate)
+        if step % t.log_every == 0:
+            accelerator.log({"loss": value, "learning_rate": lr, "samples_per_s": rate}, step=step)
+            if csv_log is not None:
+                csv_log.write(step, value, lr, rate)
         if step % t.checkpoint_every == 0 or step == t.steps:
             weights = _save_checkpoint(accelerator, trainer, config, step)
         if captions is not None and step % t.validate_every == 0:
