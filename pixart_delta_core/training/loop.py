@@ -28,7 +28,7 @@ from ..models.controlnet_config import ControlNetConfig
 from ..models.initialization import initialize_weights_
 from ..models.layers import set_gradient_checkpointing
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
-from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for
+from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for, vae_defaults_for
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
 from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
@@ -282,6 +282,7 @@ def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCa
         data.control,
         data.shard_size,
         device,
+        vae_defaults_for(base),
     )
 
 
