@@ -123,6 +123,7 @@ class TrainSection:
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over GPU processes with FSDP (base, controlnet) instead of DDP: training/sharding.py
     seed: int = 0
     caption_dropout: float | None = None  # chance a caption trains as the null caption; None: Method.caption_dropout
     checkpoint_every: int = 500
@@ -251,6 +252,12 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.train.caption_dropout is None:  # the method's recipe, so that to_toml prints what the run uses
             object.__setattr__(self, "train", replace(self.train, caption_dropout=self.method.caption_dropout))
+        if self.train.fsdp and self.method not in (Method.BASE, Method.CONTROLNET):
+            raise InputError(
+                f"train.fsdp shards base and controlnet training only; {self.method.value} training runs on DDP "
+                f"(LCM updates an EMA copy of the whole student every step, LoRA's adapters are small, the autoencoder "
+                f"has no transformer blocks): set train.fsdp = false"
+            )
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
         files = {name: getattr(self.model, name) for name in ("transformer", "t5", "vae")}

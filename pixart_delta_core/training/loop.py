@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +35,7 @@ from .cache import FeatureCache, build_cache
 from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, read_records
 from .draws import draw
+from .sharding import fsdp_plugin, report_sharding
 from .trainers import ControlNetTrainer, Trainer
 from .validation import validation_captions, validation_grid
 
@@ -129,7 +131,10 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         step_scheduler_with_optimizer=False,
         log_with="tensorboard" if is_tensorboard_available() else None,  # beside the CSV, when installed
         project_dir=str(t.output),
+        fsdp_plugin=fsdp_plugin() if t.fsdp else None,
     )
+    if t.fsdp:
+        report_sharding(accelerator)
     processes, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % processes:
         raise InputError(
@@ -198,7 +203,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             if csv_log is not None:
                 csv_log.write(step, value, lr, rate)
         if step % t.checkpoint_every == 0 or step == t.steps:
-            weights = _save_checkpoint(accelerator, trainer, config, step)
+            weights = _save_checkpoint(accelerator, trainer, module, config, step)
         if captions is not None and step % t.validate_every == 0:
             lcm = config.method is Method.LCM or (config.method is Method.LORA and config.lora.lcm)
             grid = validation_grid(trainer, captions, cache, config.model.vae, t.validation_seed, lcm)
@@ -214,6 +219,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
+    if t.fsdp:  # accelerate marked the whole process as FSDP (its ACCELERATE_USE_FSDP): a later run may not be
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
     return TrainResult(t.output, step, weights, losses)
 
 
@@ -286,14 +293,17 @@ def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCa
     )
 
 
-def _save_checkpoint(accelerator: Any, trainer: Trainer, config: TrainingConfig, step: int) -> Path:
+def _save_checkpoint(
+    accelerator: Any, trainer: Trainer, module: torch.nn.Module, config: TrainingConfig, step: int
+) -> Path:
     """Weights in the loaders' layout, accelerate's state, the trainer's state, then the step (last)."""
     folder = config.train.output / CHECKPOINTS / f"step-{step:07d}"
     accelerator.wait_for_everyone()
     accelerator.save_state(str(folder))  # every process writes its RNG state
+    whole = accelerator.get_state_dict(module)  # every process: under FSDP, the shards gather to the main one
     weights = folder
     if accelerator.is_main_process:
-        weights = trainer.save(folder)
+        weights = trainer.save(folder, whole)
         state = {k: v.detach().cpu().contiguous() for k, v in trainer.state().items()}
         save_file(state, str(folder / TRAINER_STATE))
         (folder / "config.toml").write_text(config.to_toml())

@@ -7,6 +7,7 @@ for DDP), calls ``loss`` with the wrapped module, ``after_step`` after each opti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -86,12 +87,16 @@ class Trainer:
     def load_state(self, tensors: dict[str, Tensor]) -> None:
         """Restore what ``state`` returned."""
 
-    def save(self, folder: Path) -> Path:
-        """Write the trained weights in a layout the loaders read; returns the file."""
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """Write the trained weights in a layout the loaders read; returns the file.
+
+        ``weights``: the whole state dict of ``module`` (accelerate's ``get_state_dict``, which gathers it from
+        the shards of an FSDP run); default: read from the models.
+        """
         path = folder / "transformer.safetensors"
-        model = self.saved_transformer
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in model.reference_state_dict().items()}
-        save_file(weights, str(path), metadata=heads_metadata(model.config))
+        model = self.transformer
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.reference_state_dict(weights).items()}
+        save_file(tensors, str(path), metadata=heads_metadata(model.config))
         return path
 
     @property
@@ -134,9 +139,13 @@ class ControlNetTrainer(Trainer):
             raise InputError("ControlNet training needs control latents: the cache was built without data.control")
         return (batch.control * self.scaling_factor,)
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
         controlnet = self.controlled.controlnet
         path = folder / "controlnet.safetensors"
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in controlnet.state_dict().items()}
-        save_file(weights, str(path), metadata=heads_metadata(controlnet.config))
+        if weights is None:
+            weights = controlnet.state_dict()
+        else:  # the whole ControlledTransformer's: its ControlNet part
+            weights = {k.removeprefix("controlnet."): v for k, v in weights.items() if k.startswith("controlnet.")}
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
+        save_file(tensors, str(path), metadata=heads_metadata(controlnet.config))
         return path
