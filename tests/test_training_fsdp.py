@@ -73,6 +73,7 @@ def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path) -
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
     plain = _trainer()
     plain_loss = _step(plain, plain.module)
@@ -89,6 +90,8 @@ def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path) -
         blocks = [name for name, m in module.named_modules() if isinstance(m, Block)]
         assert units == ["", *blocks] and len(blocks) == TRAIN_TINY.depth + 2  # the base's blocks, the 2 copies
         sharded_loss = _step(sharded, module)
+        # read again after sharding (as the loop does for clipping), the trained parameters are the shards
+        assert all(isinstance(p.grad, DTensor) for p in sharded.trainable_parameters())
         # accelerate's get_state_dict under FSDP2: the shards gathered whole, on the CPU
         whole = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     finally:

@@ -155,6 +155,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     optimizer = make_optimizer(parameters, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t))
     module, optimizer, scheduler = accelerator.prepare(trainer.module, optimizer, scheduler)
+    parameters = trainer.trainable_parameters()  # FSDP replaced them by their shards (DDP keeps them)
     step, weights = 0, t.output
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
