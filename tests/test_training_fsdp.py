@@ -1,9 +1,10 @@
 """``train.fsdp``: accelerate's FSDP with every transformer ``Block`` a shard unit, whole checkpoints.
 
-accelerate turns FSDP on only for GPU-type processes; on CPU processes it keeps DDP (checked below, and the
+accelerate turns FSDP on only for GPU-type processes: on the CPU a run trains unsharded (checked below, and the
 run says so). What the CPU can show runs here: accelerate's own FSDP2 preparation (``fsdp2_prepare_model``)
-with our plugin in a one-process gloo group shards exactly the blocks, trains as the unsharded module does,
-and the gathered weights save and load with the engine's loaders. Two GPU processes run where there are two.
+with our plugin in a one-process gloo group shards exactly the blocks and trains as the unsharded module does;
+accelerate's checkpoint of it is written whole and loads back; the gathered weights save and load with the
+engine's loaders. Two GPU processes run where there are two.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def test_fsdp_is_refused_where_it_cannot_shard(setup) -> None:
             config_from_dict({**setup, "train": {**setup["train"], "fsdp": True}}, method)
 
 
-def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path) -> None:
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path, monkeypatch) -> None:
+    from accelerate.utils import fsdp_utils
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model, load_fsdp_model, save_fsdp_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
@@ -78,13 +80,16 @@ def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path) -
     plain = _trainer()
     plain_loss = _step(plain, plain.module)
     sharded = _trainer()
+    # accelerate's own logger wants an accelerate state, which only a whole Accelerator run sets up
+    monkeypatch.setattr(fsdp_utils, "logger", logging.getLogger(fsdp_utils.__name__))
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
         # what accelerate's prepare does for a FSDP2 plugin, given the settings its state would hold
         state = SimpleNamespace(fsdp_plugin=fsdp_plugin())
         accelerator = SimpleNamespace(
-            state=state, torch_device_mesh=None, mixed_precision="no", is_main_process=True, device=torch.device("cpu")
-        )
+            state=state, torch_device_mesh=None, mixed_precision="no", device=torch.device("cpu"), is_main_process=True,
+            num_processes=1, process_index=0, is_fsdp2=True, wait_for_everyone=lambda: None,
+        )  # fmt: skip
         module = fsdp2_prepare_model(accelerator, sharded.module)
         units = [name for name, m in module.named_modules() if isinstance(m, FSDPModule)]
         blocks = [name for name, m in module.named_modules() if isinstance(m, Block)]
@@ -94,6 +99,16 @@ def test_accelerates_fsdp2_shards_each_block_and_trains_as_unsharded(tmp_path) -
         assert all(isinstance(p.grad, DTensor) for p in sharded.trainable_parameters())
         # accelerate's get_state_dict under FSDP2: the shards gathered whole, on the CPU
         whole = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # accelerate's save_state writes the model whole, and its load_state puts it back into another sharded copy
+        save_fsdp_model(state.fsdp_plugin, accelerator, module, tmp_path / "state")
+        written = torch.load(tmp_path / "state" / "pytorch_model_fsdp.bin", weights_only=True)
+        assert written.keys() == whole.keys() and all(torch.equal(written[k], v) for k, v in whole.items())
+        again = _trainer(seed=4)
+        load_fsdp_model(
+            state.fsdp_plugin, accelerator, fsdp2_prepare_model(accelerator, again.module), tmp_path / "state"
+        )
+        restored = get_model_state_dict(again.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        assert all(torch.equal(restored[k], v) for k, v in whole.items())
     finally:
         torch.distributed.destroy_process_group()
     assert sharded_loss == pytest.approx(plain_loss, rel=1e-6)
