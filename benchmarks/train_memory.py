@@ -6,8 +6,9 @@ PixArt-XL-2 (depth 28, width 1152, 16 heads, 120 caption tokens of 4096) with ra
 batch 1 at 512 px by default; one step of our trainer (loss, backward, AdamW step) with gradient
 checkpointing, from cached features (T5 and the VAE are never resident). Peak memory: the process's
 maximum resident set on the CPU (weights included), ``torch.cuda.max_memory_allocated`` on a GPU.
-``static_gb`` is what the step holds besides activations (weights, gradients, AdamW's two moments);
-``activations_gb`` the rest of the peak. One JSON line. LCM holds three transformers (student,
+``static_gb`` is what the step holds besides activations (weights, gradients, AdamW's two moments),
+``process_gb`` the process before any model (interpreter and libraries; 0 on a GPU), ``activations_gb``
+the rest of the peak. One JSON line. LCM holds three transformers (student,
 teacher, EMA target): about 15 GB on the CPU in fp32, so run it only where that much memory is free.
 """
 
@@ -22,13 +23,14 @@ import torch
 
 from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.models.controlnet import ControlNetTransformer
+from pixart_delta_core.models.layers import set_gradient_checkpointing
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import TransformerConfig
 from pixart_delta_core.training.cache import Batch
 from pixart_delta_core.training.config import LcmSection
 from pixart_delta_core.training.draws import draw
 from pixart_delta_core.training.lcm import LcmTrainer
-from pixart_delta_core.training.trainers import ControlNetTrainer, enable_gradient_checkpointing
+from pixart_delta_core.training.trainers import ControlNetTrainer
 
 GB = 2**30
 
@@ -51,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    process = peak_bytes(device)  # the interpreter and libraries before any model (0 on a GPU)
     latent = args.size // 8
     config = TransformerConfig(depth=args.depth, sample_size=latent)
     transformer = randomize_(PixArtTransformer(config, device="meta").to_empty(device="cpu"), seed=0).to(device)
@@ -59,7 +62,7 @@ def main() -> None:
     else:
         copies = min(args.copies, args.depth - 1)
         trainer = ControlNetTrainer(transformer, ControlNetTransformer.from_base(transformer, copies), 0.18215, 0.5)
-    enable_gradient_checkpointing(trainer.module)
+    set_gradient_checkpointing(trainer.module)
     parameters = trainer.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=2e-5)
     generator = torch.Generator().manual_seed(0)
@@ -85,7 +88,8 @@ def main() -> None:
         "benchmark": "train_memory", "method": args.method, "device": str(device), "depth": args.depth,
         "size": args.size, "batch": args.batch, "gradient_checkpointing": True, "trained_params": trained,
         "peak_gb": round(peak / GB, 2), "static_gb": round(static / GB, 2),
-        "activations_gb": round(max(peak - static, 0) / GB, 2), "step_s": round(seconds, 1),
+        "process_gb": round(process / GB, 2),
+        "activations_gb": round(max(peak - static - process, 0) / GB, 2), "step_s": round(seconds, 1),
     }  # fmt: skip
     print(json.dumps(result))
 

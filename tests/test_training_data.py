@@ -70,7 +70,7 @@ def test_config_refuses_unknown_and_bad_settings_by_name(setup) -> None:
         config_from_dict({**setup, "lora": {"rank": 0}}, "lora")
     with pytest.raises(InputError, match=r"train\.mixed_precision must be one of"):
         config_from_dict({**setup, "train": {**setup["train"], "mixed_precision": "fp8"}}, "base")
-    with pytest.raises(InputError, match=r"missing setting\(s\) model\.vae"):
+    with pytest.raises(InputError, match=r"base training needs model\.vae"):
         config_from_dict({**setup, "model": {k: v for k, v in setup["model"].items() if k != "vae"}}, "base")
     with pytest.raises(InputError, match=r"data\.control"):
         config_from_dict({**setup, "data": {k: v for k, v in setup["data"].items() if k != "control"}}, "controlnet")
@@ -82,6 +82,24 @@ def test_config_round_trips_through_its_toml(setup, tmp_path) -> None:
     config = config_from_dict({**setup, "lora": {"rank": 8, "targets": ["attn.qkv"]}}, "lora")
     (tmp_path / "run.toml").write_text(config.to_toml())
     assert load_config(tmp_path / "run.toml") == config
+
+
+def test_caption_dropout_defaults_to_the_methods_recipe(setup) -> None:
+    """0.5 for the ControlNet (PixArt-δ's recipe), 0.1 for the base and LoRA (PixArt-α's); a set value wins;
+    the saved config says the value the run used."""
+    from pixart_delta_core.training.loop import make_trainer
+    from tests.helpers import random_transformer
+
+    resolved = {m: config_from_dict(setup, m).train.caption_dropout for m in ("base", "lora", "controlnet")}
+    assert resolved == {"base": 0.1, "lora": 0.1, "controlnet": 0.5}
+    controlnet = config_from_dict({**setup, "controlnet": {"copies": 1}}, "controlnet")
+    assert "caption_dropout = 0.5\n" in controlnet.to_toml()
+    trainer = make_trainer(controlnet, random_transformer(TRAIN_TINY), 0.18215)
+    assert trainer.caption_dropout == 0.5
+    chosen = config_from_dict({**setup, "train": {**setup["train"], "caption_dropout": 0.2}}, "controlnet")
+    assert chosen.train.caption_dropout == 0.2
+    with pytest.raises(InputError, match=r"train\.caption_dropout must be in \[0, 1\), found 1\.0"):
+        config_from_dict({**setup, "train": {**setup["train"], "caption_dropout": 1.0}}, "base")
 
 
 def test_folder_without_captions_is_refused(tmp_path) -> None:

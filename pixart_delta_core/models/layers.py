@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import Ops
 
@@ -149,7 +150,12 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """adaLN-single block: self-attention, cross-attention, MLP (PixArt-α §2.3)."""
+    """adaLN-single block: self-attention, cross-attention, MLP (PixArt-α §2.3).
+
+    ``gradient_checkpointing`` (off by default; ``set_gradient_checkpointing`` sets it for a whole model):
+    while gradients are recorded, the block keeps only its input and recomputes its activations in the
+    backward pass (``torch.utils.checkpoint``), as the reference trains with; inference is unaffected.
+    """
 
     def __init__(self, hidden: int, heads: int, mlp_hidden: int, ops: type[Ops], **factory: Any) -> None:
         super().__init__()
@@ -157,14 +163,29 @@ class Block(nn.Module):
         self.attn = Attention(hidden, heads, ops, **factory)
         self.cross_attn = CrossAttention(hidden, heads, ops, **factory)
         self.mlp = Mlp(hidden, mlp_hidden, hidden, ops, **factory)
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
+        """Tokens [B, N, C] -> [B, N, C]."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, ctx, use_reentrant=False)
+        return self._forward(x, ctx)
+
+    def _forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
         b = x.shape[0]
         mod = self.scale_shift_table[None] + ctx.modulation.reshape(b, 6, -1)  # [B, 6, C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # [B, 1, C] each
         x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa))
         x = x + self.cross_attn(x, ctx.caption, ctx.caption_mask)
         return x + gate_mlp * self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Turn gradient checkpointing on or off for every ``Block`` inside ``model`` (a transformer, a
+    ControlNet-Transformer, or a module holding them)."""
+    for block in model.modules():
+        if isinstance(block, Block):
+            block.gradient_checkpointing = enabled
 
 
 class FinalLayer(nn.Module):

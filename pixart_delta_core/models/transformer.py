@@ -151,11 +151,14 @@ class PixArtTransformer(nn.Module):
         out = self.final_layer(tokens, t)  # [B, N, p*p*out]
         return self.unpatchify(out, height, width)
 
-    def reference_state_dict(self) -> dict[str, Tensor]:
-        """The weights as the reference saves them: with the ``pos_embed`` buffer of the training size."""
+    def reference_state_dict(self, weights: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The weights as the reference saves them: with the ``pos_embed`` buffer of the training size.
+
+        ``weights``: this model's state dict gathered elsewhere (from the shards of an FSDP run); default: its own.
+        """
         c = self.config
         pos = sincos_pos_embed(c.hidden_size, c.base_size, c.base_size, c.base_size, c.interpolation_scale)
-        return {**self.state_dict(), "pos_embed": pos.to(self.dtype)[None]}  # [1, N, C]
+        return {**(self.state_dict() if weights is None else weights), "pos_embed": pos.to(self.dtype)[None]}
 
     def unpatchify(self, tokens: Tensor, height: int, width: int) -> Tensor:
         """[B, h*w, p*p*c] -> [B, c, h*p, w*p]."""

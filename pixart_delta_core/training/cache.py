@@ -30,6 +30,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..pipeline.images import from_pil, to_pil
 from ..pipeline.resolution import Size
+from ..vae.vae_config import SD_VAE, VaeConfig
 from .config import ControlExtractor, ModelSection
 from .control import EXTRACTORS
 from .data import Record, load_image, read_records, training_size
@@ -141,8 +142,12 @@ def build_cache(
     control: ControlExtractor | None = None,
     shard_size: int = 256,
     device: torch.device | str = "cpu",
+    vae_defaults: VaeConfig = SD_VAE,
 ) -> FeatureCache:
     """Encode ``dataset`` into ``folder`` (or check and reuse what is there); returns the cache.
+
+    ``vae_defaults`` fill what the VAE's files do not say, its scaling factor above all: those of the VAE
+    the transformer pairs with (``vae_defaults_for``: the SDXL VAE's 0.13025 for PixArt-Σ).
 
     Raises ``InputError`` when ``folder`` holds a cache made by another T5, VAE, resolution, caption
     length, control extractor or dataset size. T5 and the VAE load only when shards are missing.
@@ -171,7 +176,7 @@ def build_cache(
     if missing:
         log.info("caching features of %d records in %s (%d shards to write)", len(records), folder, len(missing))
         encoder = load_text_encoder(model.t5, "fp32", device, model.tokenizer)
-        vae = load_vae(model.vae, "fp32", device)
+        vae = load_vae(model.vae, "fp32", device, defaults=vae_defaults)
         info = {"version": CACHE_VERSION, "key": asdict(key), "shard_size": shard_size}
         manifest.write_text(json.dumps({**info, "scaling_factor": vae.scaling_factor}, indent=1))
         for shard in missing:

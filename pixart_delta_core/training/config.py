@@ -11,7 +11,7 @@ import dataclasses
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,12 @@ class Method(Enum):
     CONTROLNET = "controlnet"  # train a ControlNet-Transformer on the frozen transformer
     LORA = "lora"  # train a PEFT LoRA on the transformer (LCM-LoRA with ``lora.lcm``)
     AUTOENCODER = "autoencoder"  # train a TAESD-architecture autoencoder on the data set's pictures
+
+    @property
+    def caption_dropout(self) -> float:
+        """The recipe's caption dropout (docs/REFERENCE.md §6): 0.5 for the ControlNet (PixArt-δ), 0.1 otherwise
+        (PixArt-α's ``class_dropout_prob``; LCM distillation trains every caption whatever it says)."""
+        return 0.5 if self is Method.CONTROLNET else 0.1
 
 
 class MixedPrecision(Enum):
@@ -117,8 +123,9 @@ class TrainSection:
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over GPU processes with FSDP (base, controlnet) instead of DDP: training/sharding.py
     seed: int = 0
-    caption_dropout: float = 0.1  # probability of training a caption as the learned null caption
+    caption_dropout: float | None = None  # chance a caption trains as the null caption; None: Method.caption_dropout
     checkpoint_every: int = 500
     log_every: int = 1
     validate_every: int = 0  # 0: no validation images
@@ -140,7 +147,8 @@ class TrainSection:
         _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)
-        _check(0 <= self.caption_dropout < 1, "train.caption_dropout", "in [0, 1)", self.caption_dropout)
+        dropout = self.caption_dropout
+        _check(dropout is None or 0 <= dropout < 1, "train.caption_dropout", "in [0, 1)", dropout)
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,14 @@ class TrainingConfig:
     autoencoder: AutoencoderSection = field(default_factory=AutoencoderSection)
 
     def __post_init__(self) -> None:
+        if self.train.caption_dropout is None:  # the method's recipe, so that to_toml prints what the run uses
+            object.__setattr__(self, "train", replace(self.train, caption_dropout=self.method.caption_dropout))
+        if self.train.fsdp and self.method not in (Method.BASE, Method.CONTROLNET):
+            raise InputError(
+                f"train.fsdp shards base and controlnet training only; {self.method.value} training runs on DDP "
+                f"(LCM updates an EMA copy of the whole student every step, LoRA's adapters are small, the autoencoder "
+                f"has no transformer blocks): set train.fsdp = false"
+            )
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
         files = {name: getattr(self.model, name) for name in ("transformer", "t5", "vae")}

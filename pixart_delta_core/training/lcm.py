@@ -11,7 +11,8 @@ exactly what was trained.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +117,10 @@ class LcmTrainer(Trainer):
     def saved_transformer(self) -> PixArtTransformer:
         """The EMA target is the distilled model, as the LCM recipe keeps it."""
         return self.target
+
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """The EMA target's weights, not the student's (``weights``); LCM runs unsharded."""
+        return super().save(folder, self.target.state_dict())
 
 
 def with_learned_null(model: PixArtTransformer, batch: Batch) -> Tensor:

@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -26,19 +27,22 @@ from safetensors.torch import load_file, save_file
 from ..errors import InputError
 from ..models.controlnet_config import ControlNetConfig
 from ..models.initialization import initialize_weights_
+from ..models.layers import set_gradient_checkpointing
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
-from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for
+from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for, vae_defaults_for
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
 from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, read_records
 from .draws import draw
-from .trainers import ControlNetTrainer, Trainer, enable_gradient_checkpointing
+from .sharding import fsdp_plugin, report_sharding
+from .trainers import ControlNetTrainer, Trainer
 from .validation import validation_captions, validation_grid
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # the TensorBoard run's folder under train.output
 STEP_FILE = "step.json"  # written last: a checkpoint folder without it is incomplete
 TRAINER_STATE = "trainer.safetensors"
 
@@ -112,6 +116,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     """
     try:
         from accelerate import Accelerator
+        from accelerate.utils import is_tensorboard_available
     except ModuleNotFoundError:
         raise InputError(
             "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
@@ -124,7 +129,12 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         gradient_accumulation_steps=t.gradient_accumulation,
         cpu=t.cpu,
         step_scheduler_with_optimizer=False,
+        log_with="tensorboard" if is_tensorboard_available() else None,  # beside the CSV, when installed
+        project_dir=str(t.output),
+        fsdp_plugin=fsdp_plugin() if t.fsdp else None,
     )
+    if t.fsdp:
+        report_sharding(accelerator)
     processes, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % processes:
         raise InputError(
@@ -140,12 +150,12 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         )
     trainer, cache, captions = _setup(config, accelerator)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
-    if t.gradient_checkpointing:
-        enable_gradient_checkpointing(trainer.module)
+    set_gradient_checkpointing(trainer.module, t.gradient_checkpointing)
     parameters = trainer.trainable_parameters()
     optimizer = make_optimizer(parameters, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t))
     module, optimizer, scheduler = accelerator.prepare(trainer.module, optimizer, scheduler)
+    parameters = trainer.trainable_parameters()  # FSDP replaced them by their shards (DDP keeps them)
     step, weights = 0, t.output
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
@@ -157,6 +167,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         t.output.mkdir(parents=True, exist_ok=True)
         (t.output / "config.toml").write_text(config.to_toml())
         log.info("training configuration:\n%s", config.to_toml())
+    accelerator.init_trackers(TENSORBOARD)  # writes under train.output/tensorboard (main process only)
     per_process = t.batch_size // processes
     csv_log = _CsvLog(t.output / "log.csv") if accelerator.is_main_process else None
     bar = tqdm(
@@ -188,10 +199,12 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", samples_per_s=f"{rate:.3g}")
         bar.update(1)
-        if csv_log is not None and step % t.log_every == 0:
-            csv_log.write(step, value, lr, rate)
+        if step % t.log_every == 0:
+            accelerator.log({"loss": value, "learning_rate": lr, "samples_per_s": rate}, step=step)
+            if csv_log is not None:
+                csv_log.write(step, value, lr, rate)
         if step % t.checkpoint_every == 0 or step == t.steps:
-            weights = _save_checkpoint(accelerator, trainer, config, step)
+            weights = _save_checkpoint(accelerator, trainer, module, config, step)
         if captions is not None and step % t.validate_every == 0:
             lcm = config.method is Method.LCM or (config.method is Method.LORA and config.lora.lcm)
             grid = validation_grid(trainer, captions, cache, config.model.vae, t.validation_seed, lcm)
@@ -207,6 +220,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
+    if t.fsdp:  # accelerate marked the whole process as FSDP (its ACCELERATE_USE_FSDP): a later run may not be
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
     return TrainResult(t.output, step, weights, losses)
 
 
@@ -275,17 +290,21 @@ def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCa
         data.control,
         data.shard_size,
         device,
+        vae_defaults_for(base),
     )
 
 
-def _save_checkpoint(accelerator: Any, trainer: Trainer, config: TrainingConfig, step: int) -> Path:
+def _save_checkpoint(
+    accelerator: Any, trainer: Trainer, module: torch.nn.Module, config: TrainingConfig, step: int
+) -> Path:
     """Weights in the loaders' layout, accelerate's state, the trainer's state, then the step (last)."""
     folder = config.train.output / CHECKPOINTS / f"step-{step:07d}"
     accelerator.wait_for_everyone()
     accelerator.save_state(str(folder))  # every process writes its RNG state
+    whole = accelerator.get_state_dict(module)  # every process: under FSDP, the shards gather to the main one
     weights = folder
     if accelerator.is_main_process:
-        weights = trainer.save(folder)
+        weights = trainer.save(folder, whole)
         state = {k: v.detach().cpu().contiguous() for k, v in trainer.state().items()}
         save_file(state, str(folder / TRAINER_STATE))
         (folder / "config.toml").write_text(config.to_toml())

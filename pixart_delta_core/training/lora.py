@@ -10,6 +10,7 @@ multiplied into ``lora_B`` and the file declares alpha = rank, so every reader a
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -90,7 +91,8 @@ class LoraTrainer(Trainer):
                 out[f"{module}.lora_B.weight"] = part.contiguous()
         return out
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """The adapter alone, read from the model (``weights`` unused: LoRA runs unsharded)."""
         path = folder / LORA_FILE
         weights = self.lora_state_dict()
         save_file(weights, str(path), metadata={"format": "pt"})

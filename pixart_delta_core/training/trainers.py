@@ -7,17 +7,16 @@ for DDP), calls ``loss`` with the wrapped module, ``after_step`` after each opti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..models.controlnet import ControlNetTransformer
 from ..models.controlnet_config import ControlNetConfig
-from ..models.layers import Block
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import TransformerConfig
 from .cache import Batch
@@ -30,18 +29,6 @@ TRAIN_TIMESTEPS = 1000
 def heads_metadata(config: TransformerConfig | ControlNetConfig) -> dict[str, str]:
     """What detection cannot read from widths that are not multiples of 72 (tiny models)."""
     return {"num_heads": str(config.num_heads)}
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute each transformer block's activations in the backward pass instead of keeping them.
-
-    Set per block instance (the models carry no training switches): ``forward`` of every ``Block``
-    inside ``model`` runs under ``torch.utils.checkpoint``.
-    """
-    for block in model.modules():
-        if isinstance(block, Block):
-            plain = block.forward
-            block.forward = lambda x, ctx, plain=plain: checkpoint(plain, x, ctx, use_reentrant=False)
 
 
 def with_null_captions(model: PixArtTransformer, batch: Batch, drop: Tensor) -> Tensor:
@@ -100,12 +87,16 @@ class Trainer:
     def load_state(self, tensors: dict[str, Tensor]) -> None:
         """Restore what ``state`` returned."""
 
-    def save(self, folder: Path) -> Path:
-        """Write the trained weights in a layout the loaders read; returns the file."""
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """Write the trained weights in a layout the loaders read; returns the file.
+
+        ``weights``: the whole state dict of ``module`` (accelerate's ``get_state_dict``, which gathers it from
+        the shards of an FSDP run); default: read from the models.
+        """
         path = folder / "transformer.safetensors"
-        model = self.saved_transformer
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in model.reference_state_dict().items()}
-        save_file(weights, str(path), metadata=heads_metadata(model.config))
+        model = self.transformer
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.reference_state_dict(weights).items()}
+        save_file(tensors, str(path), metadata=heads_metadata(model.config))
         return path
 
     @property
@@ -148,9 +139,13 @@ class ControlNetTrainer(Trainer):
             raise InputError("ControlNet training needs control latents: the cache was built without data.control")
         return (batch.control * self.scaling_factor,)
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
         controlnet = self.controlled.controlnet
         path = folder / "controlnet.safetensors"
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in controlnet.state_dict().items()}
-        save_file(weights, str(path), metadata=heads_metadata(controlnet.config))
+        if weights is None:
+            weights = controlnet.state_dict()
+        else:  # the whole ControlledTransformer's: its ControlNet part
+            weights = {k.removeprefix("controlnet."): v for k, v in weights.items() if k.startswith("controlnet.")}
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
+        save_file(tensors, str(path), metadata=heads_metadata(controlnet.config))
         return path
