@@ -22,4 +22,4 @@ $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 $PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0003000/transformer.safetensors \
     outputs/embedded/lcm/checkpoints/step-0000800/transformer.safetensors \
     outputs/embedded/controlnet/checkpoints/step-0000800/controlnet.safetensors \
-    outputs/embedded/autoencoder/checkpoints/step-0001500/autoencoder.safetensors outputs/embedded/t5
+    outputs/embedded/autoencoder/checkpoints/step-0001200/autoencoder.safetensors outputs/embedded/t5
