@@ -1,13 +1,13 @@
 """Autoencoder training: a TAESD-architecture autoencoder (diffusers' ``AutoencoderTiny``) on a data set's pictures.
 
 The embedded model's world has no pretrained VAE, so it gets its own, trained here. Each step reconstructs
-random crops (aligned to the 8 px latent grid: the layers are convolutions, so crops train the same weights
-at a fraction of the cost of whole pictures; a crop is drawn with a probability that grows with how much its
-pixels vary, so flat backgrounds do not crowd out the pictures' content) with an L1 + L2 loss, with Gaussian
-noise added to the latents so the decoder tolerates a generator's small errors. It is saved in ComfyUI's
-single-file TAESD layout (``vae/taesd_layout.py``), with ``vae_scale`` and ``vae_shift`` chosen so that the scaled latents the
-transformer works in (raw latents x ``autoencoder.scaling_factor``) have zero mean and unit standard deviation
-over the data set.
+random crops with an L1 + L2 loss, with Gaussian noise added to the latents so the decoder tolerates a
+generator's small errors. Crops are aligned to the 8 px latent grid (the layers are convolutions, so crops
+train the same weights at a fraction of the cost of whole pictures) and drawn with a probability that grows
+with how much their pixels vary, so flat backgrounds do not crowd out the pictures' content. The result is
+saved in ComfyUI's single-file TAESD layout (``vae/taesd_layout.py``), with ``vae_scale`` and ``vae_shift``
+chosen so that the scaled latents the transformer works in (raw latents x ``autoencoder.scaling_factor``)
+have zero mean and unit standard deviation over the data set.
 """
 
 from __future__ import annotations
