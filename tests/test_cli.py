@@ -16,17 +16,24 @@ def files(tmp_path_factory):
     return write_demo_models(tmp_path_factory.mktemp("models"))
 
 
-def test_demo_writes_an_image_keeps_its_models_and_says_what_to_try(tmp_path: Path, capsys) -> None:
-    out, models = tmp_path / "demo.png", tmp_path / "models"
-    assert main(["demo", "--out", str(out), "--models", str(models)]) == 0
-    assert Image.open(out).size == (512, 512)
+def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert Image.open(out).size == (256 * 8, 256 + 56)  # 6 prompts, the edge map, the ControlNet's picture
     printed = capsys.readouterr().out
-    assert "random" in printed
-    kept = sorted(p.name for p in models.iterdir())
-    assert kept == ["demo-t5.safetensors", "demo-tokenizer", "demo-transformer.safetensors", "demo-vae"]
-    next_commands = printed.split("Next, on the same files:")[1]
-    assert f"info {models / 'demo-transformer.safetensors'}" in next_commands
-    assert f"--tokenizer {models / 'demo-tokenizer'}" in next_commands
+    assert printed.count("[LCM, 4 steps] ") == 6 and "[ControlNet] " in printed
+    assert printed.count("  judge: ") == 8
+    assert "IoU" in printed
+    next_commands = printed.split("Next:")[1]
+    assert "info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5" in next_commands
+    assert "judge outputs/star.png" in next_commands
+
+
+def test_the_embedded_models_are_taken_by_name(capsys) -> None:
+    assert main(["info", "shapes-teacher", "shapes-lcm", "shapes-controlnet", "shapes-taesd", "shapes-t5"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PixArt transformer") == 2 and "PixArt ControlNet" in printed
+    assert "TAESD" in printed and "T5 text encoder" in printed
 
 
 def test_generate_writes_one_file_per_image_named_for_its_prompt(files, tmp_path: Path) -> None:

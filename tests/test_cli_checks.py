@@ -103,7 +103,7 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
         with pytest.raises(SystemExit):
             main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "where the models are kept (default: outputs/demo-models)" in out
+    assert "the grid written (default: outputs/demo.png)" in out
     assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE" in out
     assert "--training-resolution PX" in out and "--heads" in out
 

@@ -12,6 +12,7 @@ have zero mean and unit standard deviation over the data set.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,8 +131,9 @@ class AutoencoderTrainer:
         """No state beyond the model and optimizer."""
 
     @torch.no_grad()
-    def save(self, folder: Path) -> Path:
-        """The autoencoder in ComfyUI's TAESD layout, with the latent scale and shift of the data set."""
+    def save(self, folder: Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """The autoencoder in ComfyUI's TAESD layout, with the latent scale and shift of the data set
+        (``weights``, the loop's gathered state dict, is not needed: autoencoder runs are never sharded)."""
         model = self.reconstruction.model
         device = next(model.parameters()).device
         latents = torch.cat(
