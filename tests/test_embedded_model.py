@@ -17,6 +17,7 @@ from functools import cache
 import pytest
 import torch
 
+from pixart_delta_core.demo.embedded import PICTURE
 from pixart_delta_core.demo.evaluation import draw, embedded_pipeline, evaluation_scenes, overlap, prompt_scores
 from pixart_delta_core.pipeline.generation import Control
 from pixart_delta_core.world.judge import Scores
@@ -74,7 +75,7 @@ def test_int8_stays_within_3_points_of_full_precision(option: dict[str, str]) ->
 @cache
 def controlled(with_controlnet: bool) -> list:
     """The control scenes drawn one at a time (seed = index), with their edge maps or without the ControlNet."""
-    settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}
+    settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5, **PICTURE}
     if with_controlnet:
         return draw(embedded_pipeline("shapes-teacher", controlnet="shapes-controlnet"), CONTROL_SCENES, control=True,
                     **settings)  # fmt: skip
@@ -90,7 +91,7 @@ def test_the_controlnet_puts_the_shapes_on_the_edge_map() -> None:
 
 def test_strength_0_reproduces_the_model_without_the_controlnet() -> None:
     scene = CONTROL_SCENES[0]
-    settings = {"sampler": "dpm_solver++", "steps": 6, "guidance": 4.5, "seed": 3}
+    settings = {"sampler": "dpm_solver++", "steps": 6, "guidance": 4.5, "seed": 3, **PICTURE}
     off = embedded_pipeline("shapes-teacher", controlnet="shapes-controlnet")(
         scene.caption(), control=Control(edge_map(scene), strength=0.0), **settings
     )

@@ -38,6 +38,7 @@ def write_t5(folder: Path, tokenizer: Path, seed: int = 0, config: T5EncoderConf
     return folder
 
 
+PICTURE = {"width": 128, "height": 128, "resolution_binning": False}  # what the models were trained at (no bins)
 TRAINING_SCENES = 8000  # the world's scenes the models were trained on: seeds 0 .. 7999 (held-out prompts avoid them)
 MODELS = {
     "shapes-teacher": "transformer/shapes-teacher.safetensors",

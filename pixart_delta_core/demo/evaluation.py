@@ -16,7 +16,7 @@ from ..world.judge import Scores, foreground_iou, held_out_scenes, judge, parse_
 from ..world.reading import read_picture
 from ..world.render import edge_map
 from ..world.scenes import Scene
-from .embedded import TRAINING_SCENES, embedded_path
+from .embedded import PICTURE, TRAINING_SCENES, embedded_path
 
 BATCH = 25  # prompts drawn at once
 
@@ -41,6 +41,7 @@ def draw(
 ) -> list[Image.Image]:
     """One picture per scene's caption (``BATCH`` at a time, seed ``seed + batch index``); ``control``: one at
     a time over the scene's edge map."""
+    sampling = {**PICTURE, **sampling}
     if control:
         return [
             pipeline(s.caption(), seed=seed + i, control=Control(edge_map(s)), **sampling).images[0]

@@ -17,7 +17,7 @@ from ..pipeline.generation import Control, PixArtPipeline
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
-from .embedded import TRAINING_SCENES, embedded_path
+from .embedded import PICTURE, TRAINING_SCENES, embedded_path
 
 TILE = 256  # px per picture in the grid (the model draws 128 px)
 LABEL = 28  # px of verdict text under each picture
@@ -40,7 +40,7 @@ def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Show
     captions = [scene.caption() for scene in scenes[:prompts]]
     models = {"t5": embedded_path("shapes-t5"), "vae": embedded_path("shapes-taesd")}
     student = PixArtPipeline(embedded_path("shapes-lcm"), device=device, dtype="fp32", **models)
-    images = student(captions, sampler="lcm", steps=4, seed=seed).images
+    images = student(captions, sampler="lcm", steps=4, seed=seed, **PICTURE).images
     shown = [
         Shown("LCM, 4 steps", caption, image, judge(parse_caption(caption), read_picture(image)))
         for caption, image in zip(captions, images, strict=True)
@@ -51,7 +51,8 @@ def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Show
         embedded_path("shapes-teacher"), controlnet=embedded_path("shapes-controlnet"), device=device, dtype="fp32",
         **models,
     )  # fmt: skip
-    image = teacher(scene.caption(), sampler="dpm_solver++", steps=14, seed=seed, control=Control(edges)).images[0]
+    settings = {"sampler": "dpm_solver++", "steps": 14, "seed": seed, **PICTURE}
+    image = teacher(scene.caption(), control=Control(edges), **settings).images[0]
     verdict = judge(parse_caption(scene.caption()), read_picture(image))
     iou = f"shapes on the edge map's: IoU {foreground_iou(image, scene):.2f}"
     shown += [Shown("edge map", scene.caption(), edges, verdict, "the ControlNet's input"),
