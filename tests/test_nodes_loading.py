@@ -48,6 +48,7 @@ def test_every_node_is_registered_with_a_prefixed_id_and_a_display_name() -> Non
         "PixArtDeltaControlNetLoader",
         "PixArtDeltaControlNetApply",
         "PixArtDeltaLoraLoader",
+        "PixArtDeltaShapesScene",
     }
     assert set(PACK.NODE_DISPLAY_NAME_MAPPINGS) == set(NODES)
     assert all(name.startswith("PixArt-δ ") for name in PACK.NODE_DISPLAY_NAME_MAPPINGS.values())
