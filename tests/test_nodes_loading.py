@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NODES = PACK.NODE_CLASS_MAPPINGS
 host = PACK.nodes.host
 OURS = ("PIXART_DELTA_MODEL", "PIXART_DELTA_T5", "PIXART_DELTA_CONTROLNET")
-CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT", "MODEL")
+CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT", "STRING", "MODEL")
 
 
 # --- declarations ----------------------------------------------------------------------------------
