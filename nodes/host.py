@@ -53,8 +53,11 @@ _FOLDERS: dict[str, tuple[str, ...]] = {
     "loras": ("loras",),
 }
 # The embedded model's sub-folders and the ComfyUI kind each is listed under. Its transformers are
-# transformer-only files: "diffusion_models" is the kind for those (core Load Diffusion Model), where
-# "checkpoints" promises a whole checkpoint (model, CLIP and VAE) to core Load Checkpoint and its kin.
+# transformer-only files: "diffusion_models" is ComfyUI's kind for those, listed by one core node (Load
+# Diffusion Model), where "checkpoints" is read by every core node that expects a whole checkpoint (model,
+# CLIP and VAE: Load Checkpoint, its unCLIP and image-only kin, model merging). Core loads neither kind of
+# file here (its PixArt detection assumes PixArt-XL's width and refuses the weights with a size mismatch),
+# so the kind that offers them to fewer core nodes, and says what they are, is the one.
 EMBEDDED_KINDS: dict[str, str] = {
     "diffusion_models": "transformer",
     "controlnet": "controlnet",

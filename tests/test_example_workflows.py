@@ -370,6 +370,7 @@ def test_each_demo_shows_what_its_name_says() -> None:
     assert kind == "lcm" and 0 < denoise < 1
     for path in DEMOS:
         (sampler,) = nodes_of(path.stem, "PixArtDeltaSampler")
+        assert sampler["widgets_values"][:2] == [0, "fixed"]  # a thumbnail and its verdict are reproducible
         assert sampler["widgets_values"][6:8] == [128, 128]
     for name, model in (("demo_lcm_text_to_image", "shapes-lcm"), ("demo_teacher_dpm_solver", "shapes-teacher"),
                         ("demo_controlnet", "shapes-teacher"), ("demo_image_to_image", "shapes-lcm")):  # fmt: skip
