@@ -8,6 +8,7 @@ from .loaders import CheckpointLoader, LowMemoryLoader, T5Loader
 from .lora import LoraLoader
 from .resolution import Resolution
 from .sampling import PixArtSampler
+from .shapes import ShapesScene
 from .text import T5TextEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "PixArtDeltaControlNetLoader": ControlNetLoader,
     "PixArtDeltaControlNetApply": ControlNetApply,
     "PixArtDeltaLoraLoader": LoraLoader,
+    "PixArtDeltaShapesScene": ShapesScene,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "PixArtDeltaCheckpointLoader": "PixArt-δ Checkpoint Loader",
@@ -31,4 +33,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "PixArtDeltaControlNetLoader": "PixArt-δ ControlNet Loader",
     "PixArtDeltaControlNetApply": "PixArt-δ Apply ControlNet",
     "PixArtDeltaLoraLoader": "PixArt-δ LoRA Loader",
+    "PixArtDeltaShapesScene": "PixArt-δ Shapes Scene",
 }

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..pixart_delta_core.demo.embedded import FOLDER as EMBEDDED_FOLDER
 from ..pixart_delta_core.devices import pick_dtype
 from ..pixart_delta_core.memory import return_free_heap
 from ..pixart_delta_core.quant.quantization import Quantization
@@ -50,6 +51,18 @@ _FOLDERS: dict[str, tuple[str, ...]] = {
     "diffusers": ("diffusers",),
     "vae": ("vae",),
     "loras": ("loras",),
+}
+# The embedded model's sub-folders and the ComfyUI kind each is listed under. Its transformers are
+# transformer-only files: "diffusion_models" is ComfyUI's kind for those, listed by one core node (Load
+# Diffusion Model), where "checkpoints" is read by every core node that expects a whole checkpoint (model,
+# CLIP and VAE: Load Checkpoint, its unCLIP and image-only kin, model merging). Core loads neither kind of
+# file here (its PixArt detection assumes PixArt-XL's width and refuses the weights with a size mismatch),
+# so the kind that offers them to fewer core nodes, and says what they are, is the one.
+EMBEDDED_KINDS: dict[str, str] = {
+    "diffusion_models": "transformer",
+    "controlnet": "controlnet",
+    "vae": "vae",
+    "text_encoders": "text_encoders",
 }
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
@@ -82,6 +95,22 @@ def model_files(kind: str) -> list[str]:
                 if Path(name).suffix.lower() in MODEL_EXTENSIONS:
                     found.add(Path(folder, name).relative_to(root).as_posix())
     return sorted(found)
+
+
+def register_embedded_models(folder: Path = EMBEDDED_FOLDER) -> list[tuple[str, Path]]:
+    """In ComfyUI: add the embedded model's sub-folders (``EMBEDDED_KINDS``) of ``folder`` to ``folder_paths``,
+    after the user's own folders, so every loader of that kind lists their files where they are (nothing is
+    copied). Returns the (kind, folder) pairs added: none outside ComfyUI, none for a missing sub-folder."""
+    if not IN_COMFYUI:
+        return []
+    added = []
+    for kind, name in EMBEDDED_KINDS.items():
+        path = folder / name
+        if path.is_dir():
+            folder_paths.add_model_folder_path(kind, str(path), is_default=False)
+            added.append((kind, path))
+    log.debug("PixArt-δ embedded model folders listed: %s", added)
+    return added
 
 
 def bundled_t5_tokenizer() -> Path | None:

@@ -7,7 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import AutoencoderKL
@@ -124,6 +124,68 @@ def _write_pipeline(folder: Path, transformer: dict[str, torch.Tensor], t5, toke
     t5.save_pretrained(str(folder / "text_encoder"))
     if tokenizer is not None:
         shutil.copytree(tokenizer, folder / "tokenizer", dirs_exist_ok=True)
+    return folder
+
+
+# --- ComfyUI's model folders ---------------------------------------------------------------------------
+
+
+class StandInFolderPaths:
+    """ComfyUI's ``folder_paths`` as the pack uses it: each kind's folders (the legacy names ``unet`` and ``clip``
+    mapped to ``diffusion_models`` and ``text_encoders``), ``add_model_folder_path`` appending a folder (or moving
+    it first with ``is_default``), and every model file of a kind listed by its path under its folder, recursively.
+    It starts with the folders of ComfyUI's ``models/`` at ``root``."""
+
+    LEGACY: ClassVar[dict[str, str]] = {"unet": "diffusion_models", "clip": "text_encoders"}
+
+    def __init__(self, root: Path) -> None:
+        folders = PACK.nodes.host._FOLDERS
+        self.folder_names_and_paths = {kind: [str(root / name) for name in names] for kind, names in folders.items()}
+
+    def add_model_folder_path(self, folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
+        paths = self.folder_names_and_paths.setdefault(self.LEGACY.get(folder_name, folder_name), [])
+        if full_folder_path in paths and not is_default:
+            return
+        if full_folder_path in paths:
+            paths.remove(full_folder_path)
+        if is_default:
+            paths.insert(0, full_folder_path)
+        else:
+            paths.append(full_folder_path)
+
+    def get_folder_paths(self, folder_name: str) -> list[str]:
+        return list(self.folder_names_and_paths[self.LEGACY.get(folder_name, folder_name)])
+
+    def get_filename_list(self, folder_name: str) -> list[str]:
+        found = set()
+        for folder in self.get_folder_paths(folder_name):
+            for path in Path(folder).rglob("*"):
+                if path.is_file() and path.suffix in PACK.nodes.host.MODEL_EXTENSIONS:
+                    found.add(path.relative_to(folder).as_posix())
+        return sorted(found)
+
+
+def as_in_comfyui(monkeypatch, models: Path) -> StandInFolderPaths:
+    """Make the host bridge list models through a stand-in ``folder_paths`` over ``models`` (ComfyUI's models/), as
+    it does in ComfyUI; only listing and finding files go through it in the tests that use this."""
+    host = PACK.nodes.host
+    folder_paths = StandInFolderPaths(models)
+    monkeypatch.setattr(host, "IN_COMFYUI", True)
+    monkeypatch.setattr(host, "folder_paths", folder_paths, raising=False)
+    return folder_paths
+
+
+def write_embedded_names(folder: Path) -> Path:
+    """Empty files with the embedded model's names and layout under ``folder`` (for tests of lists, not loading)."""
+    for relative in ENGINE.demo.embedded.MODELS.values():
+        path = folder / relative
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:  # an HF T5 folder
+            path.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                (path / name).touch()
     return folder
 
 

@@ -8,21 +8,26 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_helpers import (
+    ENGINE,
     MODEL_FILES,
     NOTE_TYPES,
     PACK,
     SEED_CONTROLS,
+    as_in_comfyui,
     check_value,
     has_seed_control,
     takes_widget_value,
     ui_to_api,
+    write_embedded_names,
 )
 from tests.helpers import ROOT
 
 FOLDER = ROOT / "example_workflows"
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
+DEMOS = sorted(FOLDER.glob("demo_*.json"))  # the embedded model's examples: they run offline as they are
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 FILENAMES = {Path(rel).name: rel.split("/")[0] for rel in MODEL_FILES.values()}  # file -> models/ folder
+EMBEDDED_NAMES = {Path(rel).name for rel in ENGINE.demo.embedded.MODELS.values()}  # as the loaders list them
 
 
 def core(required: dict, output: list[str], extra_values: int = 0) -> dict:
@@ -32,7 +37,7 @@ def core(required: dict, output: list[str], extra_values: int = 0) -> dict:
 
 
 CORE_NODES = {
-    "VAELoader": core({"vae_name": [[Path(MODEL_FILES["vae"]).name], {}]}, ["VAE"]),
+    "VAELoader": core({"vae_name": [[Path(MODEL_FILES["vae"]).name, "shapes-taesd.safetensors"], {}]}, ["VAE"]),
     "VAEDecode": core({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
     "VAEDecodeTiled": core(
         {
@@ -118,8 +123,11 @@ CORE_NODES = {
 
 
 @pytest.fixture
-def object_info(in_models: Path) -> dict:
-    """What /object_info says of the nodes the workflows use (ours from INPUT_TYPES, with the test's models)."""
+def object_info(node_models: Path, tmp_path: Path, monkeypatch) -> dict:
+    """What /object_info says of the nodes the workflows use: ours from INPUT_TYPES, in a ComfyUI whose models/
+    holds the test's models and where the pack has listed its embedded model's folders (files of those names)."""
+    as_in_comfyui(monkeypatch, node_models)
+    PACK.nodes.host.register_embedded_models(write_embedded_names(tmp_path / "embedded"))
     info = dict(CORE_NODES)
     for node_id, node in PACK.NODE_CLASS_MAPPINGS.items():
         spec = node.INPUT_TYPES()
@@ -138,8 +146,14 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_there_are_the_ten_examples() -> None:
+def test_there_are_the_sixteen_examples() -> None:
     assert [p.stem for p in WORKFLOWS] == [
+        "demo_8bit_t5",
+        "demo_controlnet",
+        "demo_image_to_image",
+        "demo_lcm_text_to_image",
+        "demo_teacher_dpm_solver",
+        "demo_upscale",
         "pixart_alpha_dpm_solver",
         "pixart_delta_controlnet_dpm_solver",
         "pixart_delta_img2img",
@@ -219,29 +233,40 @@ def test_the_queued_prompt_has_every_required_input(path: Path, object_info: dic
         assert all(value is not None for value in node["inputs"].values())
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+LOADERS = (
+    "PixArtDeltaCheckpointLoader",
+    "PixArtDeltaT5Loader",
+    "PixArtDelta8BitLoader",
+    "PixArtDeltaControlNetLoader",
+    "PixArtDeltaLoraLoader",
+    "VAELoader",
+)
+
+
+@pytest.mark.parametrize("path", sorted(set(WORKFLOWS) - set(DEMOS)), ids=lambda p: p.stem)
 def test_the_note_names_every_model_file_and_its_folder(path: Path) -> None:
     workflow = load(path)
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in NOTE_TYPES]
     assert len(notes) == 1
     used = {
-        value
-        for n in workflow["nodes"]
-        if n["type"]
-        in (
-            "PixArtDeltaCheckpointLoader",
-            "PixArtDeltaT5Loader",
-            "PixArtDelta8BitLoader",
-            "PixArtDeltaControlNetLoader",
-            "PixArtDeltaLoraLoader",
-            "VAELoader",
-        )
-        for value in n["widgets_values"]
-        if value in FILENAMES
+        value for n in workflow["nodes"] if n["type"] in LOADERS for value in n["widgets_values"] if value in FILENAMES
     }
     assert used, "the workflow loads no model"
     for name in used:
         assert f"`{name}` in `models/{FILENAMES[name]}/`" in notes[0]
+
+
+@pytest.mark.parametrize("path", DEMOS, ids=lambda p: p.stem)
+def test_a_demo_loads_only_the_embedded_model_and_its_note_names_each_file(path: Path) -> None:
+    workflow = load(path)
+    (note,) = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in NOTE_TYPES]
+    loaders = [n for n in workflow["nodes"] if n["type"] in LOADERS]
+    names = {v for n in loaders for v in n["widgets_values"] if isinstance(v, str) and v.startswith("shapes-")}
+    assert names and names <= EMBEDDED_NAMES, names
+    assert not nodes_of(path.stem, "LoadImage")  # nothing to put in input/: the Shapes Scene node draws inputs
+    assert "ship with the pack" in note
+    for name in names:
+        assert f"`{name}`" in note
 
 
 def nodes_of(name: str, node_type: str) -> list[dict]:
@@ -321,3 +346,51 @@ def test_the_low_memory_example_is_the_papers_recipe() -> None:
 def test_each_example_has_a_small_thumbnail(path: Path) -> None:
     thumbnail = path.with_suffix(".jpg")
     assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff" and thumbnail.stat().st_size < 100_000
+
+
+def linked(name: str, source_type: str, slot: int) -> list[tuple[str, str]]:
+    """(node type, input name) of every input fed by output ``slot`` of the ``source_type`` node of a workflow."""
+    workflow = load(FOLDER / f"{name}.json")
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    return [
+        (nodes[target]["type"], nodes[target]["inputs"][in_slot]["name"])
+        for _, source, out_slot, target, in_slot, _ in workflow["links"]
+        if nodes[source]["type"] == source_type and out_slot == slot
+    ]
+
+
+def test_each_demo_shows_what_its_name_says() -> None:
+    """The embedded model at its training size (128 px) with the settings each demo names."""
+    assert sampler_settings("demo_lcm_text_to_image") == ("lcm", 4, 1.0, 1.0)  # guidance 1: none
+    assert sampler_settings("demo_teacher_dpm_solver") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert sampler_settings("demo_controlnet") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert sampler_settings("demo_8bit_t5") == ("lcm", 4, 1.0, 1.0)
+    assert sampler_settings("demo_upscale") == ("lcm", 4, 1.0, 1.0)
+    kind, _, _, denoise = sampler_settings("demo_image_to_image")
+    assert kind == "lcm" and 0 < denoise < 1
+    for path in DEMOS:
+        (sampler,) = nodes_of(path.stem, "PixArtDeltaSampler")
+        assert sampler["widgets_values"][:2] == [0, "fixed"]  # a thumbnail and its verdict are reproducible
+        assert sampler["widgets_values"][6:8] == [128, 128]
+    for name, model in (("demo_lcm_text_to_image", "shapes-lcm"), ("demo_teacher_dpm_solver", "shapes-teacher"),
+                        ("demo_controlnet", "shapes-teacher"), ("demo_image_to_image", "shapes-lcm")):  # fmt: skip
+        assert nodes_of(name, "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0] == f"{model}.safetensors"
+    assert linked("demo_controlnet", "PixArtDeltaShapesScene", 1) == [  # the edge map
+        ("PixArtDeltaControlNetApply", "image"),
+        ("PreviewImage", "images"),
+    ]
+    assert (
+        nodes_of("demo_controlnet", "PixArtDeltaControlNetLoader")[0]["widgets_values"][0] == "shapes-edges.safetensors"
+    )
+    assert linked("demo_controlnet", "PixArtDeltaControlNetApply", 0) == [("PixArtDeltaSampler", "positive")]
+    assert nodes_of("demo_8bit_t5", "PixArtDelta8BitLoader")[0]["widgets_values"] == [
+        "shapes-t5",
+        "int8",
+        "shapes-lcm.safetensors",
+        "none",
+    ]
+    assert ("VAEEncode", "pixels") in linked("demo_image_to_image", "PixArtDeltaShapesScene", 0)
+    assert linked("demo_image_to_image", "VAEEncode", 0) == [("PixArtDeltaSampler", "latent_image")]
+    assert nodes_of("demo_upscale", "ImageScaleBy")[0]["widgets_values"] == ["lanczos", 4.0]
+    assert linked("demo_upscale", "VAEDecode", 0) == [("ImageScaleBy", "image")]
+    assert linked("demo_upscale", "ImageScaleBy", 0) == [("SaveImage", "images")]

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NODES = PACK.NODE_CLASS_MAPPINGS
 host = PACK.nodes.host
 OURS = ("PIXART_DELTA_MODEL", "PIXART_DELTA_T5", "PIXART_DELTA_CONTROLNET")
-CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT", "MODEL")
+CORE_TYPES = ("CONDITIONING", "LATENT", "IMAGE", "VAE", "INT", "STRING", "MODEL")
 
 
 # --- declarations ----------------------------------------------------------------------------------
@@ -48,6 +48,7 @@ def test_every_node_is_registered_with_a_prefixed_id_and_a_display_name() -> Non
         "PixArtDeltaControlNetLoader",
         "PixArtDeltaControlNetApply",
         "PixArtDeltaLoraLoader",
+        "PixArtDeltaShapesScene",
     }
     assert set(PACK.NODE_DISPLAY_NAME_MAPPINGS) == set(NODES)
     assert all(name.startswith("PixArt-δ ") for name in PACK.NODE_DISPLAY_NAME_MAPPINGS.values())

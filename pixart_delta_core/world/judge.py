@@ -70,6 +70,12 @@ def parse_caption(text: str) -> Scene:
     return Scene(match[2], shapes)
 
 
+def scene_for(caption: str, seed: int = 0) -> Scene:
+    """The scene ``caption`` asks for (``parse_caption``: shapes at their cells' centres), or for a blank caption
+    the world's scene of ``seed`` (``sample_scene``). Raises InputError for a caption outside the grammar."""
+    return parse_caption(caption) if caption.strip() else sample_scene(seed)
+
+
 def _described(shape: Shape) -> str:
     """E.g. "small red circle at the top left": a shape's phrase without its article, for verdicts."""
     return f"{shape.size} {shape.colour} {shape.kind} {PLACES[shape.place][1]}"

@@ -1,0 +1,98 @@
+"""The demo_* workflows in a real ComfyUI (CPU) that has nothing but this pack: its loaders and core Load VAE
+list the embedded model's files where the pack keeps them, and every demo runs as saved to its picture,
+which the shapes world's judge reads. Needs ``COMFYUI_ROOT`` (and ``COMFYUI_PYTHON``), as test_comfyui_real.
+
+The judge's thresholds below are the level the random placeholder models meet (a picture came out: any
+score, any IoU); they are raised to the issue's numbers once the trained models ship.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixart_delta_core.demo.embedded import embedded_path
+from pixart_delta_core.pipeline.generation import PixArtPipeline
+from scripts.embedded_model.workflow_pictures import WORKFLOWS, run_demo, start_server
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_ROOT"),
+    reason="COMFYUI_ROOT is not set: these tests start a real ComfyUI server from that checkout",
+)
+DEMOS = sorted(WORKFLOWS.glob("demo_*.json"))
+MIN_SCORE = 0.0  # fraction of the judged attributes right: placeholder level, see the module docstring
+MIN_IOU = 0.0  # ControlNet: foreground IoU with the edge map's shapes: placeholder level
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("comfyui-bare"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server) -> dict:
+    return server.get("/object_info")
+
+
+def listed(object_info: dict, node: str, widget: str) -> list[str]:
+    return object_info[node]["input"]["required"][widget][0]
+
+
+def test_the_loaders_list_the_embedded_model_without_any_model_folder_given(object_info) -> None:
+    assert {"shapes-lcm.safetensors", "shapes-teacher.safetensors"} <= set(
+        listed(object_info, "PixArtDeltaCheckpointLoader", "ckpt_name")
+    )
+    assert "shapes-edges.safetensors" in listed(object_info, "PixArtDeltaControlNetLoader", "controlnet_name")
+    assert "shapes-t5" in listed(object_info, "PixArtDeltaT5Loader", "t5_name")
+    assert "shapes-taesd.safetensors" in listed(object_info, "VAELoader", "vae_name")  # core's own loader
+    assert "shapes-lcm.safetensors" in listed(object_info, "UNETLoader", "unet_name")  # a diffusion model
+    assert "shapes-lcm.safetensors" not in listed(object_info, "CheckpointLoaderSimple", "ckpt_name")
+
+
+@pytest.mark.parametrize("path", DEMOS, ids=lambda p: p.stem)
+def test_the_demo_runs_offline_to_a_judged_picture(server, object_info, path: Path) -> None:
+    run = run_demo(server, object_info, path)
+    scale = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "ImageScaleBy"]
+    side = 128 * (int(scale[0]["widgets_values"][1]) if scale else 1)
+    assert run.picture.size == (side, side)
+    assert run.score >= MIN_SCORE, run.line()
+    if run.iou is not None:
+        assert run.iou >= MIN_IOU, run.line()
+    print(f"\n{run.line()}")
+
+
+# Core SaveImage truncates to 8 bits where the engine rounds (half a level on average), and T5, sampler and TAESD
+# decode run in another process with other kernels: measured 2/255 (LCM) and 6/255 (teacher, 14 steps with
+# guidance) at most, 0.5-0.6 on average.
+MAX_LEVELS, MEAN_LEVELS = 12, 1.5
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "settings"),
+    [
+        ("demo_lcm_text_to_image", "shapes-lcm", {"sampler": "lcm", "steps": 4, "guidance": 1.0}),
+        ("demo_teacher_dpm_solver", "shapes-teacher", {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}),
+    ],
+)
+def test_the_demo_draws_the_engines_picture(server, object_info, name: str, model: str, settings: dict) -> None:
+    """ComfyUI's picture is the engine's for the same prompt and seed: what the engine's scores say of the
+    embedded model holds for the demo workflows."""
+    run = run_demo(server, object_info, WORKFLOWS / f"{name}.json")
+    pipeline = PixArtPipeline(
+        embedded_path(model),
+        t5=embedded_path("shapes-t5"),
+        vae=embedded_path("shapes-taesd"),
+        device="cpu",
+        dtype="fp32",
+    )
+    image = pipeline(run.prompt, seed=0, width=128, height=128, resolution_binning=False, **settings).images[0]
+    difference = np.abs(np.asarray(run.picture, dtype=np.int16) - np.asarray(image, dtype=np.int16))
+    assert difference.max() <= MAX_LEVELS and difference.mean() <= MEAN_LEVELS, (difference.max(), difference.mean())
