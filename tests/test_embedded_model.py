@@ -74,13 +74,11 @@ def test_int8_stays_within_3_points_of_full_precision(option: dict[str, str]) ->
 
 @cache
 def controlled(with_controlnet: bool) -> list:
-    """The control scenes drawn one at a time (seed = index), with their edge maps or without the ControlNet."""
-    settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5, **PICTURE}
-    if with_controlnet:
-        return draw(embedded_pipeline("shapes-teacher", controlnet="shapes-controlnet"), CONTROL_SCENES, control=True,
-                    **settings)  # fmt: skip
-    pipeline = embedded_pipeline("shapes-teacher")
-    return [pipeline(s.caption(), seed=i, **settings).images[0] for i, s in enumerate(CONTROL_SCENES)]
+    """The control scenes drawn one at a time (seed = index), over their edge maps or without the ControlNet."""
+    settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}
+    controlnet = {"controlnet": "shapes-controlnet"} if with_controlnet else {}
+    pipeline = embedded_pipeline("shapes-teacher", **controlnet)
+    return draw(pipeline, CONTROL_SCENES, control=with_controlnet, one_by_one=True, **settings)
 
 
 def test_the_controlnet_puts_the_shapes_on_the_edge_map() -> None:

@@ -37,14 +37,22 @@ def embedded_pipeline(transformer: str = "shapes-lcm", **options: Any) -> PixArt
 
 
 def draw(
-    pipeline: PixArtPipeline, scenes: list[Scene], seed: int = 0, control: bool = False, **sampling: Any
+    pipeline: PixArtPipeline,
+    scenes: list[Scene],
+    seed: int = 0,
+    control: bool = False,
+    one_by_one: bool = False,
+    **sampling: Any,
 ) -> list[Image.Image]:
-    """One picture per scene's caption (``BATCH`` at a time, seed ``seed + batch index``); ``control``: one at
-    a time over the scene's edge map."""
+    """One picture per scene's caption, at the models' 128 px. By default ``BATCH`` at a time, batch ``i``
+    from seed ``seed + i``; ``one_by_one`` (implied by ``control``, which takes one control image per run):
+    picture ``i`` from seed ``seed + i``, over its scene's edge map with ``control``."""
     sampling = {**PICTURE, **sampling}
-    if control:
+    if control or one_by_one:
         return [
-            pipeline(s.caption(), seed=seed + i, control=Control(edge_map(s)), **sampling).images[0]
+            pipeline(s.caption(), seed=seed + i, control=Control(edge_map(s)) if control else None, **sampling).images[
+                0
+            ]
             for i, s in enumerate(scenes)
         ]
     images: list[Image.Image] = []

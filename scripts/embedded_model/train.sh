@@ -11,7 +11,8 @@ $PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first
 # 2. the T5 encoder: random (seed 0) and frozen, with T5's tokenizer
 $PY -c "from pathlib import Path; from pixart_delta_core.demo.embedded import write_t5; \
 write_t5(Path('outputs/embedded/t5'), Path('tests/fixtures/t5_tokenizer'))"
-# 3. the autoencoder (TAESD architecture)
+# 3. the autoencoder (TAESD architecture). It was first run with steps = 1200; its pictures then still had
+#    green, blue, purple and cyan as greys, so steps went to 2400 and the run continued with --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
 # 4. the teacher, from scratch
 $PY -m pixart_delta_core train base --config $M/teacher.toml
@@ -19,7 +20,7 @@ $PY -m pixart_delta_core train base --config $M/teacher.toml
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0003000/transformer.safetensors \
-    outputs/embedded/lcm/checkpoints/step-0000800/transformer.safetensors \
-    outputs/embedded/controlnet/checkpoints/step-0000800/controlnet.safetensors \
-    outputs/embedded/autoencoder/checkpoints/step-0001200/autoencoder.safetensors outputs/embedded/t5
+$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0002000/transformer.safetensors \
+    outputs/embedded/lcm/checkpoints/step-0000400/transformer.safetensors \
+    outputs/embedded/controlnet/checkpoints/step-0000400/controlnet.safetensors \
+    outputs/embedded/autoencoder/checkpoints/step-0002400/autoencoder.safetensors outputs/embedded/t5
