@@ -25,3 +25,12 @@ def test_setuptools_finds_every_engine_subpackage() -> None:
     }
     assert with_code == found, f"folders with code that are not packages: {sorted(with_code - found)}"
     assert {"pixart_delta_core.checkpoints", "pixart_delta_core.text", "pixart_delta_core.pipeline"} <= found
+
+
+def test_the_embedded_model_ships_with_the_engine() -> None:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folder = ROOT / "pixart_delta_core"
+    shipped = {p for pattern in data["pixart_delta_core"] for p in folder.glob(pattern) if p.is_file()}
+    files = {p for p in (folder / "embedded_model").rglob("*") if p.is_file()}
+    assert files and files == shipped
+    assert {"MODEL_CARD.md", "shapes-lcm.safetensors", "tokenizer.json"} <= {p.name for p in files}

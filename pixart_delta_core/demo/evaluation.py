@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..pipeline.generation import Control, PixArtPipeline
@@ -36,29 +37,23 @@ def embedded_pipeline(transformer: str = "shapes-lcm", **options: Any) -> PixArt
     )
 
 
+def edge_maps(scenes: list[Scene]) -> torch.Tensor:
+    """The scenes' edge maps as one control batch [B, 3, 128, 128] in [0, 1]."""
+    return torch.stack([torch.from_numpy(np.array(edge_map(s))).permute(2, 0, 1).float() / 255 for s in scenes])
+
+
 def draw(
-    pipeline: PixArtPipeline,
-    scenes: list[Scene],
-    seed: int = 0,
-    control: bool = False,
-    one_by_one: bool = False,
-    **sampling: Any,
+    pipeline: PixArtPipeline, scenes: list[Scene], seed: int = 0, control: bool = False, **sampling: Any
 ) -> list[Image.Image]:
-    """One picture per scene's caption, at the models' 128 px. By default ``BATCH`` at a time, batch ``i``
-    from seed ``seed + i``; ``one_by_one`` (implied by ``control``, which takes one control image per run):
-    picture ``i`` from seed ``seed + i``, over its scene's edge map with ``control``."""
+    """One picture per scene's caption, at the models' 128 px, ``BATCH`` at a time (batch ``i`` from seed
+    ``seed + i``, so runs with and without ``control`` start from the same noise); ``control``: each picture
+    over its scene's edge map."""
     sampling = {**PICTURE, **sampling}
-    if control or one_by_one:
-        return [
-            pipeline(s.caption(), seed=seed + i, control=Control(edge_map(s)) if control else None, **sampling).images[
-                0
-            ]
-            for i, s in enumerate(scenes)
-        ]
     images: list[Image.Image] = []
     for start in range(0, len(scenes), BATCH):
-        captions = [s.caption() for s in scenes[start : start + BATCH]]
-        images += pipeline(captions, seed=seed + start // BATCH, **sampling).images
+        part = scenes[start : start + BATCH]
+        steer = {"control": Control(edge_maps(part))} if control else {}
+        images += pipeline([s.caption() for s in part], seed=seed + start // BATCH, **steer, **sampling).images
     return images
 
 

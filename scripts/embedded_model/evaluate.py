@@ -39,7 +39,7 @@ RUNS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--control-prompts", type=int, default=40)
+    parser.add_argument("--control-prompts", type=int, default=100)
     args = parser.parse_args()
     scenes = evaluation_scenes(args.prompts)
     for name, (transformer, sampler, steps, guidance, options) in RUNS.items():
@@ -58,7 +58,7 @@ def main() -> None:
         ("teacher alone, same prompts and seeds", embedded_pipeline("shapes-teacher"), False),
     ):
         started = time.perf_counter()
-        images = draw(pipeline, control, control=with_control, one_by_one=True, **settings)
+        images = draw(pipeline, control, control=with_control, **settings)
         print(json.dumps({"run": name, "prompts": len(control), "mean_iou": round(overlap(images, control).mean, 3),
                           **{k: round(v, 3) for k, v in prompt_scores(images, control).fractions().items()},
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip

@@ -18,9 +18,10 @@ $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
 $PY -m pixart_delta_core train base --config $M/teacher.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they may run side by side)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
+head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0002000/transformer.safetensors \
-    outputs/embedded/lcm/checkpoints/step-0000400/transformer.safetensors \
-    outputs/embedded/controlnet/checkpoints/step-0000400/controlnet.safetensors \
+$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0001200/transformer.safetensors \
+    outputs/embedded/lcm/checkpoints/step-0000200/transformer.safetensors \
+    outputs/embedded/controlnet/checkpoints/step-0000200/controlnet.safetensors \
     outputs/embedded/autoencoder/checkpoints/step-0002400/autoencoder.safetensors outputs/embedded/t5
