@@ -29,7 +29,7 @@ def _key_bias_rows(key: str, tensor: torch.Tensor) -> slice | None:
 
 
 def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
-    setup = tiny_setup(tmp_path)
+    setup = tiny_setup(tmp_path, control=False)
     options = {"batch_size": 2, "steps": STEPS, "checkpoint_every": STEPS, "learning_rate": LEARNING_RATE}
     config = config_from_dict(run_table(setup, tmp_path / "two", **options), "base")
     (tmp_path / "two.toml").write_text(config.to_toml())
