@@ -235,3 +235,19 @@ def test_a_controlnet_of_one_copy_says_so() -> None:
 
     assert "and 1 copy (MLP" in ControlNetConfig.for_base(TRAIN_TINY, 1).describe()
     assert "and 2 copies (MLP" in ControlNetConfig.for_base(TRAIN_TINY, 2).describe()
+
+
+def test_checkpoint_folders_load_their_own_weights_and_adapter_settings(setup, tmp_path, caplog) -> None:
+    from pixart_delta_core.models.lora_config import read_lora
+    from pixart_delta_core.models.transformer import load_transformer
+
+    base = train(config_from_dict(_table(setup, tmp_path / "base", "base"), "base"))
+    from_folder, from_file = load_transformer(base.weights.parent), load_transformer(base.weights)
+    assert (base.weights.parent / "model.safetensors").is_file()  # accelerate's, beside ours
+    want = from_file.state_dict()
+    assert all(torch.equal(value, want[key]) for key, value in from_folder.state_dict().items())
+    table = _table(setup, tmp_path / "lora", "lora")
+    lora = train(config_from_dict({**table, "lora": {"rank": 2, "alpha": 4.0, "targets": ["attn.qkv"]}}, "lora"))
+    with caplog.at_level(logging.WARNING):
+        assert read_lora(lora.weights.parent).targets.keys() == read_lora(lora.weights).targets.keys()
+    assert "no alpha in the file" not in caplog.text

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints.files import STEP_FILE  # written last: a checkpoint folder without it is incomplete
 from ..errors import InputError, PixArtDeltaError
 from ..models.initialization import initialize_weights_
 from ..models.layers import set_gradient_checkpointing
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"  # the TensorBoard run's folder under train.output
-STEP_FILE = "step.json"  # written last: a checkpoint folder without it is incomplete
 TRAINER_STATE = "trainer.safetensors"
 
 
