@@ -147,11 +147,13 @@ def build_cache(
     shard_size: int = 256,
     device: torch.device | str = "cpu",
     vae_defaults: VaeConfig = SD_VAE,
+    records: list[Record] | None = None,
 ) -> FeatureCache:
     """Encode ``dataset`` into ``folder`` (or check and reuse what is there); returns the cache.
 
     ``vae_defaults`` fill what the VAE's files do not say, its scaling factor above all: those of the VAE
-    the transformer pairs with (``vae_defaults_for``: the SDXL VAE's 0.13025 for PixArt-Σ).
+    the transformer pairs with (``vae_defaults_for``: the SDXL VAE's 0.13025 for PixArt-Σ). ``records``: those
+    of ``dataset`` where the caller has read them already.
 
     Raises ``InputError`` when ``folder`` holds a cache made by another T5, VAE, resolution, caption
     length or control extractor, or from other records (changed images or captions), and before loading
@@ -160,7 +162,7 @@ def build_cache(
     from ..text.encoder import load_text_encoder
     from ..vae.autoencoder import load_vae
 
-    records = read_records(dataset)
+    records = read_records(dataset) if records is None else records
     if control is ControlExtractor.GIVEN and any(r.control is None for r in records):
         raise InputError(f"data.control = 'given' but {dataset} has records without a \"control\" image")
     key = CacheKey(

@@ -34,7 +34,7 @@ from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
 from .checks import check_against_base, check_model_files, check_resumed_config
 from .config import LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
-from .data import BatchOrder, check_images, read_records
+from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
 from .sharding import fsdp_plugin, report_sharding
 from .trainers import ControlNetTrainer, Trainer
@@ -262,9 +262,10 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
     else:
         detected = inspect_transformer(config.model.transformer)
         transformer_config = detected.config
-    check_against_base(config, transformer_config, len(read_records(config.data.path)))
+    records = read_records(config.data.path)
+    check_against_base(config, transformer_config, len(records))
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
-        cache = _cache(config, transformer_config, device)
+        cache = _cache(config, transformer_config, device, records)
     captions = None
     if t.validate_every and accelerator.is_main_process:
         length = transformer_config.caption_length
@@ -299,7 +300,7 @@ def new_transformer_config(config: TrainingConfig) -> TransformerConfig:
     )
 
 
-def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCache:
+def _cache(config: TrainingConfig, base: Any, device: torch.device, records: list[Record]) -> FeatureCache:
     data = config.data
     return build_cache(
         config.model,
@@ -312,6 +313,7 @@ def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCa
         data.shard_size,
         device,
         vae_defaults_for(base),
+        records,
     )
 
 
