@@ -96,7 +96,8 @@ def test_a_bad_adapter_config_of_a_peft_folder_is_refused(tmp_path: Path, config
 
 
 def test_a_config_beside_another_file_does_not_rescale_it(tmp_path: Path) -> None:
-    """ComfyUI's flat loras/ folder: an adapter_config.json there belongs to no file but adapter_model.*."""
+    """ComfyUI's flat loras/ folder: an adapter_config.json there belongs to no file but adapter_model.* (or
+    pytorch_lora_weights.safetensors)."""
     config = json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 16, "target_modules": ["to_q"]})
     other = _peft_folder(tmp_path, config, name="style.safetensors")
     assert {p.scale for parts in read_lora(other).targets.values() for p in parts} == {1.0}

@@ -23,7 +23,7 @@ from pixart_delta_core.training.config import config_from_dict
 from pixart_delta_core.training.lcm import boundary_scalings, consistency_output
 from pixart_delta_core.training.loop import make_optimizer, train
 from pixart_delta_core.training.trainers import ControlNetTrainer
-from tests.test_training_data import TRAIN_TINY, run_table, tiny_setup
+from tests.test_training_data import TRAIN_TINY, for_method, run_table, tiny_setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is many times faster on busy cores
 
@@ -37,7 +37,7 @@ def _run(setup: dict, output, method: str, resume: bool = False, **options):
     table = run_table(setup, output, **{"batch_size": 2, "learning_rate": 1e-3, **options})
     if method == "lora":
         table["lora"] = {"rank": 4, "alpha": 8.0}
-    return train(config_from_dict(table, method), resume=resume)
+    return train(config_from_dict(for_method(table, method), method), resume=resume)
 
 
 @pytest.mark.parametrize("method", ["base", "controlnet", "lora"])
@@ -89,7 +89,7 @@ def test_lora_loss_in_lcm_mode_runs_and_validates(setup, tmp_path) -> None:
     options = {"validate_every": 2, "validation_prompts": ["a box", "a red box"], "validation_seed": 3}
     table = run_table(setup, tmp_path, batch_size=2, steps=2, checkpoint_every=2, **options)
     table["lora"] = {"rank": 2, "alpha": 2.0, "lcm": True, "targets": ["attn.qkv"]}
-    result = train(config_from_dict(table, "lora"))
+    result = train(config_from_dict(for_method(table, "lora"), "lora"))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert sorted(load_file(result.weights))[0] == "transformer.transformer_blocks.0.attn1.to_k.lora_A.weight"
     with Image.open(tmp_path / "validation" / "step-0000002.png") as grid:

@@ -29,14 +29,14 @@ def test_train_parser_imports_no_heavy_library() -> None:
 
 
 def test_train_command_runs_prints_its_config_and_resumes(tmp_path, capsys) -> None:
-    table = run_table(tiny_setup(tmp_path), tmp_path / "out", batch_size=2, steps=2, checkpoint_every=1)
+    table = run_table(tiny_setup(tmp_path, control=False), tmp_path / "out", batch_size=2, steps=2, checkpoint_every=1)
     (tmp_path / "run.toml").write_text(config_from_dict(table, "lcm").to_toml())
-    assert main(["train", "controlnet", "--config", str(tmp_path / "run.toml")]) == 0  # the command's method wins
+    assert main(["train", "base", "--config", str(tmp_path / "run.toml")]) == 0  # the command's method wins
     printed = capsys.readouterr().out
-    assert 'method = "controlnet"' in printed and "trained 2 steps" in printed
-    assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "controlnet.safetensors").is_file()
-    assert main(["train", "controlnet", "--config", str(tmp_path / "run.toml"), "--resume"]) == 0
+    assert 'method = "base"' in printed and "trained 2 steps" in printed
+    assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "transformer.safetensors").is_file()
+    assert main(["train", "base", "--config", str(tmp_path / "run.toml"), "--resume"]) == 0
     printed = capsys.readouterr().out  # nothing left to do after the last checkpoint: its weights are the result
-    assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("controlnet.safetensors")
+    assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("transformer.safetensors")
     assert main(["train", "base", "--config", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err

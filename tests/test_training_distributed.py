@@ -29,7 +29,7 @@ def _key_bias_rows(key: str, tensor: torch.Tensor) -> slice | None:
 
 
 def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
-    setup = tiny_setup(tmp_path)
+    setup = tiny_setup(tmp_path, control=False)
     options = {"batch_size": 2, "steps": STEPS, "checkpoint_every": STEPS, "learning_rate": LEARNING_RATE}
     config = config_from_dict(run_table(setup, tmp_path / "two", **options), "base")
     (tmp_path / "two.toml").write_text(config.to_toml())
@@ -37,6 +37,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path) -> None:
     command += ["train", "base", "--config", str(tmp_path / "two.toml")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"trained {STEPS} steps") == 1  # said by the main process only
     two = tmp_path / "two" / "checkpoints" / f"step-{STEPS:07d}"
     assert (two / "random_states_1.pkl").is_file()  # the second process did run
     one = train(config_from_dict(run_table(setup, tmp_path / "one", **options), "base"))

@@ -40,10 +40,20 @@ def _safetensors(paths: list[Path], origin: Path) -> SafetensorsSource:
 
 
 _FOLDER_WEIGHTS = ("diffusion_pytorch_model", "model")
+STEP_FILE = "step.json"  # in a training checkpoint folder: its step and the name of its weights file
 
 
 def _open_folder(folder: Path) -> TensorSource:
-    """A diffusers model folder, or a pipeline folder whose ``transformer/`` holds the model."""
+    """A diffusers model folder, a pipeline folder whose ``transformer/`` holds the model, or a training
+    checkpoint folder (its ``step.json`` names the weights: the folder also holds accelerate's own files)."""
+    if (folder / STEP_FILE).is_file():
+        weights = read_json(folder / STEP_FILE).get("weights")
+        if not isinstance(weights, str) or not (folder / weights).is_file():
+            raise CheckpointError(
+                f"{printable_path(folder)}: a training checkpoint whose {STEP_FILE} names no weights file in it "
+                f"(found {weights!r})"
+            )
+        return open_checkpoint(folder / weights)
     for candidate in (folder, folder / "transformer"):
         for stem in _FOLDER_WEIGHTS:
             index = candidate / f"{stem}.safetensors.index.json"

@@ -60,8 +60,9 @@ class ControlNetConfig:
 
     def describe(self) -> str:
         captions = f", saved with a base reading {self.caption_channels}-wide captions" if self.caption_channels else ""
+        copies = f"{self.copies} {'copy' if self.copies == 1 else 'copies'}"
         return (
-            f"ControlNet {self.hidden_size} wide with {self.num_heads} heads and {self.copies} copies "
+            f"ControlNet {self.hidden_size} wide with {self.num_heads} heads and {copies} "
             f"(MLP {self.mlp_hidden}){captions}"
         )
 

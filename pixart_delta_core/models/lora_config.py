@@ -20,7 +20,8 @@ names and sizes: nothing tells it apart). Non-float, non-finite and ill-shaped t
 The tensors are read with the engine's own safe readers (``open_checkpoint``): peft reads only its own layout
 and names modules as the model it is attached to, so it can neither read the kohya/LyCORIS layouts nor map
 diffusers names onto our fused layers. A PEFT adapter's ``adapter_config.json`` (in the adapter's folder,
-beside its ``adapter_model.safetensors``/``.bin``; never beside another file) is read with peft itself: its
+beside its ``adapter_model.safetensors``/``.bin`` or diffusers' ``pytorch_lora_weights.safetensors``, the file
+our LoRA trainer writes; never beside a file of another name) is read with peft itself: its
 ``lora_alpha``, per-module ``alpha_pattern`` and ``use_rslora`` set the scales of files that carry no alpha (the
 reference's scripts keep peft's default alpha, 8, whatever the rank).
 """
@@ -48,7 +49,8 @@ from .transformer_config import DIFFUSERS_TABLE
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter's settings, beside its adapter_model.safetensors
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights name, one adapter a folder
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", DIFFUSERS_LORA_FILE)
 # (module name as the file names it, rank) -> alpha / rank, from a PEFT adapter_config.json
 Scaling = Callable[[str, int], float]
 
@@ -193,8 +195,8 @@ def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple
             raise CheckpointError(f"{path}: a folder without {' or '.join(ADAPTER_FILES)}; expected a LoRA")
         path = found
     config = folder / ADAPTER_CONFIG
-    # only a PEFT adapter's own file takes its folder's settings: in ComfyUI's flat loras/ folder a config beside
-    # another file belongs to some other adapter
+    # only an adapter's own file (a name used for one adapter a folder) takes its folder's settings: in ComfyUI's
+    # flat loras/ folder a config beside a file of another name belongs to some other adapter
     peft_layout = path.name in ADAPTER_FILES
     return as_source(path), (peft_scaling(config) if peft_layout and config.is_file() else None)
 

@@ -1,4 +1,5 @@
-"""Training: configs, data and feature caches, one loop and the trainers (base, LCM, ControlNet, LoRA).
+"""Training: configs, data and feature caches (keyed by contents), up-front checks, one loop and the trainers
+(base, LCM, ControlNet, LoRA, autoencoder).
 
 Training is the same engine (DESIGN.md principle 14): the trainers train the models ``models/`` defines,
 save them in the layouts its loaders read, and reuse ``sampling/`` for the noise schedule and the LCM

@@ -5,9 +5,11 @@ memory while the denoiser trains. Each record keeps its caption features and mas
 posterior's mean and standard deviation (raw latents: a fresh latent is sampled at every step), and
 for ControlNet data its control image's latent (the posterior mean, as inference encodes it).
 
-``manifest.json`` says which T5, VAE, resolution and control extractor made the cache; a run that asks
-for others is refused. Shards are written whole (to a temporary name, then renamed), so an
-interrupted build resumes at the first missing shard.
+``manifest.json`` says which T5, tokenizer, VAE, resolution and control extractor made the cache, and
+from which records (``identity.py``: model files and records known by their contents); a run that asks
+for others, or whose images or captions changed since, is refused. Shards are written whole (to a
+temporary name, then renamed), so an interrupted build resumes at the first missing shard; the manifest
+is written with the first shard, so a build that failed before it leaves nothing that blocks the next.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ..pipeline.resolution import Size
 from ..vae.vae_config import SD_VAE, VaeConfig
 from .config import ControlExtractor, ModelSection
 from .control import EXTRACTORS
-from .data import Record, load_image, read_records, training_size
+from .data import Record, check_images, load_image, read_records, training_size
+from .identity import dataset_fingerprint, model_fingerprint
 
 if TYPE_CHECKING:
     from ..text.encoder import TextEncoder
@@ -42,20 +45,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: model files and records known by their contents
 
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What a cache's features depend on: a cache made with other values cannot serve the run."""
+    """What a cache's features depend on: a cache made with other values cannot serve the run.
+
+    ``t5``, ``tokenizer``, ``vae`` and ``dataset`` are fingerprints (``identity.py``).
+    """
 
     t5: str
+    tokenizer: str | None
     vae: str
     resolution: int
     multi_scale: bool
     caption_length: int
     control: str | None
     records: int
+    dataset: str
+
+
+FINGERPRINTS = ("t5", "tokenizer", "vae")  # CacheKey fields that are digests: a message names them, not their values
 
 
 @dataclass(frozen=True)
@@ -81,13 +92,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.caption.shape[0]
-
-
-def file_identity(path: Path) -> str:
-    """A model file or folder named by its resolved path and byte size (a changed file is another model)."""
-    path = path.resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return f"{path} ({sum(p.stat().st_size for p in files)} bytes)"
 
 
 class FeatureCache:
@@ -143,58 +147,81 @@ def build_cache(
     shard_size: int = 256,
     device: torch.device | str = "cpu",
     vae_defaults: VaeConfig = SD_VAE,
+    records: list[Record] | None = None,
 ) -> FeatureCache:
     """Encode ``dataset`` into ``folder`` (or check and reuse what is there); returns the cache.
 
     ``vae_defaults`` fill what the VAE's files do not say, its scaling factor above all: those of the VAE
-    the transformer pairs with (``vae_defaults_for``: the SDXL VAE's 0.13025 for PixArt-Σ).
+    the transformer pairs with (``vae_defaults_for``: the SDXL VAE's 0.13025 for PixArt-Σ). ``records``: those
+    of ``dataset`` where the caller has read them already.
 
     Raises ``InputError`` when ``folder`` holds a cache made by another T5, VAE, resolution, caption
-    length, control extractor or dataset size. T5 and the VAE load only when shards are missing.
+    length or control extractor, or from other records (changed images or captions), and before loading
+    a model when an image cannot be read. T5 and the VAE load only when shards are missing.
     """
     from ..text.encoder import load_text_encoder
     from ..vae.autoencoder import load_vae
 
-    records = read_records(dataset)
+    records = read_records(dataset) if records is None else records
     if control is ControlExtractor.GIVEN and any(r.control is None for r in records):
         raise InputError(f"data.control = 'given' but {dataset} has records without a \"control\" image")
     key = CacheKey(
-        file_identity(model.t5),
-        file_identity(model.vae),
+        model_fingerprint(model.t5, "model.t5"),
+        None if model.tokenizer is None else model_fingerprint(model.tokenizer, "model.tokenizer"),
+        model_fingerprint(model.vae, "model.vae"),
         resolution,
         multi_scale,
         caption_length,
         None if control is None else control.value,
         len(records),
+        dataset_fingerprint(records, dataset),
     )
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
-    if manifest.is_file():
-        _check_key(CacheKey(**json.loads(manifest.read_text())["key"]), key, folder)
     shards = range(-(-len(records) // shard_size))
-    missing = [s for s in shards if not (folder / f"shard-{s:05d}.safetensors").is_file()]
+    if manifest.is_file():
+        _check_key(json.loads(manifest.read_text()), key, folder)
+        missing = [s for s in shards if not (folder / f"shard-{s:05d}.safetensors").is_file()]
+    else:  # shards without a manifest are of an unknown run: all are written anew
+        missing = list(shards)
     if missing:
+        check_images(records)
         log.info("caching features of %d records in %s (%d shards to write)", len(records), folder, len(missing))
         encoder = load_text_encoder(model.t5, "fp32", device, model.tokenizer)
         vae = load_vae(model.vae, "fp32", device, defaults=vae_defaults)
-        info = {"version": CACHE_VERSION, "key": asdict(key), "shard_size": shard_size}
-        manifest.write_text(json.dumps({**info, "scaling_factor": vae.scaling_factor}, indent=1))
         for shard in missing:
             part = records[shard * shard_size : (shard + 1) * shard_size]
             _write_shard(folder / f"shard-{shard:05d}.safetensors", part, encoder, vae, key, control)
+            if not manifest.is_file():
+                info = {"version": CACHE_VERSION, "key": asdict(key), "shard_size": shard_size}
+                manifest.write_text(json.dumps({**info, "scaling_factor": vae.scaling_factor}, indent=1))
     return FeatureCache(folder)
 
 
-def _check_key(found: CacheKey, wanted: CacheKey, folder: Path) -> None:
+def _check_key(manifest: dict, wanted: CacheKey, folder: Path) -> None:
+    if manifest.get("version") != CACHE_VERSION:
+        raise InputError(
+            f"the feature cache in {folder} was made by another version of the pack (cache format "
+            f"{manifest.get('version')}, this one writes {CACHE_VERSION}): delete it or give another data.cache folder"
+        )
+    found = CacheKey(**manifest["key"])
     differ = [
-        f"{name}: cache has {getattr(found, name)!r}, the run asks for {getattr(wanted, name)!r}"
+        f"model.{name}: other contents than the cache's"
+        if name in FINGERPRINTS
+        else f"{name}: cache has {getattr(found, name)!r}, the run asks for {getattr(wanted, name)!r}"
         for name in CacheKey.__dataclass_fields__
-        if getattr(found, name) != getattr(wanted, name)
+        if getattr(found, name) != getattr(wanted, name) and name != "dataset"
     ]
     if differ:
         raise InputError(
             f"the feature cache in {folder} was made for another run ({'; '.join(differ)}): "
             f"give another data.cache folder or delete this one"
+        )
+    if found.dataset != wanted.dataset:
+        raise InputError(
+            f"the feature cache in {folder} was made from other records: images, control images or captions of "
+            f"{found.records} records changed since (a file's size or modification time, or a caption's text); "
+            f"delete the cache to encode the data set again, or give another data.cache folder"
         )
 
 

@@ -31,5 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.method)
     print(config.to_toml())
     result = train(config, resume=args.resume)
-    print(f"trained {result.step} steps; weights: {result.weights}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch, every process ran the command
+        print(f"trained {result.step} steps; weights: {result.weights}")
     return 0

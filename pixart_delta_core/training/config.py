@@ -8,6 +8,7 @@ front, by name, before any model is loaded. The defaults are the reference recip
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import types
 import typing
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch loads when a run starts, not when the command line's parser is built
     import torch
@@ -96,7 +99,7 @@ class DataSection:
     """The dataset and its feature cache."""
 
     path: Path  # a folder of images with same-name .txt captions, or a JSONL file
-    cache: Path  # where the T5/VAE features are written once and reused
+    cache: Path | None = None  # where the T5/VAE features are written once and reused (all but autoencoder)
     resolution: int | None = None  # training resolution in px (default: the transformer's)
     multi_scale: bool = True  # aspect-ratio bins; False: every image centre-cropped to a square
     control: ControlExtractor | None = None  # ControlNet only: given, canny or soft_edge
@@ -267,16 +270,30 @@ class TrainingConfig:
                 raise InputError(f"autoencoder training starts a new autoencoder and reads no files: drop {given}")
             if self.train.validate_every:
                 raise InputError("autoencoder training makes no validation images: set train.validate_every = 0")
+            self._check_controlnet_settings()
+            if self.data.cache is not None:
+                log.warning("data.cache is ignored: autoencoder training reads the pictures, not cached features")
             return
+        if self.data.cache is None:
+            raise InputError(f"{self.method.value} training needs data.cache: a folder for the T5 and VAE features")
         needed = ("t5", "vae") if self.method is Method.BASE else ("transformer", "t5", "vae")
         missing = [f"model.{name}" for name in needed if files[name] is None]
         if missing:
             raise InputError(f"{self.method.value} training needs {', '.join(missing)}")
+        self._check_controlnet_settings()
+
+    def _check_controlnet_settings(self) -> None:
+        """Refuse the ControlNet's own settings in another method's run (they would be ignored)."""
+        for name, value in (("data.control", self.data.control), ("model.controlnet", self.model.controlnet)):
+            if self.method is not Method.CONTROLNET and value is not None:
+                raise InputError(f"{name} is for controlnet training only; {self.method.value} training: drop it")
 
     def to_toml(self) -> str:
-        """The full configuration, defaults included, as TOML (printed at start, saved beside checkpoints)."""
+        """The full configuration, defaults included, as TOML (printed at start, saved beside checkpoints);
+        ``[architecture]`` only where it applies (a new transformer), as ``config_from_dict`` refuses it elsewhere."""
         lines = [f'method = "{self.method.value}"']
-        for section in SECTIONS:
+        new_transformer = self.method is Method.BASE and self.model.transformer is None
+        for section in SECTIONS if new_transformer else [s for s in SECTIONS if s != "architecture"]:
             lines += ["", f"[{section}]"]
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 if value is not None:
@@ -294,7 +311,7 @@ def load_config(path: str | Path, method: Method | str | None = None) -> Trainin
     unknown or bad key.
     """
     path = Path(path)
-    tomllib = _toml_reader()
+    tomllib = toml_reader()
     try:
         table = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -309,8 +326,8 @@ def config_from_dict(
 ) -> TrainingConfig:
     """A ``TrainingConfig`` from parsed TOML (see ``load_config``)."""
     table = dict(table)
-    chosen = method if method is not None else table.get("method")
-    table.pop("method", None)
+    written = table.pop("method", None)
+    chosen = method if method is not None else written
     unknown = sorted(set(table) - set(SECTIONS))
     if unknown:
         raise InputError(f"unknown section(s) {unknown} in the training config: expected {list(SECTIONS)}")
@@ -318,7 +335,16 @@ def config_from_dict(
         raise InputError(f"no training method: give one of {[m.value for m in Method]}")
     hints = typing.get_type_hints(TrainingConfig)
     sections = {name: _section(hints[name], table.get(name, {}), name, root) for name in SECTIONS}
-    return TrainingConfig(method=_convert(Method, chosen, "method", root), **sections)
+    config = TrainingConfig(method=_convert(Method, chosen, "method", root), **sections)
+    if written is not None and written != config.method.value:
+        log.warning("training method %r (command line) overrides the config's method = %r", config.method.value,
+                    written)  # fmt: skip
+    if "architecture" in table and (config.method is not Method.BASE or config.model.transformer is not None):
+        raise InputError(
+            "[architecture] shapes a new transformer (base training without model.transformer); this run "
+            f"{'loads model.transformer' if config.model.transformer else 'trains ' + config.method.value}: drop it"
+        )
+    return config
 
 
 def _section(cls: type, values: Any, name: str, root: Path) -> Any:
@@ -362,7 +388,7 @@ def _convert(kind: Any, value: Any, name: str, root: Path) -> Any:
     return value
 
 
-def _toml_reader() -> types.ModuleType:
+def toml_reader() -> types.ModuleType:
     """``tomllib`` (Python 3.11+), or its backport ``tomli`` on 3.10 (the ``train`` extra installs it)."""
     if sys.version_info >= (3, 11):
         import tomllib

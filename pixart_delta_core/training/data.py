@@ -9,6 +9,7 @@ holds records of one bin (``BatchOrder``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from PIL import Image
 from ..errors import InputError
 from ..pipeline.images import from_pil, resize_and_crop
 from ..pipeline.resolution import ASPECT_RATIO_BINS, Size, nearest_bin
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -32,7 +35,8 @@ class Record:
 
 
 def read_records(path: Path) -> list[Record]:
-    """The records of a dataset folder or JSONL file; ``InputError`` for missing captions or files."""
+    """The records of a dataset folder or JSONL file; ``InputError`` for missing captions or files, or when
+    every caption is empty (a warning with their count when some are: they train as unconditional samples)."""
     if path.is_dir():
         records = _folder_records(path)
     elif path.suffix == ".jsonl" and path.is_file():
@@ -44,7 +48,24 @@ def read_records(path: Path) -> list[Record]:
     absent = [str(p) for r in records for p in (r.image, r.control) if p is not None and not p.is_file()]
     if absent:
         raise InputError(f"dataset {path} names {len(absent)} file(s) that do not exist, e.g. {absent[:3]}")
+    empty = [r.image.name for r in records if not r.caption]
+    if len(empty) == len(records):
+        raise InputError(f"dataset {path} has no captions: all {len(records)} are empty")
+    if empty:
+        log.warning("%d of %d captions in %s are empty (e.g. %s): they train as unconditional samples",
+                    len(empty), len(records), path, empty[:3])  # fmt: skip
     return records
+
+
+def check_images(records: list[Record]) -> None:
+    """``InputError`` naming the first image or control image that cannot be read (headers checked, not
+    decoded: cheap enough to run before a long cache build)."""
+    for path in (p for r in records for p in (r.image, r.control) if p is not None):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, SyntaxError, OSError...)
+            raise InputError(f"the image {path} cannot be read: {err}") from None
 
 
 def _folder_records(folder: Path) -> list[Record]:
@@ -111,11 +132,13 @@ class BatchOrder:
             self.groups.setdefault(size, []).append(index)
         self.batch_size, self.seed = batch_size, seed
         self.per_epoch = sum(len(g) // batch_size for g in self.groups.values())
+        if self.per_epoch == 0 and len(sizes) < batch_size:
+            raise InputError(f"train.batch_size {batch_size} is larger than the dataset ({len(sizes)} records)")
         if self.per_epoch == 0:
             largest = max(len(g) for g in self.groups.values())
             raise InputError(
                 f"train.batch_size {batch_size} is larger than every aspect-ratio bin of the dataset (the largest "
-                f"holds {largest} records): lower the batch size or set data.multi_scale = false"
+                f"holds {largest} of its {len(sizes)} records): lower the batch size or set data.multi_scale = false"
             )
 
     def batch(self, number: int) -> list[int]:

@@ -24,16 +24,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
-from ..models.controlnet_config import ControlNetConfig
+from ..checkpoints.files import STEP_FILE  # written last: a checkpoint folder without it is incomplete
+from ..errors import InputError, PixArtDeltaError
 from ..models.initialization import initialize_weights_
 from ..models.layers import set_gradient_checkpointing
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for, vae_defaults_for
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
-from .config import LrSchedule, Method, Optimizer, TrainingConfig, TrainSection
-from .data import BatchOrder, read_records
+from .checks import check_against_base, check_model_files, check_resumed_config
+from .config import LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
+from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
 from .sharding import fsdp_plugin, report_sharding
 from .trainers import ControlNetTrainer, Trainer
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"  # the TensorBoard run's folder under train.output
-STEP_FILE = "step.json"  # written last: a checkpoint folder without it is incomplete
 TRAINER_STATE = "trainer.safetensors"
 
 
@@ -71,6 +71,7 @@ def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling
 
         if config.model.controlnet is not None:
             controlnet = load_controlnet(config.model.controlnet, transformer.config, device=transformer.device)
+            controlnet.requires_grad_(True)  # the loader returns a model for inference
         else:
             controlnet = ControlNetTransformer.from_base(transformer, config.controlnet.copies)
         return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout)
@@ -112,7 +113,8 @@ def latest_checkpoint(output: Path) -> Path | None:
 def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
     """Run ``config`` to ``train.steps`` optimizer steps (from the latest checkpoint with ``resume``).
 
-    Raises ``InputError`` for settings that cannot work (before any model is loaded where it can).
+    Raises ``InputError`` for settings that cannot work (before the feature cache is built and any model is
+    loaded where it can: ``checks.py``), ``PixArtDeltaError`` at the first step whose loss is not finite.
     """
     try:
         from accelerate import Accelerator
@@ -121,8 +123,6 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         raise InputError(
             "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
         ) from None
-    from tqdm import tqdm
-
     t = config.train
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision.value,
@@ -133,6 +133,25 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         project_dir=str(t.output),
         fsdp_plugin=fsdp_plugin() if t.fsdp else None,
     )
+    try:
+        return _train(config, resume, accelerator)
+    finally:
+        # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
+        # process (the Python API, the tests) may ask for other ones. The process group itself is kept.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        if t.fsdp:  # accelerate marked the whole process as FSDP (its ACCELERATE_USE_FSDP): a later run may not be
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
+
+
+def _train(config: TrainingConfig, resume: bool, accelerator: Any) -> TrainResult:
+    from tqdm import tqdm
+
+    t = config.train
+    if t.mixed_precision is MixedPrecision.FP16 and accelerator.device.type == "cpu":
+        log.warning("train.mixed_precision = 'fp16' does not apply on the CPU (accelerate autocasts only bf16 there): "
+                    "this run computes in fp32; use 'bf16' for mixed precision on the CPU")  # fmt: skip
     if t.fsdp:
         report_sharding(accelerator)
     processes, rank = accelerator.num_processes, accelerator.process_index
@@ -148,6 +167,8 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             f"train.output {t.output} already holds a run (its newest checkpoint is {checkpoint.name}): add "
             f"--resume to continue it, or choose another train.output"
         )
+    if checkpoint is not None:
+        check_resumed_config(config, checkpoint)
     trainer, cache, captions = _setup(config, accelerator)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
     set_gradient_checkpointing(trainer.module, t.gradient_checkpointing)
@@ -169,7 +190,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         log.info("training configuration:\n%s", config.to_toml())
     accelerator.init_trackers(TENSORBOARD)  # writes under train.output/tensorboard (main process only)
     per_process = t.batch_size // processes
-    csv_log = _CsvLog(t.output / "log.csv") if accelerator.is_main_process else None
+    csv_log = _CsvLog(t.output / "log.csv", step) if accelerator.is_main_process else None
     bar = tqdm(
         total=t.steps, initial=step, desc=f"train {config.method.value}", disable=not accelerator.is_main_process
     )
@@ -194,6 +215,11 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         trainer.after_step()
         step += 1
         value = accelerator.reduce(total, "mean").item()
+        if not math.isfinite(value):  # before any checkpoint of the broken weights is written
+            raise PixArtDeltaError(
+                f"training diverged: the loss is {value} at step {step}; lower train.learning_rate "
+                f"({t.learning_rate:g}), or raise train.warmup_steps"
+            )
         losses.append(value)
         rate = t.batch_size * t.gradient_accumulation / (time.perf_counter() - started)
         lr = scheduler.get_last_lr()[0]
@@ -215,13 +241,6 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         csv_log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
-    # process (the Python API, the tests) may ask for other ones. The process group itself is kept.
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    if t.fsdp:  # accelerate marked the whole process as FSDP (its ACCELERATE_USE_FSDP): a later run may not be
-        os.environ.pop("ACCELERATE_USE_FSDP", None)
     return TrainResult(t.output, step, weights, losses)
 
 
@@ -233,17 +252,20 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
 
         if config.data.resolution is None:
             raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
-        pictures = PixelData(read_records(config.data.path), config.data.resolution, config.autoencoder.crop_size)
+        records = read_records(config.data.path)
+        check_images(records)
+        pictures = PixelData(records, config.data.resolution, config.autoencoder.crop_size)
         return AutoencoderTrainer(new_autoencoder(t.seed).to(device), pictures, config.autoencoder), pictures, None
+    check_model_files(config)
     if config.model.transformer is None:
         transformer_config = new_transformer_config(config)
     else:
         detected = inspect_transformer(config.model.transformer)
         transformer_config = detected.config
-    if config.method is Method.CONTROLNET and config.model.controlnet is None:
-        ControlNetConfig.for_base(transformer_config, config.controlnet.copies)  # refuses a base too shallow
+    records = read_records(config.data.path)
+    check_against_base(config, transformer_config, len(records))
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
-        cache = _cache(config, transformer_config, device)
+        cache = _cache(config, transformer_config, device, records)
     captions = None
     if t.validate_every and accelerator.is_main_process:
         length = transformer_config.caption_length
@@ -278,7 +300,7 @@ def new_transformer_config(config: TrainingConfig) -> TransformerConfig:
     )
 
 
-def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCache:
+def _cache(config: TrainingConfig, base: Any, device: torch.device, records: list[Record]) -> FeatureCache:
     data = config.data
     return build_cache(
         config.model,
@@ -291,6 +313,7 @@ def _cache(config: TrainingConfig, base: Any, device: torch.device) -> FeatureCa
         data.shard_size,
         device,
         vae_defaults_for(base),
+        records,
     )
 
 
@@ -319,15 +342,19 @@ def _weights_of(checkpoint: Path) -> Path:
 
 
 class _CsvLog:
-    """step, loss, learning rate, samples/s, one row per logged step (appended to on resume)."""
+    """step, loss, learning rate, samples/s, one row per logged step. A run resumed at ``step`` keeps the rows
+    up to it (those after it were logged by the crashed run, and are logged again); a new run starts afresh."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, step: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        self.file = path.open("a", newline="")
+        kept = []
+        if step > 0 and path.is_file():
+            with path.open(newline="") as f:
+                kept = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= step]
+        self.file = path.open("w", newline="")
         self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(["step", "loss", "learning_rate", "samples_per_s"])
+        self.writer.writerows([["step", "loss", "learning_rate", "samples_per_s"], *kept])
+        self.file.flush()
 
     def write(self, step: int, loss: float, lr: float, rate: float) -> None:
         self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.4g}"])

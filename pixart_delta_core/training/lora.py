@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..models.lora_config import DIFFUSERS_LORA_FILE
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import to_diffusers
 from .cache import Batch
@@ -25,7 +26,7 @@ from .draws import Draws
 from .lcm import lcm_loss, noise_of, with_learned_null
 from .trainers import Trainer, training_latents
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = DIFFUSERS_LORA_FILE  # with its adapter_config.json beside it, which the pack's LoRA reader takes
 PREFIX = "transformer."  # the model a diffusers pipeline's LoRA file addresses
 
 

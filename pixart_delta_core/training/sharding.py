@@ -48,6 +48,8 @@ def report_sharding(accelerator: Accelerator) -> None:
     if accelerator.distributed_type is not DistributedType.FSDP:
         log.warning(
             "train.fsdp: accelerate shards over several GPU processes only (accelerate launch on 2 or more GPUs); "
-            "this run is %s and trains unsharded",
+            "this run has %d process(es) on %s (accelerate's distributed type %s) and trains unsharded",
+            accelerator.num_processes,
+            accelerator.device.type,
             accelerator.distributed_type.value,
         )

@@ -1,0 +1,87 @@
+"""Checks a run makes before its feature cache is built and its models load: everything that can be known
+from the config, the files' headers and the checkpoint being resumed, so that a bad setting fails in
+seconds, not after an hour of encoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+from .config import Method, TrainingConfig, toml_reader
+
+if TYPE_CHECKING:
+    from ..models.transformer_config import TransformerConfig
+
+# The settings a checkpoint's saved state is shaped by: resuming it under others cannot load, or would mix runs.
+SHAPING = {
+    Method.LORA: ("lora",),
+    Method.CONTROLNET: ("controlnet",),
+    Method.BASE: ("architecture",),
+}
+
+
+def check_model_files(config: TrainingConfig) -> None:
+    """``InputError`` naming each ``model.*`` path that does not exist."""
+    absent = [
+        f"model.{name} {path}"
+        for name in ("transformer", "t5", "vae", "tokenizer", "controlnet")
+        if (path := getattr(config.model, name)) is not None and not path.exists()
+    ]
+    if absent:
+        raise InputError(f"{'; '.join(absent)}: no such file or folder")
+
+
+def check_against_base(config: TrainingConfig, base: TransformerConfig, records: int) -> None:
+    """What the base transformer's config decides: the ControlNet to continue fits it (its width and
+    ``controlnet.copies``), ``lora.targets`` name its linear layers, the batch fits the ``records``."""
+    if config.train.batch_size > records:
+        raise InputError(f"train.batch_size {config.train.batch_size} is larger than the dataset ({records} records)")
+    if config.method is Method.CONTROLNET:
+        from ..models.controlnet import inspect_controlnet
+        from ..models.controlnet_config import ControlNetConfig
+
+        if config.model.controlnet is None:
+            ControlNetConfig.for_base(base, config.controlnet.copies)  # refuses a base too shallow
+        else:
+            found = inspect_controlnet(config.model.controlnet, base_config=base).config
+            found.check_fits(base, InputError)
+            if found.copies != config.controlnet.copies:
+                raise InputError(
+                    f"model.controlnet {config.model.controlnet} was trained with controlnet.copies = "
+                    f"{found.copies}, this config says {config.controlnet.copies}: set controlnet.copies = "
+                    f"{found.copies} to continue it"
+                )
+    if config.method is Method.LORA:
+        from ..models.transformer import PixArtTransformer
+        from .lora import lora_targets
+
+        lora_targets(PixArtTransformer(base, device="meta"), config.lora.targets)  # no weights: names only
+
+
+def check_resumed_config(config: TrainingConfig, checkpoint: Path) -> None:
+    """``InputError`` when ``checkpoint`` was made by another method or other settings that shape its state
+    (``SHAPING``, and ``train.optimizer``): its saved ``config.toml`` against ``config``."""
+    saved_file = checkpoint / "config.toml"
+    if not saved_file.is_file():
+        return
+    tomllib = toml_reader()
+    saved, ours = tomllib.loads(saved_file.read_text()), tomllib.loads(config.to_toml())
+    differ = []
+    if saved.get("method") != ours["method"]:
+        differ.append(f"method: {saved.get('method')!r}, now {ours['method']!r}")
+    sections = SHAPING.get(config.method, ()) if not differ else ()
+    differ += [
+        f"{section}.{key}: {saved.get(section, {}).get(key)!r}, now {value!r}"
+        for section in sections
+        for key, value in ours.get(section, {}).items()
+        if saved.get(section, {}).get(key) != value
+    ]
+    if not differ and saved.get("train", {}).get("optimizer") != ours["train"]["optimizer"]:
+        differ.append(f"train.optimizer: {saved['train'].get('optimizer')!r}, now {ours['train']['optimizer']!r}")
+    if differ:
+        raise InputError(
+            f"--resume: the checkpoint {checkpoint} was made by another config ({'; '.join(differ)}): resume it "
+            f"with its own settings ({saved_file}), or train into another train.output"
+        )
