@@ -19,7 +19,7 @@ from pixart_delta_core.text.t5_config import T5_V1_1_XXL
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"  # what each file is: tests/fixtures/README.md
 MANIFESTS = FIXTURES / "manifests"
-TOKENIZER = FIXTURES / "t5_tokenizer"
+TOKENIZER = ROOT / "pixart_delta_core" / "embedded_model" / "text_encoders" / "shapes-t5"  # T5's own tokenizer
 COMFYUI_T5_PREFIX = "text_encoders.t5xxl.transformer."  # T5 keys in a checkpoint saved from ComfyUI
 
 TINY = TransformerConfig(

@@ -8,9 +8,9 @@ M=scripts/embedded_model
 
 # 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps
 $PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
-# 2. the T5 encoder: random (seed 0) and frozen, with T5's tokenizer
+# 2. the T5 encoder: random (seed 0) and frozen, with T5's tokenizer (the copy the pack ships beside it)
 $PY -c "from pathlib import Path; from pixart_delta_core.demo.embedded import write_t5; \
-write_t5(Path('outputs/embedded/t5'), Path('tests/fixtures/t5_tokenizer'))"
+write_t5(Path('outputs/embedded/t5'), Path('pixart_delta_core/embedded_model/text_encoders/shapes-t5'))"
 # 3. the autoencoder (TAESD architecture). It was first run with steps = 1200; its pictures then still had
 #    green, blue, purple and cyan as greys, so steps went to 2400 and the run continued with --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
