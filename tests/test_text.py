@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import T5EncoderModel
 
 from pixart_delta_core import cli
+from pixart_delta_core.demo.embedded import TOKENIZER_FILES
 from pixart_delta_core.demo.files import demo_transformer
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.text.embedding import TextEmbedding
@@ -45,8 +46,8 @@ def t5() -> T5EncoderModel:
 
 def copy_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for file in TOKENIZER.iterdir():
-        shutil.copy(file, folder / file.name)
+    for name in TOKENIZER_FILES:  # the tokenizer's files only: its folder also holds the embedded T5's weights
+        shutil.copy(TOKENIZER / name, folder / name)
 
 
 @pytest.fixture(scope="module")
