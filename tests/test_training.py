@@ -19,7 +19,7 @@ from pixart_delta_core.sampling.choices import Sampler
 from pixart_delta_core.sampling.samplers import SamplingSettings, sample
 from pixart_delta_core.text.embedding import TextEmbedding
 from pixart_delta_core.training.cache import Batch
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.lcm import boundary_scalings, consistency_output
 from pixart_delta_core.training.loop import make_optimizer, train
 from pixart_delta_core.training.trainers import ControlNetTrainer

@@ -20,7 +20,7 @@ from pixart_delta_core.errors import InputError, PixArtDeltaError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.training import cache as cache_module
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.loop import train
 from pixart_delta_core.training.trainers import ControlNetTrainer, Trainer
 from tests.test_training_data import TRAIN_TINY, run_table, tiny_setup

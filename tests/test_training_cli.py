@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pixart_delta_core.cli import main
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from tests.helpers import ROOT
 from tests.test_training_data import run_table, tiny_setup
 

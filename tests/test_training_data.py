@@ -17,7 +17,8 @@ from pixart_delta_core.errors import InputError
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.models.transformer_config import TransformerConfig
 from pixart_delta_core.training import cache as cache_module
-from pixart_delta_core.training.config import ControlExtractor, config_from_dict, load_config
+from pixart_delta_core.training.config import ControlExtractor
+from pixart_delta_core.training.config_file import config_from_dict, load_config
 from pixart_delta_core.training.control import canny, soft_edge
 from pixart_delta_core.training.data import BatchOrder, read_records, training_size
 

@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.loop import train
 from tests.helpers import ROOT
 from tests.test_training_data import run_table, tiny_setup

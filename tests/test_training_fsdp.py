@@ -22,7 +22,7 @@ from pixart_delta_core.errors import InputError
 from pixart_delta_core.models.controlnet import ControlNetTransformer, load_controlnet
 from pixart_delta_core.models.layers import Block
 from pixart_delta_core.training.cache import Batch
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.draws import draw
 from pixart_delta_core.training.loop import train
 from pixart_delta_core.training.sharding import fsdp_plugin

@@ -16,7 +16,7 @@ from pixart_delta_core.models.transformer_config import SIGMA_TOKENS, default_in
 from pixart_delta_core.sampling.samplers import ControlSchedule, SamplingSettings, sample
 from pixart_delta_core.text.embedding import TextEmbedding
 from pixart_delta_core.training.cache import MANIFEST
-from pixart_delta_core.training.config import config_from_dict
+from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.loop import train
 from tests.test_training_data import TRAIN_TINY, run_table, tiny_setup
 

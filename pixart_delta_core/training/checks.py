@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .config import Method, TrainingConfig, toml_reader
+from .config import Method, TrainingConfig
+from .config_file import toml_reader
 
 if TYPE_CHECKING:
     from ..models.transformer_config import TransformerConfig

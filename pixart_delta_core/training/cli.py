@@ -25,7 +25,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config_file import load_config
     from .loop import train
 
     config = load_config(args.config, args.method)
