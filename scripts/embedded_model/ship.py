@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pixart_delta_core.demo.embedded import MODELS, embedded_path  # noqa: E402
+from pixart_delta_core.demo.embedded import FOLDER, MODELS, embedded_path  # noqa: E402
 
 
 def half(source: Path, target: Path) -> None:
@@ -38,7 +38,7 @@ def main(teacher: str, lcm: str, controlnet: str, autoencoder: str, t5: str) -> 
     target = embedded_path("shapes-t5")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(t5, target)
-    total = sum(p.stat().st_size for p in embedded_path("shapes-t5").parent.parent.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in FOLDER.rglob("*") if p.is_file())
     print(f"{len(MODELS)} models, {total / 2**20:.1f} MiB in all")
 
 
