@@ -225,8 +225,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shown = write_demo(args.out, args.device)
     for item in shown:
         print(f"\n[{item.title}] {item.prompt}")
-        print(f"  judge: {item.note if item.title == 'edge map' else item.verdict.line()}")
-        if item.note and item.title != "edge map":
+        print(f"  judge: {item.judgement()}")
+        if item.note and item.verdict is not None:
             print(f"  {item.note}")
     print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
     print("  python -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")

@@ -25,13 +25,22 @@ LABEL = 28  # px of verdict text under each picture
 
 @dataclass(frozen=True)
 class Shown:
-    """One picture of the demo, what it was asked for, and the judge's word."""
+    """One picture of the demo, what it was asked for, and the judge's word (``verdict`` None: an input shown
+    beside the pictures, such as the ControlNet's edge map, which is not judged)."""
 
     title: str
     prompt: str
     image: Image.Image
-    verdict: Verdict
+    verdict: Verdict | None
     note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is not None and self.verdict.ok
+
+    def judgement(self) -> str:
+        """The judge's line for a picture ("ok" or what is wrong), the note for an input."""
+        return self.note if self.verdict is None else self.verdict.line()
 
 
 def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Shown]:
@@ -55,7 +64,7 @@ def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Show
     image = teacher(scene.caption(), control=Control(edges), **settings).images[0]
     verdict = judge(parse_caption(scene.caption()), read_picture(image))
     iou = f"shapes on the edge map's: IoU {foreground_iou(image, scene):.2f}"
-    shown += [Shown("edge map", scene.caption(), edges, verdict, "the ControlNet's input"),
+    shown += [Shown("edge map", scene.caption(), edges, None, "the ControlNet's input"),
               Shown("ControlNet", scene.caption(), image, verdict, iou)]  # fmt: skip
     return shown
 
@@ -66,9 +75,9 @@ def demo_grid(shown: list[Shown]) -> Image.Image:
     draw = ImageDraw.Draw(grid)
     for i, item in enumerate(shown):
         grid.paste(item.image.convert("RGB").resize((TILE, TILE), Image.Resampling.LANCZOS), (i * TILE, 0))
-        word = item.note if item.title == "edge map" else ("ok" if item.verdict.ok else "judge: " + item.verdict.line())
+        word = item.judgement() if item.verdict is None or item.ok else "judge: " + item.judgement()
         draw.text((i * TILE + 4, TILE + 4), item.title, fill="black")
-        draw.text((i * TILE + 4, TILE + 4 + LABEL), word[:40], fill="darkgreen" if item.verdict.ok else "darkred")
+        draw.text((i * TILE + 4, TILE + 4 + LABEL), word[:40], fill="darkgreen" if item.ok else "darkred")
     return grid
 
 

@@ -7,7 +7,9 @@ train the same weights at a fraction of the cost of whole pictures) and drawn wi
 with how much their pixels vary, so flat backgrounds do not crowd out the pictures' content. The result is
 saved in ComfyUI's single-file TAESD layout (``vae/taesd_layout.py``), with ``vae_scale`` and ``vae_shift``
 chosen so that the scaled latents the transformer works in (raw latents x ``autoencoder.scaling_factor``)
-have zero mean and unit standard deviation over the data set.
+have zero mean and unit standard deviation over the data set. With ``autoencoder.train_encoder = false`` an
+existing TAESD file's decoder alone learns: its latents, their scale and shift, and so every transformer
+trained on them, stay as they are, while its pictures get sharper.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..pipeline.images import from_pil, resize_and_crop
+from ..vae.taesd_config import TaesdConfig
 from ..vae.taesd_layout import TAESD_KWARGS, comfy_taesd_state_dict
 from .config import AutoencoderSection
 from .data import Record
@@ -105,16 +108,25 @@ class Reconstruction(nn.Module):
 class AutoencoderTrainer:
     """The strategy of ``train autoencoder``: the loop's trainer interface around an ``AutoencoderTiny``."""
 
-    def __init__(self, model: AutoencoderTiny, data: PixelData, settings: AutoencoderSection) -> None:
+    def __init__(
+        self,
+        model: AutoencoderTiny,
+        data: PixelData,
+        settings: AutoencoderSection,
+        convention: TaesdConfig | None = None,
+    ) -> None:
+        """``convention``: the file being continued; with a frozen encoder its ``vae_scale`` and ``vae_shift``
+        are kept (the latents do not change), else they are measured anew when saving."""
         self.reconstruction = Reconstruction(model)
         self.data, self.settings = data, settings
+        self.kept = None if settings.train_encoder or convention is None else convention
 
     @property
     def module(self) -> nn.Module:
         return self.reconstruction
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.reconstruction.parameters())
+        return [p for p in self.reconstruction.parameters() if p.requires_grad]
 
     def loss(self, module: nn.Module, batch: PixelBatch, draws: Draws) -> Tensor:
         images = crops(to_signed(batch.pixels), batch.weights, draws.crop[:, 0], batch.crop)
@@ -135,14 +147,16 @@ class AutoencoderTrainer:
         """The autoencoder in ComfyUI's TAESD layout, with the latent scale and shift of the data set
         (``weights``, the loop's gathered state dict, is not needed: autoencoder runs are never sharded)."""
         model = self.reconstruction.model
-        device = next(model.parameters()).device
-        latents = torch.cat(
-            [model.encoder(to_signed(p[None]).to(device)).float() for p in self.data.pixels[:STATISTICS_RECORDS]]
-        )
-        mean, std = latents.mean().item(), latents.std().item()
-        factor = self.settings.scaling_factor
+        if self.kept is not None:
+            scale, shift = self.kept.vae_scale, self.kept.vae_shift
+        else:
+            device = next(model.parameters()).device
+            pictures = self.data.pixels[:STATISTICS_RECORDS]
+            latents = torch.cat([model.encoder(to_signed(p[None]).to(device)).float() for p in pictures])
+            mean, std = latents.mean().item(), latents.std().item()
+            scale, shift = self.settings.scaling_factor * std, -mean / (std * self.settings.scaling_factor)
         path = folder / "autoencoder.safetensors"
-        tensors = comfy_taesd_state_dict(model, vae_scale=factor * std, vae_shift=-mean / (std * factor))
+        tensors = comfy_taesd_state_dict(model, vae_scale=scale, vae_shift=shift)
         save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, str(path))
         return path
 
@@ -176,6 +190,26 @@ def crops(images: Tensor, weights: Tensor, where: Tensor, side: int) -> Tensor:
             for image, c in zip(images, chosen, strict=True)
         ]
     )  # fmt: skip
+
+
+def autoencoder_to_train(
+    vae: Path | None, train_encoder: bool, seed: int
+) -> tuple[AutoencoderTiny, TaesdConfig | None]:
+    """The autoencoder a run starts from, its parameters' ``requires_grad`` set to what learns: ``vae`` (a TAESD
+    file, with its latent convention) or a new one from ``seed`` (``new_autoencoder``, no convention yet).
+
+    Raises ``InputError`` when ``vae`` is not a TAESD with an encoder (a KL VAE, a decoder-only file)."""
+    if vae is None:
+        return new_autoencoder(seed), None
+    from ..vae.autoencoder import TaesdVae, load_vae
+
+    loaded = load_vae(vae)
+    if not isinstance(loaded, TaesdVae) or loaded.model.encoder is None:
+        found = "a decoder-only TAESD" if isinstance(loaded, TaesdVae) else "a KL VAE"
+        raise InputError(f"autoencoder training continues a TAESD file with its encoder; model.vae {vae} is {found}")
+    model = loaded.model.requires_grad_(True)
+    model.encoder.requires_grad_(train_encoder)
+    return model, loaded.config
 
 
 def new_autoencoder(seed: int) -> AutoencoderTiny:

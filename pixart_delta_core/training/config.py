@@ -81,7 +81,7 @@ class ModelSection:
     """The model files: the transformer to start from (teacher, base), T5 and its tokenizer, the VAE.
 
     ``base`` training without a transformer starts a new one shaped by ``[architecture]``; ``autoencoder``
-    training takes no model files.
+    training starts a new autoencoder, or continues the TAESD file ``vae``.
     """
 
     transformer: Path | None = None
@@ -227,6 +227,7 @@ class AutoencoderSection:
     crop_size: int = 32  # px, a multiple of 8
     latent_noise: float = 0.1  # std of the Gaussian noise added to the latents before decoding
     scaling_factor: float = 0.18215  # the transformer family's (PixArt-α/δ); scaled latents get unit std
+    train_encoder: bool = True  # False: only the decoder learns (from model.vae), so its latent space stays
 
     def __post_init__(self) -> None:
         _check(self.crop_size > 0 and self.crop_size % 8 == 0, "autoencoder.crop_size", "a positive multiple of 8",
@@ -262,9 +263,14 @@ class TrainingConfig:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
         files = {name: getattr(self.model, name) for name in ("transformer", "t5", "vae")}
         if self.method is Method.AUTOENCODER:
-            given = [f"model.{name}" for name, path in files.items() if path is not None]
+            given = [f"model.{name}" for name in ("transformer", "t5") if files[name] is not None]
             if given:
-                raise InputError(f"autoencoder training starts a new autoencoder and reads no files: drop {given}")
+                raise InputError(f"autoencoder training reads no transformer or T5 files: drop {given}")
+            if not self.autoencoder.train_encoder and files["vae"] is None:
+                raise InputError(
+                    "autoencoder.train_encoder = false trains the decoder of an existing autoencoder: set model.vae "
+                    "to its TAESD file"
+                )
             if self.train.validate_every:
                 raise InputError("autoencoder training makes no validation images: set train.validate_every = 0")
             self._check_controlnet_settings()

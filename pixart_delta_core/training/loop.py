@@ -248,14 +248,16 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
     """The trainer, its data (feature cache or pictures) and the validation captions (main process only)."""
     t, device = config.train, accelerator.device
     if config.method is Method.AUTOENCODER:
-        from .autoencoder import AutoencoderTrainer, PixelData, new_autoencoder
+        from .autoencoder import AutoencoderTrainer, PixelData, autoencoder_to_train
 
         if config.data.resolution is None:
             raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
+        check_model_files(config)
+        model, convention = autoencoder_to_train(config.model.vae, config.autoencoder.train_encoder, t.seed)
         records = read_records(config.data.path)
         check_images(records)
         pictures = PixelData(records, config.data.resolution, config.autoencoder.crop_size)
-        return AutoencoderTrainer(new_autoencoder(t.seed).to(device), pictures, config.autoencoder), pictures, None
+        return AutoencoderTrainer(model.to(device), pictures, config.autoencoder, convention), pictures, None
     check_model_files(config)
     if config.model.transformer is None:
         transformer_config = new_transformer_config(config)
