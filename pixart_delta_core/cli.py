@@ -222,11 +222,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world")
     print(f"(model card: {FOLDER / 'MODEL_CARD.md'}). Held-out prompts, the LCM student in 4 steps, then the")
     print("ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.")
+    print("It is an early, short training run: most of its pictures do not follow their prompts yet (model card).")
     shown = write_demo(args.out, args.device)
     for item in shown:
         print(f"\n[{item.title}] {item.prompt}")
+        if item.verdict is None:
+            print(f"  {item.note} (not judged)")
+            continue
         print(f"  judge: {item.judgement()}")
-        if item.note and item.verdict is not None:
+        if item.note:
             print(f"  {item.note}")
     print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
     print("  python -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")

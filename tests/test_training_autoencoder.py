@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from pixart_delta_core.demo.embedded import embedded_path
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline.images import from_pil
 from pixart_delta_core.training.config_file import config_from_dict
@@ -61,23 +62,62 @@ def test_a_new_autoencoder_saves_comfyuis_taesd_layout_with_unit_variance_latent
     assert abs(scaled.mean().item()) < 0.5 and 0.5 < scaled.std().item() < 2.0, (scaled.mean(), scaled.std())
 
 
-def test_decoder_training_keeps_the_encoder_and_its_latent_convention(world, trained, tmp_path) -> None:
-    table = _table(world, tmp_path / "out", 6, train_encoder=False)
-    result = train(config_from_dict({**table, "model": {"vae": str(trained)}}, "autoencoder"))
-    before, after = load_file(str(trained)), load_file(str(result.weights))
-    assert before.keys() == after.keys()
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
+def _changed(before: Path, after: Path) -> set[str]:
+    """The tensors of two TAESD files that differ (compared in fp32: a shipped file is fp16)."""
+    old, new = load_file(str(before)), load_file(str(after))
+    assert old.keys() == new.keys()
+    return {name for name in old if not torch.equal(old[name].float(), new[name].float())}
+
+
+def _continue(world: Path, output: Path, start: Path, steps: int = 4, **autoencoder: object):
+    table = _table(world, output, steps, **autoencoder)
+    return train(config_from_dict({**table, "model": {"vae": str(start)}}, "autoencoder"))
+
+
+def test_decoder_training_keeps_the_encoder_and_its_latent_convention(world, tmp_path) -> None:
+    # The shipped autoencoder's scale and shift were measured on other pictures than these eight: were they
+    # measured again, they would change.
+    start = embedded_path("shapes-taesd")
+    result = _continue(world, tmp_path / "out", start, train_encoder=False)
+    changed = _changed(start, result.weights)
     assert changed and all(name.startswith("taesd_decoder.") for name in changed), sorted(changed)
     pictures = _world_pictures()
-    assert torch.equal(load_vae(trained).encode(pictures), load_vae(result.weights).encode(pictures))
+    torch.testing.assert_close(load_vae(start).encode(pictures), load_vae(result.weights).encode(pictures))
 
 
-def test_decoder_training_without_a_file_or_from_a_kl_vae_is_refused(world, tmp_path) -> None:
+def test_continuing_with_the_encoder_trains_both_and_measures_the_latents_again(world, trained, tmp_path) -> None:
+    start = embedded_path("shapes-taesd")
+    changed = _changed(start, _continue(world, tmp_path / "out", start).weights)
+    assert {"vae_scale", "vae_shift"} <= changed
+    assert any(n.startswith("taesd_encoder.") for n in changed) and any(n.startswith("taesd_decoder.") for n in changed)
+
+
+def test_decoder_training_refuses_what_it_cannot_keep(world, tmp_path) -> None:
     table = _table(world, tmp_path / "out", 2, train_encoder=False)
     with pytest.raises(InputError, match=r"train_encoder = false trains the decoder of an existing autoencoder"):
         config_from_dict(table, "autoencoder")
+    start = {"model": {"vae": str(embedded_path("shapes-taesd"))}}
+    factor = {**table, **start, "autoencoder": {**table["autoencoder"], "scaling_factor": 0.13025}}
+    with pytest.raises(InputError, match=r"autoencoder.scaling_factor 0.13025 would be ignored"):
+        config_from_dict(factor, "autoencoder")
     kl = Path(tiny_setup(tmp_path / "kl")["model"]["vae"])
-    with pytest.raises(InputError, match=r"continues a TAESD file with its encoder; model\.vae .* is a KL VAE"):
-        train(config_from_dict({**table, "model": {"vae": str(kl)}}, "autoencoder"))
+    decoder_only = tmp_path / "decoder_only.safetensors"
+    tensors = load_file(str(embedded_path("shapes-taesd")))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("taesd_encoder.")}, str(decoder_only))
+    for path, found in ((kl, "a KL VAE"), (decoder_only, "a decoder-only TAESD")):
+        with pytest.raises(InputError, match=rf"continues a TAESD file with its encoder; model\.vae .* is {found}"):
+            train(config_from_dict({**table, "model": {"vae": str(path)}}, "autoencoder"))
     with pytest.raises(InputError, match=r"no such file or folder"):
         train(config_from_dict({**table, "model": {"vae": str(tmp_path / "absent.safetensors")}}, "autoencoder"))
+
+
+def test_resuming_with_another_file_or_encoder_setting_is_refused(world, trained, tmp_path) -> None:
+    output = tmp_path / "out"
+    _continue(world, output, embedded_path("shapes-taesd"), steps=1, train_encoder=False)
+    for start, settings, differs in (
+        (trained, {"train_encoder": False}, "model.vae"),
+        (embedded_path("shapes-taesd"), {"train_encoder": True}, "autoencoder.train_encoder"),
+    ):
+        table = _table(world, output, 2, **settings)
+        with pytest.raises(InputError, match=rf"--resume: .* made by another config \({differs}"):
+            train(config_from_dict({**table, "model": {"vae": str(start)}}, "autoencoder"), resume=True)

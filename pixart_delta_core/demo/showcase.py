@@ -77,7 +77,8 @@ def demo_grid(shown: list[Shown]) -> Image.Image:
         grid.paste(item.image.convert("RGB").resize((TILE, TILE), Image.Resampling.LANCZOS), (i * TILE, 0))
         word = item.judgement() if item.verdict is None or item.ok else "judge: " + item.judgement()
         draw.text((i * TILE + 4, TILE + 4), item.title, fill="black")
-        draw.text((i * TILE + 4, TILE + 4 + LABEL), word[:40], fill="darkgreen" if item.ok else "darkred")
+        colour = "dimgray" if item.verdict is None else "darkgreen" if item.ok else "darkred"
+        draw.text((i * TILE + 4, TILE + 4 + LABEL), word[:40], fill=colour)
     return grid
 
 

@@ -20,6 +20,7 @@ SHAPING = {
     Method.LORA: ("lora",),
     Method.CONTROLNET: ("controlnet",),
     Method.BASE: ("architecture",),
+    Method.AUTOENCODER: ("model", "autoencoder"),  # model.vae: the file whose latent scale and shift are kept
 }
 
 

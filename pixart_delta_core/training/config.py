@@ -63,9 +63,11 @@ class LossWeighting(Enum):
 
     UNIFORM = "uniform"  # the reference's: the plain epsilon MSE at every timestep
     # The epsilon MSE x (1 + 1 / SNR_t), i.e. the x0 error x (SNR_t + 1): the loss v-prediction minimises
-    # (Salimans & Ho 2022, "Progressive Distillation", §4), here for the epsilon output PixArt keeps. Under
-    # the plain MSE the high-noise timesteps, where a picture's layout and colours are decided, weigh
-    # almost nothing (their epsilon error is their x0 error x SNR_t); this weighs them as much as the detail.
+    # (Salimans & Ho 2022, "Progressive Distillation", §4), here for the epsilon output PixArt keeps, divided
+    # by its mean over the 1000 timesteps (so the variance-bound term keeps its share). Under the plain MSE
+    # the high-noise timesteps, where a picture's layout and colours are decided, weigh almost nothing (their
+    # epsilon error is their x0 error x SNR_t). The weight spans 1 (t = 0) to about 25,000 (t = 999) before
+    # that division: t >= 900 carry most of it, so a batch's loss swings with its few noisiest samples.
     SNR_PLUS_ONE = "snr+1"
 
 
@@ -290,6 +292,12 @@ class TrainingConfig:
                 raise InputError(
                     "autoencoder.train_encoder = false trains the decoder of an existing autoencoder: set model.vae "
                     "to its TAESD file"
+                )
+            default_factor = AutoencoderSection.scaling_factor
+            if not self.autoencoder.train_encoder and self.autoencoder.scaling_factor != default_factor:
+                raise InputError(
+                    f"autoencoder.scaling_factor {self.autoencoder.scaling_factor:g} would be ignored: decoder "
+                    f"training keeps the latent scale and shift of model.vae; drop it"
                 )
             if self.train.validate_every:
                 raise InputError("autoencoder training makes no validation images: set train.validate_every = 0")

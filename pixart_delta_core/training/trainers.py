@@ -51,7 +51,8 @@ def noise_error_weights(weighting: LossWeighting, t: Tensor) -> Tensor | None:
     """Per-sample weights [B] of the epsilon MSE at timesteps ``t`` (None: uniform; see ``LossWeighting``)."""
     if weighting is LossWeighting.UNIFORM:
         return None
-    return (1 / noise_schedule().alphas_cumprod.to(t.device)[t]).float()  # 1 + 1 / SNR_t = 1 / alpha_bar_t
+    weights = 1 / noise_schedule().alphas_cumprod  # 1 + 1 / SNR_t = 1 / alpha_bar_t, for t = 0 .. 999
+    return (weights / weights.mean()).to(t.device)[t].float()
 
 
 class Trainer:

@@ -14,7 +14,12 @@ write_t5(Path('outputs/embedded/t5'), Path('pixart_delta_core/embedded_model/tex
 # 3. the autoencoder (TAESD architecture). It was first run with steps = 1200; its pictures then still had
 #    green, blue, purple and cyan as greys, so steps went to 2400 and the run continued with --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
-# 4. the teacher, from scratch
+#    Its decoder alone then trained on 64 px crops (encoder, latents and their scale/shift kept, so the
+#    transformers below fit it either way): first run with steps = 1000 at a low priority beside the teacher,
+#    stopped at step 350, continued with steps = 600 and --resume.
+$PY -m pixart_delta_core train autoencoder --config $M/decoder.toml
+# 4. the teacher, from scratch. (Later continued in its folder to 4,800 steps, train.steps = 4800 and --resume,
+#    then 1,000 steps more with train.loss_weighting = "snr+1": neither helped, MODEL_CARD.md; step 1200 ships.)
 $PY -m pixart_delta_core train base --config $M/teacher.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they may run side by side)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
@@ -24,4 +29,4 @@ $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 $PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0001200/transformer.safetensors \
     outputs/embedded/lcm/checkpoints/step-0000200/transformer.safetensors \
     outputs/embedded/controlnet/checkpoints/step-0000200/controlnet.safetensors \
-    outputs/embedded/autoencoder/checkpoints/step-0002400/autoencoder.safetensors outputs/embedded/t5
+    outputs/embedded/decoder/checkpoints/step-0000600/autoencoder.safetensors outputs/embedded/t5
