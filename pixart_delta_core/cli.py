@@ -217,21 +217,14 @@ def _progress():
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.embedded import FOLDER
-    from .demo.showcase import write_demo
+    from .demo.showcase import verdict_lines, write_demo
 
     print("The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world")
     print(f"(model card: {FOLDER / 'MODEL_CARD.md'}). Held-out prompts, the LCM student in 4 steps, then the")
     print("ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.")
     print("It is an early, short training run: most of its pictures do not follow their prompts yet (model card).")
     shown = write_demo(args.out, args.device)
-    for item in shown:
-        print(f"\n[{item.title}] {item.prompt}")
-        if item.verdict is None:
-            print(f"  {item.note} (not judged)")
-            continue
-        print(f"  judge: {item.judgement()}")
-        if item.note:
-            print(f"  {item.note}")
+    print("\n".join(verdict_lines(shown)))
     print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
     print("  python -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")
     print("  python -m pixart_delta_core generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\")

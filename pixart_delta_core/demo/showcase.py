@@ -82,6 +82,19 @@ def demo_grid(shown: list[Shown]) -> Image.Image:
     return grid
 
 
+def verdict_lines(shown: list[Shown]) -> list[str]:
+    """What the demo prints of each picture: a blank line, its title and prompt, then the judge's verdict and
+    any note (an input, which is not judged: its note)."""
+    lines: list[str] = []
+    for item in shown:
+        lines += ["", f"[{item.title}] {item.prompt}"]
+        if item.verdict is None:
+            lines.append(f"  {item.note} (not judged)")
+        else:
+            lines += [f"  judge: {item.judgement()}", *([f"  {item.note}"] if item.note else [])]
+    return lines
+
+
 def write_demo(out: Path, device: str = "auto") -> list[Shown]:
     """Run the demo and save its grid at ``out``; returns what it showed."""
     shown = run_demo(device=device)
