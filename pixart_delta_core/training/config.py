@@ -58,19 +58,6 @@ class LrSchedule(Enum):
     COSINE = "cosine"  # down to 0 at the last step along a half cosine: short runs end better converged
 
 
-class LossWeighting(Enum):
-    """How much each sample's noise-prediction error counts in the diffusion loss (base, ControlNet, LoRA)."""
-
-    UNIFORM = "uniform"  # the reference's: the plain epsilon MSE at every timestep
-    # The epsilon MSE x (1 + 1 / SNR_t), i.e. the x0 error x (SNR_t + 1): the loss v-prediction minimises
-    # (Salimans & Ho 2022, "Progressive Distillation", §4), here for the epsilon output PixArt keeps, divided
-    # by its mean over the 1000 timesteps (so the variance-bound term keeps its share). Under the plain MSE
-    # the high-noise timesteps, where a picture's layout and colours are decided, weigh almost nothing (their
-    # epsilon error is their x0 error x SNR_t). The weight spans 1 (t = 0) to about 25,000 (t = 999) before
-    # that division: t >= 900 carry most of it, so a batch's loss swings with its few noisiest samples.
-    SNR_PLUS_ONE = "snr+1"
-
-
 class Optimizer(Enum):
     ADAMW = "adamw"
     ADAMW_8BIT = "adamw8bit"  # bitsandbytes' 8-bit AdamW
@@ -132,7 +119,6 @@ class TrainSection:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
-    loss_weighting: LossWeighting = LossWeighting.UNIFORM
     max_grad_norm: float = 1.0  # 0 turns clipping off
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -272,14 +258,6 @@ class TrainingConfig:
                 f"train.fsdp shards base and controlnet training only; {self.method.value} training runs on DDP "
                 f"(LCM updates an EMA copy of the whole student every step, LoRA's adapters are small, the autoencoder "
                 f"has no transformer blocks): set train.fsdp = false"
-            )
-        distilled = self.method is Method.LCM or (self.method is Method.LORA and self.lora.lcm)
-        own_loss = "autoencoder training" if self.method is Method.AUTOENCODER else None
-        own_loss = "LCM distillation" if distilled else own_loss
-        if own_loss and self.train.loss_weighting is not LossWeighting.UNIFORM:
-            raise InputError(
-                f"train.loss_weighting weighs the diffusion loss (base, controlnet and lora training); {own_loss} has "
-                f"a loss of its own: drop it"
             )
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")

@@ -59,9 +59,9 @@ class TrainResult:
 
 def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling_factor: float) -> Trainer:
     """The strategy of ``config.method`` around ``transformer`` (already on its device)."""
-    dropout, weighting = config.train.caption_dropout, config.train.loss_weighting
+    dropout = config.train.caption_dropout
     if config.method is Method.BASE:
-        return Trainer(transformer, scaling_factor, dropout, weighting)
+        return Trainer(transformer, scaling_factor, dropout)
     if config.method is Method.LCM:
         from .lcm import LcmTrainer
 
@@ -74,10 +74,10 @@ def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling
             controlnet.requires_grad_(True)  # the loader returns a model for inference
         else:
             controlnet = ControlNetTransformer.from_base(transformer, config.controlnet.copies)
-        return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout, weighting)
+        return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout)
     from .lora import LoraTrainer
 
-    return LoraTrainer(transformer, scaling_factor, dropout, config.lora, config.lcm, weighting)
+    return LoraTrainer(transformer, scaling_factor, dropout, config.lora, config.lcm)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:

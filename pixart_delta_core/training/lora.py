@@ -21,7 +21,7 @@ from ..models.lora_config import DIFFUSERS_LORA_FILE
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import to_diffusers
 from .cache import Batch
-from .config import LcmSection, LoraSection, LossWeighting
+from .config import LcmSection, LoraSection
 from .draws import Draws
 from .lcm import lcm_loss, noise_of, with_learned_null
 from .trainers import Trainer, training_latents
@@ -51,7 +51,6 @@ class LoraTrainer(Trainer):
         caption_dropout: float,
         settings: LoraSection,
         lcm: LcmSection,
-        loss_weighting: LossWeighting = LossWeighting.UNIFORM,
     ) -> None:
         try:
             from peft import LoraConfig, inject_adapter_in_model
@@ -59,7 +58,7 @@ class LoraTrainer(Trainer):
             raise InputError(
                 "LoRA training needs peft, which is not installed: pip install peft (the pack's requirements list it)"
             ) from None
-        super().__init__(transformer, scaling_factor, 0.0 if settings.lcm else caption_dropout, loss_weighting)
+        super().__init__(transformer, scaling_factor, 0.0 if settings.lcm else caption_dropout)
         self.settings, self.lcm = settings, lcm
         self.layers = lora_targets(transformer, settings.targets)
         self.teacher = copy.deepcopy(transformer).requires_grad_(False).eval() if settings.lcm else None

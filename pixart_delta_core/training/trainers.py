@@ -20,7 +20,6 @@ from ..models.controlnet_config import ControlNetConfig
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import TransformerConfig
 from .cache import Batch
-from .config import LossWeighting
 from .diffusion import diffusion_loss, noise_schedule
 from .draws import Draws
 
@@ -47,28 +46,13 @@ def training_latents(batch: Batch, draws: Draws, scaling_factor: float) -> Tenso
     return (batch.mean + batch.std * draws.latent_noise) * scaling_factor
 
 
-def noise_error_weights(weighting: LossWeighting, t: Tensor) -> Tensor | None:
-    """Per-sample weights [B] of the epsilon MSE at timesteps ``t`` (None: uniform; see ``LossWeighting``)."""
-    if weighting is LossWeighting.UNIFORM:
-        return None
-    weights = 1 / noise_schedule().alphas_cumprod  # 1 + 1 / SNR_t = 1 / alpha_bar_t, for t = 0 .. 999
-    return (weights / weights.mean()).to(t.device)[t].float()
-
-
 class Trainer:
     """The base strategy: the whole transformer trained with the PixArt-α diffusion loss."""
 
-    def __init__(
-        self,
-        transformer: PixArtTransformer,
-        scaling_factor: float,
-        caption_dropout: float,
-        loss_weighting: LossWeighting = LossWeighting.UNIFORM,
-    ) -> None:
+    def __init__(self, transformer: PixArtTransformer, scaling_factor: float, caption_dropout: float) -> None:
         self.transformer = transformer
         self.scaling_factor = scaling_factor
         self.caption_dropout = caption_dropout
-        self.loss_weighting = loss_weighting
 
     @property
     def module(self) -> nn.Module:
@@ -88,8 +72,7 @@ class Trainer:
         x_t = noise_schedule().add_noise(latents, draws.noise, t)
         caption = with_null_captions(self.base(module), batch, draws.dropout < self.caption_dropout)
         output = module(x_t, t, caption, batch.mask, batch.size, *self.extra_inputs(batch))
-        weights = noise_error_weights(self.loss_weighting, t)
-        return diffusion_loss(output, latents, x_t, draws.noise, t, weights).mean()
+        return diffusion_loss(output, latents, x_t, draws.noise, t).mean()
 
     def extra_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
         return ()
@@ -141,14 +124,9 @@ class ControlNetTrainer(Trainer):
     """ControlNet-Transformer training (PixArt-δ §4): base frozen, only the copies and projections train."""
 
     def __init__(
-        self,
-        base: PixArtTransformer,
-        controlnet: ControlNetTransformer,
-        scaling_factor: float,
-        dropout: float,
-        loss_weighting: LossWeighting = LossWeighting.UNIFORM,
+        self, base: PixArtTransformer, controlnet: ControlNetTransformer, scaling_factor: float, dropout: float
     ) -> None:
-        super().__init__(base, scaling_factor, dropout, loss_weighting)
+        super().__init__(base, scaling_factor, dropout)
         controlnet.config.check_fits(base.config, InputError)
         self.controlled = ControlledTransformer(base, controlnet)
 

@@ -19,7 +19,7 @@ $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
 #    stopped at step 350, continued with steps = 600 and --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/decoder.toml
 # 4. the teacher, from scratch. (Later continued in its folder to 4,800 steps, train.steps = 4800 and --resume,
-#    then 1,000 steps more with train.loss_weighting = "snr+1": neither helped, MODEL_CARD.md; step 1200 ships.)
+#    then 1,000 steps more with a v-prediction loss weighting: neither helped, MODEL_CARD.md; step 1200 ships.)
 $PY -m pixart_delta_core train base --config $M/teacher.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they may run side by side)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
