@@ -106,7 +106,9 @@ def test_every_layout_encodes_and_decodes_as_diffusers_in_comfyuis_convention(mo
     model, paths = model_and_files
     kind, scale, shift = LAYOUTS[layout]
     detected = inspect_vae(paths[layout])
-    assert detected.layout is kind and detected.config == TaesdConfig(scale, shift, SD_VAE.scaling_factor)
+    in_file = layout == "comfy-single-file"  # the only layout whose file holds vae_scale and vae_shift
+    expected = TaesdConfig(scale, shift, SD_VAE.scaling_factor, scale_in_file=in_file)
+    assert detected.layout is kind and detected.config == expected
     vae = load_vae(paths[layout])
     assert isinstance(vae, TaesdVae) and vae.scaling_factor == SD_VAE.scaling_factor
     images = pictures()

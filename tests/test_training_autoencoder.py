@@ -98,8 +98,8 @@ def test_decoder_training_refuses_what_it_cannot_keep(world, tmp_path) -> None:
         config_from_dict(table, "autoencoder")
     start = {"model": {"vae": str(embedded_path("shapes-taesd"))}}
     factor = {**table, **start, "autoencoder": {**table["autoencoder"], "scaling_factor": 0.13025}}
-    with pytest.raises(InputError, match=r"autoencoder.scaling_factor 0.13025 would be ignored"):
-        config_from_dict(factor, "autoencoder")
+    with pytest.raises(InputError, match=r"autoencoder.scaling_factor 0.13025 would be ignored: .* keeps"):
+        train(config_from_dict(factor, "autoencoder"))
     kl = Path(tiny_setup(tmp_path / "kl")["model"]["vae"])
     decoder_only = tmp_path / "decoder_only.safetensors"
     tensors = load_file(str(embedded_path("shapes-taesd")))
@@ -109,6 +109,18 @@ def test_decoder_training_refuses_what_it_cannot_keep(world, tmp_path) -> None:
             train(config_from_dict({**table, "model": {"vae": str(path)}}, "autoencoder"))
     with pytest.raises(InputError, match=r"no such file or folder"):
         train(config_from_dict({**table, "model": {"vae": str(tmp_path / "absent.safetensors")}}, "autoencoder"))
+
+
+def test_a_file_without_scale_and_shift_gets_the_familys_as_the_engine_reads_it(world, tmp_path) -> None:
+    # madebyollin's TAESD files have no vae_scale/vae_shift: the engine reads them with the family's scaling
+    # factor (PixArt-Σ's TAESDXL: 0.13025) and shift 0, and decoder training must write exactly those.
+    bare = tmp_path / "bare.safetensors"
+    tensors = load_file(str(embedded_path("shapes-taesd")))
+    save_file({k: v for k, v in tensors.items() if k not in ("vae_scale", "vae_shift")}, str(bare))
+    table = _table(world, tmp_path / "out", 1, train_encoder=False, scaling_factor=0.13025)
+    result = train(config_from_dict({**table, "model": {"vae": str(bare)}}, "autoencoder"))
+    saved = load_file(str(result.weights))
+    assert saved["vae_scale"].item() == pytest.approx(0.13025) and saved["vae_shift"].item() == 0.0
 
 
 def test_resuming_with_another_file_or_encoder_setting_is_refused(world, trained, tmp_path) -> None:

@@ -27,14 +27,13 @@ def evaluation_scenes(count: int = 100) -> list[Scene]:
     return held_out_scenes(count, TRAINING_SCENES)
 
 
-def embedded_pipeline(transformer: str = "shapes-lcm", **options: Any) -> PixArtPipeline:
-    """A pipeline over the embedded files (fp32 on the CPU unless ``options`` say otherwise)."""
+def embedded_pipeline(transformer: str = "shapes-lcm", vae: str = "shapes-taesd", **options: Any) -> PixArtPipeline:
+    """A pipeline over the embedded files (names, or paths of other files; fp32 on the CPU unless ``options``
+    say otherwise)."""
     options = {"device": "cpu", "dtype": "fp32", "keep_loaded": True, **options}
     if options.get("controlnet") is not None:
         options["controlnet"] = embedded_path(options["controlnet"])
-    return PixArtPipeline(
-        embedded_path(transformer), embedded_path("shapes-t5"), embedded_path("shapes-taesd"), **options
-    )
+    return PixArtPipeline(embedded_path(transformer), embedded_path("shapes-t5"), embedded_path(vae), **options)
 
 
 def edge_maps(scenes: list[Scene]) -> torch.Tensor:

@@ -193,22 +193,32 @@ def crops(images: Tensor, weights: Tensor, where: Tensor, side: int) -> Tensor:
 
 
 def autoencoder_to_train(
-    vae: Path | None, train_encoder: bool, seed: int
+    vae: Path | None, settings: AutoencoderSection, seed: int
 ) -> tuple[AutoencoderTiny, TaesdConfig | None]:
     """The autoencoder a run starts from, its parameters' ``requires_grad`` set to what learns: ``vae`` (a TAESD
-    file, with its latent convention) or a new one from ``seed`` (``new_autoencoder``, no convention yet).
+    file, with its latent convention; where the file has no ``vae_scale``/``vae_shift``, as madebyollin's
+    files, the family's ``settings.scaling_factor`` and 0 stand in, as the engine reads it) or a new one from
+    ``seed`` (``new_autoencoder``, no convention yet).
 
-    Raises ``InputError`` when ``vae`` is not a TAESD with an encoder (a KL VAE, a decoder-only file)."""
+    Raises ``InputError`` when ``vae`` is not a TAESD with an encoder (a KL VAE, a decoder-only file), or when
+    decoder training would ignore ``settings.scaling_factor`` (the file has its own scale and shift)."""
     if vae is None:
         return new_autoencoder(seed), None
     from ..vae.autoencoder import TaesdVae, load_vae
+    from ..vae.vae_config import SD_VAE
 
-    loaded = load_vae(vae)
+    loaded = load_vae(vae, defaults=replace(SD_VAE, scaling_factor=settings.scaling_factor))
     if not isinstance(loaded, TaesdVae) or loaded.model.encoder is None:
         found = "a decoder-only TAESD" if isinstance(loaded, TaesdVae) else "a KL VAE"
         raise InputError(f"autoencoder training continues a TAESD file with its encoder; model.vae {vae} is {found}")
+    default = AutoencoderSection.scaling_factor
+    if not settings.train_encoder and loaded.config.scale_in_file and settings.scaling_factor != default:
+        raise InputError(
+            f"autoencoder.scaling_factor {settings.scaling_factor!r} would be ignored: decoder training keeps the "
+            f"vae_scale and vae_shift in model.vae {vae}; drop it"
+        )
     model = loaded.model.requires_grad_(True)
-    model.encoder.requires_grad_(train_encoder)
+    model.encoder.requires_grad_(settings.train_encoder)
     return model, loaded.config
 
 

@@ -271,12 +271,6 @@ class TrainingConfig:
                     "autoencoder.train_encoder = false trains the decoder of an existing autoencoder: set model.vae "
                     "to its TAESD file"
                 )
-            default_factor = AutoencoderSection.scaling_factor
-            if not self.autoencoder.train_encoder and self.autoencoder.scaling_factor != default_factor:
-                raise InputError(
-                    f"autoencoder.scaling_factor {self.autoencoder.scaling_factor:g} would be ignored: decoder "
-                    f"training keeps the latent scale and shift of model.vae; drop it"
-                )
             if self.train.validate_every:
                 raise InputError("autoencoder training makes no validation images: set train.validate_every = 0")
             self._check_controlnet_settings()

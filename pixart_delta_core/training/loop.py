@@ -253,7 +253,7 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
         if config.data.resolution is None:
             raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
         check_model_files(config)
-        model, convention = autoencoder_to_train(config.model.vae, config.autoencoder.train_encoder, t.seed)
+        model, convention = autoencoder_to_train(config.model.vae, config.autoencoder, t.seed)
         records = read_records(config.data.path)
         check_images(records)
         pictures = PixelData(records, config.data.resolution, config.autoencoder.crop_size)

@@ -49,6 +49,7 @@ class TaesdConfig:
     vae_shift: float = 0.0
     scaling_factor: float = SD_VAE.scaling_factor  # raw -> scaled latents, the family's (VaeConfig.scaling_factor)
     has_encoder: bool = True  # False: a decoder-only file, which decodes and cannot encode
+    scale_in_file: bool = True  # False: the file has no vae_scale/vae_shift, the defaults above stand in
 
     # What the engine's ``Vae`` asks of any autoencoder config; TAESD's are fixed by its architecture.
     in_channels: ClassVar[int] = 3
@@ -161,6 +162,7 @@ def detect_taesd(
         vae_shift=0.0 if shift is None else shift,
         scaling_factor=defaults.scaling_factor,
         has_encoder=any(k.startswith("encoder.") for k in tensors.shapes),
+        scale_in_file=not missing,
     )
     ignored = tuple(k for k in (SCALE, SHIFT) if k in tensors.shapes)  # read into the config, not weights
     return DetectedCheckpoint(config, layout, prefix, tensors, ignored, note)
