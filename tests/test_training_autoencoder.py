@@ -123,9 +123,15 @@ def test_a_file_without_scale_and_shift_gets_the_familys_as_the_engine_reads_it(
     assert saved["vae_scale"].item() == pytest.approx(0.13025) and saved["vae_shift"].item() == 0.0
 
 
-def test_resuming_with_another_file_or_encoder_setting_is_refused(world, trained, tmp_path) -> None:
+def test_an_autoencoder_run_resumes_under_its_own_settings_only(world, trained, tmp_path) -> None:
     output = tmp_path / "out"
     _continue(world, output, embedded_path("shapes-taesd"), steps=1, train_encoder=False)
+    # The same settings resume (to step 2) and give what an uninterrupted 2-step run gives.
+    table = _table(world, output, 2, train_encoder=False)
+    shipped = {"model": {"vae": str(embedded_path("shapes-taesd"))}}
+    resumed = train(config_from_dict({**table, **shipped}, "autoencoder"), resume=True)
+    whole = _continue(world, tmp_path / "whole", embedded_path("shapes-taesd"), steps=2, train_encoder=False)
+    assert not _changed(whole.weights, resumed.weights)
     for start, settings, differs in (
         (trained, {"train_encoder": False}, "model.vae"),
         (embedded_path("shapes-taesd"), {"train_encoder": True}, "autoencoder.train_encoder"),
