@@ -4,6 +4,7 @@ ComfyUI's TAESD layout with the scale and shift that give unit-variance latents;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,13 @@ def _changed(before: Path, after: Path) -> set[str]:
     return {name for name in old if not torch.equal(old[name].float(), new[name].float())}
 
 
+def _shipped_without(path: Path, dropped: Callable[[str], bool]) -> Path:
+    """The shipped autoencoder saved at ``path`` without the tensors ``dropped`` names."""
+    tensors = load_file(str(embedded_path("shapes-taesd")))
+    save_file({k: v for k, v in tensors.items() if not dropped(k)}, str(path))
+    return path
+
+
 def _continue(world: Path, output: Path, start: Path, steps: int = 4, **autoencoder: object):
     table = _table(world, output, steps, **autoencoder)
     return train(config_from_dict({**table, "model": {"vae": str(start)}}, "autoencoder"))
@@ -85,7 +93,7 @@ def test_decoder_training_keeps_the_encoder_and_its_latent_convention(world, tmp
     torch.testing.assert_close(load_vae(start).encode(pictures), load_vae(result.weights).encode(pictures))
 
 
-def test_continuing_with_the_encoder_trains_both_and_measures_the_latents_again(world, trained, tmp_path) -> None:
+def test_continuing_with_the_encoder_trains_both_and_measures_the_latents_again(world, tmp_path) -> None:
     start = embedded_path("shapes-taesd")
     changed = _changed(start, _continue(world, tmp_path / "out", start).weights)
     assert {"vae_scale", "vae_shift"} <= changed
@@ -101,22 +109,21 @@ def test_decoder_training_refuses_what_it_cannot_keep(world, tmp_path) -> None:
     with pytest.raises(InputError, match=r"autoencoder.scaling_factor 0.13025 would be ignored: .* keeps"):
         train(config_from_dict(factor, "autoencoder"))
     kl = Path(tiny_setup(tmp_path / "kl")["model"]["vae"])
-    decoder_only = tmp_path / "decoder_only.safetensors"
-    tensors = load_file(str(embedded_path("shapes-taesd")))
-    save_file({k: v for k, v in tensors.items() if not k.startswith("taesd_encoder.")}, str(decoder_only))
+    decoder_only = _shipped_without(tmp_path / "decoder_only.safetensors", lambda k: k.startswith("taesd_encoder."))
     for path, found in ((kl, "a KL VAE"), (decoder_only, "a decoder-only TAESD")):
         with pytest.raises(InputError, match=rf"continues a TAESD file with its encoder; model\.vae .* is {found}"):
             train(config_from_dict({**table, "model": {"vae": str(path)}}, "autoencoder"))
     with pytest.raises(InputError, match=r"no such file or folder"):
         train(config_from_dict({**table, "model": {"vae": str(tmp_path / "absent.safetensors")}}, "autoencoder"))
+    large = {**table, **start, "train": {**table["train"], "batch_size": 16}}
+    with pytest.raises(InputError, match=r"train.batch_size 16 is larger than the dataset \(8 records\)"):
+        train(config_from_dict(large, "autoencoder"))  # before its pictures are read
 
 
 def test_a_file_without_scale_and_shift_gets_the_familys_as_the_engine_reads_it(world, tmp_path) -> None:
     # madebyollin's TAESD files have no vae_scale/vae_shift: the engine reads them with the family's scaling
     # factor (PixArt-Σ's TAESDXL: 0.13025) and shift 0, and decoder training must write exactly those.
-    bare = tmp_path / "bare.safetensors"
-    tensors = load_file(str(embedded_path("shapes-taesd")))
-    save_file({k: v for k, v in tensors.items() if k not in ("vae_scale", "vae_shift")}, str(bare))
+    bare = _shipped_without(tmp_path / "bare.safetensors", lambda k: k in ("vae_scale", "vae_shift"))
     table = _table(world, tmp_path / "out", 1, train_encoder=False, scaling_factor=0.13025)
     result = train(config_from_dict({**table, "model": {"vae": str(bare)}}, "autoencoder"))
     saved = load_file(str(result.weights))

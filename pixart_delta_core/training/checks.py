@@ -35,11 +35,15 @@ def check_model_files(config: TrainingConfig) -> None:
         raise InputError(f"{'; '.join(absent)}: no such file or folder")
 
 
-def check_against_base(config: TrainingConfig, base: TransformerConfig, records: int) -> None:
-    """What the base transformer's config decides: the ControlNet to continue fits it (its width and
-    ``controlnet.copies``), ``lora.targets`` name its linear layers, the batch fits the ``records``."""
+def check_batch_size(config: TrainingConfig, records: int) -> None:
+    """``InputError`` when one batch needs more than the dataset's ``records``."""
     if config.train.batch_size > records:
         raise InputError(f"train.batch_size {config.train.batch_size} is larger than the dataset ({records} records)")
+
+
+def check_against_base(config: TrainingConfig, base: TransformerConfig) -> None:
+    """What the base transformer's config decides: the ControlNet to continue fits it (its width and
+    ``controlnet.copies``), ``lora.targets`` name its linear layers."""
     if config.method is Method.CONTROLNET:
         from ..models.controlnet import inspect_controlnet
         from ..models.controlnet_config import ControlNetConfig

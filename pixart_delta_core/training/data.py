@@ -132,8 +132,6 @@ class BatchOrder:
             self.groups.setdefault(size, []).append(index)
         self.batch_size, self.seed = batch_size, seed
         self.per_epoch = sum(len(g) // batch_size for g in self.groups.values())
-        if self.per_epoch == 0 and len(sizes) < batch_size:
-            raise InputError(f"train.batch_size {batch_size} is larger than the dataset ({len(sizes)} records)")
         if self.per_epoch == 0:
             largest = max(len(g) for g in self.groups.values())
             raise InputError(

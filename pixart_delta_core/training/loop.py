@@ -32,7 +32,7 @@ from ..models.transformer import PixArtTransformer, inspect_transformer, load_tr
 from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for, vae_defaults_for
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
-from .checks import check_against_base, check_model_files, check_resumed_config
+from .checks import check_against_base, check_batch_size, check_model_files, check_resumed_config
 from .config import LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
@@ -247,25 +247,24 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any) -> TrainResul
 def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbedding | None]:
     """The trainer, its data (feature cache or pictures) and the validation captions (main process only)."""
     t, device = config.train, accelerator.device
+    check_model_files(config)
+    records = read_records(config.data.path)
+    check_batch_size(config, len(records))
     if config.method is Method.AUTOENCODER:
         from .autoencoder import AutoencoderTrainer, PixelData, autoencoder_to_train
 
         if config.data.resolution is None:
             raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
-        check_model_files(config)
         model, convention = autoencoder_to_train(config.model.vae, config.autoencoder, t.seed)
-        records = read_records(config.data.path)
         check_images(records)
         pictures = PixelData(records, config.data.resolution, config.autoencoder.crop_size)
         return AutoencoderTrainer(model.to(device), pictures, config.autoencoder, convention), pictures, None
-    check_model_files(config)
     if config.model.transformer is None:
         transformer_config = new_transformer_config(config)
     else:
         detected = inspect_transformer(config.model.transformer)
         transformer_config = detected.config
-    records = read_records(config.data.path)
-    check_against_base(config, transformer_config, len(records))
+    check_against_base(config, transformer_config)
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
         cache = _cache(config, transformer_config, device, records)
     captions = None
