@@ -100,6 +100,19 @@ def test_continuing_with_the_encoder_trains_both_and_measures_the_latents_again(
     assert any(n.startswith("taesd_encoder.") for n in changed) and any(n.startswith("taesd_decoder.") for n in changed)
 
 
+def test_a_latent_spread_keeps_the_encoder_and_measures_the_scale_and_shift_anew(world, tmp_path) -> None:
+    start = embedded_path("shapes-taesd")
+    result = _continue(world, tmp_path / "out", start, steps=1, train_encoder=False, latent_std=3.0)
+    changed = _changed(start, result.weights)
+    assert {"vae_scale", "vae_shift"} <= changed and not any(n.startswith("taesd_encoder.") for n in changed)
+    data_pictures = from_pil([render(sample_scene(seed, 2)) for seed in range(8)])  # the eight it measured
+    vae = load_vae(result.weights)
+    scaled = vae.encode(data_pictures) * vae.scaling_factor
+    assert scaled.mean().item() == pytest.approx(0.0, abs=1e-3) and scaled.std().item() == pytest.approx(3.0, rel=1e-3)
+    with pytest.raises(InputError, match=r"autoencoder.latent_std must be a positive number, found 0"):
+        config_from_dict(_table(world, tmp_path / "zero", 1, latent_std=0), "autoencoder")
+
+
 def test_decoder_training_refuses_what_it_cannot_keep(world, tmp_path) -> None:
     table = _table(world, tmp_path / "out", 2, train_encoder=False)
     with pytest.raises(InputError, match=r"train_encoder = false trains the decoder of an existing autoencoder"):

@@ -20,6 +20,7 @@ from pixart_delta_core.errors import InputError, PixArtDeltaError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
 from pixart_delta_core.models.transformer import PixArtTransformer
 from pixart_delta_core.training import cache as cache_module
+from pixart_delta_core.training.config import LossWeighting
 from pixart_delta_core.training.config_file import config_from_dict
 from pixart_delta_core.training.loop import train
 from pixart_delta_core.training.trainers import ControlNetTrainer, Trainer
@@ -210,6 +211,17 @@ def test_settings_a_run_would_ignore_are_refused_or_said(setup, tmp_path, caplog
         config_from_dict(no_cache, "base")
     autoencoder = {**no_cache, "model": {}, "data": {**no_cache["data"], "resolution": 64}}
     assert config_from_dict(autoencoder, "autoencoder").data.cache is None
+    weighted = {**table, "train": {**table["train"], "loss_weighting": "p2"}}
+    assert config_from_dict(weighted, "base").train.loss_weighting is LossWeighting.P2
+    for method, table_of_method in (("lcm", weighted), ("autoencoder", {**autoencoder, "train": weighted["train"]})):
+        with pytest.raises(InputError, match=r"train.loss_weighting weighs the diffusion loss .* drop it"):
+            config_from_dict(table_of_method, method)
+    with pytest.raises(InputError, match=r"train.loss_weighting must be one of"):
+        config_from_dict({**table, "train": {**table["train"], "loss_weighting": "min-snr"}}, "base")
+    with pytest.raises(InputError, match=r"train.p2_gamma shapes train.loss_weighting = \"p2\" only"):
+        config_from_dict({**table, "train": {**table["train"], "p2_gamma": 0.5}}, "base")
+    with pytest.raises(InputError, match=r"train.p2_gamma must be a positive number, found 0"):
+        config_from_dict({**table, "train": {**table["train"], "loss_weighting": "p2", "p2_gamma": 0}}, "base")
     with caplog.at_level(logging.WARNING):
         config_from_dict({**table, "method": "lcm"}, "base")
     assert "training method 'base' (command line) overrides the config's method = 'lcm'" in caplog.text

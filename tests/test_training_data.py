@@ -114,6 +114,22 @@ def test_caption_dropout_defaults_to_the_methods_recipe(setup) -> None:
         config_from_dict({**setup, "train": {**setup["train"], "caption_dropout": 1.0}}, "base")
 
 
+def test_the_loss_weighting_reaches_every_diffusion_trainer(setup) -> None:
+    from pixart_delta_core.training.config import LossWeighting
+    from pixart_delta_core.training.loop import make_trainer
+    from pixart_delta_core.training.trainers import timestep_weights
+    from tests.helpers import random_transformer
+
+    weighted = {**setup, "train": {**setup["train"], "loss_weighting": "p2", "p2_gamma": 0.5}}
+    expected = timestep_weights(LossWeighting.P2, 0.5)
+    for method in ("base", "lora", "controlnet"):
+        config = config_from_dict(for_method({**weighted, "controlnet": {"copies": 1}}, method), method)
+        trainer = make_trainer(config, random_transformer(TRAIN_TINY), 0.18215)
+        torch.testing.assert_close(trainer.loss_weights, expected, rtol=0, atol=0, msg=method)
+    uniform = make_trainer(config_from_dict(for_method(setup, "base"), "base"), random_transformer(TRAIN_TINY), 0.18)
+    assert uniform.loss_weights is None
+
+
 def test_folder_without_captions_is_refused(tmp_path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(InputError, match=r"1 image\(s\) .* have no same-name .txt caption, e.g. \['a.png'\]"):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from pixart_delta_core.training.config import LossWeighting
 from pixart_delta_core.training.diffusion import diffusion_loss, noise_schedule
+from pixart_delta_core.training.trainers import timestep_weights
 
 
 def _reference_posterior(x0, x_t, t):
@@ -59,3 +62,24 @@ def test_t0_term_is_the_discretised_likelihood_and_sigma_trains_only_through_the
     loss.sum().backward()
     torch.testing.assert_close(output.grad[:, :4], -2 * noise / noise.numel())
     assert output.grad[:, 4:].abs().sum() > 0
+
+
+def test_p2_weighting_scales_the_noise_error_by_one_over_one_plus_snr_to_the_gamma() -> None:
+    # Choi et al. 2022, eq. 8 with k = 1, normalised to a mean of 1 over the timesteps.
+    generator = torch.Generator().manual_seed(1)
+    t = torch.tensor([0, 50, 400, 800, 999])
+    x0, noise = torch.randn(5, 4, 4, 4, generator=generator), torch.randn(5, 4, 4, 4, generator=generator)
+    eps = noise + 0.1 * torch.randn(5, 4, 4, 4, generator=generator)
+    s = noise_schedule()
+    x_t = s.add_noise(x0, noise, t).float()
+    snr = s.alphas_cumprod / (1 - s.alphas_cumprod)
+    for gamma in (1.0, 0.5):
+        table = timestep_weights(LossWeighting.P2, gamma)
+        raw = (1 + snr) ** -gamma
+        torch.testing.assert_close(table.double(), raw / raw.mean(), rtol=1e-6, atol=0)
+        weighted = diffusion_loss(eps, x0, x_t, noise, t, table[t])  # 4 channels: the MSE term alone
+        torch.testing.assert_close(weighted, (eps - noise).pow(2).mean((1, 2, 3)) * table[t])
+        assert table[50] < (0.2 if gamma == 0.5 else 0.05) * table[999]  # measured: 0.17 and 0.03
+        assert table[999].item() == pytest.approx(table[800].item(), rel=0.01)
+    assert timestep_weights(LossWeighting.UNIFORM) is None
+    torch.testing.assert_close(diffusion_loss(eps, x0, x_t, noise, t), (eps - noise).pow(2).mean((1, 2, 3)))

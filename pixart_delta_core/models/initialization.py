@@ -15,8 +15,14 @@ from .transformer import PixArtTransformer
 
 
 @torch.no_grad()
-def initialize_weights_(model: PixArtTransformer, seed: int = 0) -> PixArtTransformer:
-    """Fill ``model`` in place with the reference's initial weights, drawn from ``seed``; returns it."""
+def initialize_weights_(model: PixArtTransformer, seed: int = 0, small_embedders: bool = True) -> PixArtTransformer:
+    """Fill ``model`` in place with the reference's initial weights, drawn from ``seed``; returns it.
+
+    ``small_embedders = False`` leaves the timestep, caption and micro-condition MLPs and the timestep
+    modulation Xavier-uniform like every other linear layer. Their N(0, 0.02^2) start makes the timestep's
+    modulation (about 0.006) and the caption tokens (about 0.02) tiny beside the image tokens, so a new model
+    learns what the timestep and the caption mean only slowly: fine for the reference's long runs, too slow
+    for a short one (the embedded model's teacher, ``scripts/embedded_model/teacher.toml``)."""
     torch.manual_seed(seed)
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -32,7 +38,7 @@ def initialize_weights_(model: PixArtTransformer, seed: int = 0) -> PixArtTransf
         embedder = getattr(model, name, None)
         if embedder is not None:
             small += [embedder.mlp[0], embedder.mlp[2]]
-    for layer in small:
+    for layer in small if small_embedders else ():
         nn.init.normal_(layer.weight, std=0.02)
     for block in model.blocks:
         nn.init.zeros_(block.cross_attn.proj.weight)

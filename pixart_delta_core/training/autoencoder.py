@@ -115,11 +115,12 @@ class AutoencoderTrainer:
         settings: AutoencoderSection,
         convention: TaesdConfig | None = None,
     ) -> None:
-        """``convention``: the file being continued; with a frozen encoder its ``vae_scale`` and ``vae_shift``
-        are kept (the latents do not change), else they are measured anew when saving."""
+        """``convention``: the file being continued; with a frozen encoder and the default ``latent_std`` its
+        ``vae_scale`` and ``vae_shift`` are kept (the latents do not change), else they are measured anew when
+        saving."""
         self.reconstruction = Reconstruction(model)
         self.data, self.settings = data, settings
-        self.kept = None if settings.train_encoder or convention is None else convention
+        self.kept = convention if keeps_convention(settings) else None
 
     @property
     def module(self) -> nn.Module:
@@ -154,7 +155,8 @@ class AutoencoderTrainer:
             pictures = self.data.pixels[:STATISTICS_RECORDS]
             latents = torch.cat([model.encoder(to_signed(p[None]).to(device)).float() for p in pictures])
             mean, std = latents.mean().item(), latents.std().item()
-            scale, shift = self.settings.scaling_factor * std, -mean / (std * self.settings.scaling_factor)
+            factor, spread = self.settings.scaling_factor, self.settings.latent_std
+            scale, shift = factor * std / spread, -spread * mean / (std * factor)
         path = folder / "autoencoder.safetensors"
         tensors = comfy_taesd_state_dict(model, vae_scale=scale, vae_shift=shift)
         save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, str(path))
@@ -212,7 +214,7 @@ def autoencoder_to_train(
         found = "a decoder-only TAESD" if isinstance(loaded, TaesdVae) else "a KL VAE"
         raise InputError(f"autoencoder training continues a TAESD file with its encoder; model.vae {vae} is {found}")
     default = AutoencoderSection.scaling_factor
-    if not settings.train_encoder and loaded.config.scale_in_file and settings.scaling_factor != default:
+    if keeps_convention(settings) and loaded.config.scale_in_file and settings.scaling_factor != default:
         raise InputError(
             f"autoencoder.scaling_factor {settings.scaling_factor!r} would be ignored: decoder training keeps the "
             f"vae_scale and vae_shift in model.vae {vae}; drop it"
@@ -220,6 +222,12 @@ def autoencoder_to_train(
     model = loaded.model.requires_grad_(True)
     model.encoder.requires_grad_(settings.train_encoder)
     return model, loaded.config
+
+
+def keeps_convention(settings: AutoencoderSection) -> bool:
+    """Whether a run continuing a file keeps its ``vae_scale``/``vae_shift``: a frozen encoder, latent spread
+    not asked for."""
+    return not settings.train_encoder and settings.latent_std == AutoencoderSection.latent_std
 
 
 def new_autoencoder(seed: int) -> AutoencoderTiny:

@@ -58,6 +58,25 @@ class LrSchedule(Enum):
     COSINE = "cosine"  # down to 0 at the last step along a half cosine: short runs end better converged
 
 
+class LossWeighting(Enum):
+    """How much each sample's noise-prediction error counts in the diffusion loss (base, ControlNet, LoRA)."""
+
+    UNIFORM = "uniform"  # the reference's: the plain epsilon MSE at every timestep
+    # P2 (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", eq. 8): the epsilon MSE
+    # x 1 / (1 + SNR_t)^p2_gamma, divided by its mean over the 1000 timesteps. Under the plain MSE the
+    # low-noise timesteps, where only fine detail is left to learn, carry most of the gradient, and the noisy
+    # ones, where the caption decides the layout and colours, almost none (their epsilon error is their x0
+    # error x SNR_t); P2 takes weight off the former (t = 50: 0.03, t >= 500: about 1, before the division).
+    P2 = "p2"
+
+
+class EmbedderInit(Enum):
+    """How a new transformer's timestep, caption and micro-condition MLPs start (``initialize_weights_``)."""
+
+    REFERENCE = "reference"
+    XAVIER = "xavier"
+
+
 class Optimizer(Enum):
     ADAMW = "adamw"
     ADAMW_8BIT = "adamw8bit"  # bitsandbytes' 8-bit AdamW
@@ -119,6 +138,8 @@ class TrainSection:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    loss_weighting: LossWeighting = LossWeighting.UNIFORM
+    p2_gamma: float = 1.0  # the exponent of the P2 weighting (the paper's 1 or 0.5)
     max_grad_norm: float = 1.0  # 0 turns clipping off
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -147,6 +168,7 @@ class TrainSection:
         _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)
+        _check(self.p2_gamma > 0, "train.p2_gamma", "a positive number", self.p2_gamma)
         dropout = self.caption_dropout
         _check(dropout is None or 0 <= dropout < 1, "train.caption_dropout", "in [0, 1)", dropout)
 
@@ -211,6 +233,9 @@ class ArchitectureSection:
     mlp_ratio: float = 4.0
     caption_length: int = 120
     micro_conditions: bool = False
+    # "reference": the timestep, caption and micro-condition MLPs start N(0, 0.02^2), as PixArt's; "xavier":
+    # like every other linear layer, so a short run learns the timestep and the caption sooner.
+    embedder_init: EmbedderInit = EmbedderInit.REFERENCE
 
     def __post_init__(self) -> None:
         for name in ("depth", "hidden_size", "num_heads", "patch_size", "caption_length"):
@@ -228,12 +253,19 @@ class AutoencoderSection:
     latent_noise: float = 0.1  # std of the Gaussian noise added to the latents before decoding
     scaling_factor: float = 0.18215  # the transformer family's (PixArt-α/δ); scaled latents get unit std
     train_encoder: bool = True  # False: only the decoder learns (from model.vae), so its latent space stays
+    # The standard deviation of the scaled latents over the data set (1: unit, as the family's VAE gives). Larger
+    # latents keep a picture's layout above the noise up to later timesteps: at 128 px (16 x 16 latents) PixArt's
+    # schedule buries flat shapes by t = 500, so the high-noise half of sampling has nothing but the caption to
+    # go on while the epsilon loss weighs it almost nothing (input scaling, Chen 2023, "On the Importance of
+    # Noise Scheduling for Diffusion Models", §3). Measured anew when saving, also for a decoder run.
+    latent_std: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.crop_size > 0 and self.crop_size % 8 == 0, "autoencoder.crop_size", "a positive multiple of 8",
                self.crop_size)  # fmt: skip
         _check(self.latent_noise >= 0, "autoencoder.latent_noise", "zero or more", self.latent_noise)
         _check(self.scaling_factor > 0, "autoencoder.scaling_factor", "a positive number", self.scaling_factor)
+        _check(self.latent_std > 0, "autoencoder.latent_std", "a positive number", self.latent_std)
 
 
 @dataclass(frozen=True)
@@ -258,6 +290,16 @@ class TrainingConfig:
                 f"train.fsdp shards base and controlnet training only; {self.method.value} training runs on DDP "
                 f"(LCM updates an EMA copy of the whole student every step, LoRA's adapters are small, the autoencoder "
                 f"has no transformer blocks): set train.fsdp = false"
+            )
+        distilled = self.method is Method.LCM or (self.method is Method.LORA and self.lora.lcm)
+        own_loss = "autoencoder training" if self.method is Method.AUTOENCODER else None
+        own_loss = "LCM distillation" if distilled else own_loss
+        if self.train.p2_gamma != TrainSection.p2_gamma and self.train.loss_weighting is not LossWeighting.P2:
+            raise InputError('train.p2_gamma shapes train.loss_weighting = "p2" only: drop it, or set that weighting')
+        if own_loss and self.train.loss_weighting is not LossWeighting.UNIFORM:
+            raise InputError(
+                f"train.loss_weighting weighs the diffusion loss (base, controlnet and lora training); {own_loss} has "
+                f"a loss of its own: drop it"
             )
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")

@@ -60,12 +60,17 @@ def noise_schedule() -> NoiseSchedule:
     return NoiseSchedule(scheduler.betas.double(), scheduler.alphas_cumprod.double())
 
 
-def diffusion_loss(output: Tensor, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """Per-sample PixArt-α loss [B]: epsilon MSE, plus the variational bound (in bits per dimension)
-    for a learned-sigma output ``[B, 2C, H, W]`` (noise, then the variance interpolation in [-1, 1])."""
+def diffusion_loss(
+    output: Tensor, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor, mse_weights: Tensor | None = None
+) -> Tensor:
+    """Per-sample PixArt-α loss [B]: epsilon MSE (times ``mse_weights`` [B] where given), plus the variational
+    bound (in bits per dimension) for a learned-sigma output ``[B, 2C, H, W]`` (noise, then the variance
+    interpolation in [-1, 1])."""
     channels = x0.shape[1]
     eps = output[:, :channels].float()
     mse = (noise - eps).pow(2).mean(dim=(1, 2, 3))
+    if mse_weights is not None:
+        mse = mse * mse_weights.to(mse)
     if output.shape[1] == channels:
         return mse
     s = noise_schedule()

@@ -33,11 +33,11 @@ from ..models.transformer_config import TransformerConfig, default_interpolation
 from ..text.embedding import TextEmbedding
 from .cache import FeatureCache, build_cache
 from .checks import check_against_base, check_batch_size, check_model_files, check_resumed_config
-from .config import LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
+from .config import EmbedderInit, LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
 from .sharding import fsdp_plugin, report_sharding
-from .trainers import ControlNetTrainer, Trainer
+from .trainers import ControlNetTrainer, Trainer, timestep_weights
 from .validation import validation_captions, validation_grid
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,9 @@ class TrainResult:
 def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling_factor: float) -> Trainer:
     """The strategy of ``config.method`` around ``transformer`` (already on its device)."""
     dropout = config.train.caption_dropout
+    weighting = timestep_weights(config.train.loss_weighting, config.train.p2_gamma)
     if config.method is Method.BASE:
-        return Trainer(transformer, scaling_factor, dropout)
+        return Trainer(transformer, scaling_factor, dropout, weighting)
     if config.method is Method.LCM:
         from .lcm import LcmTrainer
 
@@ -74,10 +75,10 @@ def make_trainer(config: TrainingConfig, transformer: PixArtTransformer, scaling
             controlnet.requires_grad_(True)  # the loader returns a model for inference
         else:
             controlnet = ControlNetTransformer.from_base(transformer, config.controlnet.copies)
-        return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout)
+        return ControlNetTrainer(transformer, controlnet, scaling_factor, dropout, weighting)
     from .lora import LoraTrainer
 
-    return LoraTrainer(transformer, scaling_factor, dropout, config.lora, config.lcm)
+    return LoraTrainer(transformer, scaling_factor, dropout, config.lora, config.lcm, weighting)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
@@ -273,7 +274,8 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
         captions = validation_captions(config.model, t.validation_prompts, length, cache.folder)
     torch.manual_seed(t.seed)  # initial LoRA weights; DDP then copies the main process's to the others
     if config.model.transformer is None:
-        transformer = initialize_weights_(PixArtTransformer(transformer_config, device=device), t.seed)
+        small = config.architecture.embedder_init is EmbedderInit.REFERENCE
+        transformer = initialize_weights_(PixArtTransformer(transformer_config, device=device), t.seed, small)
     else:
         transformer = load_transformer(detected, torch.float32, device)
     return make_trainer(config, transformer.requires_grad_(True), cache.scaling_factor), cache, captions

@@ -51,6 +51,7 @@ class LoraTrainer(Trainer):
         caption_dropout: float,
         settings: LoraSection,
         lcm: LcmSection,
+        loss_weights: Tensor | None = None,
     ) -> None:
         try:
             from peft import LoraConfig, inject_adapter_in_model
@@ -58,7 +59,7 @@ class LoraTrainer(Trainer):
             raise InputError(
                 "LoRA training needs peft, which is not installed: pip install peft (the pack's requirements list it)"
             ) from None
-        super().__init__(transformer, scaling_factor, 0.0 if settings.lcm else caption_dropout)
+        super().__init__(transformer, scaling_factor, 0.0 if settings.lcm else caption_dropout, loss_weights)
         self.settings, self.lcm = settings, lcm
         self.layers = lora_targets(transformer, settings.targets)
         self.teacher = copy.deepcopy(transformer).requires_grad_(False).eval() if settings.lcm else None

@@ -20,6 +20,7 @@ from ..models.controlnet_config import ControlNetConfig
 from ..models.transformer import PixArtTransformer
 from ..models.transformer_config import TransformerConfig
 from .cache import Batch
+from .config import LossWeighting
 from .diffusion import diffusion_loss, noise_schedule
 from .draws import Draws
 
@@ -46,13 +47,30 @@ def training_latents(batch: Batch, draws: Draws, scaling_factor: float) -> Tenso
     return (batch.mean + batch.std * draws.latent_noise) * scaling_factor
 
 
+def timestep_weights(weighting: LossWeighting, p2_gamma: float = 1.0) -> Tensor | None:
+    """The epsilon MSE's weight at each timestep 0..999 [1000] (None: uniform; see ``LossWeighting``)."""
+    if weighting is LossWeighting.UNIFORM:
+        return None
+    abar = noise_schedule().alphas_cumprod
+    weights = (1 + abar / (1 - abar)) ** -p2_gamma  # P2 with k = 1: 1 / (k + SNR_t)^gamma
+    return (weights / weights.mean()).float()
+
+
 class Trainer:
     """The base strategy: the whole transformer trained with the PixArt-α diffusion loss."""
 
-    def __init__(self, transformer: PixArtTransformer, scaling_factor: float, caption_dropout: float) -> None:
+    def __init__(
+        self,
+        transformer: PixArtTransformer,
+        scaling_factor: float,
+        caption_dropout: float,
+        loss_weights: Tensor | None = None,
+    ) -> None:
+        """``loss_weights``: the epsilon MSE's weight per timestep [1000] (``timestep_weights``); None: 1."""
         self.transformer = transformer
         self.scaling_factor = scaling_factor
         self.caption_dropout = caption_dropout
+        self.loss_weights = loss_weights
 
     @property
     def module(self) -> nn.Module:
@@ -72,7 +90,8 @@ class Trainer:
         x_t = noise_schedule().add_noise(latents, draws.noise, t)
         caption = with_null_captions(self.base(module), batch, draws.dropout < self.caption_dropout)
         output = module(x_t, t, caption, batch.mask, batch.size, *self.extra_inputs(batch))
-        return diffusion_loss(output, latents, x_t, draws.noise, t).mean()
+        weights = None if self.loss_weights is None else self.loss_weights.to(t.device)[t]
+        return diffusion_loss(output, latents, x_t, draws.noise, t, weights).mean()
 
     def extra_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
         return ()
@@ -124,9 +143,14 @@ class ControlNetTrainer(Trainer):
     """ControlNet-Transformer training (PixArt-δ §4): base frozen, only the copies and projections train."""
 
     def __init__(
-        self, base: PixArtTransformer, controlnet: ControlNetTransformer, scaling_factor: float, dropout: float
+        self,
+        base: PixArtTransformer,
+        controlnet: ControlNetTransformer,
+        scaling_factor: float,
+        dropout: float,
+        loss_weights: Tensor | None = None,
     ) -> None:
-        super().__init__(base, scaling_factor, dropout)
+        super().__init__(base, scaling_factor, dropout, loss_weights)
         controlnet.config.check_fits(base.config, InputError)
         self.controlled = ControlledTransformer(base, controlnet)
 
