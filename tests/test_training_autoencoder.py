@@ -109,7 +109,11 @@ def test_a_latent_spread_keeps_the_encoder_and_measures_the_scale_and_shift_anew
     vae = load_vae(result.weights)
     scaled = vae.encode(data_pictures) * vae.scaling_factor
     assert scaled.mean().item() == pytest.approx(0.0, abs=1e-3) and scaled.std().item() == pytest.approx(3.0, rel=1e-3)
-    with pytest.raises(InputError, match=r"autoencoder.latent_std must be a positive number, found 0"):
+    # An explicit 1 is asked for too: the spread file's latents go back to unit spread.
+    unit = _continue(world, tmp_path / "unit", result.weights, steps=1, train_encoder=False, latent_std=1.0)
+    vae = load_vae(unit.weights)
+    assert (vae.encode(data_pictures) * vae.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(InputError, match=r"autoencoder.latent_std must be a number in \(0, 1000\), found 0"):
         config_from_dict(_table(world, tmp_path / "zero", 1, latent_std=0), "autoencoder")
 
 
@@ -159,3 +163,21 @@ def test_an_autoencoder_run_resumes_under_its_own_settings_only(world, trained, 
         table = _table(world, output, 2, **settings)
         with pytest.raises(InputError, match=rf"--resume: .* made by another config \({differs}"):
             train(config_from_dict({**table, "model": {"vae": str(start)}}, "autoencoder"), resume=True)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_under_its_default(world, tmp_path) -> None:
+    from pixart_delta_core.training.checks import check_resumed_config
+
+    config = config_from_dict(_table(world, tmp_path / "out", 2), "autoencoder")
+    checkpoint = tmp_path / "step-1"
+    checkpoint.mkdir()
+    older = [line for line in config.to_toml().splitlines() if not line.startswith("crop_size")]
+    (checkpoint / "config.toml").write_text("\n".join(older) + "\n")  # written before crop_size existed
+    check_resumed_config(config, checkpoint)  # its default then is its default now
+    cropped = config_from_dict(_table(world, tmp_path / "out", 2, crop_size=64), "autoencoder")
+    with pytest.raises(InputError, match=r"autoencoder.crop_size: 32, now 64"):
+        check_resumed_config(cropped, checkpoint)
+    spread = config_from_dict(_table(world, tmp_path / "out", 2, latent_std=3.0), "autoencoder")
+    (checkpoint / "config.toml").write_text(spread.to_toml())
+    with pytest.raises(InputError, match=r"autoencoder.latent_std: 3.0, now None"):  # a setting dropped since
+        check_resumed_config(config, checkpoint)

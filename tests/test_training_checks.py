@@ -213,14 +213,21 @@ def test_settings_a_run_would_ignore_are_refused_or_said(setup, tmp_path, caplog
     assert config_from_dict(autoencoder, "autoencoder").data.cache is None
     weighted = {**table, "train": {**table["train"], "loss_weighting": "p2"}}
     assert config_from_dict(weighted, "base").train.loss_weighting is LossWeighting.P2
-    for method, table_of_method in (("lcm", weighted), ("autoencoder", {**autoencoder, "train": weighted["train"]})):
+    lora_lcm = {**weighted, "lora": {"lcm": True}}
+    for method, table_of_method in (
+        ("lcm", weighted),
+        ("lora", lora_lcm),
+        ("autoencoder", {**autoencoder, "train": weighted["train"]}),
+    ):
         with pytest.raises(InputError, match=r"train.loss_weighting weighs the diffusion loss .* drop it"):
             config_from_dict(table_of_method, method)
+    with pytest.raises(InputError, match=r"\[autoencoder\] is for autoencoder training; this run trains base"):
+        config_from_dict({**table, "autoencoder": {"latent_std": 3.0}}, "base")
     with pytest.raises(InputError, match=r"train.loss_weighting must be one of"):
         config_from_dict({**table, "train": {**table["train"], "loss_weighting": "min-snr"}}, "base")
     with pytest.raises(InputError, match=r"train.p2_gamma shapes train.loss_weighting = \"p2\" only"):
         config_from_dict({**table, "train": {**table["train"], "p2_gamma": 0.5}}, "base")
-    with pytest.raises(InputError, match=r"train.p2_gamma must be a positive number, found 0"):
+    with pytest.raises(InputError, match=r"train.p2_gamma must be a number in \(0, 10\], found 0"):
         config_from_dict({**table, "train": {**table["train"], "loss_weighting": "p2", "p2_gamma": 0}}, "base")
     with caplog.at_level(logging.WARNING):
         config_from_dict({**table, "method": "lcm"}, "base")

@@ -83,3 +83,26 @@ def test_p2_weighting_scales_the_noise_error_by_one_over_one_plus_snr_to_the_gam
         assert table[999].item() == pytest.approx(table[800].item(), rel=0.01)
     assert timestep_weights(LossWeighting.UNIFORM) is None
     torch.testing.assert_close(diffusion_loss(eps, x0, x_t, noise, t), (eps - noise).pow(2).mean((1, 2, 3)))
+
+
+def test_the_trainer_weighs_each_samples_noise_error_by_its_timestep() -> None:
+    # Linear in the weights, and the weights of ones give the plain loss: ignoring them would break both.
+    from pixart_delta_core.training.cache import Batch
+    from pixart_delta_core.training.draws import draw
+    from pixart_delta_core.training.trainers import Trainer
+    from tests.helpers import random_transformer
+    from tests.test_training_data import TRAIN_TINY
+
+    generator = torch.Generator().manual_seed(0)
+    mean, caption = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 16, 64, generator=generator)
+    batch = Batch(caption, torch.ones(4, 16, dtype=torch.long), mean, torch.full_like(mean, 0.1), None, (64, 64))
+    draws = draw(0, 0, 0, 4, (4, 8, 8))
+    model = random_transformer(TRAIN_TINY, seed=2)
+
+    def loss(weights: torch.Tensor | None) -> float:
+        with torch.no_grad():
+            return Trainer(model, 0.18215, 0.0, weights).loss(model, batch, draws).item()
+
+    zero, one, two = (loss(torch.full((1000,), w)) for w in (0.0, 1.0, 2.0))
+    assert one == pytest.approx(loss(None), rel=1e-6) and zero < 0.9 * one
+    assert two - one == pytest.approx(one - zero, rel=1e-4)

@@ -7,9 +7,10 @@ train the same weights at a fraction of the cost of whole pictures) and drawn wi
 with how much their pixels vary, so flat backgrounds do not crowd out the pictures' content. The result is
 saved in ComfyUI's single-file TAESD layout (``vae/taesd_layout.py``), with ``vae_scale`` and ``vae_shift``
 chosen so that the scaled latents the transformer works in (raw latents x ``autoencoder.scaling_factor``)
-have zero mean and unit standard deviation over the data set. With ``autoencoder.train_encoder = false`` an
-existing TAESD file's decoder alone learns: its latents, their scale and shift, and so every transformer
-trained on them, stay as they are, while its pictures get sharper.
+have zero mean and a standard deviation of ``autoencoder.latent_std`` (1 unless set) over the data set. With
+``autoencoder.train_encoder = false`` an existing TAESD file's decoder alone learns: its latents, their scale
+and shift, and so every transformer trained on them, stay as they are (unless ``latent_std`` is set: then
+the scale and shift are measured anew), while its pictures get sharper.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class AutoencoderTrainer:
         settings: AutoencoderSection,
         convention: TaesdConfig | None = None,
     ) -> None:
-        """``convention``: the file being continued; with a frozen encoder and the default ``latent_std`` its
+        """``convention``: the file being continued; with a frozen encoder and no ``latent_std`` its
         ``vae_scale`` and ``vae_shift`` are kept (the latents do not change), else they are measured anew when
         saving."""
         self.reconstruction = Reconstruction(model)
@@ -155,7 +156,7 @@ class AutoencoderTrainer:
             pictures = self.data.pixels[:STATISTICS_RECORDS]
             latents = torch.cat([model.encoder(to_signed(p[None]).to(device)).float() for p in pictures])
             mean, std = latents.mean().item(), latents.std().item()
-            factor, spread = self.settings.scaling_factor, self.settings.latent_std
+            factor, spread = self.settings.scaling_factor, self.settings.latent_std or 1.0
             scale, shift = factor * std / spread, -spread * mean / (std * factor)
         path = folder / "autoencoder.safetensors"
         tensors = comfy_taesd_state_dict(model, vae_scale=scale, vae_shift=shift)
@@ -227,7 +228,7 @@ def autoencoder_to_train(
 def keeps_convention(settings: AutoencoderSection) -> bool:
     """Whether a run continuing a file keeps its ``vae_scale``/``vae_shift``: a frozen encoder, latent spread
     not asked for."""
-    return not settings.train_encoder and settings.latent_std == AutoencoderSection.latent_std
+    return not settings.train_encoder and settings.latent_std is None
 
 
 def new_autoencoder(seed: int) -> AutoencoderTiny:

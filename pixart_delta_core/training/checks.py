@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .config import Method, TrainingConfig
+from .config import Method, TrainingConfig, section_lines
 from .config_file import toml_reader
 
 if TYPE_CHECKING:
@@ -77,13 +77,12 @@ def check_resumed_config(config: TrainingConfig, checkpoint: Path) -> None:
     differ = []
     if saved.get("method") != ours["method"]:
         differ.append(f"method: {saved.get('method')!r}, now {ours['method']!r}")
-    sections = SHAPING.get(config.method, ()) if not differ else ()
-    differ += [
-        f"{section}.{key}: {saved.get(section, {}).get(key)!r}, now {value!r}"
-        for section in sections
-        for key, value in ours.get(section, {}).items()
-        if saved.get(section, {}).get(key) != value
-    ]
+    for section in SHAPING.get(config.method, ()) if not differ else ():
+        # a setting the checkpoint's config.toml lacks (it predates the setting) had its default then
+        defaults = tomllib.loads("\n".join(section_lines(type(getattr(config, section))())))
+        was = defaults | saved.get(section, {})
+        now, keys = ours.get(section, {}), sorted(set(ours.get(section, {})) | set(saved.get(section, {})))
+        differ += [f"{section}.{k}: {was.get(k)!r}, now {now.get(k)!r}" for k in keys if was.get(k) != now.get(k)]
     if not differ and saved.get("train", {}).get("optimizer") != ours["train"]["optimizer"]:
         differ.append(f"train.optimizer: {saved['train'].get('optimizer')!r}, now {ours['train']['optimizer']!r}")
     if differ:

@@ -62,11 +62,12 @@ class LossWeighting(Enum):
     """How much each sample's noise-prediction error counts in the diffusion loss (base, ControlNet, LoRA)."""
 
     UNIFORM = "uniform"  # the reference's: the plain epsilon MSE at every timestep
-    # P2 (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", eq. 8): the epsilon MSE
-    # x 1 / (1 + SNR_t)^p2_gamma, divided by its mean over the 1000 timesteps. Under the plain MSE the
-    # low-noise timesteps, where only fine detail is left to learn, carry most of the gradient, and the noisy
-    # ones, where the caption decides the layout and colours, almost none (their epsilon error is their x0
-    # error x SNR_t); P2 takes weight off the former (t = 50: 0.03, t >= 500: about 1, before the division).
+    # P2 (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", eq. 8, k = 1): the epsilon
+    # MSE x 1 / (1 + SNR_t)^p2_gamma, divided by that weight's mean over the 1000 timesteps (so the loss keeps
+    # its scale beside the variational-bound term). Under the plain MSE the low-noise timesteps, where only fine
+    # detail is left to learn, carry most of the gradient, and the noisy ones, where the caption decides the
+    # layout and colours, almost none (their squared epsilon error is their squared x0 error x SNR_t); P2 takes
+    # weight off the former (t = 50: 0.03, t >= 500: about 1, before the division).
     P2 = "p2"
 
 
@@ -139,7 +140,7 @@ class TrainSection:
     warmup_steps: int = 0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
     loss_weighting: LossWeighting = LossWeighting.UNIFORM
-    p2_gamma: float = 1.0  # the exponent of the P2 weighting (the paper's 1 or 0.5)
+    p2_gamma: float | None = None  # the exponent of the P2 weighting (the paper's 1 or 0.5); None: 1
     max_grad_norm: float = 1.0  # 0 turns clipping off
     optimizer: Optimizer = Optimizer.ADAMW
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -168,7 +169,8 @@ class TrainSection:
         _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)
-        _check(self.p2_gamma > 0, "train.p2_gamma", "a positive number", self.p2_gamma)
+        gamma = self.p2_gamma
+        _check(gamma is None or 0 < gamma <= 10, "train.p2_gamma", "a number in (0, 10]", gamma)
         dropout = self.caption_dropout
         _check(dropout is None or 0 <= dropout < 1, "train.caption_dropout", "in [0, 1)", dropout)
 
@@ -253,19 +255,21 @@ class AutoencoderSection:
     latent_noise: float = 0.1  # std of the Gaussian noise added to the latents before decoding
     scaling_factor: float = 0.18215  # the transformer family's (PixArt-α/δ); scaled latents get unit std
     train_encoder: bool = True  # False: only the decoder learns (from model.vae), so its latent space stays
-    # The standard deviation of the scaled latents over the data set (1: unit, as the family's VAE gives). Larger
-    # latents keep a picture's layout above the noise up to later timesteps: at 128 px (16 x 16 latents) PixArt's
-    # schedule buries flat shapes by t = 500, so the high-noise half of sampling has nothing but the caption to
-    # go on while the epsilon loss weighs it almost nothing (input scaling, Chen 2023, "On the Importance of
-    # Noise Scheduling for Diffusion Models", §3). Measured anew when saving, also for a decoder run.
-    latent_std: float = 1.0
+    # The standard deviation of the scaled latents over the data set; None: 1, as the family's VAE gives (and a
+    # decoder run keeps its file's scale and shift). Larger latents keep a picture's layout above the noise up
+    # to later timesteps: at 128 px (16 x 16 latents) PixArt's schedule buries flat shapes by t = 500 at unit
+    # spread. This is the input scaling of Chen 2023 ("On the Importance of Noise Scheduling for Diffusion
+    # Models", §2), without its normalisation of x_t: PixArt's samplers feed x_t as it is. That paper scales
+    # large pictures down; scaling up for small ones is the same idea the other way.
+    latent_std: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.crop_size > 0 and self.crop_size % 8 == 0, "autoencoder.crop_size", "a positive multiple of 8",
                self.crop_size)  # fmt: skip
         _check(self.latent_noise >= 0, "autoencoder.latent_noise", "zero or more", self.latent_noise)
         _check(self.scaling_factor > 0, "autoencoder.scaling_factor", "a positive number", self.scaling_factor)
-        _check(self.latent_std > 0, "autoencoder.latent_std", "a positive number", self.latent_std)
+        spread = self.latent_std
+        _check(spread is None or 0 < spread < 1000, "autoencoder.latent_std", "a number in (0, 1000)", spread)
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ class TrainingConfig:
         distilled = self.method is Method.LCM or (self.method is Method.LORA and self.lora.lcm)
         own_loss = "autoencoder training" if self.method is Method.AUTOENCODER else None
         own_loss = "LCM distillation" if distilled else own_loss
-        if self.train.p2_gamma != TrainSection.p2_gamma and self.train.loss_weighting is not LossWeighting.P2:
+        if self.train.p2_gamma is not None and self.train.loss_weighting is not LossWeighting.P2:
             raise InputError('train.p2_gamma shapes train.loss_weighting = "p2" only: drop it, or set that weighting')
         if own_loss and self.train.loss_weighting is not LossWeighting.UNIFORM:
             raise InputError(
@@ -339,11 +343,13 @@ class TrainingConfig:
         lines = [f'method = "{self.method.value}"']
         new_transformer = self.method is Method.BASE and self.model.transformer is None
         for section in SECTIONS if new_transformer else [s for s in SECTIONS if s != "architecture"]:
-            lines += ["", f"[{section}]"]
-            for key, value in dataclasses.asdict(getattr(self, section)).items():
-                if value is not None:
-                    lines.append(f"{key} = {_toml_value(value)}")
+            lines += ["", f"[{section}]", *section_lines(getattr(self, section))]
         return "\n".join(lines) + "\n"
+
+
+def section_lines(section: Any) -> list[str]:
+    """One section's settings as TOML lines, ``key = value`` (settings left at None are not written)."""
+    return [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(section).items() if v is not None]
 
 
 SECTIONS = ("model", "data", "train", "lcm", "controlnet", "lora", "architecture", "autoencoder")

@@ -59,6 +59,11 @@ def config_from_dict(
             "[architecture] shapes a new transformer (base training without model.transformer); this run "
             f"{'loads model.transformer' if config.model.transformer else 'trains ' + config.method.value}: drop it"
         )
+    if "autoencoder" in table and config.method is not Method.AUTOENCODER:
+        raise InputError(
+            f"[autoencoder] is for autoencoder training; this run trains {config.method.value}: drop it (a "
+            "transformer's latents come from model.vae)"
+        )
     return config
 
 

@@ -47,12 +47,13 @@ def training_latents(batch: Batch, draws: Draws, scaling_factor: float) -> Tenso
     return (batch.mean + batch.std * draws.latent_noise) * scaling_factor
 
 
-def timestep_weights(weighting: LossWeighting, p2_gamma: float = 1.0) -> Tensor | None:
-    """The epsilon MSE's weight at each timestep 0..999 [1000] (None: uniform; see ``LossWeighting``)."""
+def timestep_weights(weighting: LossWeighting, p2_gamma: float | None = None) -> Tensor | None:
+    """The epsilon MSE's weight at each timestep 0..999 [1000] (None: uniform; see ``LossWeighting``);
+    ``p2_gamma`` None: 1."""
     if weighting is LossWeighting.UNIFORM:
         return None
     abar = noise_schedule().alphas_cumprod
-    weights = (1 + abar / (1 - abar)) ** -p2_gamma  # P2 with k = 1: 1 / (k + SNR_t)^gamma
+    weights = (1 + abar / (1 - abar)) ** -(p2_gamma or 1.0)  # P2 with k = 1: 1 / (k + SNR_t)^gamma
     return (weights / weights.mean()).float()
 
 
