@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import SECTIONS, Method, TrainingConfig
+from .config import SECTIONS, AutoencoderSection, Method, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def config_from_dict(
             "[architecture] shapes a new transformer (base training without model.transformer); this run "
             f"{'loads model.transformer' if config.model.transformer else 'trains ' + config.method.value}: drop it"
         )
-    if "autoencoder" in table and config.method is not Method.AUTOENCODER:
+    if config.method is not Method.AUTOENCODER and config.autoencoder != AutoencoderSection():
         raise InputError(
-            f"[autoencoder] is for autoencoder training; this run trains {config.method.value}: drop it (a "
-            "transformer's latents come from model.vae)"
+            f"[autoencoder] settings are for autoencoder training; this run trains {config.method.value}: drop "
+            "them (a transformer's latents come from model.vae)"
         )
     return config
 
