@@ -14,19 +14,21 @@ write_t5(Path('outputs/embedded/t5'), Path('pixart_delta_core/embedded_model/tex
 # 3. the autoencoder (TAESD architecture). It was first run with steps = 1200; its pictures then still had
 #    green, blue, purple and cyan as greys, so steps went to 2400 and the run continued with --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
-#    Its decoder alone then trained on 64 px crops (encoder, latents and their scale/shift kept, so the
-#    transformers below fit it either way): first run with steps = 1000 at a low priority beside the teacher,
-#    stopped at step 350, continued with steps = 600 and --resume.
+#    Its decoder alone then trained on 64 px crops (encoder, latents and their scale/shift kept): first run
+#    with steps = 1000 at a low priority beside an earlier teacher, stopped at step 350, continued with
+#    steps = 600 and --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/decoder.toml
-# 4. the teacher, from scratch. (Later continued in its folder to 4,800 steps, train.steps = 4800 and --resume,
-#    then 1,000 steps more with a v-prediction loss weighting: neither helped, MODEL_CARD.md; step 1200 ships.)
+#    Then 50 gentle decoder steps more that spread the latents to a standard deviation of 4
+#    (autoencoder.latent_std): only vae_scale and vae_shift change much.
+$PY -m pixart_delta_core train autoencoder --config $M/spread.toml
+# 4. the teacher, from scratch (P2 loss weighting, Xavier-started timestep and caption MLPs)
 $PY -m pixart_delta_core train base --config $M/teacher.toml
-# 5. the LCM student and the ControlNet, both from the teacher (they may run side by side)
+# 5. the LCM student and the ControlNet, both from the teacher (they ran side by side, one thread each)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher/checkpoints/step-0001200/transformer.safetensors \
-    outputs/embedded/lcm/checkpoints/step-0000200/transformer.safetensors \
-    outputs/embedded/controlnet/checkpoints/step-0000200/controlnet.safetensors \
-    outputs/embedded/decoder/checkpoints/step-0000600/autoencoder.safetensors outputs/embedded/t5
+$PY $M/ship.py outputs/embedded/teacher-spread/checkpoints/step-0002000/transformer.safetensors \
+    outputs/embedded/lcm-spread/checkpoints/step-0000200/transformer.safetensors \
+    outputs/embedded/controlnet-spread/checkpoints/step-0000200/controlnet.safetensors \
+    outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5
