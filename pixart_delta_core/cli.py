@@ -222,7 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world")
     print(f"(model card: {FOLDER / 'MODEL_CARD.md'}). Held-out prompts, the LCM student in 4 steps, then the")
     print("ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.")
-    print("It is an early, short training run: most of its pictures do not follow their prompts yet (model card).")
+    print("It is a short training run: backgrounds and places mostly right, shapes mostly blobs (model card).")
     shown = write_demo(args.out, args.device)
     print("\n".join(verdict_lines(shown)))
     print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
