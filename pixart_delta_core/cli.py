@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -226,11 +227,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shown = write_demo(args.out, args.device)
     print("\n".join(verdict_lines(shown)))
     print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
-    print("  python -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")
-    print("  python -m pixart_delta_core generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\")
+    python = min(os.path.relpath(sys.executable), sys.executable, key=len)  # the one with the pack (.venv's)
+    print(f"  {python} -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")
+    print(f"  {python} -m pixart_delta_core generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\")
     print('      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\')
     print("      --out outputs/star.png")
-    print("  python -m pixart_delta_core judge outputs/star.png")
+    print(f"  {python} -m pixart_delta_core judge outputs/star.png")
     return 0
 
 

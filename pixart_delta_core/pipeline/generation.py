@@ -219,7 +219,8 @@ class PixArtPipeline:
 
         ``width``/``height`` default to the model's training resolution; with ``resolution_binning``
         the image is generated at the nearest trained aspect-ratio bin, then resized and centre-cropped
-        to the asked size (as the reference app does). A negative prompt of None uses the model's
+        to the asked size (as the reference app does); a model trained at a resolution without bins (the
+        embedded 128 px one) draws the asked size itself, a multiple of 16. A negative prompt of None uses the model's
         learned null caption when guidance is on (the reference's unconditional input), or the empty
         prompt where the file has none (diffusers-layout files; what diffusers does). An image-to-image
         run without a size keeps the init image's size. ``on_stage`` hears "text", "images"
@@ -265,8 +266,9 @@ class PixArtPipeline:
             check_encodes(self.vae, vae_defaults_for(transformer_config))
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
         asked = _asked_size(height, width, transformer_config.resolution, init_image)
-        check_image_size(*asked, multiple=16 if not resolution_binning else 1)
-        size = nearest_bin(*asked, bins_for(transformer_config)) if resolution_binning else asked
+        bins = bins_for(transformer_config) if resolution_binning else None
+        check_image_size(*asked, multiple=1 if bins else 16)
+        size = nearest_bin(*asked, bins) if bins else asked
         check_image_size(*size)
         check_batch(len(prompts) * images_per_prompt, *size)
 
@@ -316,7 +318,7 @@ class PixArtPipeline:
         pixels = vae.decode(vae.unscale(latents), tiled=True if self.low_memory else None)
         del vae
         self._free("vae")
-        if resolution_binning and size != asked:
+        if size != asked:
             pixels = resize_and_crop(pixels, *asked)
         stage("done")
         return Generation(to_pil(pixels), latents.cpu(), size, settings)

@@ -46,15 +46,10 @@ ASPECT_RATIO_BINS: dict[int, tuple[Size, ...]] = {
 }
 
 
-def bins_for(config: TransformerConfig) -> tuple[Size, ...]:
-    """The bins of a transformer's training resolution."""
-    bins = ASPECT_RATIO_BINS.get(config.resolution)
-    if bins is None:
-        raise InputError(
-            f"no aspect-ratio bins for a model trained at {config.resolution} px: bins exist for "
-            f"{', '.join(str(r) for r in ASPECT_RATIO_BINS)} px; give the size explicitly instead"
-        )
-    return bins
+def bins_for(config: TransformerConfig) -> tuple[Size, ...] | None:
+    """The bins of a transformer's training resolution; None where it has none (256, 512, 1024 and 2048 px
+    do: a model trained at another, such as the embedded 128 px one, draws the size asked, a multiple of 16)."""
+    return ASPECT_RATIO_BINS.get(config.resolution)
 
 
 def nearest_bin(height: int, width: int, bins: tuple[Size, ...] = ASPECT_RATIO_BINS[1024]) -> Size:
