@@ -17,6 +17,8 @@ import pytest
 
 from pixart_delta_core.demo.embedded import embedded_path
 from pixart_delta_core.pipeline.generation import PixArtPipeline
+from pixart_delta_core.world.judge import judge, parse_caption
+from pixart_delta_core.world.reading import read_picture
 from scripts.embedded_model.workflow_pictures import WORKFLOWS, run_demo, start_server
 
 pytestmark = pytest.mark.skipif(
@@ -70,9 +72,11 @@ def test_the_demo_runs_offline_to_a_judged_picture(server, object_info, path: Pa
 
 
 # Core SaveImage truncates to 8 bits where the engine rounds (half a level on average), and T5, sampler and TAESD
-# decode run in another process with other kernels: measured 2/255 (LCM) and 6/255 (teacher, 14 steps with
-# guidance) at most, 0.5-0.6 on average.
-MAX_LEVELS, MEAN_LEVELS = 12, 1.5
+# decode run in another process with other kernels. The first embedded model's pictures differed by 2/255 (LCM)
+# and 6/255 (teacher, 14 steps with guidance) at most; the second run's, whose latents are spread 4 times wider,
+# by 0.1 and 1.2 levels on average, but a blob's edge can move by a pixel: 0.04% and 0.8% of the values differ
+# by more than 12 levels (at most 20 and 73). Few such values, and the judge must read the same picture.
+MAX_LEVELS, MEAN_LEVELS, BEYOND_MAX = 12, 1.5, 0.02
 
 
 @pytest.mark.parametrize(
@@ -95,4 +99,8 @@ def test_the_demo_draws_the_engines_picture(server, object_info, name: str, mode
     )
     image = pipeline(run.prompt, seed=0, width=128, height=128, resolution_binning=False, **settings).images[0]
     difference = np.abs(np.asarray(run.picture, dtype=np.int16) - np.asarray(image, dtype=np.int16))
-    assert difference.max() <= MAX_LEVELS and difference.mean() <= MEAN_LEVELS, (difference.max(), difference.mean())
+    beyond = (difference > MAX_LEVELS).mean()
+    assert beyond <= BEYOND_MAX and difference.mean() <= MEAN_LEVELS, (beyond, difference.max(), difference.mean())
+    ours = judge(parse_caption(run.prompt), read_picture(image))
+    marks = [(v.background, v.count, [shape.right for shape in v.shapes]) for v in (ours, run.verdict)]
+    assert marks[0] == marks[1], (run.line(), marks[0])
