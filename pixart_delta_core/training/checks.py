@@ -81,7 +81,8 @@ def check_resumed_config(config: TrainingConfig, checkpoint: Path) -> None:
         # a setting the checkpoint's config.toml lacks (it predates the setting) had its default then
         defaults = tomllib.loads("\n".join(section_lines(type(getattr(config, section))())))
         was = defaults | saved.get(section, {})
-        now, keys = ours.get(section, {}), sorted(set(ours.get(section, {})) | set(saved.get(section, {})))
+        now = ours.get(section, {})  # a section the run does not write ([architecture] of a loaded model): none
+        keys = sorted(set(now) | set(saved.get(section, {})))
         differ += [f"{section}.{k}: {was.get(k)!r}, now {now.get(k)!r}" for k in keys if was.get(k) != now.get(k)]
     if not differ and saved.get("train", {}).get("optimizer") != ours["train"]["optimizer"]:
         differ.append(f"train.optimizer: {saved['train'].get('optimizer')!r}, now {ours['train']['optimizer']!r}")

@@ -307,6 +307,11 @@ class TrainingConfig:
             )
         if self.method is Method.CONTROLNET and self.data.control is None:
             raise InputError("controlnet training needs data.control: 'given', 'canny' or 'soft_edge'")
+        if self.method is not Method.AUTOENCODER and self.autoencoder != AutoencoderSection():
+            raise InputError(
+                f"[autoencoder] settings are for autoencoder training; this run trains {self.method.value}: drop "
+                "them (a transformer's latents come from model.vae)"
+            )
         files = {name: getattr(self.model, name) for name in ("transformer", "t5", "vae")}
         if self.method is Method.AUTOENCODER:
             given = [f"model.{name}" for name in ("transformer", "t5") if files[name] is not None]

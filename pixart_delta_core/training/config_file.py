@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import SECTIONS, AutoencoderSection, Method, TrainingConfig
+from .config import SECTIONS, Method, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,6 @@ def config_from_dict(
         raise InputError(
             "[architecture] shapes a new transformer (base training without model.transformer); this run "
             f"{'loads model.transformer' if config.model.transformer else 'trains ' + config.method.value}: drop it"
-        )
-    if config.method is not Method.AUTOENCODER and config.autoencoder != AutoencoderSection():
-        raise InputError(
-            f"[autoencoder] settings are for autoencoder training; this run trains {config.method.value}: drop "
-            "them (a transformer's latents come from model.vae)"
         )
     return config
 
