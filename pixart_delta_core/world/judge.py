@@ -125,6 +125,15 @@ class Verdict:
             parts.append(f"count: asked {len(self.asked.shapes)}, found {len(self.reading.shapes)}{extra}")
         return "; ".join(parts) or "ok"
 
+    def marks(self) -> list[tuple[str, bool]]:
+        """(attribute, right) for the picture's attributes, then for each prompted shape's."""
+        marks = [("background", self.background), ("count", self.count)]
+        return marks + [(a, s.right[a]) for s in self.shapes for a in SHAPE_ATTRIBUTES]
+
+    def wrong(self) -> tuple[str, ...]:
+        """The attributes judged wrong, each once, in ``marks`` order (empty: ok); e.g. ("count", "colour")."""
+        return tuple(dict.fromkeys(attribute for attribute, right in self.marks() if not right))
+
     def as_dict(self) -> dict[str, object]:
         """The verdict as JSON-ready data: its line, what the picture reads as, and each attribute's mark."""
         shapes = [
@@ -184,9 +193,7 @@ class Scores:
 
     def add(self, verdict: Verdict) -> None:
         """Count one picture's verdict."""
-        marks = [("background", verdict.background), ("count", verdict.count), ("picture", verdict.ok)]
-        marks += [(a, s.right[a]) for s in verdict.shapes for a in SHAPE_ATTRIBUTES]
-        for attribute, right in marks:
+        for attribute, right in [*verdict.marks(), ("picture", verdict.ok)]:
             self.right[attribute] = self.right.get(attribute, 0) + int(right)
             self.judged[attribute] = self.judged.get(attribute, 0) + 1
 
