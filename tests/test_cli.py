@@ -19,7 +19,8 @@ def files(tmp_path_factory):
 def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo.png"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
-    assert Image.open(out).size == (256 * 8, 256 + 56)  # 6 prompts, the edge map, the ControlNet's picture
+    grid = Image.open(out)  # 6 prompts, the edge map, the ControlNet's picture; captions (their own test) below
+    assert grid.width == 256 * 8 and grid.height > 256 + 4 * 12
     printed = capsys.readouterr().out
     assert printed.count("[LCM, 4 steps] ") == 6 and "[ControlNet] " in printed
     assert printed.count("  judge: ") == 7 and "[edge map] " in printed  # the input is shown, not judged
@@ -46,6 +47,15 @@ def test_the_embedded_models_are_taken_by_name(capsys) -> None:
     printed = capsys.readouterr().out
     assert printed.count("PixArt transformer") == 2 and "PixArt ControlNet" in printed
     assert "TAESD" in printed and "T5 text encoder" in printed
+
+
+def test_a_bare_name_of_no_file_lists_the_embedded_models(files, capsys, monkeypatch) -> None:
+    assert main(["info", "shapes-lcmm"]) == 1
+    listed = "the pack's embedded models are: shapes-controlnet, shapes-lcm, shapes-t5, shapes-taesd, shapes-teacher"
+    assert capsys.readouterr().err == f"error: shapes-lcmm: no such file or folder; {listed}\n"
+    monkeypatch.chdir(files.transformer.parent)  # a bare name of a file here is that file
+    assert main(["info", files.transformer.name]) == 0
+    assert "PixArt transformer" in capsys.readouterr().out
 
 
 def test_generate_writes_one_file_per_image_named_for_its_prompt(files, tmp_path: Path) -> None:

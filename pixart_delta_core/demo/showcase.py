@@ -8,25 +8,29 @@ as real checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..pipeline.generation import Control, PixArtPipeline
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
+from ..world.scenes import PLACES
 from .embedded import PICTURE, TRAINING_SCENES, embedded_path
 
 TILE = 256  # px per picture in the grid (the model draws 128 px)
-LABEL = 28  # px of verdict text under each picture
+PAD = 4  # px between a caption's text and its tile's edges
+SHORT_AFTER = 7  # caption lines beyond which a tile's prompt, then its verdict, take their short forms
 
 
 @dataclass(frozen=True)
 class Shown:
-    """One picture of the demo, what it was asked for, and the judge's word (``verdict`` None: an input shown
-    beside the pictures, such as the ControlNet's edge map, which is not judged)."""
+    """One picture of the demo, what it was asked for (a prompt of the shapes world), and the judge's word
+    (``verdict`` None: an input shown beside the pictures, such as the ControlNet's edge map, which is not
+    judged)."""
 
     title: str
     prompt: str
@@ -37,10 +41,6 @@ class Shown:
     @property
     def ok(self) -> bool:
         return self.verdict is not None and self.verdict.ok
-
-    def judgement(self) -> str:
-        """The judge's line for a picture ("ok" or what is wrong), the note for an input."""
-        return self.note if self.verdict is None else self.verdict.line()
 
 
 def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Shown]:
@@ -69,16 +69,65 @@ def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Show
     return shown
 
 
+def wrapped(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """``text`` over lines that each ``fits``, broken between words only (a word too long for a line has its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(joined := f"{lines[-1]} {word}"):
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return lines
+
+
+def prompt_shapes(prompt: str) -> str:
+    """A prompt of the shapes world as its shapes and background, e.g. "large red circle top left, small blue star
+    right; black background"."""
+    scene = parse_caption(prompt)
+    shapes = ", ".join(f"{s.size} {s.colour} {s.kind} {PLACES[s.place][0]}" for s in scene.shapes)
+    return f"{shapes}; {scene.background} background"
+
+
+def _paragraphs(item: Shown, short_prompt: bool, short_verdict: bool) -> list[tuple[str, str]]:
+    """(text, colour) of a tile's caption: its title, its prompt, the judge's verdict (short: only what was wrong)
+    and its note; an input's note instead of a verdict."""
+    prompt = prompt_shapes(item.prompt) if short_prompt else item.prompt
+    told = [(item.title, "black"), (f"prompt: {prompt}", "black")]
+    if item.verdict is None:
+        return [*told, (f"{item.note} (not judged)", "dimgray")]
+    verdict = item.verdict.line() if item.ok or not short_verdict else f"wrong {', '.join(item.verdict.wrong())}"
+    told.append((f"judge: {verdict}", "darkgreen" if item.ok else "darkred"))
+    return told + ([(item.note, "dimgray")] if item.note else [])
+
+
+def caption_lines(item: Shown, fits: Callable[[str], bool], most: int = SHORT_AFTER) -> list[tuple[str, str]]:
+    """The (line, colour) under a picture: its title, prompt and verdict (or an input's note), each wrapped to
+    lines that ``fits``; when that takes more than ``most`` lines, the prompt's short form (its shapes), then also
+    the verdict's (the attributes that were wrong)."""
+    for shorts in ((False, False), (True, False), (True, True)):
+        lines = [(line, colour) for text, colour in _paragraphs(item, *shorts) for line in wrapped(text, fits)]
+        if len(lines) <= most:
+            break
+    return lines
+
+
 def demo_grid(shown: list[Shown]) -> Image.Image:
-    """The pictures side by side, each with its title and the judge's verdict under it."""
-    grid = Image.new("RGB", (TILE * len(shown), TILE + 2 * LABEL), "white")
+    """The pictures side by side, each with its caption under it: title, prompt, the judge's verdict."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 3
+
+    def fits(line: str) -> bool:
+        return measure.textlength(line, font=font) <= TILE - 2 * PAD
+
+    captions = [caption_lines(item, fits) for item in shown]
+    band = 2 * PAD + line_height * max(map(len, captions))
+    grid = Image.new("RGB", (TILE * len(shown), TILE + band), "white")
     draw = ImageDraw.Draw(grid)
-    for i, item in enumerate(shown):
+    for i, (item, caption) in enumerate(zip(shown, captions, strict=True)):
         grid.paste(item.image.convert("RGB").resize((TILE, TILE), Image.Resampling.LANCZOS), (i * TILE, 0))
-        word = item.judgement() if item.verdict is None or item.ok else "judge: " + item.judgement()
-        draw.text((i * TILE + 4, TILE + 4), item.title, fill="black")
-        colour = "dimgray" if item.verdict is None else "darkgreen" if item.ok else "darkred"
-        draw.text((i * TILE + 4, TILE + 4 + LABEL), word[:40], fill=colour)
+        for row, (line, colour) in enumerate(caption):
+            draw.text((i * TILE + PAD, TILE + PAD + row * line_height), line, fill=colour, font=font)
     return grid
 
 
@@ -91,7 +140,7 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
         if item.verdict is None:
             lines.append(f"  {item.note} (not judged)")
         else:
-            lines += [f"  judge: {item.judgement()}", *([f"  {item.note}"] if item.note else [])]
+            lines += [f"  judge: {item.verdict.line()}", *([f"  {item.note}"] if item.note else [])]
     return lines
 
 
