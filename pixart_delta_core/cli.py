@@ -49,15 +49,15 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
 
 
 def embedded_names(args: argparse.Namespace, *options: str) -> None:
-    """Put the embedded models' files for their names (``shapes-lcm``...) in the model options ``options``."""
-    from .demo.embedded import MODELS, embedded_path
+    """Put the embedded models' files for their names in ``options`` (``by_name``; a list takes any kind)."""
+    from .demo.embedded import by_name
 
     for option in options:
         value = getattr(args, option)
         if isinstance(value, list):
-            setattr(args, option, [embedded_path(v) if str(v) in MODELS else v for v in value])
-        elif value is not None and str(value) in MODELS:
-            setattr(args, option, embedded_path(value))
+            setattr(args, option, [by_name(v) for v in value])
+        elif value is not None:
+            setattr(args, option, by_name(value, f"--{option}"))
 
 
 def check_generate(args: argparse.Namespace) -> None:

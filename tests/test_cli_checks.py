@@ -77,6 +77,38 @@ def test_a_wrong_argument_stops_before_any_model_loads(
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"--transformer": "shapes-lcmm"},
+            "--transformer shapes-lcmm: no such file or folder; the pack's embedded transformers are: shapes-lcm, "
+            "shapes-teacher",
+        ),
+        (
+            {"--t5": "shapes-edges"},  # the ControlNet's file, as ComfyUI lists it
+            "--t5 shapes-edges: no such file or folder; shapes-edges is the pack's embedded ControlNet: give it as "
+            "--controlnet shapes-controlnet; the pack's embedded T5 text encoder is shapes-t5",
+        ),
+        (
+            {"--vae": "shapes-t5"},
+            "--vae shapes-t5: shapes-t5 is the pack's embedded T5 text encoder: give it as --t5 shapes-t5; the pack's "
+            "embedded VAE is shapes-taesd",
+        ),
+        (
+            {"--controlnet": "shapes-edges.safetensors"},
+            "--controlnet shapes-edges.safetensors: no such file or folder; shapes-edges.safetensors is the pack's "
+            "embedded ControlNet: give it as --controlnet shapes-controlnet",
+        ),
+    ],
+)
+def test_a_bare_name_of_no_file_says_which_embedded_models_the_option_takes(
+    files, tmp_path: Path, nothing_loads, capsys, changes: dict, message: str
+) -> None:
+    assert main(generate_args(files, tmp_path, **changes)) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA device exists here: nothing to refuse")
 def test_cuda_on_a_machine_without_it_is_refused_first(files, tmp_path: Path, nothing_loads, capsys) -> None:
     assert main(generate_args(files, tmp_path, **{"--device": "cuda"})) == 1

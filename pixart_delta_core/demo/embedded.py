@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..errors import InputError
 from ..text.t5_config import T5EncoderConfig
 from .random_weights import t5_weights
 
@@ -49,7 +50,50 @@ MODELS = {
 }
 
 
+# The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.
+KINDS = {"transformer": "transformer", "controlnet": "ControlNet", "vae": "VAE", "text_encoders": "T5 text encoder"}
+OPTIONS = {"transformer": "--transformer", "controlnet": "--controlnet", "vae": "--vae", "text_encoders": "--t5"}
+
+
 def embedded_path(name: str | Path) -> Path:
     """The file of an embedded model given by name (``shapes-lcm``...), or ``name`` itself as a path."""
     relative = MODELS.get(str(name))
     return FOLDER / relative if relative is not None else Path(name)
+
+
+def by_name(value: str | Path, option: str | None = None) -> Path:
+    """``value`` given to the command line's ``option`` (``--vae``...; None: a command taking every kind, as
+    ``info``) as a path: the file of the embedded model of that name, else ``value`` itself.
+
+    Raises InputError for a bare name (no folder in it, no file here) that is no embedded model of a kind
+    ``option`` takes: the error lists those it takes and, for a model of the pack given by the name of another
+    kind's model or by its file's name (``shapes-edges``, as ComfyUI lists it), says how to give that model."""
+    name = str(value)
+    takes = [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
+    found = next((model for model in MODELS if name in _names(model)), None)
+    kind = None if found is None else _kind(found)
+    if found == name and kind in takes:
+        return embedded_path(name)
+    if Path(name).name != name or Path(name).exists():
+        return Path(value)
+    said = [] if found == name else ["no such file or folder"]
+    if found is not None:
+        flag = option if kind in takes else OPTIONS[kind]
+        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {f'{flag} {found}' if flag else found}")
+    if found is None or kind not in takes:
+        listed = sorted(model for model in MODELS if _kind(model) in takes)
+        several = len(listed) > 1
+        what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
+        said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
+    raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
+
+
+def _kind(model: str) -> str:
+    """The sub-folder of ``FOLDER`` (a key of ``KINDS``) holding the embedded model ``model``."""
+    return Path(MODELS[model]).parts[0]
+
+
+def _names(model: str) -> set[str]:
+    """The names a user may give an embedded model by: its own, its file's (as ComfyUI lists it), its file's stem."""
+    relative = Path(MODELS[model])
+    return {model, relative.name, relative.stem}
