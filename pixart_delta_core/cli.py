@@ -82,10 +82,6 @@ def check_generate(args: argparse.Namespace) -> None:
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
             f"0 <= start < end <= 1"
         )
-    if args.tokenizer is None:
-        from .text.encoder import find_tokenizer
-
-        find_tokenizer(args.t5)
     check_output(args.out)
     try:
         pick_device(args.device)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from pixart_delta_core.cli import build_parser, main
+from pixart_delta_core.demo.embedded import embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline import generation
@@ -51,6 +52,12 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--control-image": "hed.png"}, "--control-image hed.png: no such file or folder"),
         ({"--tokenizer": None}, "no T5 tokenizer found .*--tokenizer on the command line"),
         ({"--controlnet": "{transformer}"}, "--controlnet needs --control-image"),
+        ({"--vae": "{t5}"}, "demo-t5.safetensors: not a VAE: it looks like a T5 text encoder"),
+        (  # its kind is read before a tokenizer beside it is looked for
+            {"--t5": "{taesd}", "--tokenizer": None},
+            "shapes-taesd.safetensors: not a T5 text encoder: it looks like a TAESD autoencoder",
+        ),
+        ({"--controlnet": "{taesd}", "--control-image": "{image}"}, "not a PixArt ControlNet: it looks like a TAESD"),
         ({"--control-image": "{image}"}, "a control image needs a ControlNet.*--controlnet FILE on the command line"),
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
@@ -69,7 +76,8 @@ def test_a_wrong_argument_stops_before_any_model_loads(
     a_file.write_text("")
     image = tmp_path / "hed.png"
     Image.new("RGB", (64, 64)).save(image)
-    where = {"out": tmp_path, "file": a_file, "transformer": files.transformer, "image": image}
+    where = {"out": tmp_path, "file": a_file, "transformer": files.transformer, "image": image, "t5": files.t5}
+    where["taesd"] = embedded_path("shapes-taesd")
     changes = {k: v if v is None else v.format(**where) for k, v in changes.items()}
     assert main(generate_args(files, tmp_path, **changes)) == 1
     err = capsys.readouterr().err

@@ -31,7 +31,8 @@ from ..sampling.choices import LcmTimesteps
 from ..sampling.samplers import ControlSchedule, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
 from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
-from ..vae.autoencoder import Vae, check_encodes, load_vae
+from ..text.t5 import inspect_t5
+from ..vae.autoencoder import Vae, check_encodes, inspect_vae, load_vae
 from .arguments import (
     MAX_BATCH_PIXELS,
     LoraSpec,
@@ -226,8 +227,8 @@ class PixArtPipeline:
         run without a size keeps the init image's size. ``on_stage`` hears "text", "images"
         (VAE-encoding an init or control image), "denoise", "decode" and "done" as the run moves on.
 
-        Everything that can be checked without loading a model is checked first (files, images,
-        tokenizer, sizes, settings): InputError or CheckpointError before T5 runs.
+        Everything that can be checked without loading a model is checked first (files and their kinds,
+        images, tokenizer, sizes, settings): InputError or CheckpointError before T5 runs.
 
         Arguments are checked before any model loads (``arguments``): ``seed`` in 0..2^64-1 (a negative
         seed is refused, not wrapped), integer ``steps`` and ``images_per_prompt``, prompts without lone
@@ -256,14 +257,16 @@ class PixArtPipeline:
         init_image = None if init_image is None else _open_image(init_image, "init image")
         if control is not None:
             control = replace(control, image=_open_image(control.image, "control image"))
+        inspect_t5(self.t5)  # a file of another kind is refused now, from its header, not after the long stages
         if self.tokenizer is None:
             find_tokenizer(self.t5)  # a missing tokenizer is found now, not after the other checks
         self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
         transformer_config = self.transformer_checkpoint.config
+        vae = inspect_vae(self.vae, vae_defaults_for(transformer_config))  # the VAE's kind too, though it runs last
         if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
             self._check_controlnet(transformer_config)
         if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
-            check_encodes(self.vae, vae_defaults_for(transformer_config))
+            check_encodes(vae)
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
         asked = _asked_size(height, width, transformer_config.resolution, init_image)
         bins = bins_for(transformer_config) if resolution_binning else None

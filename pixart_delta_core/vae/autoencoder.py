@@ -216,10 +216,9 @@ def inspect_vae(
     return detect(source, {**folder_config(source), **(hints or {})}, defaults)
 
 
-def check_encodes(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor], defaults: VaeConfig) -> None:
-    """Raise InputError when the VAE in ``checkpoint`` cannot encode images (a TAESD decoder alone), from its keys
-    only: the check a run that encodes an image makes before its long stages."""
-    detected = inspect_vae(checkpoint, defaults)
+def check_encodes(detected: DetectedCheckpoint[VaeConfig] | DetectedCheckpoint[TaesdConfig]) -> None:
+    """Raise InputError when the VAE ``inspect_vae`` found cannot encode images (a TAESD decoder alone), from its
+    keys only: the check a run that encodes an image makes before its long stages."""
     if isinstance(detected.config, TaesdConfig) and not detected.config.has_encoder:
         raise InputError(f"the VAE {detected.tensors.origin} {DECODER_ONLY}")
 
