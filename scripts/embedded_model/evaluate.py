@@ -1,12 +1,14 @@
 """The embedded model's scores, as its model card states them: the judge over 100 held-out prompts.
 
-    python scripts/embedded_model/evaluate.py [--prompts 100] [--teacher FILE] [--autoencoder FILE]
+    python scripts/embedded_model/evaluate.py [--prompts 100] [--control-prompts 100] [--teacher FILE]
+        [--autoencoder FILE]
 
 Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling
 of every model on it; the teacher with DPM-Solver++ at 14 and 4 steps, the LCM student at 1, 2 and 4 steps,
 int8 T5 and int8 transformer under the student, the ControlNet's overlap with its edge maps against the same
-prompts without it) and the time each took. ``--teacher`` and ``--autoencoder`` measure other files (the
-model card's longer runs) in place of the shipped teacher and autoencoder.
+prompts without it) and the time each took. The runs take the first ``--prompts`` held-out prompts, the
+ControlNet's the first ``--control-prompts``; 0 skips them. ``--teacher`` and ``--autoencoder`` measure other
+files (the model card's longer runs) in place of the shipped teacher and autoencoder.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pixart_delta_core.demo.evaluation import (
 from pixart_delta_core.pipeline.images import from_pil, to_pil
 from pixart_delta_core.vae.autoencoder import load_vae
 from pixart_delta_core.world.render import render
+from pixart_delta_core.world.scenes import Scene
 
 RUNS = {
     "teacher, dpm_solver++ 14 steps, guidance 4.5": ("shapes-teacher", "dpm_solver++", 14, 4.5, {}),
@@ -51,14 +54,31 @@ def round_trip(scenes: list, autoencoder: str) -> list:
         return to_pil(vae.decode(vae.encode(from_pil([render(scene) for scene in scenes]))))
 
 
-def main() -> None:
+def prompt_count(text: str) -> int:
+    """A number of prompts for argparse: a whole number, 0 or more (0 skips the runs it counts for)."""
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(f"expected a whole number of prompts, 0 or more (0: skip), found {text!r}")
+    return int(text)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--control-prompts", type=int, default=100)
+    parser.add_argument(
+        "--prompts", type=prompt_count, default=100, help="held-out prompts; 0 skips all but the ControlNet"
+    )
+    parser.add_argument(
+        "--control-prompts", type=prompt_count, default=100, help="prompts for the ControlNet; 0 skips it"
+    )
     parser.add_argument("--teacher", default="shapes-teacher", help="a teacher file instead of the shipped one")
     parser.add_argument("--autoencoder", default="shapes-taesd", help="a TAESD file instead of the shipped one")
-    args = parser.parse_args()
-    scenes = evaluation_scenes(args.prompts)
+    args = parser.parse_args(argv)
+    if args.prompts == args.control_prompts == 0:
+        parser.error("nothing to measure: --prompts and --control-prompts are both 0")
+    return args
+
+
+def prompt_runs(scenes: list[Scene], args: argparse.Namespace) -> None:
+    """The autoencoder's round trip, then each of ``RUNS``: one JSON line each."""
     fractions = prompt_scores(round_trip(scenes, args.autoencoder), scenes).fractions()
     print(json.dumps({"run": "autoencoder round trip of the world's pictures", "prompts": len(scenes),
                       **{k: round(v, 3) for k, v in fractions.items()}}), flush=True)  # fmt: skip
@@ -70,7 +90,10 @@ def main() -> None:
         fractions = prompt_scores(images, scenes).fractions()
         print(json.dumps({"run": name, "prompts": len(scenes), **{k: round(v, 3) for k, v in fractions.items()},
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
-    control = scenes[: args.control_prompts]
+
+
+def control_runs(control: list[Scene], args: argparse.Namespace) -> None:
+    """The teacher with the ControlNet, then alone on the same prompts and seeds: one JSON line each."""
     settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}
     controlled = embedded_pipeline(args.teacher, args.autoencoder, controlnet="shapes-controlnet")
     for name, pipeline, with_control in (
@@ -82,6 +105,20 @@ def main() -> None:
         print(json.dumps({"run": name, "prompts": len(control), "mean_iou": round(overlap(images, control).mean, 3),
                           **{k: round(v, 3) for k, v in prompt_scores(images, control).fractions().items()},
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    scenes = evaluation_scenes(max(args.prompts, args.control_prompts))  # its first n: evaluation_scenes(n)
+    parts = (
+        (args.prompts, prompt_runs, "--prompts 0: skipped all but the ControlNet's runs"),
+        (args.control_prompts, control_runs, "--control-prompts 0: skipped the ControlNet's runs"),
+    )
+    for count, runs, skipped in parts:
+        if count:
+            runs(scenes[:count], args)
+        else:
+            print(skipped, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
