@@ -47,6 +47,10 @@ def test_the_embedded_models_are_taken_by_name(capsys) -> None:
     printed = capsys.readouterr().out
     assert printed.count("PixArt transformer") == 2 and "PixArt ControlNet" in printed
     assert "TAESD" in printed and "T5 text encoder" in printed
+    # by their files' names too, as ComfyUI lists them
+    assert main(["info", "shapes-edges", "shapes-edges.safetensors", "shapes-lcm.safetensors"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PixArt ControlNet") == 2 and printed.count("PixArt transformer") == 1
 
 
 def test_a_bare_name_of_no_file_lists_the_embedded_models(files, capsys, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pixart_delta_core.cli import build_parser, main
-from pixart_delta_core.demo.embedded import embedded_path
+from pixart_delta_core.demo.embedded import by_name, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline import generation
@@ -51,6 +51,8 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--init-image": "init.png"}, "--init-image init.png: no such file or folder"),
         ({"--control-image": "hed.png"}, "--control-image hed.png: no such file or folder"),
         ({"--tokenizer": None}, "no T5 tokenizer found .*--tokenizer on the command line"),
+        ({"--tokenizer": "{file}"}, "a-file: no T5 tokenizer there: expected a folder with tokenizer.json"),
+        ({"--tokenizer": "{out}"}, "no T5 tokenizer there"),
         ({"--controlnet": "{transformer}"}, "--controlnet needs --control-image"),
         ({"--vae": "{t5}"}, "demo-t5.safetensors: not a VAE: it looks like a T5 text encoder"),
         (  # its kind is read before a tokenizer beside it is looked for
@@ -104,9 +106,9 @@ def test_a_wrong_argument_stops_before_any_model_loads(
             "embedded VAE is shapes-taesd",
         ),
         (
-            {"--controlnet": "shapes-edges.safetensors"},
-            "--controlnet shapes-edges.safetensors: no such file or folder; shapes-edges.safetensors is the pack's "
-            "embedded ControlNet: give it as --controlnet shapes-controlnet",
+            {"--vae": "shapes-edges.safetensors"},
+            "--vae shapes-edges.safetensors: no such file or folder; shapes-edges.safetensors is the pack's "
+            "embedded ControlNet: give it as --controlnet shapes-controlnet; the pack's embedded VAE is shapes-taesd",
         ),
     ],
 )
@@ -115,6 +117,19 @@ def test_a_bare_name_of_no_file_says_which_embedded_models_the_option_takes(
 ) -> None:
     assert main(generate_args(files, tmp_path, **changes)) == 1
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("option", ["--controlnet", None])  # None: info, which takes every kind
+@pytest.mark.parametrize("name", ["shapes-edges", "shapes-edges.safetensors", "shapes-controlnet"])
+def test_an_embedded_model_is_taken_by_its_files_name_as_comfyui_lists_it(option: str | None, name: str) -> None:
+    assert by_name(name, option) == embedded_path("shapes-controlnet")
+    assert by_name("shapes-lcm.safetensors", "--transformer") == embedded_path("shapes-lcm")
+
+
+def test_a_file_here_of_an_embedded_models_file_name_is_that_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes-edges.safetensors").write_bytes(b"")  # a user's own file beside them comes first
+    assert by_name("shapes-edges.safetensors", "--controlnet") == Path("shapes-edges.safetensors")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA device exists here: nothing to refuse")

@@ -65,9 +65,10 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     """``value`` given to the command line's ``option`` (``--vae``...; None: a command taking every kind, as
     ``info``) as a path: the file of the embedded model of that name, else ``value`` itself.
 
-    Raises InputError for a bare name (no folder in it, no file here) that is no embedded model of a kind
-    ``option`` takes: the error lists those it takes and, for a model of the pack given by the name of another
-    kind's model or by its file's name (``shapes-edges``, as ComfyUI lists it), says how to give that model."""
+    An embedded model is also taken by its file's name, with or without its extension (``shapes-edges``, as
+    ComfyUI lists it), when no file of that name is here. Raises InputError for a bare name (no folder in it,
+    no file here) that is no embedded model of a kind ``option`` takes: the error lists those it takes and, for
+    another kind's model (given by its name or its file's), says how to give that model."""
     name = str(value)
     takes = [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
     found = next((model for model in MODELS if name in _names(model)), None)
@@ -76,15 +77,15 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
         return embedded_path(name)
     if Path(name).name != name or Path(name).exists():
         return Path(value)
+    if found is not None and kind in takes:
+        return embedded_path(found)
     said = [] if found == name else ["no such file or folder"]
-    if found is not None:
-        flag = option if kind in takes else OPTIONS[kind]
-        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {f'{flag} {found}' if flag else found}")
-    if found is None or kind not in takes:
-        listed = sorted(model for model in MODELS if _kind(model) in takes)
-        several = len(listed) > 1
-        what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
-        said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
+    if found is not None:  # another kind's model: the option that takes it
+        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {OPTIONS[kind]} {found}")
+    listed = sorted(model for model in MODELS if _kind(model) in takes)
+    several = len(listed) > 1
+    what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
+    said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
     raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
 
 
