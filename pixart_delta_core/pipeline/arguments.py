@@ -124,6 +124,14 @@ def open_image(path: str | Path, name: str = "image") -> Image.Image:
     return check_image_size(f"{name} {path}", image)
 
 
+def opened_image(image: Image.Image | PathLike | torch.Tensor, name: str) -> Image.Image | torch.Tensor:
+    """An image given as a file opened now, in RGB (so a bad path fails before any model loads); others as given."""
+    if not isinstance(image, (str, Path)):
+        return image
+    with open_image(image, name) as opened:
+        return opened.convert("RGB")
+
+
 def check_image(name: str, image: object) -> None:
     """An init or control image in any form the pipeline takes: a file (size read from its header), a PIL
     image, or a tensor [B,3,H,W] / [3,H,W] in [0, 1] (finite, non-empty)."""

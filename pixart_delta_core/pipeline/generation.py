@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -30,7 +30,7 @@ from ..quant.quantization import Quantization, parse_quantization
 from ..sampling.choices import LcmTimesteps
 from ..sampling.samplers import ControlSchedule, SamplingSettings, StepCallback, generate_latents
 from ..text.embedding import TextEmbedding
-from ..text.encoder import TextEncoder, find_tokenizer, load_text_encoder
+from ..text.encoder import TextEncoder, check_tokenizer_fits, find_tokenizer, load_text_encoder, load_tokenizer
 from ..text.t5 import inspect_t5
 from ..vae.autoencoder import Vae, check_encodes, inspect_vae, load_vae
 from .arguments import (
@@ -44,10 +44,13 @@ from .arguments import (
     check_seed,
     check_steps,
     lora_specs,
-    open_image,
+    opened_image,
 )
 from .images import prepare_image, resize_and_crop, to_pil
 from .resolution import bins_for, check_image_size, nearest_bin
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,11 @@ class PixArtPipeline:
         return inspect_transformer(self.transformer, self.hints)
 
     @cached_property
+    def text_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The T5 tokenizer, read and checked once per pipeline: ``tokenizer``, else the one beside ``t5``."""
+        return load_tokenizer(self.tokenizer if self.tokenizer is not None else find_tokenizer(self.t5))
+
+    @cached_property
     def lora_stack(self) -> list[tuple[Lora, float]]:
         """The ``loras``, read and checked once per pipeline, with their strengths (merged into full-precision
         weights, computed on the fly beside quantized ones: ``models/lora.py``)."""
@@ -166,7 +174,7 @@ class PixArtPipeline:
     def load_text_encoder(self) -> TextEncoder:
         return self._model(
             "t5",
-            lambda: load_text_encoder(self.t5, self.t5_dtype, self.device, self.tokenizer, self.t5_quantization),
+            lambda: load_text_encoder(self.t5, self.t5_dtype, self.device, self.text_tokenizer, self.t5_quantization),
         )
 
     def load_vae(self, transformer_config: TransformerConfig) -> Vae:
@@ -254,12 +262,11 @@ class PixArtPipeline:
         )
         if strength != 1.0 and init_image is None:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
-        init_image = None if init_image is None else _open_image(init_image, "init image")
+        init_image = None if init_image is None else opened_image(init_image, "init image")
         if control is not None:
-            control = replace(control, image=_open_image(control.image, "control image"))
-        inspect_t5(self.t5)  # a file of another kind is refused now, from its header, not after the long stages
-        if self.tokenizer is None:
-            find_tokenizer(self.t5)  # a missing tokenizer is found now, not after the other checks
+            control = replace(control, image=opened_image(control.image, "control image"))
+        t5 = inspect_t5(self.t5)  # a file of another kind is refused now, from its header, not after the long stages
+        check_tokenizer_fits(self.text_tokenizer, t5)  # then its tokenizer, given or found beside it, is read
         self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
         transformer_config = self.transformer_checkpoint.config
         vae = inspect_vae(self.vae, vae_defaults_for(transformer_config))  # the VAE's kind too, though it runs last
@@ -356,14 +363,6 @@ def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool, n
     if len(negatives) != count:
         raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
     return negatives
-
-
-def _open_image(image: ImageInput, what: str) -> Image.Image | torch.Tensor:
-    """An image given as a file opened now (so a bad path fails before any model loads); others as given."""
-    if not isinstance(image, (str, Path)):
-        return image
-    with open_image(image, what) as opened:
-        return opened.convert("RGB")
 
 
 def _asked_size(

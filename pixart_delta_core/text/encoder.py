@@ -166,6 +166,16 @@ def _excerpt(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + "..."
 
 
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, found: DetectedCheckpoint[T5EncoderConfig]) -> None:
+    """Raise CheckpointError when ``tokenizer`` has more tokens than the T5 weights ``found`` embed."""
+    vocab = found.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise CheckpointError(
+            f"{found.tensors.origin}: the tokenizer has {len(tokenizer)} tokens but the encoder embeds only {vocab}: "
+            f"they do not belong together"
+        )
+
+
 def load_text_encoder(
     checkpoint: Checkpoint | DetectedCheckpoint[T5EncoderConfig],
     dtype: str | torch.dtype = "bf16",
@@ -187,11 +197,6 @@ def load_text_encoder(
             )
         tokenizer = load_tokenizer(tokenizer if tokenizer is not None else find_tokenizer(checkpoint))
     found = checkpoint.expect(T5EncoderConfig) if isinstance(checkpoint, DetectedCheckpoint) else inspect_t5(checkpoint)
-    vocab = found.config.vocab_size
-    if len(tokenizer) > vocab:
-        raise CheckpointError(
-            f"{found.tensors.origin}: the tokenizer has {len(tokenizer)} tokens but the encoder embeds only {vocab}: "
-            f"they do not belong together"
-        )
+    check_tokenizer_fits(tokenizer, found)
     torch_dtype = parse_dtype(dtype)
     return TextEncoder(tokenizer, load_t5(found, torch_dtype, device, quantization), torch_dtype)
