@@ -90,6 +90,17 @@ def test_impossible_sizes_are_refused(height, width, message: str) -> None:
         check_image_size(height, width)
 
 
+def test_every_wrong_side_is_named_at_once() -> None:
+    with pytest.raises(InputError) as err:
+        check_image_size(37, 100)
+    assert str(err.value) == (
+        "height must be a multiple of 16 px, found 37 (nearest: 32 or 48); "
+        "width must be a multiple of 16 px, found 100 (nearest: 96 or 112)"
+    )
+    with pytest.raises(InputError, match="height must be at least 16 px, found 0; width must be a whole number"):
+        check_image_size(0, 64.0)
+
+
 def test_a_size_below_16_px_is_refused_even_where_any_multiple_goes() -> None:
     """With binning any size is asked (multiple 1), but 1 x 1 would be generated at a bin and cropped to a dot."""
     with pytest.raises(InputError, match="height must be at least 16 px, found 1"):

@@ -65,20 +65,28 @@ MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: the largest PixArt-Σ bins are 4.2
 
 
 def check_image_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> None:
-    """Raise ``InputError`` unless height and width are positive multiples of ``multiple`` within the limits."""
-    for name, side in (("height", height), ("width", width)):
-        if isinstance(side, bool) or not isinstance(side, int):
-            raise InputError(f"{name} must be a whole number of pixels, found {side!r}")
-        if side < MIN_SIDE:
-            raise InputError(f"{name} must be at least {MIN_SIDE} px, found {side}")
-        if side % multiple:
-            lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
-            nearest = f"{upper}" if lower == 0 else f"{lower} or {upper}"
-            raise InputError(f"{name} must be a multiple of {multiple} px, found {side} (nearest: {nearest})")
-        if side > MAX_SIDE:
-            raise InputError(f"{name} must be at most {MAX_SIDE} px, found {side}")
+    """Raise ``InputError`` unless height and width are positive multiples of ``multiple`` within the limits; the
+    message names every side that is wrong."""
+    wrong = [_side_wrong(name, side, multiple) for name, side in (("height", height), ("width", width))]
+    if any(wrong):
+        raise InputError("; ".join(w for w in wrong if w))
     if height * width > MAX_PIXELS:
         raise InputError(
             f"{height}x{width} is {height * width / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.1f} "
             f"(4096x4096)"
         )
+
+
+def _side_wrong(name: str, side: int, multiple: int) -> str:
+    """What is wrong with one side (height or width) in pixels, or "" when nothing is."""
+    if isinstance(side, bool) or not isinstance(side, int):
+        return f"{name} must be a whole number of pixels, found {side!r}"
+    if side < MIN_SIDE:
+        return f"{name} must be at least {MIN_SIDE} px, found {side}"
+    if side % multiple:
+        lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
+        nearest = f"{upper}" if lower == 0 else f"{lower} or {upper}"
+        return f"{name} must be a multiple of {multiple} px, found {side} (nearest: {nearest})"
+    if side > MAX_SIDE:
+        return f"{name} must be at most {MAX_SIDE} px, found {side}"
+    return ""
