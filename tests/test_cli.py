@@ -25,7 +25,8 @@ def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: 
     assert printed.count("[LCM, 4 steps] ") == 6 and "[ControlNet] " in printed
     assert printed.count("  judge: ") == 7 and "[edge map] " in printed  # the input is shown, not judged
     assert "  the ControlNet's input (not judged)" in printed
-    assert "IoU" in printed
+    assert printed.count("  judge: PASS (everything as asked)") + printed.count("  judge: FAIL (") == 7
+    assert "\n  overlap of the shapes with the edge map's (IoU): " in printed
     next_commands = printed.split("Next:")[1]
     assert "info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5" in next_commands
     assert "judge outputs/star.png" in next_commands

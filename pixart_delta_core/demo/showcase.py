@@ -18,12 +18,10 @@ from ..pipeline.generation import Control, PixArtPipeline
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
-from ..world.scenes import PLACES
 from .embedded import PICTURE, TRAINING_SCENES, embedded_path
 
 TILE = 256  # px per picture in the grid (the model draws 128 px)
 PAD = 4  # px between a caption's text and its tile's edges
-SHORT_AFTER = 7  # caption lines beyond which a tile's prompt, then its verdict, take their short forms
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ def run_demo(prompts: int = 6, seed: int = 0, device: str = "auto") -> list[Show
     settings = {"sampler": "dpm_solver++", "steps": 14, "seed": seed, **PICTURE}
     image = teacher(scene.caption(), control=Control(edges), **settings).images[0]
     verdict = judge(parse_caption(scene.caption()), read_picture(image))
-    iou = f"shapes on the edge map's: IoU {foreground_iou(image, scene):.2f}"
+    iou = f"overlap of the shapes with the edge map's (IoU): {foreground_iou(image, scene):.2f}"
     shown += [Shown("edge map", scene.caption(), edges, None, "the ControlNet's input"),
               Shown("ControlNet", scene.caption(), image, verdict, iou)]  # fmt: skip
     return shown
@@ -80,39 +78,28 @@ def wrapped(text: str, fits: Callable[[str], bool]) -> list[str]:
     return lines
 
 
-def prompt_shapes(prompt: str) -> str:
-    """A prompt of the shapes world as its shapes and background, e.g. "large red circle top left, small blue star
-    right; black background"."""
-    scene = parse_caption(prompt)
-    shapes = ", ".join(f"{s.size} {s.colour} {s.kind} {PLACES[s.place][0]}" for s in scene.shapes)
-    return f"{shapes}; {scene.background} background"
+def judged(verdict: Verdict) -> str:
+    """The judge's word in full: "PASS (everything as asked)", or "FAIL (...)" with each wrong attribute, what was
+    asked and what was found (``Verdict.line``)."""
+    return "PASS (everything as asked)" if verdict.ok else f"FAIL ({verdict.line()})"
 
 
-def _paragraphs(item: Shown, short_prompt: bool, short_verdict: bool) -> list[tuple[str, str]]:
-    """(text, colour) of a tile's caption: its title, its prompt, the judge's verdict (short: only what was wrong)
-    and its note; an input's note instead of a verdict."""
-    prompt = prompt_shapes(item.prompt) if short_prompt else item.prompt
-    told = [(item.title, "black"), (f"prompt: {prompt}", "black")]
+def caption_lines(item: Shown, fits: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """The (line, colour) under a picture, each paragraph wrapped to lines that ``fits``, in full however many
+    lines that takes: its title, its prompt, the judge's verdict (``judged``) and its note; an input, which is
+    not judged, its note instead of a verdict."""
+    told = [(item.title, "black"), (f"prompt: {item.prompt}", "black")]
     if item.verdict is None:
-        return [*told, (f"{item.note} (not judged)", "dimgray")]
-    verdict = item.verdict.line() if item.ok or not short_verdict else f"wrong {', '.join(item.verdict.wrong())}"
-    told.append((f"judge: {verdict}", "darkgreen" if item.ok else "darkred"))
-    return told + ([(item.note, "dimgray")] if item.note else [])
-
-
-def caption_lines(item: Shown, fits: Callable[[str], bool], most: int = SHORT_AFTER) -> list[tuple[str, str]]:
-    """The (line, colour) under a picture: its title, prompt and verdict (or an input's note), each wrapped to
-    lines that ``fits``; when that takes more than ``most`` lines, the prompt's short form (its shapes), then also
-    the verdict's (the attributes that were wrong)."""
-    for shorts in ((False, False), (True, False), (True, True)):
-        lines = [(line, colour) for text, colour in _paragraphs(item, *shorts) for line in wrapped(text, fits)]
-        if len(lines) <= most:
-            break
-    return lines
+        told.append((f"{item.note} (not judged)", "dimgray"))
+    else:
+        told.append((f"judge: {judged(item.verdict)}", "darkgreen" if item.ok else "darkred"))
+        told += [(item.note, "dimgray")] if item.note else []
+    return [(line, colour) for text, colour in told for line in wrapped(text, fits)]
 
 
 def demo_grid(shown: list[Shown]) -> Image.Image:
-    """The pictures side by side, each with its caption under it: title, prompt, the judge's verdict."""
+    """The pictures side by side, each with its caption under it (title, prompt, the judge's verdict) in a band
+    as tall as the longest caption: the grid's height varies with its captions."""
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 3
@@ -140,7 +127,7 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
         if item.verdict is None:
             lines.append(f"  {item.note} (not judged)")
         else:
-            lines += [f"  judge: {item.verdict.line()}", *([f"  {item.note}"] if item.note else [])]
+            lines += [f"  judge: {judged(item.verdict)}", *([f"  {item.note}"] if item.note else [])]
     return lines
 
 

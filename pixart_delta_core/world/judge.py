@@ -130,10 +130,6 @@ class Verdict:
         marks = [("background", self.background), ("count", self.count)]
         return marks + [(a, s.right[a]) for s in self.shapes for a in SHAPE_ATTRIBUTES]
 
-    def wrong(self) -> tuple[str, ...]:
-        """The attributes judged wrong, each once, in ``marks`` order (empty: ok); e.g. ("count", "colour")."""
-        return tuple(dict.fromkeys(attribute for attribute, right in self.marks() if not right))
-
     def as_dict(self) -> dict[str, object]:
         """The verdict as JSON-ready data: its line, what the picture reads as, and each attribute's mark."""
         shapes = [
