@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .cli_types import lora_spec, whole_number
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     from .sampling.choices import Sampler
 
+    pixels = whole_number("pixels")
     gen = sub.add_parser(
         "generate",
         parents=[_common()],
@@ -257,15 +259,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png",
     )
     size = gen.add_argument_group("size")
-    size.add_argument("--width", type=_positive, help="pixels (default: the model's training resolution)")
-    size.add_argument("--height", type=_positive, help="pixels (default: the model's training resolution)")
+    size.add_argument("--width", type=pixels, help="pixels (default: the model's training resolution)")
+    size.add_argument("--height", type=pixels, help="pixels (default: the model's training resolution)")
     size.add_argument("--no-binning", action="store_true", help="generate at exactly this size, not the nearest bin")
     run = gen.add_argument_group("sampling")
     run.add_argument("--sampler", default="lcm", choices=[s.value for s in Sampler])
-    run.add_argument("--steps", type=int, help="default: the sampler's reference setting (LCM 4, DPM-Solver++ 14)")
+    run.add_argument(
+        "--steps", type=whole_number("steps"), help="default: the sampler's reference setting (LCM 4, DPM-Solver++ 14)"
+    )
     run.add_argument("--guidance", type=float, help="CFG scale, on above 1 (default: LCM 0, others 4.5)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch", type=_positive, default=1, help="images per prompt")
+    run.add_argument("--seed", type=whole_number(least=0), default=0)
+    run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt")
     run.add_argument("--lcm-timesteps", default="reference", choices=["reference", "diffusers"])
     run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
     run.add_argument("--init-image", type=Path, help="img2img: start from this image")
@@ -273,7 +277,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     lora = gen.add_argument_group("LoRA")
     lora.add_argument(
         "--lora",
-        type=_lora_spec,
+        type=lora_spec,
         action="append",
         default=[],
         metavar="FILE[:STRENGTH]",
@@ -287,19 +291,27 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
     hint = gen.add_argument_group("detection hints (only for files whose weights do not say it)")
-    hint.add_argument("--heads", type=_positive, help="attention heads of a transformer whose width is not 72 x heads")
+    hint.add_argument(
+        "--heads",
+        type=whole_number("attention heads"),
+        help="attention heads of a transformer whose width is not 72 x heads",
+    )
     resolution = hint.add_mutually_exclusive_group()
     resolution.add_argument(
         "--training-resolution",
-        type=_positive,
+        type=pixels,
         metavar="PX",
         help="pixels the transformer was trained at (256, 512, 1024, 2048), for files without pos_embed or "
         "micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
     )
     resolution.add_argument(
-        "--sample-size", type=_positive, help="the same in diffusers' config.json units: latent pixels (32 = 256 px)"
+        "--sample-size",
+        type=whole_number("latent pixels"),
+        help="the same in diffusers' config.json units: latent pixels (32 = 256 px)",
     )
-    hint.add_argument("--caption-length", type=_positive, help="caption tokens: 120 (PixArt-α/δ) or 300 (PixArt-Σ)")
+    hint.add_argument(
+        "--caption-length", type=whole_number("tokens"), help="caption tokens: 120 (PixArt-α/δ) or 300 (PixArt-Σ)"
+    )
     dev = gen.add_argument_group("devices and memory")
     dev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     dev.add_argument("--dtype", default="auto", help="transformer/VAE dtype: auto, fp32, fp16, bf16")
@@ -315,32 +327,6 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     dev.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="transformer weights")
     gen.set_defaults(run=cmd_generate)
-
-
-def _lora_spec(text: str) -> tuple[Path, float]:
-    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
-    whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
-    from .models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
-
-    path, colon, tail = text.rpartition(":")
-    if not colon or "/" in tail or "\\" in tail or Path(text).exists():
-        return Path(text), 1.0
-    try:
-        if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength
-            raise ValueError(tail)
-        return Path(path), check_strength(float(tail))
-    except (ValueError, InputError) as err:
-        raise argparse.ArgumentTypeError(
-            f"{text}: the strength after the last colon should be a number from {-MAX_STRENGTH:g} to "
-            f"{MAX_STRENGTH:g}, found {tail!r} (and {text} is no file)"
-        ) from err
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, found {text}")
-    return value
 
 
 def _common() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pixart_delta_core.cli import _lora_spec, main
+from pixart_delta_core.cli import main
+from pixart_delta_core.cli_types import lora_spec
 from pixart_delta_core.demo.files import DEMO_TRANSFORMER, write_demo_models
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
@@ -47,17 +48,17 @@ def files(tmp_path_factory):
      ("C:\\loras\\c.safetensors:2", "C:\\loras\\c.safetensors", 2.0)],
 )  # fmt: skip
 def test_lora_arguments_parse_with_and_without_a_strength(text: str, path: str, strength: float) -> None:
-    assert _lora_spec(text) == (Path(path), strength)
+    assert lora_spec(text) == (Path(path), strength)
     for bad in ("a.safetensors:nan", "a.safetensors:abc", "a.safetensors:", "a.safetensors:1_0", "a:1e400"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"strength after the last colon should be a number"):
-            _lora_spec(bad)
+            lora_spec(bad)
 
 
 def test_a_lora_file_whose_name_holds_a_colon_is_a_file(tmp_path: Path) -> None:
     named = tmp_path / "style:v2"
     named.write_bytes(b"")
-    assert _lora_spec(str(named)) == (named, 1.0)
-    assert _lora_spec(f"{named}:0.5") == (named, 0.5)
+    assert lora_spec(str(named)) == (named, 1.0)
+    assert lora_spec(f"{named}:0.5") == (named, 0.5)
 
 
 def _generate(files, tmp_path: Path, name: str, *extra: str) -> np.ndarray:

@@ -41,13 +41,16 @@ def test_the_world_command_writes_the_data_set(data_set: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "says"),
     [
-        (["--count", "0"], "--count must be a positive number of scenes, found 0"),
-        (["--max-shapes", "10"], "--max-shapes must be 1 to 9 (one shape a grid cell), found 10"),
-        (["--first-seed", "-1"], "--first-seed must be 0 or more, found -1"),
+        (["--count", "0"], "--count: expected a positive whole number of scenes, found 0"),
+        (["--count", "2.5"], "--count: expected a positive whole number of scenes, found 2.5"),
+        (["--max-shapes", "10"], "--max-shapes: expected a whole number of shapes (1 to 9), found 10"),
+        (["--first-seed", "-1"], "--first-seed: expected a whole number (0 or more), found -1"),
     ],
 )
 def test_the_world_command_refuses_bad_options(tmp_path: Path, capsys, option: list[str], says: str) -> None:
-    assert main(["world", "--out", str(tmp_path / "set"), *option]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["world", "--out", str(tmp_path / "set"), *option])
+    assert exit_info.value.code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "set").exists()
 

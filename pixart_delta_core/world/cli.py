@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli_types import whole_number
 from ..errors import InputError
 
 
@@ -20,9 +21,14 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         "control/, and data.jsonl. Scene i is drawn from seed first_seed + i.",
     )
     world.add_argument("--out", type=Path, required=True, help="the data set's folder")
-    world.add_argument("--count", type=int, default=1000, help="how many scenes")
-    world.add_argument("--first-seed", type=int, default=0, help="the seed of the first scene")
-    world.add_argument("--max-shapes", type=int, default=2, help="at most this many shapes a scene (1 to 9)")
+    world.add_argument("--count", type=whole_number("scenes"), default=1000, help="how many scenes")
+    world.add_argument("--first-seed", type=whole_number(least=0), default=0, help="the seed of the first scene")
+    world.add_argument(
+        "--max-shapes",
+        type=whole_number("shapes", 1, 9),
+        default=2,
+        help="at most this many shapes a scene (1 to 9: one a grid cell)",
+    )
     world.set_defaults(run=cmd_world)
     judge = sub.add_parser(
         "judge",
@@ -42,12 +48,6 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
 def cmd_world(args: argparse.Namespace) -> int:
     from .dataset import write_dataset
 
-    if args.count <= 0:
-        raise InputError(f"--count must be a positive number of scenes, found {args.count}")
-    if not 1 <= args.max_shapes <= 9:
-        raise InputError(f"--max-shapes must be 1 to 9 (one shape a grid cell), found {args.max_shapes}")
-    if args.first_seed < 0:
-        raise InputError(f"--first-seed must be 0 or more, found {args.first_seed}")
     path = write_dataset(args.out, args.count, args.first_seed, args.max_shapes)
     print(f"wrote {args.count} scenes to {args.out}; records: {path}")
     return 0

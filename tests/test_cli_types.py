@@ -1,0 +1,43 @@
+"""Whole-number options say what they expected and what they found, in the pack's words (argparse's own message
+named the type function: "invalid _positive value: '128.5'", "invalid int value: '2.5'")."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pixart_delta_core.cli import main
+
+GENERATE = ["generate", "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*GENERATE, "--width", "128.5"], "argument --width: expected a positive whole number of pixels, found 128.5"),
+        ([*GENERATE, "--height", "-5"], "argument --height: expected a positive whole number of pixels, found -5"),
+        ([*GENERATE, "--steps", "2.5"], "argument --steps: expected a positive whole number of steps, found 2.5"),
+        ([*GENERATE, "--seed", "-1"], r"argument --seed: expected a whole number \(0 or more\), found -1"),
+        ([*GENERATE, "--batch", "two"], "argument --batch: expected a positive whole number of images, found two"),
+        (
+            [*GENERATE, "--heads", ""],
+            "argument --heads: expected a positive whole number of attention heads, found nothing",
+        ),
+        (
+            [*GENERATE, "--sample-size", "0"],
+            "argument --sample-size: expected a positive whole number of latent pixels",
+        ),
+        (
+            [*GENERATE, "--caption-length", "1e3"],
+            "argument --caption-length: expected a positive whole number of tokens",
+        ),
+    ],
+)
+def test_a_whole_number_option_says_what_it_expected_and_found(capsys, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid" not in err
+    assert re.search(message, err), err
