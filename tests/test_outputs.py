@@ -1,12 +1,17 @@
-"""Written images say where they came from: names per prompt, parameters in the PNG text chunk."""
+"""Written images say where they came from (names per prompt, parameters in the PNG text chunk); an output that
+cannot be written is refused before any work."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from pixart_delta_core.pipeline.outputs import RunRecord, output_paths, save_images
+from pixart_delta_core.cli import main
+from pixart_delta_core.demo import showcase
+from pixart_delta_core.errors import InputError
+from pixart_delta_core.pipeline.outputs import RunRecord, check_output, output_paths, save_images
 
 RECORD = RunRecord(
     prompts=["a fox", "a cat"],
@@ -37,3 +42,45 @@ def test_pngs_carry_the_parameters_other_formats_are_written_plainly(tmp_path: P
     )
     (jpeg,) = save_images(images[:1], tmp_path / "y.jpg", RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {}))
     assert Image.open(jpeg).size == (48, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("a" * 300 + ".png", r"cannot be written \(File name too long\)"),
+        ("x.txt", r"\.txt is not an image format"),
+        ("", "is a folder: give a file name"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_our_error(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        check_output(tmp_path / name)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no file can be made (even by root)")
+def test_a_folder_where_no_file_can_be_made_is_refused() -> None:
+    with pytest.raises(InputError, match=r"output /proc/x.png cannot be written \("):
+        check_output(Path("/proc/x.png"))
+
+
+def test_every_name_the_images_will_take_is_tried_and_nothing_is_left(tmp_path: Path) -> None:
+    longest = "a" * (255 - len(".png"))  # fits alone; x-p0-0.png of it does not
+    check_output(tmp_path / f"{longest}.png")
+    with pytest.raises(InputError, match=r"-p0-0\.png cannot be written \(File name too long\)"):
+        check_output(tmp_path / f"{longest}.png", prompts=1, per_prompt=2)
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"an older picture")
+    check_output(kept)
+    check_output(tmp_path / "new" / "x.png", prompts=2, per_prompt=2)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.png", "new"]
+    assert kept.read_bytes() == b"an older picture"
+
+
+@pytest.mark.parametrize("out", ["demo.txt", "", "a" * 300 + ".png"])
+def test_the_demo_refuses_its_output_before_drawing(tmp_path: Path, monkeypatch, capsys, out: str) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo drew before its output was checked")
+
+    monkeypatch.setattr(showcase, "run_demo", refuse)
+    assert main(["demo", "--out", str(tmp_path / out)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: output {tmp_path}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..pipeline.generation import Control, PixArtPipeline
+from ..pipeline.outputs import check_output
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
@@ -132,8 +133,9 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
 
 
 def write_demo(out: Path, device: str = "auto") -> list[Shown]:
-    """Run the demo and save its grid at ``out``; returns what it showed."""
+    """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
+    cannot be written); returns what it showed."""
+    check_output(out)
     shown = run_demo(device=device)
-    out.parent.mkdir(parents=True, exist_ok=True)
     demo_grid(shown).save(out)
     return shown

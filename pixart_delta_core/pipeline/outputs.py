@@ -13,7 +13,8 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..errors import InputError
+from ..checkpoints.sources import printable_path
+from ..errors import InputError, first_line
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,48 @@ class RunRecord:
         return "\n".join(lines)
 
 
-def check_output(path: Path) -> None:
-    """Refuse, before any work, an output Pillow cannot write: an unknown extension, a folder, or a place
-    where no file can be made. The folder is created if missing. Raises InputError."""
-    if path.is_dir():
-        raise InputError(f"output {path} is a folder: give a file name such as {path / 'image.png'}")
-    extensions = Image.registered_extensions()
-    suffix = path.suffix.lower()
-    if extensions.get(suffix) not in Image.SAVE:
-        writable = sorted(e for e, f in extensions.items() if f in Image.SAVE and e in (".png", ".jpg", ".webp"))
-        raise InputError(f"output {path}: {suffix or 'no extension'} is not an image format ({', '.join(writable)})")
+def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder, an extension Pillow does not write,
+    or a place where a file of each name ``save_images`` will write (``output_paths``) cannot be made. The folder
+    is created if missing. Every OS error (a name too long, /proc) becomes an InputError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise InputError(
+                f"output {printable_path(out)} is a folder: give a file name such as "
+                f"{printable_path(out / 'image.png')}"
+            )
+        extensions = Image.registered_extensions()
+        suffix = out.suffix.lower()
+        if extensions.get(suffix) not in Image.SAVE:
+            writable = sorted(e for e, f in extensions.items() if f in Image.SAVE and e in (".png", ".jpg", ".webp"))
+            raise InputError(
+                f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format "
+                f"({', '.join(writable)})"
+            )
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"output folder {printable_path(out.parent)} cannot be made ({err.strerror})") from err
+        for path in output_paths(out, prompts, per_prompt):
+            _open_as_saving_will(path)
     except OSError as err:
-        raise InputError(f"output folder {path.parent} cannot be made ({err.strerror})") from err
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"output {path} cannot be written (no permission)")
+        where = printable_path(out if err.filename is None else err.filename)
+        raise InputError(f"output {where} cannot be written ({err.strerror or first_line(err)})") from err
+
+
+def _open_as_saving_will(path: Path) -> None:
+    """Open ``path`` for writing, as saving will, and leave everything as it was: a new file is made and removed,
+    an existing one opened to append nothing. Raises the OSError the save would meet.
+
+    A probe, not os.access(folder, W_OK): root passes that in /proc and /sys, where no file can be made, and it
+    cannot see a name too long or a file system's own refusals; opening the file is what the save does."""
+    flags = os.O_WRONLY | getattr(os, "O_NONBLOCK", 0)  # an existing FIFO of that name must not block the check
+    try:
+        os.close(os.open(path, flags | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        os.close(os.open(path, flags | os.O_APPEND))
+    else:
+        os.remove(path)
 
 
 def output_paths(out: Path, prompts: int, per_prompt: int) -> list[Path]:
