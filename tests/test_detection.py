@@ -89,8 +89,8 @@ def test_diffusers_layout_without_micro_conditions_needs_its_folder_config() -> 
     diffusers = StateDictSource({k: v for k, v in to_diffusers(meta).items() if k not in REFERENCE_ONLY})
     with pytest.raises(CheckpointError, match=r"PixArt-α .*or PixArt-Σ"):
         detect_transformer(diffusers)
-    hints = {"sample_size": 128, "interpolation_scale": 2, "_pipeline_class": "PixArtSigmaPipeline"}
-    config = detect_transformer(diffusers, hints).config
+    folder = {"sample_size": 128, "interpolation_scale": 2, "_pipeline_class": "PixArtSigmaPipeline"}
+    config = detect_transformer(diffusers, config=folder).config
     assert config == replace(EXPECTED["PixArt-Sigma-XL-2-1024-MS.pth.json"][1], null_caption=False)
 
 

@@ -170,7 +170,7 @@ def inspect_controlnet(
 ) -> DetectedCheckpoint[ControlNetConfig]:
     """Detect a ControlNet checkpoint's layout and config without reading its weights."""
     source = as_source(checkpoint)
-    return detect_controlnet(source, {**folder_config(source), **(hints or {})}, base_config)
+    return detect_controlnet(source, hints, base_config, folder_config(source))
 
 
 def load_controlnet(

@@ -112,13 +112,18 @@ _MODEL = "a PixArt ControlNet"
 
 
 def detect_controlnet(
-    source: TensorSource, hints: Mapping[str, Any] | None = None, base: TransformerConfig | None = None
+    source: TensorSource,
+    hints: Mapping[str, Any] | None = None,
+    base: TransformerConfig | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> DetectedCheckpoint[ControlNetConfig]:
     """Recognise a PixArt ControlNet in ``source``; ``base`` supplies the heads when the weights cannot.
+    ``config`` and ``hints`` as for ``detect_transformer`` (its heads are the only field they give).
 
-    Raises CheckpointError when ``source`` holds no ControlNet or several, a partial one, or strays beside it.
+    Raises CheckpointError when ``source`` holds no ControlNet or several, a partial one, strays beside it, or
+    a hint contradicts it.
     """
-    hints = dict(hints or {})
+    hints, config = dict(hints or {}), dict(config or {})
     prefix, anchor = find_prefix(
         source,
         (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR),
@@ -142,7 +147,7 @@ def detect_controlnet(
     others = len(source) - sum(1 for k in view.shapes if k.startswith(own))
     if others:
         log.info("%s: using the ControlNet under %r, ignoring %d other tensors", source.origin, prefix + own, others)
-    return DetectedCheckpoint(_config_from(tensors, source, hints, base), layout, prefix, tensors)
+    return DetectedCheckpoint(_config_from(tensors, source, hints, config, base), layout, prefix, tensors)
 
 
 def _what_it_is(source: TensorSource) -> str | None:
@@ -158,7 +163,11 @@ def _what_it_is(source: TensorSource) -> str | None:
 
 
 def _config_from(
-    tensors: TensorSource, source: TensorSource, hints: dict[str, Any], base: TransformerConfig | None
+    tensors: TensorSource,
+    source: TensorSource,
+    hints: dict[str, Any],
+    config: dict[str, Any],
+    base: TransformerConfig | None,
 ) -> ControlNetConfig:
     rows, hidden = shape_of(tensors, _REFERENCE_ANCHOR, 2, _MODEL)
     if rows != hidden:
@@ -167,7 +176,7 @@ def _config_from(
     return ControlNetConfig(
         copies=count_numbered(tensors, CONTROLNET_ROOT, "ControlNet copies"),
         hidden_size=hidden,
-        num_heads=num_heads_from(tensors, hints, hidden, fallback),
+        num_heads=num_heads_from(tensors, hints, config, hidden, fallback),
         mlp_hidden=shape_of(tensors, CONTROLNET_ROOT + "0.copied_block.mlp.fc1.weight", 2, _MODEL)[0],
         caption_channels=_caption_channels(source),
     )

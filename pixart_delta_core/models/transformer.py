@@ -174,7 +174,7 @@ def inspect_transformer(
 ) -> DetectedCheckpoint[TransformerConfig]:
     """Detect a transformer checkpoint's layout and config without reading its weights."""
     source = as_source(checkpoint)
-    return detect_transformer(source, {**folder_config(source), **(hints or {})})
+    return detect_transformer(source, hints, folder_config(source))
 
 
 def load_transformer(

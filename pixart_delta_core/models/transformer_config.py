@@ -32,6 +32,7 @@ from ..checkpoints.detection import (
     shape_of,
     under_prefix,
 )
+from ..checkpoints.hints import first_given, settle
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
@@ -42,6 +43,17 @@ MAX_SAMPLE_SIZE = 1024  # latent pixels per side (8192 image pixels); PixArt-Σ 
 HEAD_DIM = 72  # every released PixArt model uses 72-wide heads (XL: 1152 = 16 x 72)
 ALPHA_TOKENS = 120
 SIGMA_TOKENS = 300
+
+# How each detection hint is given on every surface: the errors that ask for one, or refuse one, say so.
+GIVEN_AS = {
+    "num_heads": "--heads on the command line, the checkpoint loader's heads in ComfyUI, hints={'num_heads': N} "
+    "in Python",
+    "caption_length": "--caption-length on the command line, the checkpoint loader's caption_length in ComfyUI, "
+    "hints={'caption_length': N} in Python",
+    "sample_size": "--training-resolution PX or --sample-size PX/8 on the command line, the checkpoint loader's "
+    "training_resolution in ComfyUI, hints={'sample_size': PX // 8} in Python",
+    "interpolation_scale": "hints={'interpolation_scale': X} in Python",
+}
 
 
 @dataclass(frozen=True)
@@ -127,13 +139,16 @@ _DIFFUSERS_ANCHOR = "adaln_single.linear.weight"
 
 
 def detect_transformer(
-    source: TensorSource, hints: Mapping[str, Any] | None = None
+    source: TensorSource, hints: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None
 ) -> DetectedCheckpoint[TransformerConfig]:
-    """Recognise a PixArt transformer in ``source``; ``hints`` are diffusers config fields.
+    """Recognise a PixArt transformer in ``source``; ``config`` is what its diffusers folder says (config.json
+    fields and ``_pipeline_class``), ``hints`` what the caller gives for what the checkpoint does not say, in
+    diffusers' config names (``GIVEN_AS``; the rule: ``checkpoints/hints.py``).
 
-    Raises CheckpointError when ``source`` holds no transformer or several, or what it holds is not PixArt.
+    Raises CheckpointError when ``source`` holds no transformer or several, what it holds is not PixArt, or a
+    hint contradicts it.
     """
-    hints = dict(hints or {})
+    hints, config = dict(hints or {}), dict(config or {})
     refuse_other_family(source, "a PixArt transformer")
     prefix, anchor = find_prefix(
         source,
@@ -150,10 +165,10 @@ def detect_transformer(
         layout = TransformerLayout.CONTROLNET_FULL
     else:
         layout = TransformerLayout.REFERENCE
-    return DetectedCheckpoint(_config_from(view, hints), layout, prefix, view)
+    return DetectedCheckpoint(_config_from(view, hints, config), layout, prefix, view)
 
 
-def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConfig:
+def _config_from(source: TensorSource, hints: dict[str, Any], config: dict[str, Any]) -> TransformerConfig:
     hidden, in_channels, patch, patch_w = shape_of(source, "x_embedder.proj.weight", 4)
     if patch != patch_w:
         raise CheckpointError(f"{source.origin}: non-square patches {patch}x{patch_w} are not PixArt")
@@ -165,12 +180,12 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
     if micro != ("ar_embedder.mlp.0.weight" in source.shapes):
         raise CheckpointError(f"{source.origin}: has only one of the two micro-condition embedders (csize, ar)")
     null_caption = "y_embedder.y_embedding" in source.shapes
-    tokens = _caption_length(source, hints, micro)
-    sample_size = _sample_size(source, hints, micro, patch)
+    tokens = _caption_length(source, hints, config, micro)
+    sample_size = _sample_size(source, hints, config, micro, patch)
     return TransformerConfig(
         depth=count_numbered(source, "blocks.", "transformer blocks"),
         hidden_size=hidden,
-        num_heads=num_heads_from(source, hints, hidden),
+        num_heads=num_heads_from(source, hints, config, hidden),
         patch_size=patch,
         in_channels=in_channels,
         out_channels=out_features // (patch * patch),
@@ -180,7 +195,7 @@ def _config_from(source: TensorSource, hints: dict[str, Any]) -> TransformerConf
         micro_conditions=micro,
         null_caption=null_caption,
         sample_size=sample_size,
-        interpolation_scale=_given(hints, "interpolation_scale", default_interpolation(sample_size, tokens)),
+        interpolation_scale=_interpolation(source, hints, config, sample_size, tokens),
     )
 
 
@@ -191,18 +206,35 @@ def default_interpolation(sample_size: int, tokens: int) -> float:
     return float(max(sample_size // 64, 1))
 
 
-def _given(hints: dict[str, Any], name: str, default: float) -> float:
-    """A hint as given (checked by TransformerConfig), or ``default`` when absent or null."""
-    value = hints.get(name)
-    return default if value is None else value
+def _interpolation(
+    source: TensorSource, hints: dict[str, Any], config: dict[str, Any], sample_size: int, tokens: int
+) -> float:
+    """The folder's or the hint's interpolation scale (checked by TransformerConfig), else the default."""
+    scale = _settle(source, "interpolation_scale", config.get("interpolation_scale"), "its config.json", hints)
+    return default_interpolation(sample_size, tokens) if scale is None else scale
 
 
-def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) -> int:
+def _settle(source: TensorSource, name: str, said: Any, where: str, hints: Mapping[str, Any], *aliases: str) -> Any:
+    """``settle`` for the transformer's hint ``name`` (also given as ``aliases``)."""
+    hint = first_given(hints, name, *aliases)
+    shown = _pixels if name == "sample_size" else repr
+    return settle(source.origin, name, said, where, hint, GIVEN_AS[name], shown)
+
+
+def _pixels(size: Any) -> str:
+    """A sample size with the training resolution it means, as --training-resolution gives it."""
+    pixels = f" ({size * SD_VAE.downscale} px)" if isinstance(size, int) else ""
+    return f"{size!r}{pixels}"
+
+
+def _caption_length(source: TensorSource, hints: dict[str, Any], config: dict[str, Any], micro: bool) -> int:
+    said, where = config.get("caption_length"), "its config.json"
     if "y_embedder.y_embedding" in source.shapes:
-        return shape_of(source, "y_embedder.y_embedding", 2)[0]
-    if hints.get("caption_length") is not None:
-        return hints["caption_length"]  # checked by TransformerConfig
-    pipeline = hints.get("_pipeline_class") or ""
+        said, where = shape_of(source, "y_embedder.y_embedding", 2)[0], "its y_embedding (a row per caption token)"
+    tokens = _settle(source, "caption_length", said, where, hints)
+    if tokens is not None:
+        return tokens  # checked by TransformerConfig
+    pipeline = config.get("_pipeline_class") or ""
     if not isinstance(pipeline, str):
         raise CheckpointError(f"{source.origin}: the pipeline's _class_name must be text, found {pipeline!r}")
     if "Sigma" in pipeline:
@@ -212,46 +244,55 @@ def _caption_length(source: TensorSource, hints: dict[str, Any], micro: bool) ->
     raise CheckpointError(
         f"{source.origin}: a diffusers-layout transformer without micro-conditions may be PixArt-α "
         f"(120 caption tokens) or PixArt-Σ (300), and nothing in the file says which: load its "
-        f"diffusers folder (with model_index.json) or give the caption length (--caption-length on the "
-        f"command line, hints={{'caption_length': N}} in Python)"
+        f"diffusers folder (with model_index.json) or give the caption length ({GIVEN_AS['caption_length']})"
     )
 
 
-def _sample_size(source: TensorSource, hints: dict[str, Any], micro: bool, patch: int) -> int:
+def _sample_size(source: TensorSource, hints: dict[str, Any], config: dict[str, Any], micro: bool, patch: int) -> int:
+    said, where = config.get("sample_size"), "its config.json"
     if "pos_embed" in source.shapes:
         tokens = shape_of(source, "pos_embed", 3)[1]
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise CheckpointError(f"{source.origin}: pos_embed has {tokens} positions, not a square grid")
-        return side * patch
-    if hints.get("sample_size") is not None:
-        check_int("transformer config", "sample_size", hints["sample_size"], 1, MAX_SAMPLE_SIZE)  # used at once
-        return hints["sample_size"]
+        said, where = side * patch, "its pos_embed"
+    if said is not None:  # a config.json's value is checked before a hint is compared with it
+        check_int("transformer config", "sample_size", said, 1, MAX_SAMPLE_SIZE)
+    size = _settle(source, "sample_size", said, where, hints)
+    if size is not None:
+        check_int("transformer config", "sample_size", size, 1, MAX_SAMPLE_SIZE)  # used at once
+        return size
     if micro:
         return 128  # micro-conditions exist only in the 1024-MS models
     raise CheckpointError(
         f"{source.origin}: the training resolution is not in the weights (no pos_embed, no "
         f"micro-conditions): load its diffusers folder (with config.json) or give the training resolution "
-        f"(--training-resolution PX or --sample-size PX/8 on the command line, the checkpoint loader's "
-        f"training_resolution in ComfyUI, hints={{'sample_size': PX // 8}} in Python)"
+        f"({GIVEN_AS['sample_size']})"
     )
 
 
-def num_heads_from(source: TensorSource, hints: Mapping[str, Any], hidden: int, fallback: int | None = None) -> int:
-    """Heads from a hint, the file's metadata, PixArt's 72-wide heads, else ``fallback``, else refuse."""
-    for key in ("num_attention_heads", "num_heads"):
-        if hints.get(key) is not None:  # a null in a config.json says nothing
-            return hints[key]  # checked by the config it goes into
-    if "num_heads" in source.metadata:
-        return int_text(source.origin, "num_heads", source.metadata["num_heads"])
+def num_heads_from(
+    source: TensorSource,
+    hints: Mapping[str, Any],
+    config: Mapping[str, Any],
+    hidden: int,
+    fallback: int | None = None,
+) -> int:
+    """Heads from the folder's config.json or the file's metadata, else a hint, PixArt's 72-wide heads,
+    ``fallback``, else refuse; a hint that contradicts the file is refused."""
+    said, where = first_given(config, "num_attention_heads", "num_heads"), "its config.json"
+    if said is None and "num_heads" in source.metadata:
+        said, where = int_text(source.origin, "num_heads", source.metadata["num_heads"]), "its metadata"
+    heads = _settle(source, "num_heads", said, where, hints, "num_attention_heads")
+    if heads is not None:
+        return heads  # checked by the config it goes into
     if hidden % HEAD_DIM == 0:
         return hidden // HEAD_DIM
     if fallback is not None:
         return fallback
     raise CheckpointError(
         f"{source.origin}: width {hidden} is not a multiple of PixArt's head size {HEAD_DIM}, so the "
-        f"number of heads cannot be read from the weights: give it (--heads on the command line, the "
-        f"checkpoint loader's heads in ComfyUI, hints={{'num_heads': N}} in Python)"
+        f"number of heads cannot be read from the weights: give it ({GIVEN_AS['num_heads']})"
     )
 
 

@@ -1,0 +1,114 @@
+"""A detection hint is only for what a checkpoint does not say: one that contradicts the file is refused on every
+surface, before any model loads, naming the option and both values; one equal to the file's value, or for a
+file that does not say it, is taken (checkpoints/hints.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from pixart_delta_core.cli import main
+from pixart_delta_core.errors import CheckpointError
+from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet
+from pixart_delta_core.models.controlnet_config import ControlNetConfig
+from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
+from pixart_delta_core.pipeline.generation import PixArtPipeline
+from pixart_delta_core.training.trainers import heads_metadata
+from tests.comfy_helpers import ENGINE, PACK, call_node
+from tests.helpers import TINY, diffusers_twin, random_transformer
+
+# TINY: 4 heads of 12 (not PixArt's 72), 16 caption tokens, trained at 16 latent pixels (128 px).
+CONTRADICTIONS = [
+    ({"num_heads": 2}, r"its metadata says num_heads 4, but the hint gives 2 \(--heads on the command line"),
+    (
+        {"caption_length": 120},
+        r"its y_embedding .*says caption_length 16, but the hint gives 120 \(--caption-length on the command line",
+    ),
+    (
+        {"sample_size": 128},
+        r"its pos_embed says sample_size 16 \(128 px\), but the hint gives 128 \(1024 px\) \(--training-resolution",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory) -> Path:
+    """TINY as the trainers save it: reference layout (with pos_embed) and its heads in the metadata."""
+    path = tmp_path_factory.mktemp("hints") / "tagged.safetensors"
+    save_file(random_transformer(TINY).reference_state_dict(), str(path), metadata=heads_metadata(TINY))
+    return path
+
+
+@pytest.mark.parametrize(("hints", "message"), CONTRADICTIONS)
+def test_a_hint_the_file_contradicts_is_refused_naming_both_values(tagged: Path, hints: dict, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        inspect_transformer(tagged, hints)
+    with pytest.raises(CheckpointError, match=message):
+        load_transformer(tagged, hints=hints)
+    with pytest.raises(CheckpointError, match=message):
+        PixArtPipeline(tagged, "t5", "vae", hints=hints).transformer_checkpoint  # noqa: B018
+
+
+def test_a_hint_equal_to_the_file_or_for_what_it_does_not_say_is_taken(tagged: Path, tmp_path: Path) -> None:
+    assert inspect_transformer(tagged, {"num_heads": 4, "caption_length": 16, "sample_size": 16}).config == TINY
+    untagged = tmp_path / "untagged.safetensors"  # 48 wide, no metadata: the weights do not say its heads
+    save_file(random_transformer(TINY).state_dict(), str(untagged))  # nor, without pos_embed, its resolution
+    config = inspect_transformer(untagged, {"num_heads": 2, "sample_size": 32}).config
+    assert (config.num_heads, config.sample_size) == (2, 32)
+
+
+def test_a_hint_the_folders_config_json_contradicts_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "transformer"
+    diffusers_twin(random_transformer(TINY)).save_pretrained(folder)  # config.json: 4 heads, sample_size 16
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "interpolation_scale": 1.0}))
+    hints = {"num_heads": 4, "sample_size": 16, "interpolation_scale": 1, "caption_length": 16}
+    assert inspect_transformer(folder, hints).config.num_heads == 4
+    for hint, said in (("num_heads", 4), ("num_attention_heads", 4), ("sample_size", "16 \\(128 px\\)")):
+        with pytest.raises(CheckpointError, match=f"its config.json says .* {said}, but the hint gives 8"):
+            inspect_transformer(folder, {hint: 8, "caption_length": 16})
+    with pytest.raises(CheckpointError, match=r"interpolation_scale 1.0, but the hint gives 2.0 \(hints="):
+        inspect_transformer(folder, {"interpolation_scale": 2.0, "caption_length": 16})
+
+
+def test_a_controlnet_hint_its_metadata_contradicts_is_refused(tmp_path: Path) -> None:
+    config = ControlNetConfig.for_base(TINY, copies=1)
+    path = tmp_path / "controlnet.safetensors"
+    save_file(ControlNetTransformer(config).state_dict(), str(path), metadata=heads_metadata(config))
+    assert inspect_controlnet(path, {"num_heads": 4}).config.num_heads == 4
+    with pytest.raises(CheckpointError, match="its metadata says num_heads 4, but the hint gives 2"):
+        inspect_controlnet(path, {"num_heads": 2})
+
+
+@pytest.mark.parametrize(
+    ("option", "given"), [("--heads 2", "2"), ("--caption-length 120", "120"), ("--training-resolution 1024", "128")]
+)
+def test_the_command_line_refuses_it_before_any_model_loads(
+    tagged: Path, tmp_path: Path, capsys, monkeypatch, option: str, given: str
+) -> None:
+    import pixart_delta_core.pipeline.generation as generation
+
+    for loader in ("load_transformer", "load_text_encoder", "load_vae"):
+        monkeypatch.setattr(generation, loader, lambda *a, **k: pytest.fail("a model loaded"))
+    out = tmp_path / "h.png"
+    command = ["generate", "--transformer", str(tagged), "--t5", "shapes-t5", "--vae", "shapes-taesd", "--prompt", "x"]
+    assert main([*command, *option.split(), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"but the hint gives {given} " in err and f"({option.split()[0]}" in err
+    assert not out.exists()
+
+
+def test_the_checkpoint_node_refuses_a_widget_the_file_contradicts(tagged: Path, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / tagged.name).write_bytes(tagged.read_bytes())
+    monkeypatch.setenv(PACK.nodes.host.MODELS_ENV, str(tmp_path))
+    loader = PACK.NODE_CLASS_MAPPINGS["PixArtDeltaCheckpointLoader"]
+    with pytest.raises(ENGINE.errors.CheckpointError, match=r"num_heads 4, but the hint gives 8 .*loader's heads"):
+        call_node(loader, ckpt_name=tagged.name, heads="8")
+    with pytest.raises(ENGINE.errors.CheckpointError, match=r"caption_length 16, but the hint gives 120"):
+        call_node(loader, ckpt_name=tagged.name, caption_length="120")
+    model, _ = call_node(loader, ckpt_name=tagged.name, heads="auto", caption_length="auto")
+    assert repr(model.transformer.config) == repr(TINY)  # the pack's own copy of the engine's class
