@@ -77,11 +77,12 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
 
 HINT_TOOLTIPS = {
     "training_resolution": "Pixels the model was trained at. auto: read from the file; set it only when loading "
-    "asks for it (files without pos_embed or micro-conditions, such as PixArt-Σ 256 px).",
+    "asks for it (files without pos_embed or micro-conditions, such as PixArt-Σ 256 px). A value the file "
+    "contradicts is refused.",
     "heads": "Attention heads. auto: read from the file (PixArt's heads are 72 wide); set it only when loading "
-    "asks for it.",
+    "asks for it. A value the file contradicts is refused.",
     "caption_length": "Caption tokens: 120 for PixArt-α/δ, 300 for PixArt-Σ. auto: read from the file or its "
-    "folder; set it only when loading asks for it.",
+    "folder; set it only when loading asks for it. A value the file contradicts is refused.",
 }
 
 

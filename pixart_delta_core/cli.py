@@ -290,7 +290,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--control-strength", type=float, default=1.0)
     ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
-    hint = gen.add_argument_group("detection hints (only for files whose weights do not say it)")
+    hint = gen.add_argument_group("detection hints (for files that do not say it; refused where a file says otherwise)")
     hint.add_argument(
         "--heads",
         type=whole_number("attention heads"),
