@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -214,22 +213,11 @@ def _progress():
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.embedded import FOLDER
-    from .demo.showcase import verdict_lines, write_demo
+    from .demo.showcase import introduction, next_steps, verdict_lines, write_demo
 
-    print("The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world")
-    print(f"(model card: {FOLDER / 'MODEL_CARD.md'}). Held-out prompts, the LCM student in 4 steps, then the")
-    print("ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.")
-    print("It is a short training run: backgrounds and places mostly right, shapes mostly blobs (model card).")
+    print("\n".join(introduction()))
     shown = write_demo(args.out, args.device)
-    print("\n".join(verdict_lines(shown)))
-    print(f"\nwrote {args.out}. The models are in {FOLDER}; the command line takes them by name. Next:")
-    python = min(os.path.relpath(sys.executable), sys.executable, key=len)  # the one with the pack (.venv's)
-    print(f"  {python} -m pixart_delta_core info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5")
-    print(f"  {python} -m pixart_delta_core generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\")
-    print('      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\')
-    print("      --out outputs/star.png")
-    print(f"  {python} -m pixart_delta_core judge outputs/star.png")
+    print("\n".join([*verdict_lines(shown), "", *next_steps(args.out)]))
     return 0
 
 

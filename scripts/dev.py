@@ -25,8 +25,17 @@ PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".pixart-delta-installed"
 
 
-def run(*args: str | Path) -> None:
-    subprocess.run([str(a) for a in args], cwd=ROOT, check=True)
+def run(*args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(a) for a in args], cwd=cwd, env=env, check=True)
+
+
+def run_demo(extra: list[str]) -> None:
+    """The demo in the folder this script was run from, so that the paths given to it and those it prints are the
+    user's; its grid goes to this checkout's outputs/ unless an --out of the user's (the last one wins) says
+    otherwise, and it runs this checkout's pack (PYTHONPATH) as it does from the checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    grid = ROOT / "outputs" / "demo.png"
+    run(PYTHON, "-m", "pixart_delta_core", "demo", "--out", grid, *extra, cwd=Path.cwd(), env=env)
 
 
 def step(what: str, how_long: str, *args: str | Path) -> None:
@@ -69,7 +78,7 @@ def main() -> int:
     ensure_environment()
     extra = sys.argv[2:]
     if sys.argv[1] == "demo":
-        run(PYTHON, "-m", "pixart_delta_core", "demo", *extra)
+        run_demo(extra)
     else:
         run(PYTHON, "-m", "ruff", "check", ".")
         run(PYTHON, "-m", "ruff", "format", "--check", ".")

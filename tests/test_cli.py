@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pixart_delta_core.cli import main
+from pixart_delta_core.demo import showcase
+from pixart_delta_core.demo.embedded import FOLDER
 from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.demo.showcase import from_here
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,31 @@ def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: 
     assert "\n  overlap of the shapes with the edge map's (IoU): " in printed
     next_commands = printed.split("Next:")[1]
     assert "info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5" in next_commands
-    assert "judge outputs/star.png" in next_commands
+    assert f"judge {tmp_path / 'star.png'}" in next_commands  # beside the grid
+
+
+def test_the_demo_prints_paths_that_work_from_the_users_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(showcase, "write_demo", lambda out, device: [])  # what it prints after drawing, only
+    grid = tmp_path / "checkout" / "outputs" / "demo.png"
+    (tmp_path / "elsewhere").mkdir()
+    grid.parent.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not under the grid's folder: absolute paths
+    assert main(["demo", "--out", str(grid)]) == 0
+    printed = capsys.readouterr().out
+    assert f"\nwrote {grid}. " in printed and f"judge {grid.parent / 'star.png'}\n" in printed
+    assert f"  {sys.executable} -m pixart_delta_core info shapes-teacher" in printed  # the one with the pack
+    assert f"model card: {FOLDER / 'MODEL_CARD.md'}" in printed
+    monkeypatch.chdir(tmp_path / "checkout")  # under it: relative to here
+    assert main(["demo", "--out", str(grid)]) == 0
+    printed = capsys.readouterr().out
+    assert "\nwrote outputs/demo.png. " in printed and "judge outputs/star.png\n" in printed
+
+
+def test_paths_are_shown_relative_under_the_current_folder_else_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert from_here(tmp_path / "a" / "b.png") == str(Path("a", "b.png")) == from_here("a/b.png")
+    assert from_here(tmp_path.parent / "c.png") == str(tmp_path.parent / "c.png")
+    assert from_here("../c.png") == str(tmp_path.parent / "c.png")
 
 
 def test_the_demos_next_generate_command_runs(capsys, tmp_path) -> None:

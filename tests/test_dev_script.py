@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,3 +34,17 @@ def test_first_time_setup_announces_each_install_with_its_duration(tmp_path: Pat
     assert "installing this pack with torch, diffusers, transformers" in out
     assert [args[-1] for args in installed] == ["torch==2.13.0", ".[test]"]
     assert out.count("done in") == 2
+
+
+def test_the_demo_runs_in_the_users_folder_with_the_checkouts_grid_and_pack(tmp_path: Path, monkeypatch) -> None:
+    dev = load_dev_script()
+    monkeypatch.setattr(dev, "ensure_environment", lambda: None)
+    calls = []
+    monkeypatch.setattr(dev.subprocess, "run", lambda args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.chdir(tmp_path)  # cd elsewhere && python3 /path/to/checkout/scripts/dev.py demo ...
+    monkeypatch.setattr(dev.sys, "argv", ["dev.py", "demo", "--out", "mine.png"])
+    assert dev.main() == 0
+    [(args, kwargs)], grid = calls, str(ROOT / "outputs" / "demo.png")
+    assert args == [str(dev.PYTHON), "-m", "pixart_delta_core", "demo", "--out", grid, "--out", "mine.png"]
+    assert kwargs["cwd"] == tmp_path  # the printed paths are the user's; the user's --out (the last) wins
+    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)  # this checkout's pack

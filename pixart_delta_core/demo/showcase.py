@@ -8,6 +8,9 @@ as real checkpoints.
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from ..pipeline.outputs import check_output
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
-from .embedded import PICTURE, TRAINING_SCENES, embedded_path
+from .embedded import FOLDER, PICTURE, TRAINING_SCENES, embedded_path
 
 TILE = 256  # px per picture in the grid (the model draws 128 px)
 PAD = 4  # px between a caption's text and its tile's edges
@@ -117,6 +120,42 @@ def demo_grid(shown: list[Shown]) -> Image.Image:
         for row, (line, colour) in enumerate(caption):
             draw.text((i * TILE + PAD, TILE + PAD + row * line_height), line, fill=colour, font=font)
     return grid
+
+
+def from_here(path: str | Path) -> str:
+    """``path`` as the user can give it where they are: relative to the current folder when under it, else
+    absolute (``scripts/dev.py`` runs the demo in the folder it was run from)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(os.getcwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def introduction() -> list[str]:
+    """What the demo prints before it draws: what the embedded model is and what the demo does."""
+    return [
+        "The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world",
+        f"(model card: {from_here(FOLDER / 'MODEL_CARD.md')}). Held-out prompts, the LCM student in 4 steps, then",
+        "the ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.",
+        "It is a short training run: backgrounds and places mostly right, shapes mostly blobs (model card).",
+    ]
+
+
+def next_steps(out: Path) -> list[str]:
+    """What the demo prints after its verdicts: where it wrote its grid ``out``, where the models are, and commands
+    to try next with the interpreter that has the pack; every path as it works from the current folder."""
+    python = from_here(sys.executable)
+    python = python if os.sep in python else os.path.join(".", python)  # a bare name would be looked up in PATH
+    run, star = f"  {shlex.quote(python)} -m pixart_delta_core", shlex.quote(from_here(out.parent / "star.png"))
+    return [
+        f"wrote {from_here(out)}. The models are in {from_here(FOLDER)}; the command line takes them by name. Next:",
+        f"{run} info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5",
+        f"{run} generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\",
+        '      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\',
+        f"      --out {star}",
+        f"{run} judge {star}",
+    ]
 
 
 def verdict_lines(shown: list[Shown]) -> list[str]:
