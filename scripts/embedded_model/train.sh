@@ -23,12 +23,14 @@ $PY -m pixart_delta_core train autoencoder --config $M/decoder.toml
 $PY -m pixart_delta_core train autoencoder --config $M/spread.toml
 # 4. the teacher, from scratch (P2 loss weighting, Xavier-started timestep and caption MLPs)
 $PY -m pixart_delta_core train base --config $M/teacher.toml
+#    then 4,000 steps more from its weights (a fresh optimizer and cosine schedule): its loss was still falling
+$PY -m pixart_delta_core train base --config $M/teacher-more.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they ran side by side, one thread each)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher-spread/checkpoints/step-0002000/transformer.safetensors \
-    outputs/embedded/lcm-spread/checkpoints/step-0000200/transformer.safetensors \
-    outputs/embedded/controlnet-spread/checkpoints/step-0000200/controlnet.safetensors \
+$PY $M/ship.py outputs/embedded/teacher-more/checkpoints/step-0004000/transformer.safetensors \
+    outputs/embedded/lcm-more/checkpoints/step-0000300/transformer.safetensors \
+    outputs/embedded/controlnet-more/checkpoints/step-0000400/controlnet.safetensors \
     outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5
