@@ -9,12 +9,12 @@ the shapes world, fixed seeds, asserted at the thresholds the model card states 
 
 Pictures are drawn once per configuration (cached), in fp32 on the CPU.
 
-The model shipped now is a second short training run (its model card: teacher 2,000 steps, an autoencoder whose
+The model shipped now is a third short training run (its model card: teacher 6,000 steps, an autoencoder whose
 own round trip already loses shape kinds) and reaches only some of these: the tests of the others are expected
 to fail (``xfail``, strict, so that a model that reaches them makes them fail until they are plain asserts
-again). What the shipped model already does is asserted plainly: the student within 5 points of the teacher,
-the int8 transformer within 3, strength 0 is the base exactly, and the teacher's scores stay above this run's
-measured floor (a regression guard, below).
+again). What the shipped model already does is asserted plainly: the teacher's positions, the student above the
+teacher at 4 steps, int8 T5 and int8 transformer within 3, the ControlNet's overlap, strength 0 is the base
+exactly, and the teacher's and the student's scores stay above this run's measured floors (regression guards).
 """
 
 from __future__ import annotations
@@ -51,32 +51,43 @@ def student(steps: int = 4, **options: str) -> Scores:
 
 NOT_YET = pytest.mark.xfail(strict=True, reason="the shipped model is a short run (MODEL_CARD.md, Scores)")
 
-# This run's measured scores (scripts/embedded_model/evaluate.py: 0.75, 0.26, 0.60), less a margin for platforms;
-# the first run's were 0.44, 0.20, 0.29.
-FLOOR = {"background": 0.62, "colour": 0.18, "position": 0.48}
+# This run's measured scores (scripts/embedded_model/evaluate.py), less a margin for platforms: teacher 1.00,
+# 0.52, 0.32, 0.93; student in 4 steps 1.00, 0.39, 0.27, 0.88 (the second run's teacher: 0.75, 0.26, 0.25, 0.60).
+TEACHER_FLOOR = {"background": 0.9, "colour": 0.44, "kind": 0.27, "position": 0.85}
+STUDENT_FLOOR = {"background": 0.9, "colour": 0.32, "kind": 0.22, "position": 0.8}
 
 
 def test_the_teacher_scores_above_this_runs_floor() -> None:
     fractions = teacher().fractions()
-    for attribute, floor in FLOOR.items():
+    for attribute, floor in TEACHER_FLOOR.items():
         assert fractions[attribute] >= floor, (attribute, teacher().table())
 
 
+def test_the_lcm_student_scores_above_this_runs_floor() -> None:
+    fractions = student().fractions()
+    for attribute, floor in STUDENT_FLOOR.items():
+        assert fractions[attribute] >= floor, (attribute, student().table())
+
+
+def test_the_teacher_puts_its_shapes_where_asked() -> None:
+    assert teacher().fractions()["position"] >= 0.80, teacher().table()
+
+
 @NOT_YET
-def test_the_teacher_follows_its_prompts() -> None:
+def test_the_teacher_draws_the_asked_colours_and_kinds() -> None:
     fractions = teacher().fractions()
     assert fractions["colour"] >= 0.90, teacher().table()
     assert fractions["kind"] >= 0.80, teacher().table()
-    assert fractions["position"] >= 0.80, teacher().table()
 
 
+# The student is 13.0, 5.7 and 5.2 points below the teacher on colour, kind and position.
+@NOT_YET
 def test_the_lcm_student_in_4_steps_is_within_5_points_of_the_teacher() -> None:
     ours, reference = student().fractions(), teacher().fractions()
     for attribute in ATTRIBUTES:
         assert ours[attribute] >= reference[attribute] - 0.05, (attribute, student().table(), teacher().table())
 
 
-@NOT_YET
 def test_the_student_in_4_steps_beats_the_teacher_in_4_steps() -> None:
     ours, hurried = student().fractions(), teacher(steps=4).fractions()
     assert sum(ours[a] for a in ATTRIBUTES) > sum(hurried[a] for a in ATTRIBUTES) + 0.15, (
@@ -85,11 +96,7 @@ def test_the_student_in_4_steps_beats_the_teacher_in_4_steps() -> None:
     )
 
 
-# int8 T5 moves the student's shape kinds by 3.6 points (21.4% -> 25.0%; colour and position by 1.1 and 2.1).
-INT8_T5 = pytest.param({"t5_quantization": "int8"}, marks=NOT_YET)
-
-
-@pytest.mark.parametrize("option", [INT8_T5, {"quantization": "int8"}])
+@pytest.mark.parametrize("option", [{"t5_quantization": "int8"}, {"quantization": "int8"}])
 def test_int8_stays_within_3_points_of_full_precision(option: dict[str, str]) -> None:
     pytest.importorskip("bitsandbytes", reason="the int8 layers are bitsandbytes'")
     ours, reference = student(**option).fractions(), student().fractions()
@@ -106,10 +113,14 @@ def controlled(with_controlnet: bool) -> list:
     return draw(pipeline, SCENES, control=with_controlnet, **settings)
 
 
-@NOT_YET
 def test_the_controlnet_puts_the_shapes_on_the_edge_map() -> None:
+    assert overlap(controlled(True), SCENES).mean >= 0.6
+
+
+# With it 0.655, without it 0.585: the teacher alone already puts most shapes in their places.
+@NOT_YET
+def test_the_controlnet_overlaps_clearly_more_than_the_model_without_it() -> None:
     with_it, without = overlap(controlled(True), SCENES), overlap(controlled(False), SCENES)
-    assert with_it.mean >= 0.6
     assert with_it.mean >= without.mean + 0.15, (with_it.mean, without.mean)
 
 
