@@ -18,7 +18,7 @@ from pixart_delta_core.errors import InputError
 from pixart_delta_core.world.judge import Scores, foreground_iou, held_out_scenes, judge, parse_caption
 from pixart_delta_core.world.reading import Reading, label_regions, read_picture
 from pixart_delta_core.world.render import filled_mask, render
-from pixart_delta_core.world.scenes import IMAGE_SIZE, PLACES, Scene, cell_centre, sample_scene
+from pixart_delta_core.world.scenes import BACKGROUNDS, COLOURS, IMAGE_SIZE, PLACES, Scene, cell_centre, sample_scene
 
 PICTURES = 300
 
@@ -240,6 +240,19 @@ def test_a_picture_with_no_shape_reads_as_nothing() -> None:
         .line()
         .startswith("colour, kind, position, size: asked large red star in the center, found nothing")
     )
+
+
+@pytest.mark.parametrize("drawn", ["black", "gray"])
+def test_a_shape_in_a_backgrounds_colour_reads_as_that_colour_and_is_judged_wrong(drawn: str) -> None:
+    asked = _scene("white", ("circle", "green", "large", 4))
+    green = np.asarray(render(asked), dtype=np.float32)
+    white, towards = np.array(BACKGROUNDS["white"], np.float32), np.array(COLOURS["green"], np.float32)
+    coverage = (green - white) @ (towards - white) / ((towards - white) @ (towards - white))  # anti-aliasing kept
+    repainted = white + coverage[..., None] * (np.array(BACKGROUNDS[drawn], np.float32) - white)
+    reading = read_picture(repainted.round().astype(np.uint8))  # black (20, 20, 20) is nearest green of COLOURS
+    assert [shape.colour for shape in reading.shapes] == [drawn]
+    verdict = judge(asked, reading)
+    assert not verdict.shapes[0].right["colour"] and verdict.shapes[0].right["kind"], verdict.line()
 
 
 def _flood_fill_regions(mask: np.ndarray) -> set[frozenset[tuple[int, int]]]:

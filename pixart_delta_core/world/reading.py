@@ -1,7 +1,8 @@
 """Reading a picture of the shapes world back into its attributes, with the world's own rules.
 
 The background is the palette background nearest the picture's border; shapes are the connected regions
-of pixels far from it; each shape's colour is the nearest palette colour, its kind the one whose outline
+of pixels far from it; each shape's colour is the nearest palette colour (a background's too: a shape drawn
+black, white or gray reads as such, a colour no prompt gives a shape), its kind the one whose outline
 (drawn by the renderer's own ``draw_shape``, placed with the region's area and centroid) matches it best,
 blurred or not, its size comes from that outline and its place from its centroid. Every rule works in
 fractions of the side, so any square picture is read.
@@ -28,6 +29,10 @@ BLURS = (0.0, 1.0, 2.0, 3.0)  # Gaussian std (px) of the blurs each fitted outli
 
 _BACKGROUND_RGB = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
 _COLOUR_RGB = np.array(list(COLOURS.values()), dtype=np.float32)
+# What a shape's colour reads as: the shapes' colours and, so that a shape drawn in one of them is not read as
+# the nearest shape colour (black as green), the backgrounds'.
+SHAPE_PALETTE = {**COLOURS, **BACKGROUNDS}
+_PALETTE_RGB = np.array(list(SHAPE_PALETTE.values()), dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,7 +210,7 @@ def region_coverage(
     rows, columns = np.nonzero(region)
     top, left = max(0, rows.min() - REACH), max(0, columns.min() - REACH)
     box = np.s_[top : rows.max() + REACH + 1, left : columns.max() + REACH + 1]
-    towards = np.array(COLOURS[colour], dtype=np.float32) - background
+    towards = np.array(SHAPE_PALETTE[colour], dtype=np.float32) - background
     coverage = (pixels[box] - background) @ towards / (towards @ towards)
     near = _grown(region[box], GROW) & np.isin(labels[box], (0, label))
     coverage = np.where(near, coverage, 0.0)
@@ -213,11 +218,11 @@ def region_coverage(
 
 
 def read_colour(pixels: np.ndarray, background: np.ndarray) -> str:
-    """The palette colour nearest the median of a region's purest pixels ((N, 3): the half farthest from the
-    background colour, so blurred rims, which mix with the background, do not pull it off)."""
+    """The colour of ``SHAPE_PALETTE`` nearest the median of a region's purest pixels ((N, 3): the half farthest
+    from the background colour, so blurred rims, which mix with the background, do not pull it off)."""
     distance = np.linalg.norm(pixels - background, axis=1)
     core = pixels[distance >= np.median(distance)]
-    return list(COLOURS)[int(np.argmin(np.linalg.norm(_COLOUR_RGB - np.median(core, axis=0), axis=1)))]
+    return list(SHAPE_PALETTE)[int(np.argmin(np.linalg.norm(_PALETTE_RGB - np.median(core, axis=0), axis=1)))]
 
 
 def read_picture(image: Image.Image | np.ndarray) -> Reading:
