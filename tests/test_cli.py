@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from pixart_delta_core.demo import showcase
 from pixart_delta_core.demo.embedded import FOLDER
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.demo.showcase import from_here
+from pixart_delta_core.world.render import render
+from pixart_delta_core.world.scenes import sample_scene
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +129,21 @@ def test_bad_argument_values_stop_the_parser(capsys) -> None:
         main(["generate", "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x", "--width", "-5"])
     assert exit_info.value.code == 2
     assert "positive whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["info", "judge"])
+def test_output_into_a_reader_that_closed_early_ends_quietly(command: str, tmp_path: Path) -> None:
+    """``... | head -1``: a closed pipe ends the run with a shell's SIGPIPE status, 141, and no traceback."""
+    argv = ["info", "shapes-lcm"]
+    if command == "judge":
+        render(sample_scene(5)).save(tmp_path / "s.png")
+        argv = ["judge", str(tmp_path / "s.png"), "--prompt", sample_scene(5).caption()]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write meets a broken pipe
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "pixart_delta_core", *argv], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert run.stderr == "" and run.returncode == 141
