@@ -89,12 +89,14 @@ def test_judge_refuses_bad_input_before_reading_any_picture(data_set: Path, tmp_
     good = str(data_set / "000005.png")
     (tmp_path / "notes.png").write_text("not a picture", encoding="utf-8")
     Image.new("RGB", (128, 128)).save(tmp_path / "bare.png")
+    Image.new("RGB", (256, 128)).save(tmp_path / "wide.png")
     cases = [
         ([good, str(tmp_path / "notes.png")], "notes.png: expected a picture, found a file Pillow cannot read"),
         ([good, str(tmp_path / "missing.png")], "missing.png: expected a picture, found no such file"),
         ([good, str(tmp_path)], "expected a picture, found a folder"),
         ([good, str(tmp_path / "bare.png")], "bare.png: no prompt found (expected --prompt, a PNG parameters chunk"),
         ([good, "--prompt", "a red fox"], "000005.png: expected a prompt of the shapes world"),
+        ([good, str(tmp_path / "wide.png"), "--prompt", sample_scene(5).caption()], "wide.png: expected a square"),
     ]
     for argv, says in cases:
         assert main(["judge", *argv]) == 1

@@ -82,21 +82,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from .reading import read_picture
 
     asked = []
-    for path in args.images:  # every picture and prompt is checked before any is read
+    for path in args.images:  # every picture and prompt is checked, and every picture read, before any is judged
         found = prompt_of(path)  # also refuses what is not a picture
         prompt = found if args.prompt is None else args.prompt
         if prompt is None:
             raise InputError(
                 f"{path}: no prompt found (expected --prompt, a PNG parameters chunk or {path.with_suffix('.txt')})"
             )
-        try:
-            asked.append((path, prompt, parse_caption(prompt)))
+        try:  # with several pictures, the error names the one it is about
+            scene = parse_caption(prompt)
+            with Image.open(path) as image:
+                asked.append((path, prompt, scene, read_picture(image)))
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
     scores, records = Scores(), []
-    for path, prompt, scene in asked:
-        with Image.open(path) as image:
-            verdict = judge(scene, read_picture(image))
+    for path, prompt, scene, reading in asked:
+        verdict = judge(scene, reading)
         scores.add(verdict)
         records.append({"image": str(path), "prompt": prompt, **verdict.as_dict()})
         if not args.json:
