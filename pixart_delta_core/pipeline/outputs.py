@@ -58,13 +58,11 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
                 f"output {printable_path(out)} is a folder: give a file name such as "
                 f"{printable_path(out / 'image.png')}"
             )
-        extensions = Image.registered_extensions()
         suffix = out.suffix.lower()
-        if extensions.get(suffix) not in Image.SAVE:
-            writable = sorted(e for e, f in extensions.items() if f in Image.SAVE and e in (".png", ".jpg", ".webp"))
+        if suffix not in (writable := writable_extensions()):
             raise InputError(
-                f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format "
-                f"({', '.join(writable)})"
+                f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format Pillow writes "
+                f"(any case: {', '.join(writable)})"
             )
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +73,11 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
     except OSError as err:
         where = printable_path(out if err.filename is None else err.filename)
         raise InputError(f"output {where} cannot be written ({err.strerror or first_line(err)})") from err
+
+
+def writable_extensions() -> list[str]:
+    """The lower-case extensions ``check_output`` accepts, sorted: those of the formats this Pillow can write."""
+    return sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE)
 
 
 def _open_as_saving_will(path: Path) -> None:
