@@ -74,6 +74,8 @@ def ensure_environment() -> None:
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
         print(__doc__)
+        if len(sys.argv) >= 2:  # a typo such as 'demos': say which word was not understood
+            print(f"error: unknown command {sys.argv[1]!r} (expected demo or test)", file=sys.stderr)
         return 2
     ensure_environment()
     extra = sys.argv[2:]

@@ -48,3 +48,12 @@ def test_the_demo_runs_in_the_users_folder_with_the_checkouts_grid_and_pack(tmp_
     assert args == [str(dev.PYTHON), "-m", "pixart_delta_core", "demo", "--out", grid, "--out", "mine.png"]
     assert kwargs["cwd"] == tmp_path  # the printed paths are the user's; the user's --out (the last) wins
     assert kwargs["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)  # this checkout's pack
+
+
+def test_an_unknown_command_is_named(monkeypatch, capsys) -> None:
+    dev = load_dev_script()
+    monkeypatch.setattr(dev, "ensure_environment", lambda: (_ for _ in ()).throw(AssertionError("nothing to set up")))
+    monkeypatch.setattr(dev.sys, "argv", ["dev.py", "demos"])
+    assert dev.main() == 2
+    captured = capsys.readouterr()
+    assert "unknown command 'demos'" in captured.err and "scripts/dev.py demo" in captured.out
