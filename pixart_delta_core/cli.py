@@ -83,11 +83,11 @@ def check_generate(args: argparse.Namespace) -> None:
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
             f"0 <= start < end <= 1"
         )
-    check_output(args.out, len(args.prompt), args.batch)
     try:
         pick_device(args.device)
     except InputError as err:
         raise InputError(f"--device: {err}") from None
+    check_output(args.out, len(args.prompt), args.batch)  # last: it makes the output's folder
 
 
 def _hints(args: argparse.Namespace) -> dict[str, int]:

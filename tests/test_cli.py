@@ -147,3 +147,10 @@ def test_output_into_a_reader_that_closed_early_ends_quietly(command: str, tmp_p
     finally:
         os.close(write_end)
     assert run.stderr == "" and run.returncode == 141
+
+
+def test_a_demo_refused_leaves_no_folder_behind(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # run from another folder, with the default --out outputs/demo.png
+    assert main(["demo", "--device", "cuda:99"]) == 1
+    assert "error: --device: device 'cuda:99'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no outputs/ made before the device was refused

@@ -192,3 +192,11 @@ def test_guidance_on_a_file_without_a_null_caption_uses_the_empty_prompt(files, 
     with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
         PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")("a fox", **run)
     assert "unconditional input: the model's learned null caption" in caplog.text
+
+
+def test_a_refused_device_leaves_no_output_folder(files, tmp_path: Path, nothing_loads, capsys) -> None:
+    assert (
+        main(generate_args(files, tmp_path, **{"--device": "cuda:99", "--out": str(tmp_path / "new" / "x.png")})) == 1
+    )
+    assert "--device: device 'cuda:99'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

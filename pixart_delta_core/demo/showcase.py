@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..devices import pick_device
+from ..errors import InputError
 from ..pipeline.generation import Control, PixArtPipeline
 from ..pipeline.outputs import check_output
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
@@ -173,7 +175,12 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
 
 def write_demo(out: Path, device: str = "auto") -> list[Shown]:
     """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
-    cannot be written); returns what it showed."""
+    cannot be written, after the device: check_output makes the grid's folder, so it comes last); returns what it
+    showed."""
+    try:
+        pick_device(device)
+    except InputError as err:
+        raise InputError(f"--device: {err}") from None
     check_output(out)
     shown = run_demo(device=device)
     demo_grid(shown).save(out)
