@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli_types import lora_spec, whole_number
+from .cli_types import whole_number
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,25 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
             first = first or err
     assert first is not None
     raise first
+
+
+def lora_spec(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
+    whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
+    from .models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
+
+    path, colon, tail = text.rpartition(":")
+    if not colon or "/" in tail or "\\" in tail or Path(text).exists():
+        return Path(text), 1.0
+    try:
+        if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength
+            raise ValueError(tail)
+        return Path(path), check_strength(float(tail))
+    except (ValueError, InputError) as err:
+        raise argparse.ArgumentTypeError(
+            f"{text}: the strength after the last colon should be a number from {-MAX_STRENGTH:g} to "
+            f"{MAX_STRENGTH:g}, found {tail!r} (and {text} is no file)"
+        ) from err
 
 
 def embedded_names(args: argparse.Namespace, *options: str) -> None:

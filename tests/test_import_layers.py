@@ -25,7 +25,6 @@ RANKS = {
     "demo": 7,
     "training": 7,
     "cli": 8,
-    "cli_types": 8,  # the command line's argparse types, beside it
     "__main__": 9,
 }
 

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pixart_delta_core.cli import main
-from pixart_delta_core.cli_types import lora_spec
+from pixart_delta_core.cli import lora_spec, main
 from pixart_delta_core.demo.files import DEMO_TRANSFORMER, write_demo_models
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
