@@ -94,13 +94,17 @@ def caption_lines(item: Shown, fits: Callable[[str], bool]) -> list[tuple[str, s
     """The (line, colour) under a picture, each paragraph wrapped to lines that ``fits``, in full however many
     lines that takes: its title, its prompt, the judge's verdict (``judged``) and its note; an input, which is
     not judged, its note instead of a verdict."""
-    told = [(item.title, "black"), (f"prompt: {item.prompt}", "black")]
-    if item.verdict is None:
-        told.append((f"{item.note} (not judged)", "dimgray"))
-    else:
-        told.append((f"judge: {judged(item.verdict)}", "darkgreen" if item.ok else "darkred"))
-        told += [(item.note, "dimgray")] if item.note else []
+    told = [(item.title, "black"), (f"prompt: {item.prompt}", "black"), *_said(item)]
     return [(line, colour) for text, colour in told for line in wrapped(text, fits)]
+
+
+def _said(item: Shown) -> list[tuple[str, str]]:
+    """(text, colour) of what is said of a picture, on its tile and in the terminal: the judge's verdict
+    (``judged``) and its note; an input, which is not judged, its note."""
+    if item.verdict is None:
+        return [(f"{item.note} (not judged)", "dimgray")]
+    verdict = (f"judge: {judged(item.verdict)}", "darkgreen" if item.ok else "darkred")
+    return [verdict, *([(item.note, "dimgray")] if item.note else [])]
 
 
 def demo_grid(shown: list[Shown]) -> Image.Image:
@@ -165,11 +169,7 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
     any note (an input, which is not judged: its note)."""
     lines: list[str] = []
     for item in shown:
-        lines += ["", f"[{item.title}] {item.prompt}"]
-        if item.verdict is None:
-            lines.append(f"  {item.note} (not judged)")
-        else:
-            lines += [f"  judge: {judged(item.verdict)}", *([f"  {item.note}"] if item.note else [])]
+        lines += ["", f"[{item.title}] {item.prompt}", *(f"  {text}" for text, _ in _said(item))]
     return lines
 
 
