@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer_config import TransformerConfig
-from ..pixart_delta_core.pipeline.images import prepare_image
+from ..pixart_delta_core.pipeline.images import prepare_image, warn_if_cropped
 from ..pixart_delta_core.sampling.samplers import ControlSchedule
 from ..pixart_delta_core.text.embedding import TextEmbedding
 
@@ -119,7 +119,9 @@ class ControlImage:
 
     def latent(self, height: int, width: int, scaling_factor: float) -> torch.Tensor:
         """The control latent for an image of ``height`` x ``width`` px: fitted, VAE-encoded (mean), scaled."""
-        pixels = prepare_image(self.image.movedim(-1, 1), height, width)  # [B, 3, height, width] in [-1, 1]
+        image = self.image.movedim(-1, 1)  # [B, C, H, W]
+        warn_if_cropped("control image", image, height, width)
+        pixels = prepare_image(image, height, width)  # [B, 3, height, width] in [-1, 1]
         raw = self.vae.encode(((pixels + 1) / 2).movedim(1, -1))  # core VAE: IMAGE in 0..1 -> raw latents
         return raw.float() * scaling_factor  # [B, latent channels, height / downscale, width / downscale]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from diffusers.image_processor import PixArtImageProcessor
 from PIL import Image
 
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.pipeline.images import from_pil, prepare_image, resize_and_crop, to_pil
+from pixart_delta_core.pipeline.images import from_pil, prepare_image, resize_and_crop, to_pil, warn_if_cropped
 
 
 def random_pil(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -60,6 +62,28 @@ def test_a_grey_image_becomes_three_equal_channels() -> None:
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
     from_tensor = prepare_image(torch.rand(1, 20, 20), 16, 16)
     assert from_tensor.shape == (1, 3, 16, 16) and torch.equal(from_tensor[:, 0], from_tensor[:, 2])
+
+
+@pytest.mark.parametrize(
+    ("image", "height", "width", "warned"),
+    [
+        (random_pil(100, 50), 64, 64, "control image is 100x50 px, the picture 64x64 px"),  # 2:1 asked 1:1
+        (torch.rand(3, 60, 40), 64, 96, "control image is 40x60 px, the picture 96x64 px"),  # portrait asked landscape
+        (torch.rand(2, 3, 64, 66), 64, 64, "control image is 66x64 px, the picture 64x64 px"),  # 3% wider
+        (random_pil(300, 200), 128, 192, None),  # the same ratio at another size: only scaled
+        (torch.rand(1, 3, 100, 150), 128, 192, None),
+        (torch.rand(3, 129, 192), 128, 192, None),  # within 1%: a pixel of rounding
+    ],
+)
+def test_an_image_of_another_aspect_ratio_is_cropped_with_a_warning(image, height, width, warned, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixart_delta_core"):
+        warn_if_cropped("control image", image, height, width)
+    if warned is None:
+        assert not caplog.records
+    else:
+        [record] = caplog.records
+        assert record.levelno == logging.WARNING and "\n" not in record.getMessage()
+        assert warned in record.getMessage() and "centre-cropped" in record.getMessage()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -108,6 +109,17 @@ def test_the_sampler_encodes_the_control_at_the_generation_size_and_steers(parts
         control=ENGINE.sampling.samplers.ControlSchedule(hook),
     )
     torch.testing.assert_close(steered, expected / SCALE, rtol=0, atol=0)
+
+
+def test_a_control_image_of_another_aspect_ratio_is_cropped_with_a_warning(parts, caplog) -> None:
+    control = apply(parts)[0][0][1][CONTROL_KEY]  # its image is 40x72 px (width x height)
+    with caplog.at_level(logging.WARNING, logger=ENGINE.__name__):
+        control.latent(96, 64, SCALE)
+        [record] = caplog.records
+        assert "control image is 40x72 px, the picture 64x96 px" in record.getMessage()
+        caplog.clear()
+        control.latent(144, 80, SCALE)  # the same aspect ratio: scaled, and nothing said
+        assert not caplog.records
 
 
 def test_strength_and_step_range_act(parts) -> None:

@@ -6,6 +6,7 @@ Final latents: see ``tests.helpers.assert_latents_match``; images equal to 1/255
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def setup(request, tmp_path_factory):
         "transformer": diffusers_twin(transformer),
     }
     return files, diffusers
+
+
+def random_picture(width: int, height: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
 
 
 def ours(files, **kwargs):
@@ -132,26 +137,57 @@ def test_the_transformer_file_is_recognised_once_per_pipeline(setup, monkeypatch
     assert len(calls) == 1
 
 
+def controlled(files, folder: Path) -> PixArtPipeline:
+    """A pipeline over ``files`` with a random ControlNet (one copy) that fits them, fp32 throughout."""
+    from safetensors.torch import save_file
+
+    controlnet = randomize_(ControlNetTransformer.from_base(demo_transformer(3, replace(MS_1024)), copies=1), seed=9)
+    control_file = folder / "controlnet.safetensors"
+    save_file(controlnet.state_dict(), str(control_file))
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, control_file, "cpu", "fp32")
+    return replace(pipeline, t5_dtype="fp32")
+
+
 def test_img2img_and_control_change_the_result(setup, tmp_path: Path) -> None:
     files, _ = setup
-    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8))
+    picture = random_picture(150, 100)
     plain = ours(files, seed=1).latents
     img2img = ours(files, seed=1, init_image=picture, strength=0.5).latents
     assert not torch.allclose(plain, img2img)
 
-    base = demo_transformer(3, replace(MS_1024))
-    controlnet = randomize_(ControlNetTransformer.from_base(base, copies=1), seed=9)
-    control_file = tmp_path / "controlnet.safetensors"
-    from safetensors.torch import save_file
-
-    save_file(controlnet.state_dict(), str(control_file))
-    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, control_file, "cpu", "fp32")
-    run = replace(pipeline, t5_dtype="fp32")
+    run = controlled(files, tmp_path)
     common = {"resolution_binning": False, "width": 192, "height": 128, "seed": 1}
     steered = run(PROMPTS, control=Control(picture), **common).latents
     unsteered = run(PROMPTS, control=Control(picture, strength=0.0), **common).latents
     assert not torch.allclose(steered, plain)
     assert torch.equal(unsteered, plain)
+
+
+def test_a_control_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, tmp_path: Path, caplog) -> None:
+    """Compared with the asked size (the picture), not the bin it is generated at; the run stops before denoising."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "denoise":
+            raise Stop
+
+    run = controlled(setup[0], tmp_path)
+    pictures = {"wide": random_picture(300, 100), "same ratio": random_picture(150, 100)}
+    for binning in (False, True):
+        for name, picture in pictures.items():
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="pixart_delta_core"), pytest.raises(Stop):
+                run("a fox", control=Control(picture), width=192, height=128, resolution_binning=binning, on_stage=stop)
+            said = [r.getMessage() for r in caplog.records if "control image" in r.getMessage()]
+            if name == "wide":
+                assert said == [
+                    "control image is 300x100 px, the picture 192x128 px (width x height): another aspect ratio, so it "
+                    "is scaled to cover the picture and centre-cropped, its edges cut off (not stretched)"
+                ]
+            else:
+                assert said == [], (binning, said)
 
 
 @pytest.mark.parametrize(

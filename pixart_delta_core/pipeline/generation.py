@@ -46,7 +46,7 @@ from .arguments import (
     lora_specs,
     opened_image,
 )
-from .images import prepare_image, resize_and_crop, to_pil
+from .images import prepare_image, resize_and_crop, to_pil, warn_if_cropped
 from .resolution import bins_for, check_image_size, nearest_bin
 
 if TYPE_CHECKING:
@@ -293,6 +293,7 @@ class PixArtPipeline:
             if init_image is not None:
                 init = vae.scale(vae.encode(prepare_image(init_image, *size)))
             if control is not None:
+                warn_if_cropped("control image", control.image, *asked)  # the picture is the asked size, not the bin
                 generator = torch.Generator().manual_seed(seed)
                 control_latent = vae.scale(vae.encode(prepare_image(control.image, *size), generator, control.sample))
             del vae

@@ -6,6 +6,7 @@ order by the nodes before it reaches the engine.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+ASPECT_TOLERANCE = 0.01  # aspect ratios this close (relative) count as the same: a few pixels of rounding
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -77,6 +82,26 @@ def prepare_image(image: Image.Image | torch.Tensor, height: int, width: int) ->
         raise InputError(f"expected a PIL image or a tensor, found {type(image).__name__}")
     fitted = resize_and_crop(pixels, height, width, antialias=True).clamp(0, 1)  # [B,3,height,width]
     return fitted * 2 - 1
+
+
+def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int) -> None:
+    """Log a warning when ``image`` (PIL, or a tensor channels first) and the picture of ``height`` x ``width``
+    px differ in aspect ratio by more than ``ASPECT_TOLERANCE``: ``prepare_image`` then cuts its edges off.
+
+    An image of the same aspect ratio and another size is only scaled, and nothing is said.
+    """
+    h, w = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
+    if min(h, w, height, width) <= 0 or abs((w / h) / (width / height) - 1) <= ASPECT_TOLERANCE:
+        return
+    log.warning(
+        "%s is %dx%d px, the picture %dx%d px (width x height): another aspect ratio, so it is scaled to cover "
+        "the picture and centre-cropped, its edges cut off (not stretched)",
+        name,
+        w,
+        h,
+        width,
+        height,
+    )
 
 
 def _unit_channels_first(image: torch.Tensor) -> torch.Tensor:
