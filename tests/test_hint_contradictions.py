@@ -5,18 +5,21 @@ file that does not say it, is taken (checkpoints/hints.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
 
 from pixart_delta_core.cli import main
+from pixart_delta_core.demo.files import demo_vae
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet
 from pixart_delta_core.models.controlnet_config import ControlNetConfig
 from pixart_delta_core.models.transformer import inspect_transformer, load_transformer
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 from pixart_delta_core.training.trainers import heads_metadata
+from pixart_delta_core.vae.autoencoder import inspect_vae, load_vae
 from tests.comfy_helpers import ENGINE, PACK, call_node
 from tests.helpers import TINY, diffusers_twin, random_transformer
 
@@ -112,3 +115,30 @@ def test_the_checkpoint_node_refuses_a_widget_the_file_contradicts(tagged: Path,
         call_node(loader, ckpt_name=tagged.name, caption_length="120")
     model, _ = call_node(loader, ckpt_name=tagged.name, heads="auto", caption_length="auto")
     assert repr(model.transformer.config) == repr(TINY)  # the pack's own copy of the engine's class
+
+
+def test_a_vae_hint_its_config_json_contradicts_is_refused_naming_both_values(tmp_path: Path) -> None:
+    folder = tmp_path / "vae"
+    demo_vae(5).save_pretrained(folder)  # its config.json says scaling_factor 0.18215, 4 latent channels
+    said = json.loads((folder / "config.json").read_text())
+    for name, hint in (
+        ("scaling_factor", 0.13025),
+        ("latent_channels", 16),
+        ("force_upcast", not said["force_upcast"]),
+    ):
+        message = re.escape(
+            f"its config.json says {name} {said[name]!r}, but the hint gives {hint!r} (hints={{{name!r}: ...}} of "
+            f"load_vae or inspect_vae): a hint is only for what a checkpoint does not say"
+        )
+        with pytest.raises(CheckpointError, match=message):
+            inspect_vae(folder, hints={name: hint})
+        with pytest.raises(CheckpointError, match=message):
+            load_vae(folder, hints={name: hint})
+    equal = {k: said[k] for k in ("scaling_factor", "latent_channels", "norm_num_groups", "force_upcast")}
+    taken = inspect_vae(folder, hints={**equal, "block_out_channels": tuple(said["block_out_channels"])}).config
+    assert (taken.scaling_factor, taken.force_upcast) == (said["scaling_factor"], said["force_upcast"])
+
+    unsaid = {k: v for k, v in said.items() if k != "scaling_factor"}  # a config.json without a scaling factor
+    (folder / "config.json").write_text(json.dumps(unsaid))
+    assert inspect_vae(folder, hints={"scaling_factor": 0.13025}).config.scaling_factor == 0.13025
+    assert load_vae(folder, hints={"scaling_factor": 0.13025}).config.scaling_factor == 0.13025

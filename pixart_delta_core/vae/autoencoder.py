@@ -17,6 +17,7 @@ import torch
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import folder_config
+from ..checkpoints.hints import settle
 from ..checkpoints.loading import as_source, load_strict
 from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
@@ -207,13 +208,25 @@ def inspect_vae(
     pipeline folder (its ``vae/``); or TAESD: ComfyUI's single file, a ``taesd_decoder`` file (its
     ``taesd_encoder`` found beside it) or a diffusers ``AutoencoderTiny`` folder (see ``taesd_config``).
     ``defaults`` fill what the file does not say (``SD_VAE`` for PixArt-α/δ, ``SDXL_VAE`` for Σ: see
-    ``vae_defaults_for``); ``hints`` are diffusers config fields. Raises CheckpointError for anything else.
+    ``vae_defaults_for``); ``hints`` are diffusers config fields, for what the file does not say: one that its
+    config.json contradicts is refused (``checkpoints/hints.py``). Raises CheckpointError for anything else.
     """
     if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
         checkpoint = Path(checkpoint) / "vae"
     source = as_source(checkpoint)
     detect = detect_taesd if is_taesd(source) else detect_vae
-    return detect(source, {**folder_config(source), **(hints or {})}, defaults)
+    return detect(source, _with_hints(source, hints or {}), defaults)
+
+
+def _with_hints(source: TensorSource, hints: Mapping[str, Any]) -> dict[str, Any]:
+    """The folder's config.json fields, and the ``hints`` for those it does not give (``settle``: a hint that it
+    contradicts raises CheckpointError naming both values)."""
+    config = folder_config(source)
+    for name, hint in hints.items():
+        hint = list(hint) if isinstance(hint, tuple) else hint  # as config.json holds a list
+        given_as = f"hints={{{name!r}: ...}} of load_vae or inspect_vae"
+        config[name] = settle(source.origin, name, config.get(name), "its config.json", hint, given_as)
+    return config
 
 
 def check_encodes(detected: DetectedCheckpoint[VaeConfig] | DetectedCheckpoint[TaesdConfig]) -> None:
