@@ -82,7 +82,7 @@ def embedded_names(args: argparse.Namespace, *options: str) -> None:
 
 def check_generate(args: argparse.Namespace) -> None:
     """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
-    from .devices import pick_device
+    from .devices import device_option
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
@@ -102,10 +102,7 @@ def check_generate(args: argparse.Namespace) -> None:
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
             f"0 <= start < end <= 1"
         )
-    try:
-        pick_device(args.device)
-    except InputError as err:
-        raise InputError(f"--device: {err}") from None
+    device_option(args.device)
     check_output(args.out, len(args.prompt), args.batch)  # last: it makes the output's folder
 
 

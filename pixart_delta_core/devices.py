@@ -29,6 +29,14 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def device_option(device: str | torch.device, option: str = "--device") -> torch.device:
+    """``pick_device`` for a command-line ``option``: its InputError is prefixed with the option's name."""
+    try:
+        return pick_device(device)
+    except InputError as err:
+        raise InputError(f"{option}: {err}") from None
+
+
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """'auto': fp16 on a GPU, fp32 on the CPU (where half precision is slow or unsupported)."""
     if str(dtype) == "auto":

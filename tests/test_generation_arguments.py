@@ -131,6 +131,20 @@ def test_devices_this_torch_cannot_use_are_refused(monkeypatch) -> None:
         PixArtPipeline("t", "t5", "vae", device="cuda:7")
 
 
+def test_a_bad_device_option_is_refused_naming_the_option_in_generate_and_the_demo(tmp_path: Path, capsys) -> None:
+    """One helper (devices.device_option) refuses ``--device`` for both commands, before any file is written."""
+    from pixart_delta_core.cli import main
+
+    assert devices.device_option("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match=r"^--device: device 'tpu' is not a device name"):
+        devices.device_option("tpu")
+    for command in (["demo"], ["generate", "--transformer", ".", "--t5", ".", "--vae", ".", "--prompt", "x"]):
+        out = tmp_path / command[0] / "out.png"
+        assert main([*command, "--device", "tpu", "--out", str(out)]) == 1
+        assert "--device: device 'tpu' is not a device name" in capsys.readouterr().err
+        assert not out.parent.exists()
+
+
 # --- the sampler node -------------------------------------------------------------------------------
 
 

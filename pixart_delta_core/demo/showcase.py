@@ -17,8 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..devices import pick_device
-from ..errors import InputError
+from ..devices import device_option
 from ..pipeline.generation import Control, PixArtPipeline
 from ..pipeline.outputs import check_output
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
@@ -177,10 +176,7 @@ def write_demo(out: Path, device: str = "auto") -> list[Shown]:
     """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
     cannot be written, after the device: check_output makes the grid's folder, so it comes last); returns what it
     showed."""
-    try:
-        pick_device(device)
-    except InputError as err:
-        raise InputError(f"--device: {err}") from None
+    device_option(device)
     check_output(out)
     shown = run_demo(device=device)
     demo_grid(shown).save(out)
