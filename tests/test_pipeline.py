@@ -190,6 +190,44 @@ def test_a_control_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup
                 assert said == [], (binning, said)
 
 
+def test_an_init_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, caplog) -> None:
+    """As the control image: compared with the asked size, not the bin; without a size the init image's own is
+    asked, and nothing is said. The run stops before denoising."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "denoise":
+            raise Stop
+
+    files = setup[0]
+    run = replace(
+        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32"),
+        t5_dtype="fp32",
+    )
+    cases = [
+        (random_picture(300, 100), {"width": 192, "height": 128}, "init image is 300x100 px, the picture 192x128 px"),
+        (torch.rand(3, 96, 64), {"width": 192, "height": 128}, "init image is 64x96 px, the picture 192x128 px"),
+        (random_picture(150, 100), {"width": 192, "height": 128}, None),  # the same ratio: only scaled
+        (random_picture(320, 112), {}, None),  # no size: the picture is the init image's
+    ]
+    for binning in (False, True):
+        for picture, size, warned in cases:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="pixart_delta_core"), pytest.raises(Stop):
+                run("a fox", init_image=picture, strength=0.5, resolution_binning=binning, on_stage=stop, **size)
+            said = [r.getMessage() for r in caplog.records if "init image" in r.getMessage()]
+            if warned is None:
+                assert said == [], (binning, said)
+            else:
+                assert len(said) == 1 and said[0].startswith(warned), (binning, said)
+                assert said[0].endswith(
+                    "another aspect ratio, so it is scaled to cover the picture and centre-cropped, "
+                    "its edges cut off (not stretched)"
+                )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

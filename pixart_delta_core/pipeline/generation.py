@@ -46,7 +46,7 @@ from .arguments import (
     lora_specs,
     opened_image,
 )
-from .images import prepare_image, resize_and_crop, to_pil, warn_if_cropped
+from .images import asked_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
 from .resolution import bins_for, check_image_size, nearest_bin
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ class PixArtPipeline:
         if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
             check_encodes(vae)
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
-        asked = _asked_size(height, width, transformer_config.resolution, init_image)
+        asked = asked_size(height, width, transformer_config.resolution, init_image)
         bins = bins_for(transformer_config) if resolution_binning else None
         check_image_size(*asked, multiple=1 if bins else 16)
         size = nearest_bin(*asked, bins) if bins else asked
@@ -291,6 +291,7 @@ class PixArtPipeline:
             stage("images")
             vae = self.load_vae(transformer_config)
             if init_image is not None:
+                warn_if_cropped("init image", init_image, *asked)  # the picture is the asked size, not the bin
                 init = vae.scale(vae.encode(prepare_image(init_image, *size)))
             if control is not None:
                 warn_if_cropped("control image", control.image, *asked)  # the picture is the asked size, not the bin
@@ -364,17 +365,6 @@ def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool, n
     if len(negatives) != count:
         raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
     return negatives
-
-
-def _asked_size(
-    height: int | None, width: int | None, default: int, init_image: Image.Image | torch.Tensor | None
-) -> tuple[int, int]:
-    """(height, width) in pixels: as given, else the init image's size, else the model's training resolution."""
-    if init_image is not None and height is None and width is None:
-        if isinstance(init_image, Image.Image):
-            return init_image.height, init_image.width
-        return tuple(init_image.shape[-2:])  # type: ignore[return-value]
-    return (default if height is None else height, default if width is None else width)
 
 
 def generate(

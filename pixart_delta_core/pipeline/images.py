@@ -84,13 +84,30 @@ def prepare_image(image: Image.Image | torch.Tensor, height: int, width: int) ->
     return fitted * 2 - 1
 
 
+def image_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
+    """(height, width) in pixels of a PIL image or a tensor channels first ([C,H,W] or [B,C,H,W])."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+def asked_size(
+    height: int | None, width: int | None, default: int, init_image: Image.Image | torch.Tensor | None
+) -> tuple[int, int]:
+    """(height, width) in pixels: as given, else the init image's size, else ``default`` (the model's training
+    resolution)."""
+    if init_image is not None and height is None and width is None:
+        return image_size(init_image)
+    return (default if height is None else height, default if width is None else width)
+
+
 def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int) -> None:
     """Log a warning when ``image`` (PIL, or a tensor channels first) and the picture of ``height`` x ``width``
     px differ in aspect ratio by more than ``ASPECT_TOLERANCE``: ``prepare_image`` then cuts its edges off.
 
     An image of the same aspect ratio and another size is only scaled, and nothing is said.
     """
-    h, w = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
+    h, w = image_size(image)
     if min(h, w, height, width) <= 0 or abs((w / h) / (width / height) - 1) <= ASPECT_TOLERANCE:
         return
     log.warning(
