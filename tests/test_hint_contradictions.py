@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
+from diffusers import AutoencoderTiny
 from safetensors.torch import save_file
 
 from pixart_delta_core.cli import main
-from pixart_delta_core.demo.files import demo_vae
+from pixart_delta_core.demo.files import DEMO_VAE, demo_vae
+from pixart_delta_core.demo.random_weights import randomize_
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer, inspect_controlnet
 from pixart_delta_core.models.controlnet_config import ControlNetConfig
@@ -20,6 +22,7 @@ from pixart_delta_core.models.transformer import inspect_transformer, load_trans
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 from pixart_delta_core.training.trainers import heads_metadata
 from pixart_delta_core.vae.autoencoder import inspect_vae, load_vae
+from pixart_delta_core.vae.taesd_layout import TAESD_KWARGS, comfy_taesd_state_dict
 from tests.comfy_helpers import ENGINE, PACK, call_node
 from tests.helpers import TINY, diffusers_twin, random_transformer
 
@@ -142,3 +145,48 @@ def test_a_vae_hint_its_config_json_contradicts_is_refused_naming_both_values(tm
     (folder / "config.json").write_text(json.dumps(unsaid))
     assert inspect_vae(folder, hints={"scaling_factor": 0.13025}).config.scaling_factor == 0.13025
     assert load_vae(folder, hints={"scaling_factor": 0.13025}).config.scaling_factor == 0.13025
+
+
+def test_a_vae_hint_the_shape_of_its_weights_contradicts_is_refused_naming_both_values(tmp_path: Path) -> None:
+    """A lone file (no config.json): its architecture is read from the weights' shapes, so a hint may only repeat
+    it; norm_num_groups, which they do not say, is taken from the hint."""
+    file = tmp_path / "vae.safetensors"
+    save_file(demo_vae(5).state_dict(), str(file))
+    groups = {"norm_num_groups": DEMO_VAE["norm_num_groups"]}
+    said = {
+        "block_out_channels": list(DEMO_VAE["block_out_channels"]),
+        "layers_per_block": DEMO_VAE["layers_per_block"],
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+    }
+    for name, hint in (
+        ("latent_channels", 16),
+        ("block_out_channels", (16, 32, 64)),
+        ("layers_per_block", 2),
+        ("in_channels", 4),
+        ("out_channels", 1),
+    ):
+        shown = list(hint) if isinstance(hint, tuple) else hint
+        message = re.escape(
+            f"the shape of its weights says {name} {said[name]!r}, but the hint gives {shown!r} (hints={{{name!r}: "
+            f"...}} of load_vae or inspect_vae): a hint is only for what a checkpoint does not say"
+        )
+        with pytest.raises(CheckpointError, match=message):
+            inspect_vae(file, hints={**groups, name: hint})
+        with pytest.raises(CheckpointError, match=message):
+            load_vae(file, hints={**groups, name: hint})
+    equal = {**groups, **said, "block_out_channels": DEMO_VAE["block_out_channels"]}  # a tuple, or a list, alike
+    taken = load_vae(file, hints=equal).config
+    assert (taken.latent_channels, taken.block_out_channels) == (4, DEMO_VAE["block_out_channels"])
+    assert inspect_vae(file, hints={**said, **groups}).config == taken
+
+
+def test_a_taesd_latent_channels_hint_its_decoder_contradicts_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "taesd.safetensors"  # ComfyUI's single file: no config.json
+    save_file(comfy_taesd_state_dict(randomize_(AutoencoderTiny(**TAESD_KWARGS), 0), 1.0, 0.0), str(file))
+    with pytest.raises(
+        CheckpointError, match=r"the shape of its weights says latent_channels 4, but the hint gives 16"
+    ):
+        inspect_vae(file, hints={"latent_channels": 16})
+    assert inspect_vae(file, hints={"latent_channels": 4}).config.latent_channels == 4

@@ -209,13 +209,19 @@ def inspect_vae(
     ``taesd_encoder`` found beside it) or a diffusers ``AutoencoderTiny`` folder (see ``taesd_config``).
     ``defaults`` fill what the file does not say (``SD_VAE`` for PixArt-α/δ, ``SDXL_VAE`` for Σ: see
     ``vae_defaults_for``); ``hints`` are diffusers config fields, for what the file does not say: one that its
-    config.json contradicts is refused (``checkpoints/hints.py``). Raises CheckpointError for anything else.
+    config.json or its weights' shapes contradict is refused (``checkpoints/hints.py``). Raises CheckpointError
+    for anything else.
     """
     if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
         checkpoint = Path(checkpoint) / "vae"
     source = as_source(checkpoint)
+    hints = {name: _listed(hint) for name, hint in (hints or {}).items()}
     detect = detect_taesd if is_taesd(source) else detect_vae
-    return detect(source, _with_hints(source, hints or {}), defaults)
+    detected = detect(source, _with_hints(source, hints), defaults)
+    for name in detected.config.from_shapes:  # detection reads these from the shapes, never from a hint
+        said = _listed(getattr(detected.config, name))
+        settle(source.origin, name, said, "the shape of its weights", hints.get(name), _given_as(name))
+    return detected
 
 
 def _with_hints(source: TensorSource, hints: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,10 +229,18 @@ def _with_hints(source: TensorSource, hints: Mapping[str, Any]) -> dict[str, Any
     contradicts raises CheckpointError naming both values)."""
     config = folder_config(source)
     for name, hint in hints.items():
-        hint = list(hint) if isinstance(hint, tuple) else hint  # as config.json holds a list
-        given_as = f"hints={{{name!r}: ...}} of load_vae or inspect_vae"
-        config[name] = settle(source.origin, name, config.get(name), "its config.json", hint, given_as)
+        config[name] = settle(source.origin, name, config.get(name), "its config.json", hint, _given_as(name))
     return config
+
+
+def _listed(value: Any) -> Any:
+    """A tuple as a list, as config.json holds it (block_out_channels), so the two compare equal; else as it is."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _given_as(name: str) -> str:
+    """How the hint ``name`` is given (the VAE takes hints in Python only)."""
+    return f"hints={{{name!r}: ...}} of load_vae or inspect_vae"
 
 
 def check_encodes(detected: DetectedCheckpoint[VaeConfig] | DetectedCheckpoint[TaesdConfig]) -> None:

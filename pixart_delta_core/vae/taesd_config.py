@@ -56,6 +56,8 @@ class TaesdConfig:
     latent_channels: ClassVar[int] = LATENT_CHANNELS
     downscale: ClassVar[int] = 8
     force_upcast: ClassVar[bool] = False  # TAESD runs in fp16
+    # Read from the shapes (its decoder's first layer), never from config.json or hints: a hint may only repeat it.
+    from_shapes: ClassVar[tuple[str, ...]] = ("latent_channels",)
 
     def __post_init__(self) -> None:
         owner = "TAESD config"

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from ..checkpoints.config_values import MAX_WIDTH, check_bool, check_float, check_int
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of, under_prefix
@@ -36,6 +36,15 @@ class VaeConfig:
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
     force_upcast: bool = False  # fp16 weights overflow: keep them in fp32 when fp16 is asked
+
+    # Read from the weights' shapes, never from config.json or hints: a hint may only repeat them.
+    from_shapes: ClassVar[tuple[str, ...]] = (
+        "block_out_channels",
+        "layers_per_block",
+        "in_channels",
+        "out_channels",
+        "latent_channels",
+    )
 
     def __post_init__(self) -> None:
         owner = "VAE config"
