@@ -5,12 +5,14 @@ toy transformer's width is not 72 x its heads). What the checkpoint says comes f
 safetensors metadata, its diffusers folder's config.json. A hint equal to that, or for a value the checkpoint
 does not say, is taken; a hint that contradicts it is refused while the checkpoint is detected, before any
 weight is read. What detection only infers (PixArt's 72-wide heads, micro-conditions meaning 1024 px) is no
-statement of the file: a hint overrides it.
+statement of the file: a hint overrides it. A hint of a name the model does not take (a typo such as
+``scaling_factr``) is refused too (``check_names``): dropped, it would leave the file's value without a word.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ..errors import CheckpointError
@@ -36,4 +38,22 @@ def settle(
     raise CheckpointError(
         f"{origin}: {where} says {name} {shown(said)}, but the hint gives {shown(hint)} ({given_as}): a hint is "
         f"only for what a checkpoint does not say; leave it out, or give {shown(said)}"
+    )
+
+
+def check_names(origin: str, hints: Mapping[Any, Any], accepted: Collection[str], model: str) -> None:
+    """Raise CheckpointError when ``hints`` has a name that ``model`` (e.g. 'a PixArt transformer') does not take,
+    naming each such name, the closest accepted one, and every accepted one; the one check each model's hints pass.
+    """
+    unknown = [name for name in hints if name not in accepted]
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), accepted, n=1)
+        named.append(f"{name!r:.80}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    raise CheckpointError(
+        f"{origin}: unknown hint{plural} {', '.join(named)} for {model}; the hints it takes: "
+        f"{', '.join(sorted(accepted))}"
     )

@@ -18,10 +18,11 @@ import torch
 
 from ..checkpoints.config_values import MAX_DEPTH, MAX_FEED_FORWARD, MAX_HEADS, MAX_WIDTH, check_int
 from ..checkpoints.detection import DetectedCheckpoint, count_numbered, find_prefix, shape_of
+from ..checkpoints.hints import check_names
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError, PixArtDeltaError
-from .transformer_config import TransformerConfig, num_heads_from
+from .transformer_config import HEADS_HINTS, TransformerConfig, num_heads_from
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,11 @@ def detect_controlnet(
     """Recognise a PixArt ControlNet in ``source``; ``base`` supplies the heads when the weights cannot.
     ``config`` and ``hints`` as for ``detect_transformer`` (its heads are the only field they give).
 
-    Raises CheckpointError when ``source`` holds no ControlNet or several, a partial one, strays beside it, or
-    a hint contradicts it.
+    Raises CheckpointError when ``source`` holds no ControlNet or several, a partial one, strays beside it, a
+    hint contradicts it, or a hint's name is not one of ``HEADS_HINTS``.
     """
     hints, config = dict(hints or {}), dict(config or {})
+    check_names(source.origin, hints, HEADS_HINTS, _MODEL)
     prefix, anchor = find_prefix(
         source,
         (_REFERENCE_ANCHOR, _ADAPTER_ANCHOR),

@@ -32,7 +32,7 @@ from ..checkpoints.detection import (
     shape_of,
     under_prefix,
 )
-from ..checkpoints.hints import first_given, settle
+from ..checkpoints.hints import check_names, first_given, settle
 from ..checkpoints.layouts import BLOCK_RULES, KeyTable, RenamedSource, Rule, prefixed
 from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError
@@ -54,6 +54,8 @@ GIVEN_AS = {
     "training_resolution in ComfyUI, hints={'sample_size': PX // 8} in Python",
     "interpolation_scale": "hints={'interpolation_scale': X} in Python",
 }
+HEADS_HINTS = ("num_heads", "num_attention_heads")  # the heads, by our name or diffusers' config.json name
+HINT_NAMES = (*GIVEN_AS, "num_attention_heads")  # every hint the transformer takes: any other name is refused
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,11 @@ def detect_transformer(
     fields and ``_pipeline_class``), ``hints`` what the caller gives for what the checkpoint does not say, in
     diffusers' config names (``GIVEN_AS``; the rule: ``checkpoints/hints.py``).
 
-    Raises CheckpointError when ``source`` holds no transformer or several, what it holds is not PixArt, or a
-    hint contradicts it.
+    Raises CheckpointError when ``source`` holds no transformer or several, what it holds is not PixArt, a
+    hint contradicts it, or a hint's name is not in ``HINT_NAMES``.
     """
     hints, config = dict(hints or {}), dict(config or {})
+    check_names(source.origin, hints, HINT_NAMES, "a PixArt transformer")
     refuse_other_family(source, "a PixArt transformer")
     prefix, anchor = find_prefix(
         source,

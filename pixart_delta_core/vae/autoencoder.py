@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..checkpoints.files import folder_config
-from ..checkpoints.hints import settle
+from ..checkpoints.hints import check_names, settle
 from ..checkpoints.loading import as_source, load_strict
 from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
@@ -209,14 +209,16 @@ def inspect_vae(
     ``taesd_encoder`` found beside it) or a diffusers ``AutoencoderTiny`` folder (see ``taesd_config``).
     ``defaults`` fill what the file does not say (``SD_VAE`` for PixArt-α/δ, ``SDXL_VAE`` for Σ: see
     ``vae_defaults_for``); ``hints`` are diffusers config fields, for what the file does not say: one that its
-    config.json or its weights' shapes contradict is refused (``checkpoints/hints.py``). Raises CheckpointError
-    for anything else.
+    config.json or its weights' shapes contradict, or of a name the kind does not take (``VaeConfig.hint_names``,
+    ``TaesdConfig.hint_names``), is refused (``checkpoints/hints.py``). Raises CheckpointError for anything else.
     """
     if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
         checkpoint = Path(checkpoint) / "vae"
     source = as_source(checkpoint)
+    taesd = is_taesd(source)
+    kind, detect = (TaesdConfig, detect_taesd) if taesd else (VaeConfig, detect_vae)
+    check_names(source.origin, hints or {}, kind.hint_names, "TAESD" if taesd else "an SD-style (KL) VAE")
     hints = {name: _listed(hint) for name, hint in (hints or {}).items()}
-    detect = detect_taesd if is_taesd(source) else detect_vae
     detected = detect(source, _with_hints(source, hints), defaults)
     for name in detected.config.from_shapes:  # detection reads these from the shapes, never from a hint
         said = _listed(getattr(detected.config, name))

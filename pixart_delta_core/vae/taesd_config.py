@@ -40,6 +40,21 @@ log = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
 WIDTH = 64  # channels of every TAESD layer
 
+# diffusers config fields of AutoencoderTiny whose values are TAESD's (its defaults); others cannot run here.
+_ARCHITECTURE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "encoder_block_out_channels": [WIDTH] * 4,
+    "decoder_block_out_channels": [WIDTH] * 4,
+    "num_encoder_blocks": [1, 3, 3, 3],
+    "num_decoder_blocks": [3, 3, 3, 1],
+    "act_fn": "relu",
+    "upsample_fn": "nearest",
+    "upsampling_scaling_factor": 2,
+    "scaling_factor": 1.0,  # diffusers uses TAESD's encoder output as its scaled latents
+    "shift_factor": 0.0,
+}
+
 
 @dataclass(frozen=True)
 class TaesdConfig:
@@ -58,6 +73,7 @@ class TaesdConfig:
     force_upcast: ClassVar[bool] = False  # TAESD runs in fp16
     # Read from the shapes (its decoder's first layer), never from config.json or hints: a hint may only repeat it.
     from_shapes: ClassVar[tuple[str, ...]] = ("latent_channels",)
+    hint_names: ClassVar[tuple[str, ...]] = (*_ARCHITECTURE, *from_shapes)  # any other hint's name is refused
 
     def __post_init__(self) -> None:
         owner = "TAESD config"
@@ -89,20 +105,6 @@ _KL_ANCHORS = ("encoder.conv_in.weight", "decoder.conv_in.weight")
 _BARE = re.compile(r"\d+\.")  # a separate file's keys: the layer number first
 _EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 _SIDE = {ENCODER: "encoder", DECODER: "decoder"}
-# diffusers config fields of AutoencoderTiny whose values are TAESD's (its defaults); others cannot run here.
-_ARCHITECTURE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "encoder_block_out_channels": [WIDTH] * 4,
-    "decoder_block_out_channels": [WIDTH] * 4,
-    "num_encoder_blocks": [1, 3, 3, 3],
-    "num_decoder_blocks": [3, 3, 3, 1],
-    "act_fn": "relu",
-    "upsample_fn": "nearest",
-    "upsampling_scaling_factor": 2,
-    "scaling_factor": 1.0,  # diffusers uses TAESD's encoder output as its scaled latents
-    "shift_factor": 0.0,
-}
 
 
 def is_taesd(source: TensorSource) -> bool:

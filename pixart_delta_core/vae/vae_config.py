@@ -45,6 +45,9 @@ class VaeConfig:
         "out_channels",
         "latent_channels",
     )
+    # What the weights cannot tell: from config.json, a hint, else the defaults.
+    from_config: ClassVar[tuple[str, ...]] = ("norm_num_groups", "scaling_factor", "force_upcast")
+    hint_names: ClassVar[tuple[str, ...]] = from_shapes + from_config  # any other hint's name is refused
 
     def __post_init__(self) -> None:
         owner = "VAE config"
@@ -161,7 +164,6 @@ class VaeLayout(Enum):
 _ANCHOR = "encoder.conv_in.weight"
 SCALING_FROM_CONFIG = "scaling factor from its config"  # ``DetectedCheckpoint.note`` when config.json gave it
 _LEFTOVERS = ("loss.", "model_ema.")  # LDM training checkpoints keep the discriminator and EMA state
-_FROM_CONFIG = ("norm_num_groups", "scaling_factor", "force_upcast")  # what the weights cannot tell
 
 
 def detect_vae(
@@ -188,7 +190,7 @@ def detect_vae(
             f"{source.origin}: has {_ANCHOR} but no encoder levels (encoder.down.N or encoder.down_blocks.N): "
             f"not an SD-style VAE"
         )
-    known = {k: v for k, v in (hints or {}).items() if k in _FROM_CONFIG and v is not None}
+    known = {k: v for k, v in (hints or {}).items() if k in VaeConfig.from_config and v is not None}
     config = _config_from(tensors, defaults, known)
     return DetectedCheckpoint(config, layout, prefix, tensors, ignored, _scaling_note(known))
 
