@@ -190,3 +190,24 @@ def test_a_taesd_latent_channels_hint_its_decoder_contradicts_is_refused(tmp_pat
     ):
         inspect_vae(file, hints={"latent_channels": 16})
     assert inspect_vae(file, hints={"latent_channels": 4}).config.latent_channels == 4
+
+
+def test_a_taesd_folder_refusal_says_whether_the_odd_value_came_from_a_hint_or_its_config_json(tmp_path: Path) -> None:
+    """A diffusers AutoencoderTiny folder whose config.json leaves out act_fn: a hint for it that contradicts TAESD's
+    fixed architecture is refused as the hint's, not as config.json's; config.json's own odd value as its own."""
+    folder = tmp_path / "taesd"
+    randomize_(AutoencoderTiny(**TAESD_KWARGS), 0).save_pretrained(folder)
+    said = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k != "act_fn"}
+    (folder / "config.json").write_text(json.dumps(said))
+    architecture = r"; the engine runs TAESD's architecture \({'act_fn': 'relu'}\)"
+    hint = r"the hint gives {'act_fn': 'silu'} \(hints= of load_vae or inspect_vae\)"
+    with pytest.raises(CheckpointError, match=rf"taesd: {hint}{architecture}"):
+        inspect_vae(folder, hints={"act_fn": "silu"})
+    assert inspect_vae(folder, hints={"act_fn": "relu"}).config.latent_channels == 4
+
+    (folder / "config.json").write_text(json.dumps({**said, "upsample_fn": "bilinear"}))
+    with pytest.raises(CheckpointError, match=rf"config.json has {{'upsample_fn': 'bilinear'}} and {hint}; the engine"):
+        load_vae(folder, hints={"act_fn": "silu"})
+    (folder / "config.json").write_text(json.dumps({**said, "act_fn": "silu"}))
+    with pytest.raises(CheckpointError, match=rf"config.json has {{'act_fn': 'silu'}}{architecture}"):
+        inspect_vae(folder, hints={"act_fn": "silu"})  # equal to config.json's: the value is config.json's

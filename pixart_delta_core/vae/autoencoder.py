@@ -216,23 +216,25 @@ def inspect_vae(
         checkpoint = Path(checkpoint) / "vae"
     source = as_source(checkpoint)
     taesd = is_taesd(source)
-    kind, detect = (TaesdConfig, detect_taesd) if taesd else (VaeConfig, detect_vae)
+    kind = TaesdConfig if taesd else VaeConfig
     check_names(source.origin, hints or {}, kind.hint_names, "TAESD" if taesd else "an SD-style (KL) VAE")
     hints = {name: _listed(hint) for name, hint in (hints or {}).items()}
-    detected = detect(source, _with_hints(source, hints), defaults)
+    fields, hinted = _with_hints(source, hints)
+    detected = detect_taesd(source, fields, defaults, hinted) if taesd else detect_vae(source, fields, defaults)
     for name in detected.config.from_shapes:  # detection reads these from the shapes, never from a hint
         said = _listed(getattr(detected.config, name))
         settle(source.origin, name, said, "the shape of its weights", hints.get(name), _given_as(name))
     return detected
 
 
-def _with_hints(source: TensorSource, hints: Mapping[str, Any]) -> dict[str, Any]:
+def _with_hints(source: TensorSource, hints: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
     """The folder's config.json fields, and the ``hints`` for those it does not give (``settle``: a hint that it
-    contradicts raises CheckpointError naming both values)."""
+    contradicts raises CheckpointError naming both values); and the names of the fields a hint gave."""
     config = folder_config(source)
+    hinted = frozenset(name for name, hint in hints.items() if hint is not None and config.get(name) is None)
     for name, hint in hints.items():
         config[name] = settle(source.origin, name, config.get(name), "its config.json", hint, _given_as(name))
-    return config
+    return config, hinted
 
 
 def _listed(value: Any) -> Any:

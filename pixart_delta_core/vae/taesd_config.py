@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -116,11 +116,15 @@ def is_taesd(source: TensorSource) -> bool:
 
 
 def detect_taesd(
-    source: TensorSource, hints: Mapping[str, Any] | None = None, defaults: VaeConfig = SD_VAE
+    source: TensorSource,
+    hints: Mapping[str, Any] | None = None,
+    defaults: VaeConfig = SD_VAE,
+    hinted: Collection[str] = (),
 ) -> DetectedCheckpoint[TaesdConfig]:
     """Recognise TAESD in ``source``: ComfyUI's single file, one of the separate encoder/decoder files (its
     sibling is found beside it by name), or diffusers' ``AutoencoderTiny`` names; ``hints`` are diffusers
-    config fields, ``defaults`` the family's VAE (its scaling factor).
+    config fields (config.json's, but the ``hinted`` ones a caller's hint gave), ``defaults`` the family's VAE
+    (its scaling factor).
 
     Raises CheckpointError for a file that also holds an SD-style VAE, an encoder without a decoder, latent
     channels other than 4 (TAESD3 and TAEF1 have 16) or a diffusers config of another architecture.
@@ -142,7 +146,7 @@ def detect_taesd(
         tensors: TensorSource = RenamedSource(view, COMFY_TABLE)
     else:
         layout, tensors = TaesdLayout.DIFFUSERS, view
-        _check_config(source.origin, hints or {})
+        _check_config(source.origin, hints or {}, hinted)
     first = shape_of(tensors, "decoder.layers.0.weight", 4, "a TAESD decoder")
     if first[1] != LATENT_CHANNELS:
         raise CheckpointError(
@@ -197,19 +201,26 @@ def _without_decoder(source: TensorSource) -> str | None:
     return None
 
 
-def _check_config(origin: str, hints: Mapping[str, Any]) -> None:
-    """Refuse a diffusers config of another class or of an AutoencoderTiny that is not TAESD."""
-    name = hints.get("_class_name")
+def _check_config(origin: str, fields: Mapping[str, Any], hinted: Collection[str]) -> None:
+    """Refuse a diffusers config of another class or of an AutoencoderTiny that is not TAESD, saying where each
+    value came from: config.json, or a caller's hint for the ``hinted`` fields."""
+    name = fields.get("_class_name")  # never a hint (not in TaesdConfig.hint_names)
     if name is not None and name != "AutoencoderTiny":
         raise CheckpointError(f"{origin}: config.json names {name!r}, but the weights are TAESD's (AutoencoderTiny)")
     odd = {
-        k: hints[k]
+        k: fields[k]
         for k, want in _ARCHITECTURE.items()
-        if k in hints and (list(hints[k]) if isinstance(hints[k], (list, tuple)) else hints[k]) != want
+        if k in fields and (list(fields[k]) if isinstance(fields[k], (list, tuple)) else fields[k]) != want
     }
     if odd:
+        said = {k: v for k, v in odd.items() if k not in hinted}
+        given = {k: v for k, v in odd.items() if k in hinted}
+        where = [f"config.json has {said}"] if said else []
+        if given:
+            gives = "hints give" if len(given) > 1 else "hint gives"
+            where.append(f"the {gives} {given} (hints= of load_vae or inspect_vae)")
         wanted = {k: _ARCHITECTURE[k] for k in odd}
-        raise CheckpointError(f"{origin}: config.json has {odd}; the engine runs TAESD's architecture ({wanted})")
+        raise CheckpointError(f"{origin}: {' and '.join(where)}; the engine runs TAESD's architecture ({wanted})")
 
 
 def _bare_side(source: TensorSource) -> str | None:
