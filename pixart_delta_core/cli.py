@@ -277,7 +277,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt")
     run.add_argument("--lcm-timesteps", default="reference", choices=["reference", "diffusers"])
     run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
-    run.add_argument("--init-image", type=Path, help="img2img: start from this image")
+    run.add_argument(
+        "--init-image",
+        type=Path,
+        help="img2img: start from this image; one of another aspect ratio than the picture is scaled to cover it "
+        "and centre-cropped, with a warning",
+    )
     run.add_argument("--strength", type=float, default=1.0, help="img2img denoise in (0, 1]")
     lora = gen.add_argument_group("LoRA")
     lora.add_argument(

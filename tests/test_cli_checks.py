@@ -163,6 +163,16 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
     assert "--training-resolution PX" in out and "--heads" in out
 
 
+def test_the_init_image_help_says_another_aspect_ratio_is_cropped(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert (
+        "--init-image INIT_IMAGE img2img: start from this image; one of another aspect ratio than the picture is "
+        "scaled to cover it and centre-cropped, with a warning"
+    ) in out
+
+
 def test_img2img_without_a_size_keeps_the_init_image_size(files, tmp_path: Path) -> None:
     init = tmp_path / "init.png"
     Image.new("RGB", (96, 48), (200, 40, 40)).save(init)
