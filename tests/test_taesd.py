@@ -258,6 +258,31 @@ def test_bad_scalars_and_configs_of_another_architecture_are_refused(model_and_f
         inspect_vae(folder)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_checks_its_hints_against_taesds_fixed_architecture(model_and_files, layout: str) -> None:
+    """A hint that TAESD's architecture contradicts is refused for a ComfyUI file or separate files as for a diffusers
+    folder; a scaling_factor hint (diffusers' AutoencoderTiny's 1.0, not the family's) points to defaults=."""
+    _, paths = model_and_files
+    path = paths[layout]
+    refusal = (
+        r"its config.json says act_fn 'relu', but the hint gives 'silu'"  # config.json gives it: the hint meets it
+        if layout == "diffusers-folder"
+        else r"the hint gives \{'act_fn': 'silu'\} \(hints= of load_vae or inspect_vae\); the engine runs TAESD's "
+        r"architecture \(\{'act_fn': 'relu'\}\)$"
+    )
+    with pytest.raises(CheckpointError, match=refusal):
+        inspect_vae(path, hints={"act_fn": "silu"})
+    family = r"give the family's VAE as defaults= of load_vae or inspect_vae \(SD_VAE's 0.18215 for TAESD, SDXL_VAE's"
+    for hints in ({"scaling_factor": 0.13025}, {"shift_factor": 0.1}, {"act_fn": "silu", "scaling_factor": 0.13025}):
+        with pytest.raises(CheckpointError, match=rf"{next(reversed(hints))}.*; .*{family} 0.13025 for TAESDXL"):
+            inspect_vae(path, hints=hints)
+    with pytest.raises(CheckpointError, match=family):
+        load_vae(path, hints={"scaling_factor": 0.13025})
+    same = {"act_fn": "relu", "scaling_factor": 1.0, "shift_factor": 0.0, "num_encoder_blocks": (1, 3, 3, 3)}
+    assert inspect_vae(path, hints=same).config == inspect_vae(path).config  # TAESD's own values are taken
+    assert inspect_vae(path, defaults=SDXL_VAE).config.scaling_factor == SDXL_VAE.scaling_factor  # the right way
+
+
 def test_the_transformer_loader_names_a_taesd_file(model_and_files) -> None:
     _, paths = model_and_files
     with pytest.raises(CheckpointError, match=r"it looks like a TAESD autoencoder .give it as the VAE."):

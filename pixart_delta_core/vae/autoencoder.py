@@ -22,7 +22,7 @@ from ..checkpoints.loading import as_source, load_strict
 from ..checkpoints.sources import TensorSource
 from ..devices import parse_dtype
 from ..errors import InputError
-from .taesd_config import TaesdConfig, detect_taesd, is_taesd
+from .taesd_config import TaesdConfig, check_scale_hints, detect_taesd, is_taesd
 from .taesd_layout import TAESD_KWARGS
 from .vae_config import SD_VAE, VaeConfig, detect_vae
 
@@ -210,7 +210,9 @@ def inspect_vae(
     ``defaults`` fill what the file does not say (``SD_VAE`` for PixArt-α/δ, ``SDXL_VAE`` for Σ: see
     ``vae_defaults_for``); ``hints`` are diffusers config fields, for what the file does not say: one that its
     config.json or its weights' shapes contradict, or of a name the kind does not take (``VaeConfig.hint_names``,
-    ``TaesdConfig.hint_names``), is refused (``checkpoints/hints.py``). Raises CheckpointError for anything else.
+    ``TaesdConfig.hint_names``), is refused (``checkpoints/hints.py``), and for TAESD, in every layout, one that its
+    fixed architecture contradicts (a ``scaling_factor`` other than 1.0 too: the family's is ``defaults``). Raises
+    CheckpointError for anything else.
     """
     if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
         checkpoint = Path(checkpoint) / "vae"
@@ -219,6 +221,8 @@ def inspect_vae(
     kind = TaesdConfig if taesd else VaeConfig
     check_names(source.origin, hints or {}, kind.hint_names, "TAESD" if taesd else "an SD-style (KL) VAE")
     hints = {name: _listed(hint) for name, hint in (hints or {}).items()}
+    if taesd:
+        check_scale_hints(source.origin, hints)  # before config.json's 1.0 meets them: the message says where to go
     fields, hinted = _with_hints(source, hints)
     detected = detect_taesd(source, fields, defaults, hinted) if taesd else detect_vae(source, fields, defaults)
     for name in detected.config.from_shapes:  # detection reads these from the shapes, never from a hint

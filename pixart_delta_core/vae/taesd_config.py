@@ -33,7 +33,7 @@ from ..checkpoints.loading import FLOATING_DTYPES
 from ..checkpoints.sources import JoinedSource, TensorSource, printable_path, reading
 from ..errors import CheckpointError
 from .taesd_layout import COMFY_TABLE, DECODER, ENCODER, SCALE, SHIFT
-from .vae_config import SD_VAE, VaeConfig
+from .vae_config import SD_VAE, SDXL_VAE, VaeConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ _ARCHITECTURE: dict[str, Any] = {
     "scaling_factor": 1.0,  # diffusers uses TAESD's encoder output as its scaled latents
     "shift_factor": 0.0,
 }
+
+_LATENT_SCALE = ("scaling_factor", "shift_factor")  # diffusers' latent scale, not the family's scaling factor
+_FAMILY = (
+    "scaling_factor and shift_factor are diffusers' AutoencoderTiny's (1.0 and 0.0: it takes TAESD's output as "
+    "scaled latents), not the family's: give the family's VAE as defaults= of load_vae or inspect_vae (SD_VAE's "
+    f"{SD_VAE.scaling_factor:g} for TAESD, SDXL_VAE's {SDXL_VAE.scaling_factor:g} for TAESDXL; the pipeline takes "
+    "the transformer's, vae_defaults_for); a file's own vae_scale and vae_shift are read from it"
+)
 
 
 @dataclass(frozen=True)
@@ -141,12 +149,12 @@ def detect_taesd(
         source, _ANCHORS, "a TAESD decoder", "TAESD decoders", expected, explain=_without_decoder
     )
     view = under_prefix(source, prefix)
+    _check_config(source.origin, hints or {}, hinted)  # every layout: a hint may only repeat TAESD's architecture
     if anchor.startswith(DECODER):
         layout = TaesdLayout.SEPARATE if joined is not None else TaesdLayout.COMFY
         tensors: TensorSource = RenamedSource(view, COMFY_TABLE)
     else:
         layout, tensors = TaesdLayout.DIFFUSERS, view
-        _check_config(source.origin, hints or {}, hinted)
     first = shape_of(tensors, "decoder.layers.0.weight", 4, "a TAESD decoder")
     if first[1] != LATENT_CHANNELS:
         raise CheckpointError(
@@ -201,9 +209,15 @@ def _without_decoder(source: TensorSource) -> str | None:
     return None
 
 
+def check_scale_hints(origin: str, hints: Mapping[str, Any]) -> None:
+    """Refuse a ``scaling_factor`` or ``shift_factor`` hint other than diffusers' AutoencoderTiny's (1.0, 0.0), saying
+    where the family's scaling factor is given; checked before config.json meets the hints, whatever the layout."""
+    _check_config(origin, {k: hints[k] for k in _LATENT_SCALE if hints.get(k) is not None}, _LATENT_SCALE)
+
+
 def _check_config(origin: str, fields: Mapping[str, Any], hinted: Collection[str]) -> None:
     """Refuse a diffusers config of another class or of an AutoencoderTiny that is not TAESD, saying where each
-    value came from: config.json, or a caller's hint for the ``hinted`` fields."""
+    value came from: config.json, or a caller's hint for the ``hinted`` fields (a hint in every layout)."""
     name = fields.get("_class_name")  # never a hint (not in TaesdConfig.hint_names)
     if name is not None and name != "AutoencoderTiny":
         raise CheckpointError(f"{origin}: config.json names {name!r}, but the weights are TAESD's (AutoencoderTiny)")
@@ -220,7 +234,10 @@ def _check_config(origin: str, fields: Mapping[str, Any], hinted: Collection[str
             gives = "hints give" if len(given) > 1 else "hint gives"
             where.append(f"the {gives} {given} (hints= of load_vae or inspect_vae)")
         wanted = {k: _ARCHITECTURE[k] for k in odd}
-        raise CheckpointError(f"{origin}: {' and '.join(where)}; the engine runs TAESD's architecture ({wanted})")
+        family = f"; {_FAMILY}" if any(k in odd for k in _LATENT_SCALE) else ""
+        raise CheckpointError(
+            f"{origin}: {' and '.join(where)}; the engine runs TAESD's architecture ({wanted}){family}"
+        )
 
 
 def _bare_side(source: TensorSource) -> str | None:
