@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pixart_delta_core.cli import lora_spec, main
+from pixart_delta_core.cli import main
 from pixart_delta_core.demo.files import DEMO_TRANSFORMER, write_demo_models
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.controlnet import ControlNetTransformer
 from pixart_delta_core.models.transformer import load_transformer
+from pixart_delta_core.pipeline.cli import lora_spec
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,0 +1,133 @@
+"""The ``generate`` subcommand's arguments: its parser and the ``--lora`` type (``cli`` runs the command).
+
+Building the parser imports no torch: the samplers' names come from ``sampling.choices``, and the LoRA bounds load
+when a ``--lora`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli_types import whole_number
+from ..errors import InputError
+from ..sampling.choices import Sampler
+
+
+def lora_spec(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
+    whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
+    from ..models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
+
+    path, colon, tail = text.rpartition(":")
+    if not colon or "/" in tail or "\\" in tail or Path(text).exists():
+        return Path(text), 1.0
+    try:
+        if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength
+            raise ValueError(tail)
+        return Path(path), check_strength(float(tail))
+    except (ValueError, InputError) as err:
+        raise argparse.ArgumentTypeError(
+            f"{text}: the strength after the last colon should be a number from {-MAX_STRENGTH:g} to "
+            f"{MAX_STRENGTH:g}, found {tail!r} (and {text} is no file)"
+        ) from err
+
+
+def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``generate`` and its options to ``sub``; its ``run`` is for the caller to set (``cli.cmd_generate``)."""
+    pixels = whole_number("pixels")
+    gen = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="text (and optionally an init or control image) to images",
+        description="Text (and optionally an init or control image) to images. Every file, the output and the "
+        "device are checked before any model loads.",
+    )
+    files = gen.add_argument_group("model files (any layout the engine reads)")
+    files.add_argument("--transformer", type=Path, required=True, help="PixArt transformer file or diffusers folder")
+    files.add_argument("--t5", type=Path, required=True, help="T5 encoder: single file or HF/diffusers folder")
+    files.add_argument("--vae", type=Path, required=True, help="VAE: LDM single file or diffusers folder")
+    files.add_argument("--tokenizer", type=Path, help="T5 tokenizer folder (default: beside --t5)")
+    files.add_argument("--controlnet", type=Path, help="ControlNet file (default: --transformer's, if it has one)")
+    gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
+    gen.add_argument("--negative-prompt", help="used with guidance > 1 (default: the learned null caption)")
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/pixart.png"),
+        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png",
+    )
+    size = gen.add_argument_group("size")
+    size.add_argument("--width", type=pixels, help="pixels (default: the model's training resolution)")
+    size.add_argument("--height", type=pixels, help="pixels (default: the model's training resolution)")
+    size.add_argument("--no-binning", action="store_true", help="generate at exactly this size, not the nearest bin")
+    run = gen.add_argument_group("sampling")
+    run.add_argument("--sampler", default="lcm", choices=[s.value for s in Sampler])
+    run.add_argument(
+        "--steps", type=whole_number("steps"), help="default: the sampler's reference setting (LCM 4, DPM-Solver++ 14)"
+    )
+    run.add_argument("--guidance", type=float, help="CFG scale, on above 1 (default: LCM 0, others 4.5)")
+    run.add_argument("--seed", type=whole_number(least=0), default=0)
+    run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt")
+    run.add_argument("--lcm-timesteps", default="reference", choices=["reference", "diffusers"])
+    run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
+    run.add_argument(
+        "--init-image",
+        type=Path,
+        help="img2img: start from this image; one of another aspect ratio than the picture is scaled to cover it "
+        "and centre-cropped, with a warning",
+    )
+    run.add_argument("--strength", type=float, default=1.0, help="img2img denoise in (0, 1]")
+    lora = gen.add_argument_group("LoRA")
+    lora.add_argument(
+        "--lora",
+        type=lora_spec,
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (any layout: PEFT, kohya, OneTrainer, ComfyUI, LoHa, LoKr) at STRENGTH (default 1, "
+        "-1000 to 1000, negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
+    )
+    lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
+    ctl = gen.add_argument_group("ControlNet-Transformer")
+    ctl.add_argument("--control-image", type=Path, help="edge map (HED) steering the generation")
+    ctl.add_argument("--control-strength", type=float, default=1.0)
+    ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
+    ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
+    hint = gen.add_argument_group("detection hints (for files that do not say it; refused where a file says otherwise)")
+    hint.add_argument(
+        "--heads",
+        type=whole_number("attention heads"),
+        help="attention heads of a transformer whose width is not 72 x heads",
+    )
+    resolution = hint.add_mutually_exclusive_group()
+    resolution.add_argument(
+        "--training-resolution",
+        type=pixels,
+        metavar="PX",
+        help="pixels the transformer was trained at (256, 512, 1024, 2048), for files without pos_embed or "
+        "micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
+    )
+    resolution.add_argument(
+        "--sample-size",
+        type=whole_number("latent pixels"),
+        help="the same in diffusers' config.json units: latent pixels (32 = 256 px)",
+    )
+    hint.add_argument(
+        "--caption-length", type=whole_number("tokens"), help="caption tokens: 120 (PixArt-α/δ) or 300 (PixArt-Σ)"
+    )
+    dev = gen.add_argument_group("devices and memory")
+    dev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    dev.add_argument("--dtype", default="auto", help="transformer/VAE dtype: auto, fp32, fp16, bf16")
+    dev.add_argument(
+        "--t5-dtype", default="auto", help="T5 dtype: auto (bf16: T5-XXL is 9.5 GB in it), fp32, fp16, bf16"
+    )
+    dev.add_argument("--low-memory", action="store_true", help="one model in memory at a time, tiled VAE decode")
+    dev.add_argument(
+        "--t5-quantization",
+        default="auto",
+        choices=["auto", "none", "int8", "nf4"],
+        help="T5 weights in 8 or 4 bits (bitsandbytes); auto: int8 with --low-memory, else none",
+    )
+    dev.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"], help="transformer weights")
+    return gen
