@@ -163,14 +163,22 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
     assert "--training-resolution PX" in out and "--heads" in out
 
 
-def test_the_init_image_help_says_another_aspect_ratio_is_cropped(capsys) -> None:
+@pytest.mark.parametrize(
+    "said",
+    [
+        "--init-image INIT_IMAGE img2img: start from this image; one",
+        "--control-image CONTROL_IMAGE edge map (HED) steering the generation; one",
+    ],
+    ids=["init-image", "control-image"],
+)
+def test_the_image_options_help_says_another_aspect_ratio_is_cropped(said: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert (
-        "--init-image INIT_IMAGE img2img: start from this image; one of another aspect ratio than the picture is "
-        "scaled to cover it and centre-cropped, with a warning"
-    ) in out
+        f"{said} of another aspect ratio than the picture is scaled to cover it and centre-cropped, with a warning"
+        in out
+    )
 
 
 def test_img2img_without_a_size_keeps_the_init_image_size(files, tmp_path: Path) -> None:

@@ -90,7 +90,12 @@ def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.Argume
     )
     lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
     ctl = gen.add_argument_group("ControlNet-Transformer")
-    ctl.add_argument("--control-image", type=Path, help="edge map (HED) steering the generation")
+    ctl.add_argument(
+        "--control-image",
+        type=Path,
+        help="edge map (HED) steering the generation; one of another aspect ratio than the picture is scaled to "
+        "cover it and centre-cropped, with a warning",
+    )
     ctl.add_argument("--control-strength", type=float, default=1.0)
     ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
