@@ -8,9 +8,12 @@ M=scripts/embedded_model
 
 # 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps
 $PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
-# 2. the T5 encoder: random (seed 0) and frozen, with T5's tokenizer (the copy the pack ships beside it)
+# 2. the T5 encoders, frozen, with T5's tokenizer (the copy the pack ships beside them): random (seed 0) for the
+#    teacher's first two runs, and the same weights with each head's attention kept within a window of
+#    neighbouring words (demo.embedded.T5_WINDOWS) for its third run and everything after it
 $PY -c "from pathlib import Path; from pixart_delta_core.demo.embedded import write_t5; \
-write_t5(Path('outputs/embedded/t5'), Path('pixart_delta_core/embedded_model/text_encoders/shapes-t5'))"
+tokenizer = Path('pixart_delta_core/embedded_model/text_encoders/shapes-t5'); \
+write_t5(Path('outputs/embedded/t5'), tokenizer, windows=None); write_t5(Path('outputs/embedded/t5-windowed'), tokenizer)"
 # 3. the autoencoder (TAESD architecture). It was first run with steps = 1200; its pictures then still had
 #    green, blue, purple and cyan as greys, so steps went to 2400 and the run continued with --resume.
 $PY -m pixart_delta_core train autoencoder --config $M/autoencoder.toml
@@ -25,12 +28,14 @@ $PY -m pixart_delta_core train autoencoder --config $M/spread.toml
 $PY -m pixart_delta_core train base --config $M/teacher.toml
 #    then 4,000 steps more from its weights (a fresh optimizer and cosine schedule): its loss was still falling
 $PY -m pixart_delta_core train base --config $M/teacher-more.toml
+#    then 3,500 steps more on the windowed T5: with the random one, two shapes' colours were often swapped
+$PY -m pixart_delta_core train base --config $M/teacher-windowed.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they ran side by side, one thread each)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher-more/checkpoints/step-0004000/transformer.safetensors \
-    outputs/embedded/lcm-more/checkpoints/step-0000300/transformer.safetensors \
-    outputs/embedded/controlnet-more/checkpoints/step-0000400/controlnet.safetensors \
-    outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5
+$PY $M/ship.py outputs/embedded/teacher-windowed/checkpoints/step-0003500/transformer.safetensors \
+    outputs/embedded/lcm-windowed/checkpoints/step-0000450/transformer.safetensors \
+    outputs/embedded/controlnet-windowed/checkpoints/step-0000600/controlnet.safetensors \
+    outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5-windowed
