@@ -68,7 +68,7 @@ def write_t5(
     """A random T5-v1.1 encoder in the HF folder layout (config.json, model.safetensors in fp16) with the
     tokenizer files copied from ``tokenizer``; returns ``folder``. Its weights are random from ``seed``, but
     for its position bias: ``windowed_position_bias(config, windows)``, or random too where ``windows`` is None
-    (the T5 of the embedded teacher's first two runs)."""
+    (the T5 of the embedded teacher's first three runs)."""
     from transformers import T5Config
 
     folder.mkdir(parents=True, exist_ok=True)

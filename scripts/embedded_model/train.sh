@@ -8,9 +8,9 @@ M=scripts/embedded_model
 
 # 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps
 $PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
-# 2. the T5 encoders, frozen, with T5's tokenizer (the copy the pack ships beside them): random (seed 0) for the
-#    teacher's first two runs, and the same weights with each head's attention kept within a window of
-#    neighbouring words (demo.embedded.T5_WINDOWS) for its third run and everything after it
+# 2. the T5 encoders, frozen, with T5's tokenizer (the copy the pack ships beside them): random (seed 0) for teacher.toml
+#    and teacher-more.toml, and the same weights with each head's attention kept within a window of
+#    neighbouring words (demo.embedded.T5_WINDOWS) for teacher-windowed.toml and everything after it
 $PY -c "from pathlib import Path; from pixart_delta_core.demo.embedded import write_t5; \
 tokenizer = Path('pixart_delta_core/embedded_model/text_encoders/shapes-t5'); \
 write_t5(Path('outputs/embedded/t5'), tokenizer, windows=None); write_t5(Path('outputs/embedded/t5-windowed'), tokenizer)"
