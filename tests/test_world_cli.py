@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,33 @@ def test_judge_refuses_bad_input_before_reading_any_picture(data_set: Path, tmp_
         assert main(["judge", *argv]) == 1
         captured = capsys.readouterr()
         assert says in captured.err and captured.out == ""  # no verdict printed: nothing was judged
+
+
+def test_the_world_command_refuses_an_out_that_is_no_folder(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    os.mkfifo(tmp_path / "fifo")
+    cases = [
+        (tmp_path / "file", "expected a folder, found a regular file"),
+        (tmp_path / "file" / "set", f"expected a folder (its part {tmp_path / 'file'}), found a regular file"),
+        (tmp_path / "fifo", "expected a folder, found a FIFO"),
+        (Path("/dev/null"), "expected a folder, found a character device"),
+        (Path("/proc/pixart-delta-set"), "expected a folder that can be written, found"),
+    ]
+    for out, says in cases:
+        assert main(["world", "--out", str(out), "--count", "1"]) == 1
+        captured = capsys.readouterr()
+        assert f"error: --out {out}: {says}" in captured.err and captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["world", "--out", "", "--count", "1"])
+    assert exit_info.value.code == 2
+    assert "--out: expected a folder for the data set, found an empty path" in capsys.readouterr().err
+
+
+def test_the_world_command_refuses_a_folder_holding_a_data_set(data_set: Path, capsys) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in data_set.iterdir()}
+    assert main(["world", "--out", str(data_set), "--count", "1", "--first-seed", "50"]) == 1
+    says = capsys.readouterr().err
+    assert f"already holds a data set ({data_set / 'data.jsonl'})" in says
+    assert "choose another folder, or delete this one first" in says
+    assert {p.name: p.stat().st_mtime_ns for p in data_set.iterdir()} == before

@@ -10,6 +10,13 @@ from ..cli_types import whole_number
 from ..errors import InputError
 
 
+def out_folder(text: str) -> Path:
+    """--out's type: a path, not an empty one (Path("") would be the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder for the data set, found an empty path")
+    return Path(text)
+
+
 def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     world = sub.add_parser(
         "world",
@@ -20,7 +27,7 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         "places on a background) as a training data set: NNNNNN.png with its .txt caption, its edge map in "
         "control/, and data.jsonl. Scene i is drawn from seed first_seed + i.",
     )
-    world.add_argument("--out", type=Path, required=True, help="the data set's folder")
+    world.add_argument("--out", type=out_folder, required=True, help="the data set's folder")
     world.add_argument("--count", type=whole_number("scenes"), default=1000, help="how many scenes")
     world.add_argument("--first-seed", type=whole_number(least=0), default=0, help="the seed of the first scene")
     world.add_argument(

@@ -8,19 +8,48 @@ Scene ``i`` is ``sample_scene(first_seed + i)``, so a data set is rebuilt exactl
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
+from ..errors import InputError
 from .render import edge_map, render
 from .scenes import sample_scene
 
 JSONL = "data.jsonl"
 
 
+def _what(mode: int) -> str:
+    """What a path that is not a folder is, in words, from its ``st_mode``."""
+    kinds = [(stat.S_ISREG, "a regular file"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kinds += [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a folder")
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse, before anything is written, a ``folder`` that is not one (or cannot become one) or that already
+    holds a data set: writing over it would replace its data.jsonl and leave its old pictures orphaned."""
+    above = folder
+    while not above.exists() and above != above.parent:  # the nearest part of the path that is there
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        where = "" if above == folder else f" (its part {above})"
+        raise InputError(f"--out {folder}: expected a folder{where}, found {_what(above.stat().st_mode)}")
+    if (folder / JSONL).exists():
+        raise InputError(
+            f"--out {folder}: already holds a data set ({folder / JSONL}); writing over it would replace its "
+            f"records and orphan its pictures: choose another folder, or delete this one first"
+        )
+    try:
+        (folder / "control").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {folder}: expected a folder that can be written, found {err.strerror}") from None
+
+
 def write_dataset(folder: Path, count: int, first_seed: int = 0, max_shapes: int = 2) -> Path:
-    """Write ``count`` scenes into ``folder`` (created; files already there are rewritten); returns the JSONL."""
+    """Write ``count`` scenes into ``folder`` (created; refused if it already holds a data set); returns the JSONL."""
     if count <= 0:
         raise ValueError(f"a data set needs at least one scene, asked for {count}")
-    (folder / "control").mkdir(parents=True, exist_ok=True)
+    check_output_folder(folder)
     lines = []
     for i in range(count):
         scene = sample_scene(first_seed + i, max_shapes)
