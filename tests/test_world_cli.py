@@ -133,3 +133,15 @@ def test_the_world_command_refuses_a_folder_holding_a_data_set(data_set: Path, c
     assert f"already holds a data set ({data_set / 'data.jsonl'})" in says
     assert "choose another folder, or delete this one first" in says
     assert {p.name: p.stat().st_mtime_ns for p in data_set.iterdir()} == before
+
+
+def test_judge_says_what_a_path_is_and_refuses_huge_pictures_from_their_header(tmp_path: Path, capsys) -> None:
+    os.mkfifo(tmp_path / "fifo.png")
+    Image.new("RGB", (5000, 8)).save(tmp_path / "huge.png")  # only the header's size is read
+    cases = [
+        ("fifo.png", "fifo.png: expected a picture, found a FIFO"),
+        ("huge.png", "huge.png: expected a picture of at most 4096 x 4096 px (the shapes world draws 128 px"),
+    ]
+    for name, says in cases:
+        assert main(["judge", str(tmp_path / name), "--prompt", sample_scene(5).caption()]) == 1
+        assert says in capsys.readouterr().err

@@ -222,6 +222,7 @@ def test_the_picture_is_read_at_any_square_size() -> None:
     ("picture", "says"),
     [
         (Image.new("RGB", (128, 96)), "expected a square picture of the shapes world, found 128 x 96 px"),
+        (Image.new("RGB", (1, 1)), "expected a picture of at least 9 x 9 px, found 1 x 1 px"),
         (np.zeros((8, 8, 3), dtype=np.float32), "found an array float32 (8, 8, 3)"),
         ("picture.png", "found str"),
     ],

@@ -9,6 +9,8 @@ from pathlib import Path
 from ..cli_types import whole_number
 from ..errors import InputError
 
+MAX_SIDE = 4096  # px: judge refuses larger pictures (a 12000 px one took ~10 GB and ~50 s to read)
+
 
 def out_folder(text: str) -> Path:
     """--out's type: a path, not an empty one (Path("") would be the current folder)."""
@@ -66,10 +68,18 @@ def prompt_of(path: Path) -> str | None:
     same-name ``.txt`` beside it; None when neither is there. Raises InputError for what is not a picture."""
     from PIL import Image, UnidentifiedImageError
 
+    from .dataset import what_is
+
     if not path.is_file():
-        raise InputError(f"{path}: expected a picture, found {'a folder' if path.is_dir() else 'no such file'}")
+        found = "a folder" if path.is_dir() else what_is(path.stat().st_mode) if path.exists() else "no such file"
+        raise InputError(f"{path}: expected a picture, found {found}")
     try:
         with Image.open(path) as image:
+            if max(image.size) > MAX_SIDE:  # from the header: decoding and reading it would take gigabytes
+                raise InputError(
+                    f"{path}: expected a picture of at most {MAX_SIDE} x {MAX_SIDE} px (the shapes world draws "
+                    f"128 px; PixArt's largest is 4096), found {image.width} x {image.height} px: shrink it first"
+                )
             image.load()  # a truncated or damaged file fails here, before any picture is judged
             parameters = image.info.get("parameters")
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:

@@ -85,8 +85,11 @@ def picture_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
         found = f"an array {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InputError(f"expected a picture (a PIL image or a uint8 array (H, W, 3)), found {found}")
     height, width = pixels.shape[:2]
-    if height != width or height < 3 * BORDER + 3:
+    if height != width:
         raise InputError(f"expected a square picture of the shapes world, found {width} x {height} px")
+    if height < 3 * BORDER + 3:  # a background ring and something inside it
+        least = 3 * BORDER + 3
+        raise InputError(f"expected a picture of at least {least} x {least} px, found {width} x {height} px")
     return pixels
 
 
