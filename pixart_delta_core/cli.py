@@ -72,7 +72,8 @@ def check_generate(args: argparse.Namespace) -> None:
             raise InputError(f"{option} {path}: no such file or folder")
     for option in ("--init-image", "--control-image"):
         if named[option] is not None and not named[option].is_file():
-            raise InputError(f"{option} {named[option]} is a folder: give an image file")
+            found = "a folder" if named[option].is_dir() else "not a regular file (a device, FIFO or socket)"
+            raise InputError(f"{option} {named[option]}: expected an image file, found {found}")
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
     if args.strength != 1.0 and args.init_image is None:

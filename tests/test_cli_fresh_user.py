@@ -1,0 +1,51 @@
+"""What a fresh user's first ``generate`` runs met: each mistake is refused (or warned of) saying what it found."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pixart_delta_core.cli import main
+from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.pipeline import generation
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_demo_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks finished")
+
+    for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
+        monkeypatch.setattr(generation, name, refuse)
+
+
+def run(capsys, files, tmp_path: Path, *extra: str, embedded: bool = False) -> str:
+    models = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd"]
+    if not embedded:
+        models = ["--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae)]
+        models += ["--tokenizer", str(files.tokenizer)]
+    argv = ["generate", *models, "--prompt", "a fox", "--out", str(tmp_path / "x.png"), "--device", "cpu", *extra]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("option", ["--init-image", "--control-image"])
+def test_an_image_option_names_what_it_found(files, tmp_path: Path, nothing_loads, capsys, option: str) -> None:
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    extra = ["--controlnet", str(files.transformer)] if option == "--control-image" else []
+    err = run(capsys, files, tmp_path, option, str(fifo), *extra)
+    assert f"{option} {fifo}: expected an image file, found not a regular file" in err
+    assert "folder" not in err
+    err = run(capsys, files, tmp_path, option, str(tmp_path), *extra)
+    assert f"{option} {tmp_path}: expected an image file, found a folder" in err
