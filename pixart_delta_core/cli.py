@@ -60,6 +60,13 @@ def embedded_names(args: argparse.Namespace, *options: str) -> None:
             setattr(args, option, by_name(value, f"--{option}"))
 
 
+def embedded_model(path: Path) -> str | None:
+    """The name of the pack's embedded model whose file or folder ``path`` is, else None."""
+    from .demo.embedded import MODELS, embedded_path
+
+    return next((name for name in MODELS if embedded_path(name) == path.resolve()), None)
+
+
 def check_generate(args: argparse.Namespace) -> None:
     """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
     from .devices import device_option
@@ -82,6 +89,16 @@ def check_generate(args: argparse.Namespace) -> None:
         raise InputError(
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
             f"0 <= start < end <= 1"
+        )
+    control = {"--control-strength": (args.control_strength, 1.0), "--control-start": (args.control_start, 0.0)}
+    control["--control-end"] = (args.control_end, 1.0)
+    given = [f"{option} {value:g}" for option, (value, default) in control.items() if value != default]
+    if given and args.control_image is None:
+        raise InputError(f"{' and '.join(given)} need{'s' * (len(given) == 1)} --control-image (the edge map)")
+    if args.control_image is not None and args.controlnet is None and (name := embedded_model(args.transformer)):
+        raise InputError(
+            f"--control-image needs --controlnet: the embedded transformer {name} holds no ControlNet (the pack's "
+            f"embedded one is shapes-controlnet)"
         )
     device_option(args.device)
     check_output(args.out, len(args.prompt), args.batch)  # last: it makes the output's folder

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pixart_delta_core.cli import main
 from pixart_delta_core.demo.files import write_demo_models
@@ -49,3 +50,44 @@ def test_an_image_option_names_what_it_found(files, tmp_path: Path, nothing_load
     assert "folder" not in err
     err = run(capsys, files, tmp_path, option, str(tmp_path), *extra)
     assert f"{option} {tmp_path}: expected an image file, found a folder" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--control-strength", "2"], "error: --control-strength 2 needs --control-image (the edge map)"),
+        (["--control-start", "0.2"], "error: --control-start 0.2 needs --control-image (the edge map)"),
+        (
+            ["--control-start", "0.2", "--control-end", "0.5"],
+            "error: --control-start 0.2 and --control-end 0.5 need --control-image (the edge map)",
+        ),
+    ],
+)
+def test_control_options_without_a_control_image_are_refused(
+    files, tmp_path: Path, nothing_loads, capsys, extra: list[str], said: str
+) -> None:
+    assert run(capsys, files, tmp_path, *extra) == said
+
+
+def test_a_control_image_on_an_embedded_transformer_asks_for_the_embedded_controlnet(
+    files, tmp_path: Path, nothing_loads, capsys
+) -> None:
+    image = tmp_path / "hed.png"
+    Image.new("RGB", (64, 64)).save(image)
+    err = run(capsys, files, tmp_path, "--control-image", str(image), embedded=True)
+    assert err == (
+        "error: --control-image needs --controlnet: the embedded transformer shapes-lcm holds no ControlNet "
+        "(the pack's embedded one is shapes-controlnet)"
+    )
+
+
+def test_a_control_image_on_a_plain_transformer_says_simply_it_needs_a_controlnet(
+    files, tmp_path: Path, nothing_loads, capsys
+) -> None:
+    image = tmp_path / "hed.png"
+    Image.new("RGB", (64, 64)).save(image)
+    err = run(capsys, files, tmp_path, "--control-image", str(image))
+    assert err == (
+        f"error: a control image needs a ControlNet: give --controlnet FILE on the command line (controlnet= in "
+        f"Python); the transformer file {files.transformer.name} holds none"
+    )

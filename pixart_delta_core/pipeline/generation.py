@@ -157,9 +157,10 @@ class PixArtPipeline:
         try:
             inspect_controlnet(self.transformer, base_config=base)
         except CheckpointError as err:
+            log.debug("no ControlNet in the transformer file: %s", first_line(err))
             raise InputError(
-                f"a control image needs a ControlNet, and the transformer file {Path(self.transformer).name} holds "
-                f"none: give one (--controlnet FILE on the command line, controlnet= in Python) ({first_line(err)})"
+                f"a control image needs a ControlNet: give --controlnet FILE on the command line (controlnet= in "
+                f"Python); the transformer file {Path(self.transformer).name} holds none"
             ) from None
 
     def load_transformer(self) -> PixArtTransformer:
