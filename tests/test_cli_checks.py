@@ -64,7 +64,7 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
         ({"--out": "{out}"}, "is a folder: give a file name"),
-        ({"--out": "{file}/x.png"}, "cannot be made"),
+        ({"--out": "{file}/x.png"}, "a-file is a file, not a folder"),
         ({"--device": "tpu"}, "--device: device 'tpu' is not a device name"),
         ({"--width": "1", "--height": "1"}, "must be at least 16 px, found 1"),
         ({"--strength": "0.5"}, "--strength 0.5 needs --init-image"),

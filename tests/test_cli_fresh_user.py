@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pixart_delta_core.checkpoints.files import read_json
 from pixart_delta_core.cli import main
+from pixart_delta_core.demo.embedded import by_name
 from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.pipeline import generation
 
 
@@ -91,3 +94,35 @@ def test_a_control_image_on_a_plain_transformer_says_simply_it_needs_a_controlne
         f"error: a control image needs a ControlNet: give --controlnet FILE on the command line (controlnet= in "
         f"Python); the transformer file {files.transformer.name} holds none"
     )
+
+
+def test_an_output_under_a_file_says_it_is_a_file(files, tmp_path: Path, nothing_loads, capsys) -> None:
+    (tmp_path / "afile").write_text("")
+    err = run(capsys, files, tmp_path, "--out", str(tmp_path / "afile" / "y.png"))
+    assert err == f"error: output {tmp_path / 'afile' / 'y.png'}: {tmp_path / 'afile'} is a file, not a folder"
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null here")
+def test_an_output_that_is_a_device_says_so(files, tmp_path: Path, nothing_loads, capsys) -> None:
+    err = run(capsys, files, tmp_path, "--out", "/dev/null")
+    assert "output /dev/null: expected an image file to write, found not a regular file" in err
+    assert "extension" not in err
+
+
+def test_a_config_that_is_not_json_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "a": 1,\n}\n')
+    with pytest.raises(CheckpointError, match=r"config.json: expected UTF-8 JSON, found text that is not valid JSON "):
+        read_json(path)
+    with pytest.raises(CheckpointError, match=r"at line 3 column 1\)$"):
+        read_json(path)
+
+
+def test_an_embedded_name_in_another_case_is_suggested() -> None:
+    with pytest.raises(
+        InputError, match=r"--transformer shapes-LCM: no such file or folder; did you mean shapes-lcm\?"
+    ):
+        by_name("shapes-LCM", "--transformer")
+    with pytest.raises(InputError) as caught:
+        by_name("SHAPES-LCM", "--vae")  # another kind's model: no suggestion of it for --vae
+    assert "did you mean" not in str(caught.value)

@@ -102,8 +102,15 @@ def read_json(path: Path) -> dict:
         raw = path.read_bytes()
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(f"{name}: expected UTF-8 JSON, found text that is not ({err})") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{name}: expected UTF-8 JSON, found text that is not UTF-8 ({err})") from err
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{name}: expected UTF-8 JSON, found text that is not valid JSON ({err.msg} at line {err.lineno} column "
+            f"{err.colno})"
+        ) from err
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{name}: expected UTF-8 JSON, found text that is not valid JSON ({err})") from err
     if not isinstance(value, dict):
         raise CheckpointError(f"{name}: expected a JSON object, found {type(value).__name__}")
     return value

@@ -125,6 +125,9 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     if found is not None and kind in takes:
         return embedded_path(found)
     said = [] if found == name else ["no such file or folder"]
+    other_case = next((m for m in MODELS if _kind(m) in takes and name.lower() in {n.lower() for n in _names(m)}), None)
+    if found is None and other_case is not None:  # names are case-sensitive, as files are on most systems
+        said.append(f"did you mean {other_case}?")
     if found is not None:  # another kind's model: the option that takes it
         said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {OPTIONS[kind]} {found}")
     listed = sorted(model for model in MODELS if _kind(model) in takes)

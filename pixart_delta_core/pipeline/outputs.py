@@ -58,12 +58,20 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
                 f"output {printable_path(out)} is a folder: give a file name such as "
                 f"{printable_path(out / 'image.png')}"
             )
+        if out.exists() and not out.is_file():
+            raise InputError(
+                f"output {printable_path(out)}: expected an image file to write, found not a regular file (a device, "
+                f"FIFO or socket): give a file name such as image.png"
+            )
         suffix = out.suffix.lower()
         if suffix not in (writable := writable_extensions()):
             raise InputError(
                 f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format Pillow writes "
                 f"(any case: {', '.join(writable)})"
             )
+        file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if file is not None:
+            raise InputError(f"output {printable_path(out)}: {printable_path(file)} is a file, not a folder")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
