@@ -67,6 +67,28 @@ def embedded_model(path: Path) -> str | None:
     return next((name for name in MODELS if embedded_path(name) == path.resolve()), None)
 
 
+def warn_outside_the_world(transformer: Path, prompts: list[str]) -> None:
+    """Log one warning when an embedded transformer is given a prompt outside the shapes world's grammar."""
+    if (name := embedded_model(transformer)) is None:
+        return
+    from .world.judge import GRAMMAR, parse_caption
+
+    outside = []
+    for prompt in prompts:
+        try:
+            parse_caption(prompt)
+        except InputError:
+            outside.append(prompt)
+    if outside:
+        log.warning(
+            "%s was trained only on the shapes world's prompts; %s is outside its grammar, so expect an unclear "
+            "picture (the grammar: %s)",
+            name,
+            ", ".join(repr(p) for p in outside),
+            GRAMMAR,
+        )
+
+
 def check_generate(args: argparse.Namespace) -> None:
     """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
     from .devices import device_option
@@ -120,6 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     embedded_names(args, "transformer", "t5", "vae", "controlnet")
     check_generate(args)
+    warn_outside_the_world(args.transformer, args.prompt)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(

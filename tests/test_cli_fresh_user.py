@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pixart_delta_core.checkpoints.files import read_json
-from pixart_delta_core.cli import main
-from pixart_delta_core.demo.embedded import by_name
+from pixart_delta_core.cli import main, warn_outside_the_world
+from pixart_delta_core.demo.embedded import by_name, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import CheckpointError, InputError
 from pixart_delta_core.pipeline import generation
@@ -126,3 +127,22 @@ def test_an_embedded_name_in_another_case_is_suggested() -> None:
     with pytest.raises(InputError) as caught:
         by_name("SHAPES-LCM", "--vae")  # another kind's model: no suggestion of it for --vae
     assert "did you mean" not in str(caught.value)
+
+
+@pytest.mark.parametrize("prompt", ["a purple elephant riding a bicycle", ""])
+def test_an_embedded_transformer_warns_of_a_prompt_outside_the_world(prompt: str, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        warn_outside_the_world(embedded_path("shapes-lcm"), [prompt])
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    message = caplog.records[0].getMessage()
+    assert "shapes-lcm was trained only on the shapes world's prompts" in message
+    assert repr(prompt) in message and '"a SIZE COLOUR KIND PLACE"' in message
+
+
+def test_no_warning_for_a_world_prompt_or_another_transformer(files, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        warn_outside_the_world(
+            embedded_path("shapes-lcm"), ["a small red circle at the top left, on a white background"]
+        )
+        warn_outside_the_world(files.transformer, ["a purple elephant riding a bicycle"])
+    assert caplog.records == []
