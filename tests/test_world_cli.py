@@ -86,7 +86,7 @@ def test_judge_takes_the_prompt_from_the_png_that_generate_wrote(tmp_path: Path,
     assert report["images"][0]["prompt"] == scene.caption() and report["images"][0]["verdict"] == "ok"
 
 
-def test_judge_refuses_bad_input_before_reading_any_picture(data_set: Path, tmp_path: Path, capsys) -> None:
+def test_judge_judges_the_good_pictures_and_names_each_bad_one(data_set: Path, tmp_path: Path, capsys) -> None:
     good = str(data_set / "000005.png")
     (tmp_path / "notes.png").write_text("not a picture", encoding="utf-8")
     Image.new("RGB", (128, 128)).save(tmp_path / "bare.png")
@@ -96,13 +96,23 @@ def test_judge_refuses_bad_input_before_reading_any_picture(data_set: Path, tmp_
         ([good, str(tmp_path / "missing.png")], "missing.png: expected a picture, found no such file"),
         ([good, str(tmp_path)], "expected a picture, found a folder"),
         ([good, str(tmp_path / "bare.png")], "bare.png: no prompt found (expected --prompt, a PNG parameters chunk"),
-        ([good, "--prompt", "a red fox"], "000005.png: expected a prompt of the shapes world"),
         ([good, str(tmp_path / "wide.png"), "--prompt", sample_scene(5).caption()], "wide.png: expected a square"),
     ]
     for argv, says in cases:
         assert main(["judge", *argv]) == 1
         captured = capsys.readouterr()
-        assert says in captured.err and captured.out == ""  # no verdict printed: nothing was judged
+        assert says in captured.err and "1 of 2 pictures could not be judged" in captured.err
+        assert captured.out.startswith(f"{good}: ok\n")  # the good picture is still judged
+    assert main(["judge", good, "--prompt", "a red fox"]) == 1  # nothing judged: no table
+    captured = capsys.readouterr()
+    assert "000005.png: expected a prompt of the shapes world" in captured.err and captured.out == ""
+    bad = [str(tmp_path / "notes.png"), str(tmp_path / "missing.png")]
+    assert main(["judge", bad[0], good, bad[1], "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [r["image"] for r in report["images"]] == [good] and report["scores"]["picture"]["fraction"] == 1.0
+    assert [e["image"] for e in report["errors"]] == bad
+    assert captured.err.count("error: ") == 3 and "2 of 3 pictures could not be judged" in captured.err
 
 
 def test_the_world_command_refuses_an_out_that_is_no_folder(tmp_path: Path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..cli_types import whole_number
@@ -98,20 +99,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from .judge import Scores, judge, parse_caption
     from .reading import read_picture
 
-    asked = []
-    for path in args.images:  # every picture and prompt is checked, and every picture read, before any is judged
-        found = prompt_of(path)  # also refuses what is not a picture
-        prompt = found if args.prompt is None else args.prompt
-        if prompt is None:
-            raise InputError(
-                f"{path}: no prompt found (expected --prompt, a PNG parameters chunk or {path.with_suffix('.txt')})"
-            )
-        try:  # with several pictures, the error names the one it is about
-            scene = parse_caption(prompt)
-            with Image.open(path) as image:
-                asked.append((path, prompt, scene, read_picture(image)))
+    asked, failed = [], []
+    for path in args.images:  # every picture is judged; the bad ones are named at the end, with a failing exit
+        try:
+            found = prompt_of(path)  # also refuses what is not a picture
+            prompt = found if args.prompt is None else args.prompt
+            if prompt is None:
+                where = path.with_suffix(".txt")
+                raise InputError(f"{path}: no prompt found (expected --prompt, a PNG parameters chunk or {where})")
+            try:  # with several pictures, the error names the one it is about
+                scene = parse_caption(prompt)
+                with Image.open(path) as image:
+                    asked.append((path, prompt, scene, read_picture(image)))
+            except InputError as err:
+                raise InputError(f"{path}: {err}") from None
         except InputError as err:
-            raise InputError(f"{path}: {err}") from None
+            failed.append({"image": str(path), "error": str(err)})
     scores, records = Scores(), []
     for path, prompt, scene, reading in asked:
         verdict = judge(scene, reading)
@@ -120,8 +123,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{path}: {verdict.line()}")
     if args.json:
-        print(json.dumps({"images": records, "scores": scores.as_dict()}, indent=2))
-    else:
+        print(json.dumps({"images": records, "scores": scores.as_dict(), "errors": failed}, indent=2))
+    elif records:
         print()
         print(scores.table())
-    return 0
+    for failure in failed:
+        print(f"error: {failure['error']}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(args.images)} pictures could not be judged", file=sys.stderr)
+    return 1 if failed else 0
