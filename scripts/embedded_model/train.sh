@@ -6,8 +6,9 @@ set -e
 PY=${PYTHON:-.venv/bin/python}
 M=scripts/embedded_model
 
-# 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps
-$PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
+# 1. the data: 8,000 scenes of the shapes world (seeds 0-7999), their captions and edge maps (once: world refuses
+#    to write over a data set)
+[ -f outputs/embedded/world/data.jsonl ] || $PY -m pixart_delta_core world --out outputs/embedded/world --count 8000 --first-seed 0
 # 2. the T5 encoders, frozen, with T5's tokenizer (the copy the pack ships beside them): random (seed 0) for teacher.toml
 #    and teacher-more.toml, and the same weights with each head's attention kept within a window of
 #    neighbouring words (demo.embedded.T5_WINDOWS) for teacher-windowed.toml and everything after it
