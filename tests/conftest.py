@@ -1,4 +1,4 @@
-"""Fixtures shared by the node tests."""
+"""Fixtures shared by several test modules: the node tests' models, the command-line checks' guard."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Any model load fails the test: the checks must have stopped the run before."""
+    from pixart_delta_core.pipeline import generation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks finished")
+
+    for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
+        monkeypatch.setattr(generation, name, refuse)

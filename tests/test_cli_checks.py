@@ -23,17 +23,6 @@ def files(tmp_path_factory):
     return write_demo_models(tmp_path_factory.mktemp("models"))
 
 
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    """Any model load fails the test: the checks must have stopped the run before."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the checks finished")
-
-    for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
-        monkeypatch.setattr(generation, name, refuse)
-
-
 def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
     options = {"--transformer": str(files.transformer), "--t5": str(files.t5), "--vae": str(files.vae)}
     options |= {"--tokenizer": str(files.tokenizer), "--prompt": "a fox", "--out": str(tmp_path / "x.png")}

@@ -14,21 +14,11 @@ from pixart_delta_core.cli import main, warn_outside_the_world
 from pixart_delta_core.demo.embedded import by_name, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import CheckpointError, InputError
-from pixart_delta_core.pipeline import generation
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     return write_demo_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the checks finished")
-
-    for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
-        monkeypatch.setattr(generation, name, refuse)
 
 
 def run(capsys, files, tmp_path: Path, *extra: str, embedded: bool = False) -> str:
