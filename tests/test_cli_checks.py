@@ -150,6 +150,8 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
     assert "the grid written (default: outputs/demo.png)" in out
     assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE" in out
     assert "--training-resolution PX" in out and "--heads" in out
+    # the size's default with an init image is the init image's (test_img2img_without_a_size_keeps_...)
+    assert "--width WIDTH pixels (default: the init image's with --init-image, else the model's training" in out
 
 
 @pytest.mark.parametrize(

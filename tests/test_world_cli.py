@@ -155,3 +155,8 @@ def test_judge_says_what_a_path_is_and_refuses_huge_pictures_from_their_header(t
     for name, says in cases:
         assert main(["judge", str(tmp_path / name), "--prompt", sample_scene(5).caption()]) == 1
         assert says in capsys.readouterr().err
+
+
+def test_world_says_scene_for_one(tmp_path: Path, capsys) -> None:
+    assert main(["world", "--out", str(tmp_path / "one"), "--count", "1"]) == 0
+    assert f"wrote 1 scene to {tmp_path / 'one'};" in capsys.readouterr().out

@@ -58,8 +58,9 @@ def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.Argume
         help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png",
     )
     size = gen.add_argument_group("size")
-    size.add_argument("--width", type=pixels, help="pixels (default: the model's training resolution)")
-    size.add_argument("--height", type=pixels, help="pixels (default: the model's training resolution)")
+    default = "default: the init image's with --init-image, else the model's training resolution"
+    size.add_argument("--width", type=pixels, help=f"pixels ({default})")
+    size.add_argument("--height", type=pixels, help=f"pixels ({default})")
     size.add_argument("--no-binning", action="store_true", help="generate at exactly this size, not the nearest bin")
     run = gen.add_argument_group("sampling")
     run.add_argument("--sampler", default="lcm", choices=[s.value for s in Sampler])

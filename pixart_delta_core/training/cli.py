@@ -15,7 +15,7 @@ from .config import Method
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
-        help="train a model from a TOML config (base fine-tune, LCM distillation, ControlNet, LoRA)",
+        help="train a model from a TOML config (base fine-tune, LCM distillation, ControlNet, LoRA, autoencoder)",
         description="Train with the reference recipes; runs on many processes or GPUs under `accelerate launch`.",
     )
     train.add_argument("method", choices=[m.value for m in Method], help="what to train (overrides the file's method)")

@@ -59,7 +59,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     from .dataset import write_dataset
 
     path = write_dataset(args.out, args.count, args.first_seed, args.max_shapes)
-    print(f"wrote {args.count} scenes to {args.out}; records: {path}")
+    print(f"wrote {args.count} scene{'s' if args.count != 1 else ''} to {args.out}; records: {path}")
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # How the embedded model (pixart_delta_core/embedded_model/) was made, step by step, on a 2-core CPU.
-# Each training run writes resumable checkpoints: after an interruption, run the same command with --resume.
+# Each training run writes resumable checkpoints: after an interruption, run the same command with --resume,
+# then the commands after it (a finished run refuses to start again over its checkpoints).
 # Run from the repository root; everything is written under outputs/embedded/.
 set -e
 PY=${PYTHON:-.venv/bin/python}
