@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..file_kinds import file_kind
 from .sources import printable_path, reading
 
 MAX_HEADER_BYTES = 100_000_000
@@ -38,7 +39,7 @@ def path_kind(path: Path) -> int:
         raise CheckpointError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from err
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise CheckpointError(
-            f"{name}: expected a checkpoint file or a model folder, found {_special_kind(mode)}; only regular "
+            f"{name}: expected a checkpoint file or a model folder, found {file_kind(mode)}; only regular "
             f"files and folders are read"
         )
     return mode
@@ -48,12 +49,6 @@ def check_regular_file(path: Path) -> None:
     """Raise ``CheckpointError`` unless ``path`` is a regular file (see ``path_kind``)."""
     if stat.S_ISDIR(path_kind(path)):
         raise CheckpointError(f"{printable_path(path)}: expected a checkpoint file, found a folder")
-
-
-def _special_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"))
-    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    return next((what for test, what in kinds if test(mode)), f"a special file (mode {oct(mode)})")
 
 
 def sniff_format(path: Path) -> CheckpointFormat:

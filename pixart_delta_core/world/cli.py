@@ -69,10 +69,10 @@ def prompt_of(path: Path) -> str | None:
     same-name ``.txt`` beside it; None when neither is there. Raises InputError for what is not a picture."""
     from PIL import Image, UnidentifiedImageError
 
-    from .dataset import what_is
+    from ..file_kinds import file_kind
 
     if not path.is_file():
-        found = "a folder" if path.is_dir() else what_is(path.stat().st_mode) if path.exists() else "no such file"
+        found = file_kind(path.stat().st_mode) if path.exists() else "no such file"
         raise InputError(f"{path}: expected a picture, found {found}")
     try:
         with Image.open(path) as image:

@@ -8,21 +8,14 @@ Scene ``i`` is ``sample_scene(first_seed + i)``, so a data set is rebuilt exactl
 from __future__ import annotations
 
 import json
-import stat
 from pathlib import Path
 
 from ..errors import InputError
+from ..file_kinds import file_kind
 from .render import edge_map, render
 from .scenes import sample_scene
 
 JSONL = "data.jsonl"
-
-
-def what_is(mode: int) -> str:
-    """What a path that is not a folder is, in words, from its ``st_mode``."""
-    kinds = [(stat.S_ISREG, "a regular file"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
-    kinds += [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")]
-    return next((name for test, name in kinds if test(mode)), "not a folder")
 
 
 def check_output_folder(folder: Path) -> None:
@@ -33,7 +26,7 @@ def check_output_folder(folder: Path) -> None:
         above = above.parent
     if above.exists() and not above.is_dir():
         where = "" if above == folder else f" (its part {above})"
-        raise InputError(f"--out {folder}: expected a folder{where}, found {what_is(above.stat().st_mode)}")
+        raise InputError(f"--out {folder}: expected a folder{where}, found {file_kind(above.stat().st_mode)}")
     if (folder / JSONL).exists():
         raise InputError(
             f"--out {folder}: already holds a data set ({folder / JSONL}); writing over it would replace its "
