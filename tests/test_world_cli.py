@@ -136,13 +136,66 @@ def test_the_world_command_refuses_an_out_that_is_no_folder(tmp_path: Path, caps
     assert "--out: expected a folder for the data set, found an empty path" in capsys.readouterr().err
 
 
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
 def test_the_world_command_refuses_a_folder_holding_a_data_set(data_set: Path, capsys) -> None:
-    before = {p.name: p.stat().st_mtime_ns for p in data_set.iterdir()}
+    before = _listing(data_set)
     assert main(["world", "--out", str(data_set), "--count", "1", "--first-seed", "50"]) == 1
     says = capsys.readouterr().err
-    assert f"already holds a data set ({data_set / 'data.jsonl'})" in says
-    assert "choose another folder, or delete this one first" in says
-    assert {p.name: p.stat().st_mtime_ns for p in data_set.iterdir()} == before
+    assert f"error: --out {data_set}: already holds a data set or part of one: data.jsonl, " in says
+    assert f"6 scene files ({data_set / '000005.png'}, ...), " in says
+    assert f"3 edge maps ({data_set / 'control' / '000005.png'}, ...)" in says
+    assert "choose another --out, or delete this folder first" in says
+    assert _listing(data_set) == before
+
+
+def test_the_world_command_refuses_what_an_interrupted_run_left(tmp_path: Path, monkeypatch, capsys) -> None:
+    from pixart_delta_core.world import dataset
+
+    drawn = []
+
+    def interrupted(seed: int, max_shapes: int):
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(seed)
+        return sample_scene(seed, max_shapes)
+
+    monkeypatch.setattr(dataset, "sample_scene", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["world", "--out", str(tmp_path / "set"), "--count", "5"])
+    monkeypatch.undo()
+    left = _listing(tmp_path / "set")
+    assert "data.jsonl" not in left and "000001.png" in left
+    assert main(["world", "--out", str(tmp_path / "set"), "--count", "5", "--first-seed", "100"]) == 1
+    says = capsys.readouterr().err
+    assert "already holds a data set or part of one: 4 scene files (" in says  # 000000 and 000001, .png and .txt
+    assert f"2 edge maps ({tmp_path / 'set' / 'control' / '000000.png'}, ...)" in says
+    assert _listing(tmp_path / "set") == left
+    (tmp_path / "edges" / "control").mkdir(parents=True)
+    (tmp_path / "edges" / "control" / "000007.png").write_bytes(b"an edge map")
+    assert main(["world", "--out", str(tmp_path / "edges"), "--count", "1"]) == 1
+    assert "part of one: 1 edge map (" in capsys.readouterr().err
+
+
+def test_the_world_command_writes_into_an_empty_folder_or_one_holding_other_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("my notes", encoding="utf-8")
+    (tmp_path / "notes" / "photo.png").write_bytes(b"not the world's")
+    for name in ("empty", "notes"):
+        assert main(["world", "--out", str(tmp_path / name), "--count", "1"]) == 0
+        assert (tmp_path / name / "data.jsonl").is_file()
+    assert (tmp_path / "notes" / "photo.png").read_bytes() == b"not the world's"
+
+
+def test_the_world_help_says_out_is_required(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["world", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: None" not in out
+    assert "--out OUT the data set's folder: a new or empty one (required)" in out
 
 
 def test_judge_says_what_a_path_is_and_refuses_huge_pictures_from_their_header(tmp_path: Path, capsys) -> None:

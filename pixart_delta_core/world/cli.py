@@ -30,7 +30,13 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         "places on a background) as a training data set: NNNNNN.png with its .txt caption, its edge map in "
         "control/, and data.jsonl. Scene i is drawn from seed first_seed + i.",
     )
-    world.add_argument("--out", type=out_folder, required=True, help="the data set's folder")
+    world.add_argument(  # no default to show: SUPPRESS keeps ArgumentDefaultsHelpFormatter's "(default: None)" off
+        "--out",
+        type=out_folder,
+        required=True,
+        default=argparse.SUPPRESS,
+        help="the data set's folder: a new or empty one (required)",
+    )
     world.add_argument("--count", type=whole_number("scenes"), default=1000, help="how many scenes")
     world.add_argument("--first-seed", type=whole_number(least=0), default=0, help="the seed of the first scene")
     world.add_argument(

@@ -8,6 +8,7 @@ Scene ``i`` is ``sample_scene(first_seed + i)``, so a data set is rebuilt exactl
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import InputError
@@ -16,30 +17,49 @@ from .render import edge_map, render
 from .scenes import sample_scene
 
 JSONL = "data.jsonl"
+CONTROL = "control"
+SCENE_FILE = re.compile(r"\d{6,}\.(png|txt)")  # a scene's picture or caption, named by its seed as write_dataset does
+EDGE_MAP = re.compile(r"\d{6,}\.png")
 
 
 def check_output_folder(folder: Path) -> None:
     """Refuse, before anything is written, a ``folder`` that is not one (or cannot become one) or that already
-    holds a data set: writing over it would replace its data.jsonl and leave its old pictures orphaned."""
+    holds files a run writes (``written_before``): writing into it would replace them, or leave pictures of an
+    interrupted run that the new data.jsonl does not list. A new folder, an empty one or one holding other files
+    is taken."""
     above = folder
     while not above.exists() and above != above.parent:  # the nearest part of the path that is there
         above = above.parent
     if above.exists() and not above.is_dir():
         where = "" if above == folder else f" (its part {above})"
         raise InputError(f"--out {folder}: expected a folder{where}, found {file_kind(above.stat().st_mode)}")
-    if (folder / JSONL).exists():
-        raise InputError(
-            f"--out {folder}: already holds a data set ({folder / JSONL}); writing over it would replace its "
-            f"records and orphan its pictures: choose another folder, or delete this one first"
-        )
     try:
-        (folder / "control").mkdir(parents=True, exist_ok=True)
+        found = written_before(folder)
+        if found:
+            raise InputError(
+                f"--out {folder}: already holds a data set or part of one: {', '.join(found)}; writing into it "
+                f"would replace those files or leave them out of the new {JSONL}: choose another --out, or delete "
+                f"this folder first"
+            )
+        (folder / CONTROL).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"--out {folder}: expected a folder that can be written, found {err.strerror}") from None
 
 
+def written_before(folder: Path) -> list[str]:
+    """What ``folder`` holds of the files ``write_dataset`` writes, in words: data.jsonl, how many scene files
+    (``NNNNNN.png`` and ``.txt``) and edge maps (``control/NNNNNN.png``), each with its first; empty when none."""
+    found = [JSONL] if (folder / JSONL).exists() else []
+    for place, name, what in ((folder, SCENE_FILE, "scene file"), (folder / CONTROL, EDGE_MAP, "edge map")):
+        names = sorted(p.name for p in place.iterdir() if name.fullmatch(p.name)) if place.is_dir() else []
+        if names:
+            found.append(f"{len(names)} {what}{'s' if len(names) != 1 else ''} ({place / names[0]}, ...)")
+    return found
+
+
 def write_dataset(folder: Path, count: int, first_seed: int = 0, max_shapes: int = 2) -> Path:
-    """Write ``count`` scenes into ``folder`` (created; refused if it already holds a data set); returns the JSONL."""
+    """Write ``count`` scenes into ``folder`` (created; refused if it already holds a data set or part of one, see
+    ``check_output_folder``); returns the JSONL."""
     if count <= 0:
         raise ValueError(f"a data set needs at least one scene, asked for {count}")
     check_output_folder(folder)
@@ -48,10 +68,10 @@ def write_dataset(folder: Path, count: int, first_seed: int = 0, max_shapes: int
         scene = sample_scene(first_seed + i, max_shapes)
         name = f"{first_seed + i:06d}.png"
         render(scene).save(folder / name)
-        edge_map(scene).save(folder / "control" / name)
+        edge_map(scene).save(folder / CONTROL / name)
         caption = scene.caption()
         (folder / name).with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
-        lines.append(json.dumps({"image": name, "caption": caption, "control": f"control/{name}"}))
+        lines.append(json.dumps({"image": name, "caption": caption, "control": f"{CONTROL}/{name}"}))
     path = folder / JSONL
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
