@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..pixart_delta_core.demo.embedded import FOLDER as EMBEDDED_FOLDER
+from ..pixart_delta_core.demo.embedded_files import FOLDER as EMBEDDED_FOLDER
 from ..pixart_delta_core.devices import pick_dtype
 from ..pixart_delta_core.memory import return_free_heap
 from ..pixart_delta_core.quant.quantization import Quantization

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .demo.embedded_files import by_name, embedded_model, names_for
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,12 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
 
 def embedded_names(args: argparse.Namespace, *options: str) -> None:
     """Put the embedded models' files for their names in ``options`` (``by_name``; a list takes any kind)."""
-    from .demo.embedded import by_name
-
     for option in options:
         value = getattr(args, option)
         if isinstance(value, list):
             setattr(args, option, [by_name(v) for v in value])
         elif value is not None:
             setattr(args, option, by_name(value, f"--{option}"))
-
-
-def embedded_model(path: Path) -> str | None:
-    """The name of the pack's embedded model whose file or folder ``path`` is, else None."""
-    from .demo.embedded import MODELS, embedded_path
-
-    return next((name for name in MODELS if embedded_path(name) == path.resolve()), None)
 
 
 def warn_outside_the_world(transformer: Path, prompts: list[str]) -> None:
@@ -296,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli import add_train_parser
     from .world.cli import add_world_parsers
 
-    add_generate_parser(sub, _common()).set_defaults(run=cmd_generate)
+    add_generate_parser(sub, _common(), names_for).set_defaults(run=cmd_generate)
     add_train_parser(sub)
     add_world_parsers(sub, _common())
     return parser

@@ -177,7 +177,7 @@ def as_in_comfyui(monkeypatch, models: Path) -> StandInFolderPaths:
 
 def write_embedded_names(folder: Path) -> Path:
     """Empty files with the embedded model's names and layout under ``folder`` (for tests of lists, not loading)."""
-    for relative in ENGINE.demo.embedded.MODELS.values():
+    for relative in ENGINE.demo.embedded_files.MODELS.values():
         path = folder / relative
         if path.suffix:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pixart_delta_core.cli import build_parser, main
-from pixart_delta_core.demo.embedded import by_name, embedded_path
+from pixart_delta_core.demo.embedded_files import MODELS, by_name, embedded_model, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline import generation
@@ -119,6 +119,33 @@ def test_a_file_here_of_an_embedded_models_file_name_is_that_file(tmp_path: Path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes-edges.safetensors").write_bytes(b"")  # a user's own file beside them comes first
     assert by_name("shapes-edges.safetensors", "--controlnet") == Path("shapes-edges.safetensors")
+
+
+def test_an_embedded_models_name_is_read_back_from_its_path(tmp_path: Path) -> None:
+    for name in MODELS:
+        assert embedded_model(embedded_path(name)) == name
+    assert embedded_model(tmp_path / "shapes-lcm.safetensors") is None
+
+
+def test_the_generate_help_names_the_embedded_models_taesd_and_the_control_strength(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "2000")  # no wrapping: argparse would break a name at its hyphen
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # an option's help starts on its own line when it is long
+    helps = [
+        "--transformer TRANSFORMER PixArt transformer file or diffusers folder, or the embedded shapes-lcm or "
+        "shapes-teacher --t5",
+        "--t5 T5 T5 encoder: single file or HF/diffusers folder, or the embedded shapes-t5 --vae",
+        "--vae VAE VAE: LDM single file or diffusers folder; TAESD: ComfyUI's file, the taesd_encoder and "
+        "taesd_decoder files or diffusers folder, or the embedded shapes-taesd --tokenizer",
+        "--controlnet CONTROLNET ControlNet file (default: --transformer's, if it has one), or the embedded "
+        "shapes-controlnet",
+    ]
+    for help_text in helps:
+        assert help_text in out
+    named = re.findall(r"the embedded ([\w-]+(?: or [\w-]+)*)", out)
+    assert sorted(" or ".join(named).split(" or ")) == sorted(MODELS)  # every embedded model, once
+    assert "--control-strength CONTROL_STRENGTH how strongly the edge map steers" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA device exists here: nothing to refuse")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pixart_delta_core.checkpoints.files import read_json
 from pixart_delta_core.cli import main, warn_outside_the_world
-from pixart_delta_core.demo.embedded import by_name, embedded_path
+from pixart_delta_core.demo.embedded_files import by_name, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import CheckpointError, InputError
 
@@ -90,13 +90,13 @@ def test_a_control_image_on_a_plain_transformer_says_simply_it_needs_a_controlne
 def test_an_output_under_a_file_says_it_is_a_file(files, tmp_path: Path, nothing_loads, capsys) -> None:
     (tmp_path / "afile").write_text("")
     err = run(capsys, files, tmp_path, "--out", str(tmp_path / "afile" / "y.png"))
-    assert err == f"error: output {tmp_path / 'afile' / 'y.png'}: {tmp_path / 'afile'} is a file, not a folder"
+    assert err == f"error: output {tmp_path / 'afile' / 'y.png'}: {tmp_path / 'afile'} is a regular file, not a folder"
 
 
 @pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null here")
 def test_an_output_that_is_a_device_says_so(files, tmp_path: Path, nothing_loads, capsys) -> None:
     err = run(capsys, files, tmp_path, "--out", "/dev/null")
-    assert "output /dev/null: expected an image file to write, found not a regular file" in err
+    assert "output /dev/null: expected an image file to write, found a character device" in err
     assert "extension" not in err
 
 

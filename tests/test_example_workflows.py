@@ -27,7 +27,7 @@ WORKFLOWS = sorted(FOLDER.glob("*.json"))
 DEMOS = sorted(FOLDER.glob("demo_*.json"))  # the embedded model's examples: they run offline as they are
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 FILENAMES = {Path(rel).name: rel.split("/")[0] for rel in MODEL_FILES.values()}  # file -> models/ folder
-EMBEDDED_NAMES = {Path(rel).name for rel in ENGINE.demo.embedded.MODELS.values()}  # as the loaders list them
+EMBEDDED_NAMES = {Path(rel).name for rel in ENGINE.demo.embedded_files.MODELS.values()}  # as the loaders list them
 
 
 def core(required: dict, output: list[str], extra_values: int = 0) -> dict:

@@ -15,7 +15,7 @@ host = PACK.nodes.host
 choices = PACK.nodes.model_choices
 NODES = PACK.NODE_CLASS_MAPPINGS
 world = ENGINE.world
-EMBEDDED = ENGINE.demo.embedded
+EMBEDDED = ENGINE.demo.embedded_files
 
 
 @pytest.fixture

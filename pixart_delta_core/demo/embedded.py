@@ -6,6 +6,7 @@ layout with T5's own tokenizer, the PixArt-α-layout teacher, the LCM student di
 ControlNet-Transformer trained on the world's edge maps. ``write_t5`` makes the T5 encoder: random (it
 is frozen during training, and the transformer learns from whatever features it gives), from a seed, but
 for its relative-position bias, which keeps each head's attention within a window of neighbouring words.
+The files' names and paths live in ``embedded_files`` (no torch, for the command line's help).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..text.t5_config import T5EncoderConfig
+from .embedded_files import FOLDER, MODELS, embedded_path  # noqa: F401 - the files' names, imported from here too
 from .random_weights import t5_weights
 
-FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
 EMBEDDED_T5 = T5EncoderConfig(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 # Each head's window of relative positions (key word - query word): two look back, two look ahead. A random
 # bias (N(0, 1) a bucket) spreads attention over the whole caption, so a word's features hardly say which
@@ -86,63 +87,3 @@ def write_t5(
 
 PICTURE = {"width": 128, "height": 128, "resolution_binning": False}  # what the models were trained at (no bins)
 TRAINING_SCENES = 8000  # the world's scenes the models were trained on: seeds 0 .. 7999 (held-out prompts avoid them)
-MODELS = {
-    "shapes-teacher": "transformer/shapes-teacher.safetensors",
-    "shapes-lcm": "transformer/shapes-lcm.safetensors",
-    "shapes-controlnet": "controlnet/shapes-edges.safetensors",
-    "shapes-taesd": "vae/shapes-taesd.safetensors",
-    "shapes-t5": "text_encoders/shapes-t5",
-}
-
-
-# The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.
-KINDS = {"transformer": "transformer", "controlnet": "ControlNet", "vae": "VAE", "text_encoders": "T5 text encoder"}
-OPTIONS = {"transformer": "--transformer", "controlnet": "--controlnet", "vae": "--vae", "text_encoders": "--t5"}
-
-
-def embedded_path(name: str | Path) -> Path:
-    """The file of an embedded model given by name (``shapes-lcm``...), or ``name`` itself as a path."""
-    relative = MODELS.get(str(name))
-    return FOLDER / relative if relative is not None else Path(name)
-
-
-def by_name(value: str | Path, option: str | None = None) -> Path:
-    """``value`` given to the command line's ``option`` (``--vae``...; None: a command taking every kind, as
-    ``info``) as a path: the file of the embedded model of that name, else ``value`` itself.
-
-    An embedded model is also taken by its file's name, with or without its extension (``shapes-edges``, as
-    ComfyUI lists it), when no file of that name is here. Raises InputError for a bare name (no folder in it,
-    no file here) that is no embedded model of a kind ``option`` takes: the error lists those it takes and, for
-    another kind's model (given by its name or its file's), says how to give that model."""
-    name = str(value)
-    takes = [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
-    found = next((model for model in MODELS if name in _names(model)), None)
-    kind = None if found is None else _kind(found)
-    if found == name and kind in takes:
-        return embedded_path(name)
-    if Path(name).name != name or Path(name).exists():
-        return Path(value)
-    if found is not None and kind in takes:
-        return embedded_path(found)
-    said = [] if found == name else ["no such file or folder"]
-    other_case = next((m for m in MODELS if _kind(m) in takes and name.lower() in {n.lower() for n in _names(m)}), None)
-    if found is None and other_case is not None:  # names are case-sensitive, as files are on most systems
-        said.append(f"did you mean {other_case}?")
-    if found is not None:  # another kind's model: the option that takes it
-        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {OPTIONS[kind]} {found}")
-    listed = sorted(model for model in MODELS if _kind(model) in takes)
-    several = len(listed) > 1
-    what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
-    said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
-    raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
-
-
-def _kind(model: str) -> str:
-    """The sub-folder of ``FOLDER`` (a key of ``KINDS``) holding the embedded model ``model``."""
-    return Path(MODELS[model]).parts[0]
-
-
-def _names(model: str) -> set[str]:
-    """The names a user may give an embedded model by: its own, its file's (as ComfyUI lists it), its file's stem."""
-    relative = Path(MODELS[model])
-    return {model, relative.name, relative.stem}

@@ -17,7 +17,8 @@ from ..world.judge import Scores, foreground_iou, held_out_scenes, judge, parse_
 from ..world.reading import read_picture
 from ..world.render import edge_map
 from ..world.scenes import Scene
-from .embedded import PICTURE, TRAINING_SCENES, embedded_path
+from .embedded import PICTURE, TRAINING_SCENES
+from .embedded_files import embedded_path
 
 BATCH = 25  # prompts drawn at once
 

@@ -23,7 +23,8 @@ from ..pipeline.outputs import check_output
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
-from .embedded import FOLDER, PICTURE, TRAINING_SCENES, embedded_path
+from .embedded import PICTURE, TRAINING_SCENES
+from .embedded_files import FOLDER, embedded_path
 
 TILE = 256  # px per picture in the grid (the model draws 128 px)
 PAD = 4  # px between a caption's text and its tile's edges

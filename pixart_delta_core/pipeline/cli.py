@@ -7,6 +7,7 @@ when a ``--lora`` is given.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cli_types import whole_number
@@ -33,9 +34,18 @@ def lora_spec(text: str) -> tuple[Path, float]:
         ) from err
 
 
-def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``generate`` and its options to ``sub``; its ``run`` is for the caller to set (``cli.cmd_generate``)."""
+def add_generate_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, embedded: Callable[[str], list[str]]
+) -> argparse.ArgumentParser:
+    """Add ``generate`` and its options to ``sub``; its ``run`` is for the caller to set (``cli.cmd_generate``).
+
+    ``embedded(option)``: the names of the pack's embedded models that ``option`` (``--vae``...) takes, for the help
+    (``demo.embedded_files.names_for``: demo sits above the pipeline, so the caller hands them down)."""
     pixels = whole_number("pixels")
+
+    def or_embedded(option: str) -> str:
+        return f", or the embedded {' or '.join(embedded(option))}"
+
     gen = sub.add_parser(
         "generate",
         parents=[common],
@@ -44,11 +54,28 @@ def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.Argume
         "device are checked before any model loads.",
     )
     files = gen.add_argument_group("model files (any layout the engine reads)")
-    files.add_argument("--transformer", type=Path, required=True, help="PixArt transformer file or diffusers folder")
-    files.add_argument("--t5", type=Path, required=True, help="T5 encoder: single file or HF/diffusers folder")
-    files.add_argument("--vae", type=Path, required=True, help="VAE: LDM single file or diffusers folder")
+    files.add_argument(
+        "--transformer",
+        type=Path,
+        required=True,
+        help=f"PixArt transformer file or diffusers folder{or_embedded('--transformer')}",
+    )
+    files.add_argument(
+        "--t5", type=Path, required=True, help=f"T5 encoder: single file or HF/diffusers folder{or_embedded('--t5')}"
+    )
+    files.add_argument(
+        "--vae",
+        type=Path,
+        required=True,
+        help="VAE: LDM single file or diffusers folder; TAESD: ComfyUI's file, the taesd_encoder and taesd_decoder "
+        f"files or diffusers folder{or_embedded('--vae')}",
+    )
     files.add_argument("--tokenizer", type=Path, help="T5 tokenizer folder (default: beside --t5)")
-    files.add_argument("--controlnet", type=Path, help="ControlNet file (default: --transformer's, if it has one)")
+    files.add_argument(
+        "--controlnet",
+        type=Path,
+        help=f"ControlNet file (default: --transformer's, if it has one){or_embedded('--controlnet')}",
+    )
     gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
     gen.add_argument("--negative-prompt", help="used with guidance > 1 (default: the learned null caption)")
     gen.add_argument(
@@ -97,7 +124,13 @@ def add_generate_parser(sub: argparse._SubParsersAction, common: argparse.Argume
         help="edge map (HED) steering the generation; one of another aspect ratio than the picture is scaled to "
         "cover it and centre-cropped, with a warning",
     )
-    ctl.add_argument("--control-strength", type=float, default=1.0)
+    ctl.add_argument(
+        "--control-strength",
+        type=float,
+        default=1.0,
+        help="how strongly the edge map steers: the ControlNet's output times this (default 1, the reference; "
+        "0: not at all)",
+    )
     ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
     ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
     hint = gen.add_argument_group("detection hints (for files that do not say it; refused where a file says otherwise)")

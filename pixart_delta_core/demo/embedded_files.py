@@ -1,0 +1,83 @@
+"""The embedded model's files and the names a user gives them by (``shapes-lcm``...), both ways: a name to its
+file (``embedded_path``, ``by_name``) and a file to its name (``embedded_model``).
+
+Plain paths and names, no torch: the command line's parser lists the names in its help without loading the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+
+FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
+MODELS = {
+    "shapes-teacher": "transformer/shapes-teacher.safetensors",
+    "shapes-lcm": "transformer/shapes-lcm.safetensors",
+    "shapes-controlnet": "controlnet/shapes-edges.safetensors",
+    "shapes-taesd": "vae/shapes-taesd.safetensors",
+    "shapes-t5": "text_encoders/shapes-t5",
+}
+
+
+# The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.
+KINDS = {"transformer": "transformer", "controlnet": "ControlNet", "vae": "VAE", "text_encoders": "T5 text encoder"}
+OPTIONS = {"transformer": "--transformer", "controlnet": "--controlnet", "vae": "--vae", "text_encoders": "--t5"}
+
+
+def embedded_path(name: str | Path) -> Path:
+    """The file of an embedded model given by name (``shapes-lcm``...), or ``name`` itself as a path."""
+    relative = MODELS.get(str(name))
+    return FOLDER / relative if relative is not None else Path(name)
+
+
+def embedded_model(path: Path) -> str | None:
+    """The name of the embedded model whose file or folder ``path`` is, else None (``embedded_path``'s inverse)."""
+    return next((name for name in MODELS if embedded_path(name) == path.resolve()), None)
+
+
+def names_for(option: str) -> list[str]:
+    """The embedded models the command line's ``option`` (``--vae``...) takes by name, sorted."""
+    return sorted(model for model in MODELS if OPTIONS[_kind(model)] == option)
+
+
+def by_name(value: str | Path, option: str | None = None) -> Path:
+    """``value`` given to the command line's ``option`` (``--vae``...; None: a command taking every kind, as
+    ``info``) as a path: the file of the embedded model of that name, else ``value`` itself.
+
+    An embedded model is also taken by its file's name, with or without its extension (``shapes-edges``, as
+    ComfyUI lists it), when no file of that name is here. Raises InputError for a bare name (no folder in it,
+    no file here) that is no embedded model of a kind ``option`` takes: the error lists those it takes and, for
+    another kind's model (given by its name or its file's), says how to give that model."""
+    name = str(value)
+    takes = [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
+    found = next((model for model in MODELS if name in _names(model)), None)
+    kind = None if found is None else _kind(found)
+    if found == name and kind in takes:
+        return embedded_path(name)
+    if Path(name).name != name or Path(name).exists():
+        return Path(value)
+    if found is not None and kind in takes:
+        return embedded_path(found)
+    said = [] if found == name else ["no such file or folder"]
+    other_case = next((m for m in MODELS if _kind(m) in takes and name.lower() in {n.lower() for n in _names(m)}), None)
+    if found is None and other_case is not None:  # names are case-sensitive, as files are on most systems
+        said.append(f"did you mean {other_case}?")
+    if found is not None:  # another kind's model: the option that takes it
+        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {OPTIONS[kind]} {found}")
+    listed = sorted(model for model in MODELS if _kind(model) in takes)
+    several = len(listed) > 1
+    what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
+    said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
+    raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
+
+
+def _kind(model: str) -> str:
+    """The sub-folder of ``FOLDER`` (a key of ``KINDS``) holding the embedded model ``model``."""
+    return Path(MODELS[model]).parts[0]
+
+
+def _names(model: str) -> set[str]:
+    """The names a user may give an embedded model by: its own, its file's (as ComfyUI lists it), its file's stem."""
+    relative = Path(MODELS[model])
+    return {model, relative.name, relative.stem}
