@@ -1,9 +1,10 @@
 """What a path is, in words, for the engine's messages about paths it cannot use (a FIFO or a device would
-block ``open`` forever; a regular file cannot hold a data set)."""
+block ``open`` forever; a regular file cannot hold a data set), and which part of a path stops it being a folder."""
 
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 _KINDS = (
     (stat.S_ISREG, "a regular file"),
@@ -19,3 +20,16 @@ def file_kind(mode: int) -> str:
     """A path's ``st_mode`` in words: "a regular file", "a folder", "a FIFO (named pipe)", "a character device",
     "a block device", "a socket", else "a special file (mode 0o...)"."""
     return next((what for test, what in _KINDS if test(mode)), f"a special file (mode {oct(mode)})")
+
+
+def non_folder_part(path: Path) -> tuple[Path, str] | None:
+    """The part of ``path`` that stops it being a folder or being made as one, with its kind in words
+    (``file_kind``): the nearest part that exists (``path`` itself, else its nearest parent) when that part is
+    not a folder; None when it is one. Raises OSError when a part cannot be looked at (no permission)."""
+    for part in (path, *path.parents):  # a relative path ends at ".", which is there
+        try:
+            mode = part.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return None if stat.S_ISDIR(mode) else (part, file_kind(mode))
+    return None

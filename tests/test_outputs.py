@@ -3,6 +3,7 @@ cannot be written is refused before any work."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,19 @@ def test_pngs_carry_the_parameters_other_formats_are_written_plainly(tmp_path: P
 def test_an_output_that_cannot_be_written_is_our_error(tmp_path: Path, name: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         check_output(tmp_path / name)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null here")
+def test_an_output_on_or_under_what_is_no_folder_names_its_kind(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (Path("/dev/null"), "output /dev/null: expected an image file to write, found a character device"),
+        (Path("/dev/null/x.png"), "output /dev/null/x.png: /dev/null is a character device, not a folder"),
+        (tmp_path / "afile" / "y" / "x.png", f"{tmp_path / 'afile'} is a regular file, not a folder"),
+    ]
+    for out, says in cases:
+        with pytest.raises(InputError, match=re.escape(says)):
+            check_output(out)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no file can be made (even by root)")

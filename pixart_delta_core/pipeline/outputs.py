@@ -15,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..checkpoints.sources import printable_path
 from ..errors import InputError, first_line
+from ..file_kinds import file_kind, non_folder_part
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,10 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
                 f"{printable_path(out / 'image.png')}"
             )
         if out.exists() and not out.is_file():
+            found = file_kind(out.stat().st_mode)
             raise InputError(
-                f"output {printable_path(out)}: expected an image file to write, found not a regular file (a device, "
-                f"FIFO or socket): give a file name such as image.png"
+                f"output {printable_path(out)}: expected an image file to write, found {found}: give a file name "
+                f"such as image.png"
             )
         suffix = out.suffix.lower()
         if suffix not in (writable := writable_extensions()):
@@ -69,9 +71,10 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
                 f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format Pillow writes "
                 f"(any case: {', '.join(writable)})"
             )
-        file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        if file is not None:
-            raise InputError(f"output {printable_path(out)}: {printable_path(file)} is a file, not a folder")
+        blocked = non_folder_part(out.parent)
+        if blocked is not None:
+            part, kind = blocked
+            raise InputError(f"output {printable_path(out)}: {printable_path(part)} is {kind}, not a folder")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:

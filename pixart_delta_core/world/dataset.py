@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from ..file_kinds import file_kind
+from ..file_kinds import non_folder_part
 from .render import edge_map, render
 from .scenes import sample_scene
 
@@ -27,13 +27,12 @@ def check_output_folder(folder: Path) -> None:
     holds files a run writes (``written_before``): writing into it would replace them, or leave pictures of an
     interrupted run that the new data.jsonl does not list. A new folder, an empty one or one holding other files
     is taken."""
-    above = folder
-    while not above.exists() and above != above.parent:  # the nearest part of the path that is there
-        above = above.parent
-    if above.exists() and not above.is_dir():
-        where = "" if above == folder else f" (its part {above})"
-        raise InputError(f"--out {folder}: expected a folder{where}, found {file_kind(above.stat().st_mode)}")
     try:
+        blocked = non_folder_part(folder)
+        if blocked is not None:
+            part, kind = blocked
+            where = "" if part == folder else f" (its part {part})"
+            raise InputError(f"--out {folder}: expected a folder{where}, found {kind}")
         found = written_before(folder)
         if found:
             raise InputError(
