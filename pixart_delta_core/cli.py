@@ -59,8 +59,9 @@ def embedded_names(args: argparse.Namespace, *options: str) -> None:
             setattr(args, option, by_name(value, f"--{option}"))
 
 
-def warn_outside_the_world(transformer: Path, prompts: list[str]) -> None:
-    """Log one warning when an embedded transformer is given a prompt outside the shapes world's grammar."""
+def warn_outside_the_world(transformer: Path, prompts: list[str], what: str = "prompt") -> None:
+    """Log one warning when an embedded transformer is given prompts outside the shapes world's grammar; ``what``
+    they are in the message ("prompt", "negative prompt")."""
     if (name := embedded_model(transformer)) is None:
         return
     from .world.judge import GRAMMAR, parse_caption
@@ -72,13 +73,26 @@ def warn_outside_the_world(transformer: Path, prompts: list[str]) -> None:
         except InputError:
             outside.append(prompt)
     if outside:
+        several = len(outside) > 1
         log.warning(
-            "%s was trained only on the shapes world's prompts; %s is outside its grammar, so expect an unclear "
-            "picture (the grammar: %s)",
+            "%s was trained only on the shapes world's prompts; the %s%s %s %s outside its grammar, so expect an "
+            "unclear picture (the grammar: %s)",
             name,
+            what,
+            "s" * several,
             ", ".join(repr(p) for p in outside),
+            "are" if several else "is",
             GRAMMAR,
         )
+
+
+def _guided(args: argparse.Namespace) -> bool:
+    """Whether ``generate`` runs with guidance (above 1): only then does a negative prompt act."""
+    from .sampling.samplers import SamplingSettings
+
+    return SamplingSettings.defaults(
+        args.sampler, **({} if args.guidance is None else {"guidance": args.guidance})
+    ).guided
 
 
 def check_generate(args: argparse.Namespace) -> None:
@@ -135,6 +149,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     embedded_names(args, "transformer", "t5", "vae", "controlnet")
     check_generate(args)
     warn_outside_the_world(args.transformer, args.prompt)
+    if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
+        warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(

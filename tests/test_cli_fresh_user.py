@@ -136,3 +136,39 @@ def test_no_warning_for_a_world_prompt_or_another_transformer(files, caplog) -> 
         )
         warn_outside_the_world(files.transformer, ["a purple elephant riding a bicycle"])
     assert caplog.records == []
+
+
+WORLD_PROMPT = "a small red circle at the top left, on a white background"
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--sampler", "dpm_solver++", "--negative-prompt", "blurry, low quality"], True),
+        (["--guidance", "3", "--negative-prompt", "blurry, low quality"], True),  # LCM with guidance on
+        (["--sampler", "dpm_solver++", "--negative-prompt", ""], False),  # the empty prompt: nothing to judge
+        (["--negative-prompt", "blurry, low quality"], False),  # LCM, no guidance: the negative is not used
+        (["--sampler", "dpm_solver++", "--negative-prompt", WORLD_PROMPT], False),
+    ],
+    ids=["guided", "lcm-guided", "empty", "unguided", "in-grammar"],
+)
+def test_an_embedded_transformer_warns_once_of_a_negative_prompt_outside_the_world(
+    tmp_path: Path, nothing_loads, capsys, caplog, extra: list[str], warned: bool
+) -> None:
+    models = ["--transformer", "shapes-teacher", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
+    argv = ["generate", *models, "--prompt", WORLD_PROMPT, "--out", str(tmp_path / "x.png"), *extra]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--steps", "2000"]) == 1  # refused by the sampler, after the warnings, before a load
+    assert "takes 1 to" in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "outside its grammar" in r.getMessage()]
+    if warned:
+        assert len(said) == 1 and "; the negative prompt 'blurry, low quality' is outside its grammar" in said[0]
+    else:
+        assert said == []
+
+
+def test_several_prompts_outside_the_world_are_named_in_one_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        warn_outside_the_world(embedded_path("shapes-lcm"), ["a fox", WORLD_PROMPT, "an owl"])
+    assert len(caplog.records) == 1
+    assert "; the prompts 'a fox', 'an owl' are outside its grammar" in caplog.records[0].getMessage()
