@@ -4,6 +4,7 @@ in ComfyUI's latent convention (raw = encoder / vae_scale + vae_shift); refusals
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,42 @@ def test_a_file_without_scalars_takes_the_familys_scaling_factor(model_and_files
     assert (sigma.config.vae_scale, sigma.config.vae_shift, sigma.config.scaling_factor) == (0.13025, 0.0, 0.13025)
     assert "vae_scale and vae_shift not in the file" in sigma.describe()
     assert "from the file" in inspect_vae(paths["comfy-single-file"], defaults=SDXL_VAE).describe()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_files_vae_scale_of_the_other_familys_factor_is_refused(model_and_files, dtype: torch.dtype) -> None:
+    # ComfyUI's VAE Loader gives taesd 0.18215 and taesdxl 0.13025 as vae_scale, and a file saved from it keeps
+    # them: such a file says which family's latents it makes. Kept as the file holds it (fp16 and bf16 round it).
+    model, _ = model_and_files
+    for ours, given in ((SDXL_VAE, SD_VAE), (SD_VAE, SDXL_VAE)):
+        tensors = comfy_taesd_state_dict(model, ours.scaling_factor, 0.0)
+        tensors["vae_scale"] = tensors["vae_scale"].to(dtype)
+        said = f"{float(tensors['vae_scale']):g}"
+        with pytest.raises(CheckpointError) as refused:
+            inspect_vae(tensors, defaults=given)
+        message = str(refused.value)
+        assert f"vae_scale {said} in the file is the scaling factor of " in message
+        assert f"but the family given has {given.scaling_factor:g}" in message
+        assert inspect_vae(tensors, defaults=ours).config.vae_scale == float(tensors["vae_scale"])  # its own family
+    sd = comfy_taesd_state_dict(model, SD_VAE.scaling_factor, 0.0)
+    with pytest.raises(
+        CheckpointError,
+        match=r"0\.18215 in the file is the scaling factor of SD_VAE \(TAESD, for "
+        r"PixArt-α/δ\), but the family given has 0\.13025 \(SDXL_VAE, for PixArt-Σ\)",
+    ):
+        load_vae(sd, defaults=SDXL_VAE)
+
+
+def test_a_files_own_vae_scale_of_no_familys_factor_stands(model_and_files, caplog) -> None:
+    # The pack's autoencoders measure their own vae_scale (training/autoencoder.py; the embedded one's is ~0.089):
+    # it is the file's latent convention, taken under either family without a word.
+    model, _ = model_and_files
+    for scale in (0.0892, SCALE, SDXL_VAE.scaling_factor * 1.01):  # the last 1% off the family's: its own
+        for family in (SD_VAE, SDXL_VAE):
+            with caplog.at_level(logging.WARNING):
+                config = inspect_vae(comfy_taesd_state_dict(model, scale, 0.0), defaults=family).config
+            assert config.vae_scale == pytest.approx(scale) and config.scaling_factor == family.scaling_factor
+    assert not caplog.records
 
 
 def test_taesd_is_deterministic_posterior_std_zero_and_sampling_gives_the_mean(model_and_files) -> None:

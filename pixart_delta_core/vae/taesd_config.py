@@ -10,6 +10,8 @@ Latent convention (ComfyUI's ``comfy/taesd/taesd.py``): raw latent = encoder(ima
 vae_shift; image = decoder((raw latent - vae_shift) x vae_scale). A file without the two scalars gets
 vae_scale = the family's scaling factor and vae_shift 0, which is what ComfyUI's VAE Loader gives taesd
 (0.18215) and taesdxl (0.13025). The engine's scaled latents stay raw latents x the family's scaling factor.
+A file's own vae_scale is its latent convention and stands (the pack's autoencoders measure theirs), except one
+that is the other family's scaling factor: that file makes the other family's latents, and is refused.
 """
 
 from __future__ import annotations
@@ -55,12 +57,20 @@ _ARCHITECTURE: dict[str, Any] = {
     "shift_factor": 0.0,
 }
 
+# ComfyUI's VAE Loader gives taesd and taesdxl their family's scaling factor as vae_scale, and a file saved from it
+# keeps that: a file's vae_scale equal to one of these says which family's latents it makes.
+_FAMILIES = {  # name -> (scaling factor, its TAESD, the transformers that work in its latents)
+    "SD_VAE": (SD_VAE.scaling_factor, "TAESD", "PixArt-α/δ"),
+    "SDXL_VAE": (SDXL_VAE.scaling_factor, "TAESDXL", "PixArt-Σ"),
+}
+_FAMILY_TOLERANCE = 5e-3  # relative: bf16 rounds a vae_scale by up to 0.4%; the two factors differ by 40%
 _LATENT_SCALE = ("scaling_factor", "shift_factor")  # diffusers' latent scale, not the family's scaling factor
 _FAMILY = (
     "scaling_factor and shift_factor are diffusers' AutoencoderTiny's (1.0 and 0.0: it takes TAESD's output as "
-    "scaled latents), not the family's: give the family's VAE as defaults= of load_vae or inspect_vae (SD_VAE's "
-    f"{SD_VAE.scaling_factor:g} for TAESD, SDXL_VAE's {SDXL_VAE.scaling_factor:g} for TAESDXL; the pipeline takes "
-    "the transformer's, vae_defaults_for); a file's own vae_scale and vae_shift are read from it"
+    "scaled latents), not the family's: give the family's VAE as defaults= of load_vae or inspect_vae ("
+    + ", ".join(f"{name}'s {factor:g} for {taesd}" for name, (factor, taesd, _) in _FAMILIES.items())
+    + "; the pipeline takes the transformer's, vae_defaults_for); a file's own vae_scale and vae_shift are read "
+    "from it"
 )
 
 
@@ -135,7 +145,8 @@ def detect_taesd(
     (its scaling factor).
 
     Raises CheckpointError for a file that also holds an SD-style VAE, an encoder without a decoder, latent
-    channels other than 4 (TAESD3 and TAEF1 have 16) or a diffusers config of another architecture.
+    channels other than 4 (TAESD3 and TAEF1 have 16), a diffusers config of another architecture, or a
+    ``vae_scale`` that is the scaling factor of the family ``defaults`` is not (``_check_family``).
     """
     joined = _join_separate_files(source)
     source = joined or source
@@ -167,6 +178,8 @@ def detect_taesd(
             f"{[WIDTH, LATENT_CHANNELS, 3, 3]}"
         )
     scale, shift = _scalar(tensors, SCALE), _scalar(tensors, SHIFT)
+    if scale is not None:
+        _check_family(source.origin, scale, defaults)
     missing = [name for name, value in ((SCALE, scale), (SHIFT, shift)) if value is None]
     note = (
         f"{' and '.join(missing)} not in the file: vae_scale is the family's scaling factor, vae_shift 0"
@@ -197,6 +210,29 @@ def _scalar(tensors: TensorSource, key: str) -> float | None:
     value = torch.empty(shape, dtype=torch.float32)
     tensors.read_into(key, value)
     return float(value.reshape(()))
+
+
+def _family_of(factor: float) -> str | None:
+    """The name of the family (``_FAMILIES``) whose scaling factor ``factor`` is, or None when it is none's."""
+    return next((n for n, (f, *_) in _FAMILIES.items() if math.isclose(factor, f, rel_tol=_FAMILY_TOLERANCE)), None)
+
+
+def _check_family(origin: str, scale: float, defaults: VaeConfig) -> None:
+    """Refuse a file whose ``vae_scale`` is one family's scaling factor when ``defaults`` is the other's: it makes
+    that family's latents, not the ones the given family's transformer works in. A ``vae_scale`` of neither is the
+    file's own latent convention (the pack's autoencoders measure theirs, ``training/autoencoder.py``) and stands
+    under any family, as ComfyUI's TAESD applies it."""
+    ours, given = _family_of(scale), _family_of(defaults.scaling_factor)
+    if ours is None or given is None or ours == given:
+        return
+    _, taesd, models = _FAMILIES[ours]
+    _, wanted, given_models = _FAMILIES[given]
+    raise CheckpointError(
+        f"{origin}: vae_scale {scale:g} in the file is the scaling factor of {ours} ({taesd}, for {models}), but the "
+        f"family given has {defaults.scaling_factor:g} ({given}, for {given_models}): its latents are not that "
+        f"family's; give defaults={ours} to load_vae or inspect_vae (the pipeline takes the transformer's, "
+        f"vae_defaults_for; autoencoder training its autoencoder.scaling_factor), or use a {wanted} file"
+    )
 
 
 def _without_decoder(source: TensorSource) -> str | None:
