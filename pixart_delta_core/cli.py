@@ -10,9 +10,13 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .demo.embedded_files import by_name, embedded_model, names_for
 from .errors import CheckpointError, InputError, PixArtDeltaError
+
+if TYPE_CHECKING:
+    from .pipeline.resolution import Size
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +99,11 @@ def _guided(args: argparse.Namespace) -> bool:
     ).guided
 
 
-def check_generate(args: argparse.Namespace) -> None:
-    """What ``generate`` can check before any model loads: files, the output, the device, option pairs."""
+def check_generate(args: argparse.Namespace) -> Size | None:
+    """What ``generate`` can check before any model loads: files, the images' sizes, the output, the device, option
+    pairs. Returns the init image's (height, width) from its header, or None."""
     from .devices import device_option
+    from .pipeline.arguments import check_images
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
@@ -109,6 +115,7 @@ def check_generate(args: argparse.Namespace) -> None:
         if named[option] is not None and not named[option].is_file():
             found = "a folder" if named[option].is_dir() else "not a regular file (a device, FIFO or socket)"
             raise InputError(f"{option} {named[option]}: expected an image file, found {found}")
+    init_size = check_images(args.init_image, args.control_image, ("--init-image", "--control-image"))
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
     if args.strength != 1.0 and args.init_image is None:
@@ -130,6 +137,32 @@ def check_generate(args: argparse.Namespace) -> None:
         )
     device_option(args.device)
     check_output(args.out, len(args.prompt), args.batch)  # last: it makes the output's folder
+    return init_size
+
+
+def warn_untrained_size(transformer: Path, height: int | None, width: int | None, init_size: Size | None) -> None:
+    """Log one warning when an embedded transformer, trained at one size only, is asked a picture of another
+    (``height`` x ``width`` px as given, else the init image's ``init_size``, else the size it was trained at)."""
+    if (name := embedded_model(transformer)) is None:
+        return
+    from .demo.embedded import PICTURE
+    from .pipeline.images import INIT_IMAGE_SIZE, asked_size, init_sets_size
+
+    trained_width, trained_height = PICTURE["width"], PICTURE["height"]
+    asked_height, asked_width = asked_size(height, width, (trained_height, trained_width), init_size)
+    if (asked_height, asked_width) != (trained_height, trained_width):
+        log.warning(
+            "%s was trained at %dx%d px only; this picture is %dx%d px (width x height%s), so expect it to be "
+            "unclear (--width %d --height %d draws the size it knows)",
+            name,
+            trained_width,
+            trained_height,
+            asked_width,
+            asked_height,
+            f", {INIT_IMAGE_SIZE}" if init_sets_size(height, width, init_size) else "",
+            trained_width,
+            trained_height,
+        )
 
 
 def _hints(args: argparse.Namespace) -> dict[str, int]:
@@ -144,13 +177,15 @@ def _hints(args: argparse.Namespace) -> dict[str, int]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.generation import Control, PixArtPipeline
+    from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
 
     embedded_names(args, "transformer", "t5", "vae", "controlnet")
-    check_generate(args)
+    init_size = check_generate(args)
     warn_outside_the_world(args.transformer, args.prompt)
     if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
         warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
+    warn_untrained_size(args.transformer, args.height, args.width, init_size)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(
@@ -204,8 +239,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         {"Model": args.transformer.name, "T5": args.t5.name, "VAE": args.vae.name}
         | ({"ControlNet": (args.controlnet or args.transformer).name} if control is not None else {}),
     )
+    source = f", {INIT_IMAGE_SIZE}" if init_sets_size(args.height, args.width, init_size) else ""
     for path in save_images(result.images, args.out, record):
-        print(f"wrote {path} ({first.width}x{first.height}, generated at {result.size[1]}x{result.size[0]})")
+        print(f"wrote {path} ({first.width}x{first.height}{source}, generated at {result.size[1]}x{result.size[0]})")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import struct
+import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -146,3 +148,14 @@ def assert_latents_match(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     diff = (ours - theirs).abs().max().item()
     bound = TOLERANCE if scale <= 1 else RELATIVE * scale
     assert diff <= bound, f"max abs difference {diff:.3g} > {bound:.3g} (latents up to {scale:.3g})"
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` and holds no pixel data (Pillow reads the size first)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+    return path

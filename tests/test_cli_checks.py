@@ -16,6 +16,7 @@ from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline import generation
 from pixart_delta_core.pipeline.generation import PixArtPipeline
+from tests.helpers import png_header
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +237,77 @@ def test_a_refused_device_leaves_no_output_folder(files, tmp_path: Path, nothing
     )
     assert "--device: device 'cuda:99'" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+# --- image sizes: what the init and control images' headers say, checked before any model loads ------------------
+
+EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
+WORLD_PROMPT = "a small red circle at the top left, on a white background"
+
+
+@pytest.mark.parametrize(
+    ("option", "width", "height", "said"),
+    [
+        ("--init-image", 5000, 5000, "is 5000x5000 px (width x height, 25.0 megapixels): expected at most 8192 px"),
+        ("--control-image", 5000, 5000, "is 5000x5000 px (width x height, 25.0 megapixels): expected at most 8192"),
+        ("--control-image", 4, 4, "is 4x4 px (width x height): expected at least 32 px a side"),
+        ("--init-image", 8, 64, "is 8x64 px (width x height): expected at least 16 px a side"),
+    ],
+)
+def test_an_image_of_a_size_that_cannot_work_is_refused_by_its_option(
+    files, tmp_path: Path, nothing_loads, capsys, option: str, width: int, height: int, said: str
+) -> None:
+    image = png_header(tmp_path / "image.png", width, height)  # a header only: the check must not decode it
+    extra = {"--controlnet": str(files.transformer)} if option == "--control-image" else {}
+    assert main(generate_args(files, tmp_path, **{option: str(image)}, **extra)) == 1
+    assert capsys.readouterr().err.startswith(f"error: {option} {image} {said}")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_init_images_size_that_cannot_be_drawn_is_refused_naming_the_init_image(
+    tmp_path: Path, nothing_loads, capsys
+) -> None:
+    """The embedded model draws the size asked, a multiple of 16: a 1000 x 750 photo as the size is refused."""
+    photo = png_header(tmp_path / "photo.png", 1000, 750)  # a header only: refused before it is decoded
+    argv = ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--init-image", str(photo)]
+    assert main([*argv, "--out", str(tmp_path / "x.png")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: init image {photo} is 1000x750 px (width x height), the picture's size when no width or height is "
+        f"given: height must be a multiple of 16 px, found 750 (nearest: 736 or 752); width must be a multiple of 16 "
+        f"px, found 1000 (nearest: 992 or 1008); give a width and height (--width and --height on the command line)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("init", "extra", "said"),
+    [
+        ((256, 256), [], "this picture is 256x256 px (width x height, the init image's size), so expect it"),
+        ((1024, 512), [], "this picture is 1024x512 px (width x height, the init image's size), so expect it"),
+        (None, ["--width", "256"], "this picture is 256x128 px (width x height), so expect it to be unclear"),
+        ((256, 256), ["--width", "128", "--height", "128"], None),
+        (None, [], None),
+    ],
+)
+def test_an_embedded_transformer_warns_once_of_a_size_it_was_not_trained_at(
+    tmp_path: Path, nothing_loads, capsys, caplog, init: tuple[int, int] | None, extra: list[str], said: str | None
+) -> None:
+    if init is not None:
+        extra = [*extra, "--init-image", str(png_header(tmp_path / "init.png", *init))]
+    argv = ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--out", str(tmp_path / "x.png"), *extra]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--steps", "2000"]) == 1  # refused by the sampler, after the warnings, before a load
+    assert "lcm takes 1 to 50 steps" in capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if "was trained at" in r.getMessage()]
+    if said is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith("shapes-lcm was trained at 128x128 px only; "), warned
+        assert said in warned[0] and warned[0].endswith("(--width 128 --height 128 draws the size it knows)")
+
+
+def test_the_written_pictures_size_names_the_init_image_as_its_source(files, tmp_path: Path, capsys) -> None:
+    init = tmp_path / "init.png"
+    Image.new("RGB", (96, 48), (200, 40, 40)).save(init)
+    extra = {"--init-image": str(init), "--strength": "0.5", "--steps": "2"}
+    assert main([*generate_args(files, tmp_path, **extra), "--no-binning"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'x.png'} (96x48, the init image's size, generated at 96x48)\n"

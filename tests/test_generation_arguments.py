@@ -3,8 +3,7 @@ an ``InputError`` naming the argument and the value found, before any model load
 
 from __future__ import annotations
 
-import struct
-import zlib
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,23 +13,23 @@ from PIL import Image
 
 from pixart_delta_core import devices
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.pipeline.arguments import MAX_SEED, check_image, check_seed, open_image
+from pixart_delta_core.pipeline.arguments import (
+    MAX_SEED,
+    check_image,
+    check_images,
+    check_seed,
+    open_image,
+    opened_image,
+)
 from pixart_delta_core.pipeline.generation import Control, PixArtPipeline
 from tests.comfy_helpers import ENGINE, PACK, call_node
-from tests.helpers import TINY
+from tests.helpers import TINY, png_header
 
 NAN = float("nan")
-
-
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims ``width`` x ``height`` and holds no pixel data (Pillow reads the size first)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
-    return path
+# What an init or control image larger than the largest picture drawn is told:
+TOO_LARGE = (
+    "expected at most 8192 px a side and 16.8 megapixels (4096x4096, the largest picture drawn): shrink it first"
+)
 
 
 @pytest.fixture
@@ -85,12 +84,57 @@ def test_huge_images_are_refused_from_their_header(no_models: PixArtPipeline, tm
     with pytest.raises(InputError, match=r"init image .*bomb.png is too large"):
         no_models("a fox", init_image=bomb, strength=0.5)
     large = png_header(tmp_path / "large.png", 12500, 12000)  # 150 megapixels: above our limit, below Pillow's
-    with pytest.raises(InputError, match=r"control image .*large.png is 12500x12000 px \(150 megapixels\)"):
+    said = re.escape(f"is 12500x12000 px (width x height, 150.0 megapixels): {TOO_LARGE}")
+    with pytest.raises(InputError, match=rf"control image .*large.png {said}$"):
         no_models("a fox", control=Control(large))
-    with pytest.raises(InputError, match="control image is 12500x12000 px"):
+    with pytest.raises(InputError, match=f"^control image {said}$"):
         check_image("control image", Image.open(large))  # a PIL image, still undecoded
     with pytest.raises(InputError, match="not an image that can be read"):
         open_image(png_header(tmp_path / "odd.png", 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "control", "found"),
+    [
+        (5000, 5000, True, f"5000x5000 px (width x height, 25.0 megapixels): {TOO_LARGE}"),
+        (5000, 5000, False, f"5000x5000 px (width x height, 25.0 megapixels): {TOO_LARGE}"),
+        (8193, 16, False, f"8193x16 px (width x height, 0.1 megapixels): {TOO_LARGE}"),
+        (4, 4, True, "4x4 px (width x height): expected at least 32 px a side"),
+        (64, 31, True, "64x31 px (width x height): expected at least 32 px a side"),
+        (15, 64, False, "15x64 px (width x height): expected at least 16 px a side"),
+        (4096, 4096, True, None),  # the largest picture: 16.8 megapixels
+        (8192, 2048, False, None),
+        (32, 32, True, None),
+        (16, 16, False, None),
+    ],
+)
+def test_init_and_control_images_are_sized_from_their_header(
+    tmp_path: Path, width: int, height: int, control: bool, found: str | None
+) -> None:
+    """One check for both: at most the largest picture, and a control image 32 px a side or more (an edge map)."""
+    image = png_header(tmp_path / "image.png", width, height)  # no pixel data: decoding it would fail
+    given = (None, image) if control else (image, None)
+    if found is None:
+        assert check_images(*given) == (None if control else (height, width))
+        return
+    with pytest.raises(InputError) as caught:
+        check_images(*given)
+    assert str(caught.value) == f"{'control' if control else 'init'} image {image} is {found}"
+
+
+def test_a_control_tensor_too_small_for_an_edge_map_is_refused(no_models: PixArtPipeline) -> None:
+    with pytest.raises(InputError, match=r"^control image is 4x4 px \(width x height\): expected at least 32 px"):
+        no_models("a fox", control=Control(torch.rand(3, 4, 4)))
+
+
+def test_an_image_whose_pixels_are_broken_is_refused_by_name(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-40])  # the header is whole: only decoding finds the end missing
+    assert check_images(cut, None) == (64, 64)
+    with pytest.raises(InputError, match=rf"^init image {cut} cannot be decoded \(image file is truncated"):
+        opened_image(cut, "init image")
 
 
 def test_a_batch_far_beyond_memory_is_refused_before_the_text_encoder(tmp_path: Path, monkeypatch) -> None:

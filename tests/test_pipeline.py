@@ -188,6 +188,13 @@ def test_a_control_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup
                 ]
             else:
                 assert said == [], (binning, said)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pixart_delta_core"), pytest.raises(Stop):  # no size: the init's
+        run("a fox", init_image=random_picture(192, 128), control=Control(pictures["wide"]), on_stage=stop)
+    assert [r.getMessage() for r in caplog.records if "control image" in r.getMessage()] == [
+        "control image is 300x100 px, the picture 192x128 px (width x height, the init image's size): another aspect "
+        "ratio, so it is scaled to cover the picture and centre-cropped, its edges cut off (not stretched)"
+    ]
 
 
 def test_an_init_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, caplog) -> None:

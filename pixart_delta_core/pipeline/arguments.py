@@ -15,11 +15,15 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.lora import check_strength
+from .resolution import MAX_PIXELS, MAX_SIDE, MIN_SIDE, Size
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
-# Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
-MAX_IMAGE_PIXELS = 1 << 27  # an init or control image of at most 134 megapixels (e.g. 11585 x 11585)
+# A bound far above what any accelerator holds, so that a typo fails at once instead of after the models load:
 MAX_BATCH_PIXELS = 1 << 28  # images x height x width of one run: 256 images of 1024 x 1024, 16 of 4096 x 4096
+# The least side of a control image. At 32 px the shapes world's small shapes (0.21 of the side) are still ~7 px
+# across, about the least whose outline tells a circle from a square; a smaller edge map, scaled up to the picture
+# (128 px and more; the ControlNet reads it in tokens of 16 x 16 px), is a blur that steers towards no shape.
+MIN_CONTROL_SIDE = 32
 
 
 def _integer(name: str, value: object) -> int:
@@ -93,22 +97,26 @@ def check_tensor(name: str, tensor: object, ndims: tuple[int, ...] = (3, 4)) -> 
     return tensor
 
 
-def check_image_size(name: str, image: Image.Image) -> Image.Image:
-    """Refuse an image over ``MAX_IMAGE_PIXELS``, from its header's size (before decoding it)."""
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
+def check_input_size(name: str, width: int, height: int, least: int = MIN_SIDE) -> None:
+    """Refuse an init or control image of ``width`` x ``height`` px with a side under ``least``, or larger than the
+    largest picture the engine draws (``resolution.MAX_SIDE`` a side, ``MAX_PIXELS`` in all): it would only be
+    scaled down, after costing its whole size in memory to decode."""
+    if min(width, height) < least:
+        raise InputError(f"{name} is {width}x{height} px (width x height): expected at least {least} px a side")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise InputError(
-            f"{name} is {width}x{height} px ({width * height / 1e6:.0f} megapixels): expected at most "
-            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+            f"{name} is {width}x{height} px (width x height, {width * height / 1e6:.1f} megapixels): expected at "
+            f"most {MAX_SIDE} px a side and {MAX_PIXELS / 1e6:.1f} megapixels (4096x4096, the largest picture "
+            f"drawn): shrink it first"
         )
-    return image
 
 
-def open_image(path: str | Path, name: str = "image") -> Image.Image:
-    """An image file opened lazily (header read, pixels not yet decoded) once its size is checked.
+def open_image(path: str | Path, name: str = "image", least: int = MIN_SIDE) -> Image.Image:
+    """An image file opened lazily (header read, pixels not yet decoded) once its size is checked
+    (``check_input_size``, from the header).
 
-    Pillow's own decompression-bomb limit is replaced by ``MAX_IMAGE_PIXELS``, checked here from the header.
-    Raises InputError for a missing file, a file Pillow cannot read, or an image too large.
+    Pillow's own decompression-bomb limit is replaced by ours. Raises InputError for a missing file, a file Pillow
+    cannot read, or an image too small or too large.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,32 +129,51 @@ def open_image(path: str | Path, name: str = "image") -> Image.Image:
         raise InputError(f"{name} {path} is too large to decode ({err})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise InputError(f"{name} {path} is not an image that can be read ({err})") from err
-    return check_image_size(f"{name} {path}", image)
+    try:
+        check_input_size(f"{name} {path}", image.width, image.height, least)
+    except InputError:
+        image.close()
+        raise
+    return image
 
 
 def opened_image(image: Image.Image | PathLike | torch.Tensor, name: str) -> Image.Image | torch.Tensor:
-    """An image given as a file opened now, in RGB (so a bad path fails before any model loads); others as given."""
+    """An image given as a file opened now, in RGB (decoded: check it first, ``check_image``); others as given."""
     if not isinstance(image, (str, Path)):
         return image
     with open_image(image, name) as opened:
-        return opened.convert("RGB")
+        try:
+            return opened.convert("RGB")
+        except (OSError, ValueError, SyntaxError, EOFError) as err:  # the header read, the pixels are broken
+            raise InputError(f"{name} {image} cannot be decoded ({err})") from err
 
 
-def check_image(name: str, image: object) -> None:
-    """An init or control image in any form the pipeline takes: a file (size read from its header), a PIL
-    image, or a tensor [B,3,H,W] / [3,H,W] in [0, 1] (finite, non-empty)."""
+def check_image(name: str, image: object, least: int = MIN_SIDE) -> Size:
+    """An init or control image in any form the pipeline takes, checked without decoding it: a file (its size read
+    from its header), a PIL image, or a tensor [B,3,H,W] / [3,H,W] in [0, 1] (finite, non-empty); each of a size
+    ``check_input_size`` takes, ``least`` px a side or more. Returns its (height, width) in pixels."""
     if isinstance(image, (str, Path)):
-        open_image(image, name).close()
-    elif isinstance(image, Image.Image):
-        check_image_size(name, image)
+        with open_image(image, name, least) as opened:
+            return opened.height, opened.width
+    if isinstance(image, Image.Image):
+        height, width = image.height, image.width
     elif isinstance(image, torch.Tensor):
-        check_tensor(name, image)
-        if image.shape[-2] * image.shape[-1] > MAX_IMAGE_PIXELS:
-            raise InputError(
-                f"{name} is {image.shape[-1]}x{image.shape[-2]} px: expected at most {MAX_IMAGE_PIXELS} pixels"
-            )
+        height, width = int(check_tensor(name, image).shape[-2]), int(image.shape[-1])
     else:
         raise InputError(f"{name} must be an image file, a PIL image or a tensor, found {type(image).__name__}")
+    check_input_size(name, width, height, least)
+    return height, width
+
+
+def check_images(
+    init: object | None, control: object | None, names: tuple[str, str] = ("init image", "control image")
+) -> Size | None:
+    """An init and a control image (either may be None), each by ``check_image`` under its name in ``names``, a
+    control image with ``MIN_CONTROL_SIDE`` px a side or more. Returns the init image's (height, width), or None."""
+    init_size = None if init is None else check_image(names[0], init)
+    if control is not None:
+        check_image(names[1], control, MIN_CONTROL_SIDE)
+    return init_size
 
 
 PathLike = str | Path

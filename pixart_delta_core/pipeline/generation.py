@@ -38,7 +38,7 @@ from .arguments import (
     LoraSpec,
     PathLike,
     check_batch,
-    check_image,
+    check_images,
     check_integer,
     check_prompts,
     check_seed,
@@ -46,8 +46,8 @@ from .arguments import (
     lora_specs,
     opened_image,
 )
-from .images import asked_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
-from .resolution import bins_for, check_image_size, nearest_bin
+from .images import INIT_IMAGE_SIZE, asked_size, init_sets_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
+from .resolution import SIZE_MULTIPLE, Size, bins_for, check_image_size, nearest_bin
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -250,10 +250,7 @@ class PixArtPipeline:
         check_integer("images per prompt", images_per_prompt, 1, MAX_BATCH_PIXELS)
         seed = check_seed(seed)
         steps = None if steps is None else check_steps(steps)
-        if init_image is not None:
-            check_image("init image", init_image)
-        if control is not None:
-            check_image("control image", control.image)
+        init_size = check_images(init_image, None if control is None else control.image)
         settings = SamplingSettings.defaults(
             sampler,
             **({"steps": steps} if steps is not None else {}),
@@ -263,9 +260,6 @@ class PixArtPipeline:
         )
         if strength != 1.0 and init_image is None:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
-        init_image = None if init_image is None else opened_image(init_image, "init image")
-        if control is not None:
-            control = replace(control, image=opened_image(control.image, "control image"))
         t5 = inspect_t5(self.t5)  # a file of another kind is refused now, from its header, not after the long stages
         check_tokenizer_fits(self.text_tokenizer, t5)  # then its tokenizer, given or found beside it, is read
         self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
@@ -276,12 +270,15 @@ class PixArtPipeline:
         if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
             check_encodes(vae)
         negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
-        asked = asked_size(height, width, transformer_config.resolution, init_image)
+        resolution = transformer_config.resolution
+        asked = asked_size(height, width, (resolution, resolution), init_size)
+        from_init = init_sets_size(height, width, init_size)
+        source = f"{_named('init image', init_image)} is {asked[1]}x{asked[0]} px (width x height)" if from_init else ""
         bins = bins_for(transformer_config) if resolution_binning else None
-        check_image_size(*asked, multiple=1 if bins else 16)
-        size = nearest_bin(*asked, bins) if bins else asked
-        check_image_size(*size)
-        check_batch(len(prompts) * images_per_prompt, *size)
+        size = _size_to_draw(asked, bins, len(prompts) * images_per_prompt, source)
+        init_image = None if init_image is None else opened_image(init_image, "init image")  # decoded only now
+        if control is not None:
+            control = replace(control, image=opened_image(control.image, "control image"))
 
         stage("text")
         cond, uncond = self.encode_prompts(prompts, negatives, transformer_config.caption_length, clean_caption)
@@ -295,7 +292,8 @@ class PixArtPipeline:
                 warn_if_cropped("init image", init_image, *asked)  # the picture is the asked size, not the bin
                 init = vae.scale(vae.encode(prepare_image(init_image, *size)))
             if control is not None:
-                warn_if_cropped("control image", control.image, *asked)  # the picture is the asked size, not the bin
+                # the picture is the asked size, not the bin
+                warn_if_cropped("control image", control.image, *asked, INIT_IMAGE_SIZE if from_init else "")
                 generator = torch.Generator().manual_seed(seed)
                 control_latent = vae.scale(vae.encode(prepare_image(control.image, *size), generator, control.sample))
             del vae
@@ -335,6 +333,30 @@ class PixArtPipeline:
             pixels = resize_and_crop(pixels, *asked)
         stage("done")
         return Generation(to_pil(pixels), latents.cpu(), size, settings)
+
+
+def _named(name: str, image: object) -> str:
+    """``name`` of an image, with its path where it is given as a file (as ``arguments.open_image`` names it)."""
+    return f"{name} {image}" if isinstance(image, (str, Path)) else name
+
+
+def _size_to_draw(asked: Size, bins: tuple[Size, ...] | None, batch: int, source: str) -> Size:
+    """The size to generate ``batch`` pictures of ``asked`` px at: the bin nearest to it among ``bins``, else that
+    size itself. Raises InputError for a size that cannot be drawn or a batch beyond memory; ``source`` (where the
+    size came from, when not the caller's width and height) leads the error, which then says how to choose one."""
+    try:
+        check_image_size(*asked, multiple=1 if bins else SIZE_MULTIPLE)
+        size = nearest_bin(*asked, bins) if bins else asked
+        check_image_size(*size)
+        check_batch(batch, *size)
+    except InputError as err:
+        if not source:
+            raise
+        raise InputError(
+            f"{source}, the picture's size when no width or height is given: {err}; give a width and height "
+            f"(--width and --height on the command line)"
+        ) from None
+    return size
 
 
 def _lcm_timesteps(name: str) -> LcmTimesteps:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
+from .resolution import Size
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +92,26 @@ def image_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
     return int(image.shape[-2]), int(image.shape[-1])
 
 
-def asked_size(
-    height: int | None, width: int | None, default: int, init_image: Image.Image | torch.Tensor | None
-) -> tuple[int, int]:
-    """(height, width) in pixels: as given, else the init image's size, else ``default`` (the model's training
-    resolution)."""
-    if init_image is not None and height is None and width is None:
-        return image_size(init_image)
-    return (default if height is None else height, default if width is None else width)
+INIT_IMAGE_SIZE = "the init image's size"  # where the picture's size came from, in messages about it
 
 
-def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int) -> None:
+def init_sets_size(height: int | None, width: int | None, init_image: object | None) -> bool:
+    """Whether the picture takes the init image's size: an init image is given, and neither height nor width."""
+    return init_image is not None and height is None and width is None
+
+
+def asked_size(height: int | None, width: int | None, default: Size, init_size: Size | None) -> Size:
+    """(height, width) in pixels: as given, else the init image's size ``init_size`` (``init_sets_size``), else
+    ``default`` (the model's training resolution)."""
+    if init_size is not None and init_sets_size(height, width, init_size):
+        return init_size
+    return (default[0] if height is None else height, default[1] if width is None else width)
+
+
+def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int, source: str = "") -> None:
     """Log a warning when ``image`` (PIL, or a tensor channels first) and the picture of ``height`` x ``width``
     px differ in aspect ratio by more than ``ASPECT_TOLERANCE``: ``prepare_image`` then cuts its edges off.
+    ``source``: where the picture's size came from, said after it (``INIT_IMAGE_SIZE``), if not from the caller.
 
     An image of the same aspect ratio and another size is only scaled, and nothing is said.
     """
@@ -111,13 +119,14 @@ def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, w
     if min(h, w, height, width) <= 0 or abs((w / h) / (width / height) - 1) <= ASPECT_TOLERANCE:
         return
     log.warning(
-        "%s is %dx%d px, the picture %dx%d px (width x height): another aspect ratio, so it is scaled to cover "
+        "%s is %dx%d px, the picture %dx%d px (width x height%s): another aspect ratio, so it is scaled to cover "
         "the picture and centre-cropped, its edges cut off (not stretched)",
         name,
         w,
         h,
         width,
         height,
+        f", {source}" if source else "",
     )
 
 
