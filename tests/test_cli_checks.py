@@ -54,11 +54,15 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
         ({"--out": "{out}"}, "is a folder: give a file name"),
-        ({"--out": "{file}/x.png"}, "a-file is a file, not a folder"),
+        ({"--out": "{file}/x.png"}, "a-file is a regular file, not a folder"),
         ({"--device": "tpu"}, "--device: device 'tpu' is not a device name"),
         ({"--width": "1", "--height": "1"}, "must be at least 16 px, found 1"),
         ({"--strength": "0.5"}, "--strength 0.5 needs --init-image"),
         ({"--control-start": "0.8", "--control-end": "0.2"}, "--control-start 0.8 and --control-end 0.2 must"),
+        (
+            {"--controlnet": "{transformer}", "--control-image": "{image}", "--control-strength": "nan"},
+            "ControlNet strength must be a finite number, found nan",
+        ),
     ],
 )
 def test_a_wrong_argument_stops_before_any_model_loads(
@@ -248,8 +252,8 @@ WORLD_PROMPT = "a small red circle at the top left, on a white background"
 @pytest.mark.parametrize(
     ("option", "width", "height", "said"),
     [
-        ("--init-image", 5000, 5000, "is 5000x5000 px (width x height, 25.0 megapixels): expected at most 8192 px"),
-        ("--control-image", 5000, 5000, "is 5000x5000 px (width x height, 25.0 megapixels): expected at most 8192"),
+        ("--init-image", 12000, 12000, "is 12000x12000 px (width x height, 144.0 megapixels): expected at most 134.2"),
+        ("--control-image", 12000, 12000, "is 12000x12000 px (width x height, 144.0 megapixels): expected at most"),
         ("--control-image", 4, 4, "is 4x4 px (width x height): expected at least 32 px a side"),
         ("--init-image", 8, 64, "is 8x64 px (width x height): expected at least 16 px a side"),
     ],
@@ -275,6 +279,13 @@ def test_an_init_images_size_that_cannot_be_drawn_is_refused_naming_the_init_ima
         f"error: init image {photo} is 1000x750 px (width x height), the picture's size when no width or height is "
         f"given: height must be a multiple of 16 px, found 750 (nearest: 736 or 752); width must be a multiple of 16 "
         f"px, found 1000 (nearest: 992 or 1008); give a width and height (--width and --height on the command line)\n"
+    )
+    large = png_header(tmp_path / "large.png", 4800, 4800)  # decoded, scaled: fine with a width and height given
+    assert main([*argv[:-1], str(large), "--out", str(tmp_path / "x.png")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: init image {large} is 4800x4800 px (width x height), the picture's size when no width or height is "
+        f"given: 4800x4800 is 23.0 megapixels; the limit is 16.8 (4096x4096); give a width and height (--width and "
+        f"--height on the command line)\n"
     )
 
 

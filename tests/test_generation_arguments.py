@@ -26,10 +26,8 @@ from tests.comfy_helpers import ENGINE, PACK, call_node
 from tests.helpers import TINY, png_header
 
 NAN = float("nan")
-# What an init or control image larger than the largest picture drawn is told:
-TOO_LARGE = (
-    "expected at most 8192 px a side and 16.8 megapixels (4096x4096, the largest picture drawn): shrink it first"
-)
+# What an init or control image too large to decode is told:
+TOO_LARGE = "expected at most 134.2 megapixels: shrink it first"
 
 
 @pytest.fixture
@@ -96,14 +94,14 @@ def test_huge_images_are_refused_from_their_header(no_models: PixArtPipeline, tm
 @pytest.mark.parametrize(
     ("width", "height", "control", "found"),
     [
-        (5000, 5000, True, f"5000x5000 px (width x height, 25.0 megapixels): {TOO_LARGE}"),
-        (5000, 5000, False, f"5000x5000 px (width x height, 25.0 megapixels): {TOO_LARGE}"),
-        (8193, 16, False, f"8193x16 px (width x height, 0.1 megapixels): {TOO_LARGE}"),
+        (12000, 11200, True, f"12000x11200 px (width x height, 134.4 megapixels): {TOO_LARGE}"),
+        (16, 8388609, False, f"16x8388609 px (width x height, 134.2 megapixels): {TOO_LARGE}"),
         (4, 4, True, "4x4 px (width x height): expected at least 32 px a side"),
         (64, 31, True, "64x31 px (width x height): expected at least 32 px a side"),
         (15, 64, False, "15x64 px (width x height): expected at least 16 px a side"),
-        (4096, 4096, True, None),  # the largest picture: 16.8 megapixels
-        (8192, 2048, False, None),
+        (6000, 4000, True, None),  # a camera photo: scaled to the picture's size
+        (6000, 4000, False, None),
+        (11585, 11585, False, None),  # 134.2 megapixels: the most decoded
         (32, 32, True, None),
         (16, 16, False, None),
     ],
@@ -111,7 +109,7 @@ def test_huge_images_are_refused_from_their_header(no_models: PixArtPipeline, tm
 def test_init_and_control_images_are_sized_from_their_header(
     tmp_path: Path, width: int, height: int, control: bool, found: str | None
 ) -> None:
-    """One check for both: at most the largest picture, and a control image 32 px a side or more (an edge map)."""
+    """One check for both: at most 134 megapixels to decode, and a control image 32 px a side or more (an edge map)."""
     image = png_header(tmp_path / "image.png", width, height)  # no pixel data: decoding it would fail
     given = (None, image) if control else (image, None)
     if found is None:

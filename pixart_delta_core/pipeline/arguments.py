@@ -15,10 +15,11 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.lora import check_strength
-from .resolution import MAX_PIXELS, MAX_SIDE, MIN_SIDE, Size
+from .resolution import MIN_SIDE, Size
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
-# A bound far above what any accelerator holds, so that a typo fails at once instead of after the models load:
+# Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
+MAX_IMAGE_PIXELS = 1 << 27  # an init or control image of at most 134 megapixels (e.g. 11585 x 11585) to decode
 MAX_BATCH_PIXELS = 1 << 28  # images x height x width of one run: 256 images of 1024 x 1024, 16 of 4096 x 4096
 # The least side of a control image. At 32 px the shapes world's small shapes (0.21 of the side) are still ~7 px
 # across, about the least whose outline tells a circle from a square; a smaller edge map, scaled up to the picture
@@ -98,16 +99,15 @@ def check_tensor(name: str, tensor: object, ndims: tuple[int, ...] = (3, 4)) -> 
 
 
 def check_input_size(name: str, width: int, height: int, least: int = MIN_SIDE) -> None:
-    """Refuse an init or control image of ``width`` x ``height`` px with a side under ``least``, or larger than the
-    largest picture the engine draws (``resolution.MAX_SIDE`` a side, ``MAX_PIXELS`` in all): it would only be
-    scaled down, after costing its whole size in memory to decode."""
+    """Refuse an init or control image of ``width`` x ``height`` px with a side under ``least``, or over
+    ``MAX_IMAGE_PIXELS`` to decode. A large image is otherwise fine: it is scaled to the picture's size (a camera
+    photo as an init image of a 1024 px picture); where it sets that size itself, the picture's own limits apply."""
     if min(width, height) < least:
         raise InputError(f"{name} is {width}x{height} px (width x height): expected at least {least} px a side")
-    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+    if width * height > MAX_IMAGE_PIXELS:
         raise InputError(
             f"{name} is {width}x{height} px (width x height, {width * height / 1e6:.1f} megapixels): expected at "
-            f"most {MAX_SIDE} px a side and {MAX_PIXELS / 1e6:.1f} megapixels (4096x4096, the largest picture "
-            f"drawn): shrink it first"
+            f"most {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels: shrink it first"
         )
 
 
