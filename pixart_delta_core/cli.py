@@ -103,6 +103,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     """What ``generate`` can check before any model loads: files, the images' sizes, the output, the device, option
     pairs. Returns the init image's (height, width) from its header, or None."""
     from .devices import device_option
+    from .file_kinds import file_kind
     from .pipeline.arguments import check_images
     from .pipeline.outputs import check_output
 
@@ -113,7 +114,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
             raise InputError(f"{option} {path}: no such file or folder")
     for option in ("--init-image", "--control-image"):
         if named[option] is not None and not named[option].is_file():
-            found = "a folder" if named[option].is_dir() else "not a regular file (a device, FIFO or socket)"
+            found = file_kind(named[option].stat().st_mode)
             raise InputError(f"{option} {named[option]}: expected an image file, found {found}")
     init_size = check_images(args.init_image, args.control_image, ("--init-image", "--control-image"))
     if args.controlnet is not None and args.control_image is None:

@@ -40,7 +40,7 @@ def test_an_image_option_names_what_it_found(files, tmp_path: Path, nothing_load
     os.mkfifo(fifo)
     extra = ["--controlnet", str(files.transformer)] if option == "--control-image" else []
     err = run(capsys, files, tmp_path, option, str(fifo), *extra)
-    assert f"{option} {fifo}: expected an image file, found not a regular file" in err
+    assert f"{option} {fifo}: expected an image file, found a FIFO (named pipe)" in err
     assert "folder" not in err
     err = run(capsys, files, tmp_path, option, str(tmp_path), *extra)
     assert f"{option} {tmp_path}: expected an image file, found a folder" in err
