@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ from .transformer_config import TransformerConfig
 
 log = logging.getLogger(__name__)
 
+
+
+def check_control_strength(strength: object) -> float:
+    """``strength`` as a float: the factor on the ControlNet's residuals (1.0 = the reference, 0 = none). Raises
+    InputError unless it is a finite real number (not a bool)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+        raise InputError(f"ControlNet strength must be a finite number, found {strength!r}")
+    return float(strength)
 
 class ControlBlock(nn.Module):
     """Copy ``index`` of a base block with zero-initialised linear projections (``before_proj``: copy 0 only)."""
@@ -112,8 +121,7 @@ class ControlNetTransformer(nn.Module):
         a dtype/device mismatch or a latent of the wrong shape.
         """
         self.config.check_fits(base.config, InputError)
-        if not math.isfinite(strength):
-            raise InputError(f"ControlNet strength must be a finite number, found {strength}")
+        check_control_strength(strength)
         if (self.dtype, self.device) != (base.dtype, base.device):
             raise InputError(
                 f"the ControlNet is {self.dtype} on {self.device} but the base transformer is {base.dtype} on "

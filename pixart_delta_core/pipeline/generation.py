@@ -21,7 +21,7 @@ from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype, pick_device, pick_dtype
 from ..errors import CheckpointError, InputError, first_line
 from ..memory import return_free_heap
-from ..models.controlnet import ControlNetTransformer, inspect_controlnet, load_controlnet
+from ..models.controlnet import ControlNetTransformer, check_control_strength, inspect_controlnet, load_controlnet
 from ..models.lora import apply_loras
 from ..models.lora_config import Lora, read_lora
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
@@ -66,6 +66,9 @@ class Control:
     start: float = 0.0
     end: float = 1.0
     sample: bool = False  # sample the VAE posterior (from the seed) instead of taking its mean
+
+    def __post_init__(self) -> None:
+        check_control_strength(self.strength)  # before any model loads, not at the ControlNet's hook
 
 
 @dataclass(frozen=True)
