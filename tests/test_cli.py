@@ -12,7 +12,7 @@ from PIL import Image
 
 from pixart_delta_core.cli import main
 from pixart_delta_core.demo import showcase
-from pixart_delta_core.demo.embedded import FOLDER
+from pixart_delta_core.demo.embedded_files import FOLDER
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.demo.showcase import from_here
 from pixart_delta_core.world.render import render

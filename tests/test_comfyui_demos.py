@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixart_delta_core.demo.embedded import embedded_path
+from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 from pixart_delta_core.world.judge import judge, parse_caption
 from pixart_delta_core.world.reading import read_picture

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import T5EncoderModel
 
-from pixart_delta_core.demo.embedded import EMBEDDED_T5, T5_WINDOWS, embedded_path, windowed_position_bias, write_t5
+from pixart_delta_core.demo.embedded import EMBEDDED_T5, T5_WINDOWS, windowed_position_bias, write_t5
+from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.text.encoder import load_tokenizer
 

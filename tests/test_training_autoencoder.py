@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pixart_delta_core.demo.embedded import embedded_path
+from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pipeline.images import from_pil
 from pixart_delta_core.training.config_file import config_from_dict

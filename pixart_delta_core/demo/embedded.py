@@ -21,7 +21,6 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..text.t5_config import T5EncoderConfig
-from .embedded_files import FOLDER, MODELS, embedded_path  # noqa: F401 - the files' names, imported from here too
 from .random_weights import t5_weights
 
 EMBEDDED_T5 = T5EncoderConfig(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)

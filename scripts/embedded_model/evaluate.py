@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
-from pixart_delta_core.demo.embedded import embedded_path
+from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.demo.evaluation import (
     draw,
     embedded_pipeline,

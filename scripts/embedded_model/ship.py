@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pixart_delta_core.demo.embedded import FOLDER, MODELS, embedded_path  # noqa: E402
+from pixart_delta_core.demo.embedded_files import FOLDER, MODELS, embedded_path  # noqa: E402
 
 
 def half(source: Path, target: Path) -> None:
