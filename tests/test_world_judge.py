@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from collections import deque
 from dataclasses import replace
 
@@ -350,3 +351,16 @@ def test_any_picture_is_read_without_error() -> None:
         reading = read_picture(picture)
         assert reading.background in ("black", "white", "gray") and reading.foreground.shape == (128, 128)
         assert all(0.0 <= s.fit <= 1.0 for s in reading.shapes)
+
+
+@pytest.mark.parametrize("colour", [(128, 128, 40), (60, 128, 128), (200, 128, 128)])
+def test_a_shape_read_as_the_exact_backgrounds_colour_is_read_by_its_pixels(colour: tuple[int, int, int]) -> None:
+    """Off-palette colours nearest the gray background's own colour, on exactly that gray: the way from the
+    background to the read colour is nil, so the shape's coverage is its pixels (not 0/0, a NaN and a warning)."""
+    picture = np.full((128, 128, 3), BACKGROUNDS["gray"], np.uint8)
+    picture[40:80, 40:80] = colour
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reading = read_picture(picture)
+    assert reading.caption() == "a large gray square in the center, on a gray background"
+    assert reading.shapes[0].fit > 0.9

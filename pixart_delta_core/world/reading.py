@@ -208,12 +208,15 @@ def region_coverage(
     background colour (as drawn) to the shape's palette colour: (h, w) over the region's box grown by ``REACH``
     px, 0 past ``GROW`` px from the region and on other regions. Blur spreads a shape past its region (whose
     pixels are at least half shape), so the pixels around it count too. A region whose colour is so far from
-    the palette that it reads as covering less than half of itself is taken as covering exactly its pixels."""
+    the palette that it reads as covering less than half of itself, or whose colour reads as the background's own
+    palette colour drawn exactly, is taken as covering exactly its pixels."""
     region = labels == label
     rows, columns = np.nonzero(region)
     top, left = max(0, rows.min() - REACH), max(0, columns.min() - REACH)
     box = np.s_[top : rows.max() + REACH + 1, left : columns.max() + REACH + 1]
     towards = np.array(SHAPE_PALETTE[colour], dtype=np.float32) - background
+    if not towards @ towards:  # read as the background's own colour, drawn exactly: no way from one to the other
+        return region[box].astype(np.float32)
     coverage = (pixels[box] - background) @ towards / (towards @ towards)
     near = _grown(region[box], GROW) & np.isin(labels[box], (0, label))
     coverage = np.where(near, coverage, 0.0)
