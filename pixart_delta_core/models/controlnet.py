@@ -39,13 +39,13 @@ from .transformer_config import TransformerConfig
 log = logging.getLogger(__name__)
 
 
-
 def check_control_strength(strength: object) -> float:
     """``strength`` as a float: the factor on the ControlNet's residuals (1.0 = the reference, 0 = none). Raises
     InputError unless it is a finite real number (not a bool)."""
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
         raise InputError(f"ControlNet strength must be a finite number, found {strength!r}")
     return float(strength)
+
 
 class ControlBlock(nn.Module):
     """Copy ``index`` of a base block with zero-initialised linear projections (``before_proj``: copy 0 only)."""
