@@ -84,7 +84,7 @@ MAX_LEVELS, MEAN_LEVELS, BEYOND_MAX = 12, 1.5, 0.02
     ("name", "model", "settings"),
     [
         ("demo_lcm_text_to_image", "shapes-lcm", {"sampler": "lcm", "steps": 4, "guidance": 1.0}),
-        ("demo_teacher_dpm_solver", "shapes-teacher", {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}),
+        ("demo_teacher_dpm_solver", "shapes-teacher", {"sampler": "dpm_solver++", "steps": 20, "guidance": 4.5}),
     ],
 )
 def test_the_demo_draws_the_engines_picture(server, object_info, name: str, model: str, settings: dict) -> None:

@@ -362,7 +362,7 @@ def linked(name: str, source_type: str, slot: int) -> list[tuple[str, str]]:
 def test_each_demo_shows_what_its_name_says() -> None:
     """The embedded model at its training size (128 px) with the settings each demo names."""
     assert sampler_settings("demo_lcm_text_to_image") == ("lcm", 4, 1.0, 1.0)  # guidance 1: none
-    assert sampler_settings("demo_teacher_dpm_solver") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert sampler_settings("demo_teacher_dpm_solver") == ("dpm_solver++", 20, 4.5, 1.0)  # as the model card scores it
     assert sampler_settings("demo_controlnet") == ("dpm_solver++", 14, 4.5, 1.0)
     assert sampler_settings("demo_8bit_t5") == ("lcm", 4, 1.0, 1.0)
     assert sampler_settings("demo_upscale") == ("lcm", 4, 1.0, 1.0)

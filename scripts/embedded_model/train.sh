@@ -32,12 +32,14 @@ $PY -m pixart_delta_core train base --config $M/teacher.toml
 $PY -m pixart_delta_core train base --config $M/teacher-more.toml
 #    then 3,500 steps more on the windowed T5: with the random one, two shapes' colours were often swapped
 $PY -m pixart_delta_core train base --config $M/teacher-windowed.toml
+#    then 4,000 steps more at a lower learning rate: its colours were still getting better
+$PY -m pixart_delta_core train base --config $M/teacher-windowed-more.toml
 # 5. the LCM student and the ControlNet, both from the teacher (they ran side by side, one thread each)
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 # 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher-windowed/checkpoints/step-0003500/transformer.safetensors \
-    outputs/embedded/lcm-windowed/checkpoints/step-0000450/transformer.safetensors \
-    outputs/embedded/controlnet-windowed/checkpoints/step-0000600/controlnet.safetensors \
+$PY $M/ship.py outputs/embedded/teacher-windowed-more/checkpoints/step-0004000/transformer.safetensors \
+    outputs/embedded/lcm-windowed-more/checkpoints/step-0000600/transformer.safetensors \
+    outputs/embedded/controlnet-windowed-more/checkpoints/step-0000900/controlnet.safetensors \
     outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5-windowed
