@@ -5,9 +5,12 @@ viewers read), so a picture says where it came from.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from PIL import Image
@@ -86,9 +89,22 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
         raise InputError(f"output {where} cannot be written ({err.strerror or first_line(err)})") from err
 
 
+@cache
 def writable_extensions() -> list[str]:
-    """The lower-case extensions ``check_output`` accepts, sorted: those of the formats this Pillow can write."""
-    return sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE)
+    """The lower-case extensions ``check_output`` accepts, sorted: those of the formats this Pillow can write an
+    RGB picture in. Pillow registers savers that cannot (XBM: 1-bit only; WMF, GRIB, HDF5: stubs needing a
+    handler), so each format is tried once on a 1 x 1 picture in memory."""
+    return sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE and _saves_rgb(f))
+
+
+def _saves_rgb(image_format: str) -> bool:
+    try:
+        with warnings.catch_warnings():  # a deprecated format's warning is the saver's business, not the check's
+            warnings.simplefilter("ignore")
+            Image.new("RGB", (1, 1)).save(io.BytesIO(), image_format)
+    except Exception:  # a saver may fail in any way; all that matters is whether it wrote
+        return False
+    return True
 
 
 def _open_as_saving_will(path: Path) -> None:
