@@ -119,8 +119,12 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     init_size = check_images(args.init_image, args.control_image, ("--init-image", "--control-image"))
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
-    if args.strength != 1.0 and args.init_image is None:
+    if args.strength is not None and args.init_image is None:
         raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
+    if args.out is not None and args.out.exists():
+        for option, image in (("--init-image", args.init_image), ("--control-image", args.control_image)):
+            if image is not None and args.out.resolve() == image.resolve():
+                raise InputError(f"--out {args.out} is the {option}: the picture would replace it; give another --out")
     if not 0.0 <= args.control_start < args.control_end <= 1.0:
         raise InputError(
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
@@ -177,6 +181,7 @@ def _hints(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
@@ -222,7 +227,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images_per_prompt=args.batch,
             lcm_timesteps=args.lcm_timesteps,
             init_image=args.init_image,
-            strength=args.strength,
+            strength=(DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0,
             control=control,
             clean_caption=args.clean_caption,
             on_step=on_step,

@@ -53,6 +53,12 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--control-image": "{image}"}, "a control image needs a ControlNet.*--controlnet FILE on the command line"),
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
         ({"--out": "{out}/noextension"}, "no extension is not an image format"),
+        ({"--out": "{out}/x.xbm"}, r"\.xbm is not an image format"),  # Pillow's XBM saver writes 1-bit only
+        ({"--init-image": "{image}", "--out": "{image}"}, "is the --init-image: the picture would replace it"),
+        (
+            {"--controlnet": "{transformer}", "--control-image": "{image}", "--control-strength": "1e30"},
+            "ControlNet strength must be from -1000 to 1000, found 1e",
+        ),
         ({"--out": "{out}"}, "is a folder: give a file name"),
         ({"--out": "{file}/x.png"}, "a-file is a regular file, not a folder"),
         ({"--device": "tpu"}, "--device: device 'tpu' is not a device name"),
@@ -322,3 +328,23 @@ def test_the_written_pictures_size_names_the_init_image_as_its_source(files, tmp
     extra = {"--init-image": str(init), "--strength": "0.5", "--steps": "2"}
     assert main([*generate_args(files, tmp_path, **extra), "--no-binning"]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'x.png'} (96x48, the init image's size, generated at 96x48)\n"
+
+
+@pytest.mark.parametrize(("given", "used"), [([], 0.75), (["--strength", "1"], 1.0), (["--strength", "0.3"], 0.3)])
+def test_an_init_image_without_a_strength_is_denoised_at_the_default(
+    files, tmp_path: Path, monkeypatch, given: list[str], used: float
+) -> None:
+    """At strength 1 an init image would only set the size: without --strength it is denoised at 0.75."""
+    from pixart_delta_core.pipeline import generation
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(init)
+    seen = {}
+
+    def stop(self, prompt, **options):  # records what the command asked for, loads nothing
+        seen.update(options)
+        raise InputError("stopped")
+
+    monkeypatch.setattr(generation.PixArtPipeline, "__call__", stop)
+    assert main([*generate_args(files, tmp_path, **{"--init-image": str(init)}), *given]) == 1
+    assert seen["strength"] == used

@@ -39,11 +39,19 @@ from .transformer_config import TransformerConfig
 log = logging.getLogger(__name__)
 
 
+MAX_CONTROL_STRENGTH = 1000.0  # as a LoRA's: far past any use (1e30 overflows the residuals to a black picture)
+
+
 def check_control_strength(strength: object) -> float:
     """``strength`` as a float: the factor on the ControlNet's residuals (1.0 = the reference, 0 = none). Raises
-    InputError unless it is a finite real number (not a bool)."""
+    InputError unless it is a real number (not a bool) with |strength| <= ``MAX_CONTROL_STRENGTH``."""
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
         raise InputError(f"ControlNet strength must be a finite number, found {strength!r}")
+    if abs(strength) > MAX_CONTROL_STRENGTH:
+        raise InputError(
+            f"ControlNet strength must be from {-MAX_CONTROL_STRENGTH:g} to {MAX_CONTROL_STRENGTH:g}, "
+            f"found {strength!r}"
+        )
     return float(strength)
 
 

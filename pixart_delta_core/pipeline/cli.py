@@ -14,6 +14,8 @@ from ..cli_types import whole_number
 from ..errors import InputError
 from ..sampling.choices import Sampler
 
+DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
+
 
 def lora_spec(text: str) -> tuple[Path, float]:
     """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
@@ -105,7 +107,13 @@ def add_generate_parser(
         help="img2img: start from this image; one of another aspect ratio than the picture is scaled to cover it "
         "and centre-cropped, with a warning",
     )
-    run.add_argument("--strength", type=float, default=1.0, help="img2img denoise in (0, 1]")
+    run.add_argument(
+        "--strength",
+        type=float,
+        help="image-to-image denoise in (0, 1]: the share of the steps run from the noised init image (default "
+        f"with --init-image: {DEFAULT_INIT_STRENGTH:g}; 1 starts from pure noise, the init image then sets only the "
+        "size)",
+    )
     lora = gen.add_argument_group("LoRA")
     lora.add_argument(
         "--lora",
