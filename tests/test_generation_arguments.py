@@ -74,6 +74,8 @@ def test_a_prompt_with_a_lone_surrogate_is_refused(no_models: PixArtPipeline) ->
         no_models(["a fox", "a \ud800 cat"])
     with pytest.raises(InputError, match="prompt 0 must be text, found bytes"):
         no_models([b"a fox"])
+    with pytest.raises(InputError, match=r"negative prompt 0 holds a lone surrogate '\\udcff' at character 0"):
+        no_models("a fox", negative_prompt="\udcff", guidance=3.0)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the test's own Image.open

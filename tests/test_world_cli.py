@@ -64,6 +64,16 @@ def test_judge_reads_each_picture_against_its_txt_caption(data_set: Path, capsys
     assert lines[4].split() == ["attribute", "right", "of"] and lines[5].split() == ["background", "100.0%", "3/3"]
 
 
+def test_judge_names_a_caption_file_that_is_not_utf8(data_set: Path, capsys) -> None:
+    picture = data_set / "000005.png"
+    picture.with_suffix(".txt").write_bytes(b"\xff\xfe a caption")
+    assert main(["judge", str(picture)]) == 1
+    assert (
+        f"{picture.with_suffix('.txt')}: expected the picture's prompt in UTF-8 text, found invalid start byte at "
+        "byte 0" in capsys.readouterr().err
+    )
+
+
 def test_judge_takes_the_prompt_from_the_option(data_set: Path, capsys) -> None:
     picture = data_set / "000005.png"
     other = sample_scene(6).caption()

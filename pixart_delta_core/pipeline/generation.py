@@ -250,6 +250,10 @@ class PixArtPipeline:
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt))
         if not prompts:
             raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
+        if negative_prompt is not None:  # checked as the prompts are, not first by the tokenizer after T5 loads
+            check_prompts(
+                [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt), "negative prompt"
+            )
         check_integer("images per prompt", images_per_prompt, 1, MAX_BATCH_PIXELS)
         seed = check_seed(seed)
         steps = None if steps is None else check_steps(steps)

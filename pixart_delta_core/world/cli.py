@@ -96,7 +96,14 @@ def prompt_of(path: Path) -> str | None:
         negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt: ")]
         return "\n".join(lines[: negative[0] if negative else max(1, len(lines) - 1)])
     caption = path.with_suffix(".txt")
-    return caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
+    if not caption.is_file():
+        return None
+    try:
+        return caption.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{caption}: expected the picture's prompt in UTF-8 text, found {err.reason} at byte {err.start}"
+        ) from None
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
