@@ -103,14 +103,14 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     """What ``generate`` can check before any model loads: files, the images' sizes, the output, the device, option
     pairs. Returns the init image's (height, width) from its header, or None."""
     from .devices import device_option
-    from .file_kinds import file_kind
+    from .file_kinds import exists, file_kind
     from .pipeline.arguments import check_images
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
     named |= {"--controlnet": args.controlnet, "--init-image": args.init_image, "--control-image": args.control_image}
     for option, path in named.items():
-        if path is not None and not path.exists():
+        if path is not None and not exists(path):
             raise InputError(f"{option} {path}: no such file or folder")
     for option in ("--init-image", "--control-image"):
         if named[option] is not None and not named[option].is_file():

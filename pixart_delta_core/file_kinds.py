@@ -6,6 +6,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from .errors import InputError
+
 _KINDS = (
     (stat.S_ISREG, "a regular file"),
     (stat.S_ISDIR, "a folder"),
@@ -33,3 +35,12 @@ def non_folder_part(path: Path) -> tuple[Path, str] | None:
             continue
         return None if stat.S_ISDIR(mode) else (part, file_kind(mode))
     return None
+
+
+def exists(path: Path) -> bool:
+    """``path.exists()``, but a path the file system refuses to look up at all (a name over its length limit, which
+    ``Path.exists`` raises as OSError) is the user's input error: InputError naming the path and the reason."""
+    try:
+        return path.exists()
+    except OSError as err:
+        raise InputError(f"{path}: not a path this file system can look up ({err.strerror or err})") from None

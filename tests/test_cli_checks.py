@@ -348,3 +348,27 @@ def test_an_init_image_without_a_strength_is_denoised_at_the_default(
     monkeypatch.setattr(generation.PixArtPipeline, "__call__", stop)
     assert main([*generate_args(files, tmp_path, **{"--init-image": str(init)}), *given]) == 1
     assert seen["strength"] == used
+
+
+LONG = "a" * 300  # over the file system's 255-byte name limit: Path.exists raises OSError on it
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", LONG],
+        ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--transformer", LONG],
+        ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--init-image", f"{LONG}.png"],
+        ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--lora", f"{LONG}:0.5"],
+        ["judge", f"{LONG}.png"],
+    ],
+    ids=["info", "transformer", "init-image", "lora", "judge"],
+)
+def test_a_name_too_long_for_the_file_system_is_the_users_error(capsys, nothing_loads, argv: list[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own error, for an option's type
+        code = stop.code
+    assert code in (1, 2)
+    err = capsys.readouterr().err
+    assert "not a path this file system can look up (File name too long)" in err and "Traceback" not in err, err

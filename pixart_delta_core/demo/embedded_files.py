@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..file_kinds import exists
 
 FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
 MODELS = {
@@ -55,7 +56,7 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     kind = None if found is None else _kind(found)
     if found == name and kind in takes:
         return embedded_path(name)
-    if Path(name).name != name or Path(name).exists():
+    if Path(name).name != name or exists(Path(name)):
         return Path(value)
     if found is not None and kind in takes:
         return embedded_path(found)

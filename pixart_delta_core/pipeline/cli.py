@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..cli_types import whole_number
 from ..errors import InputError
+from ..file_kinds import exists
 from ..sampling.choices import Sampler
 
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
@@ -23,7 +24,11 @@ def lora_spec(text: str) -> tuple[Path, float]:
     from ..models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
 
     path, colon, tail = text.rpartition(":")
-    if not colon or "/" in tail or "\\" in tail or Path(text).exists():
+    try:
+        named_file = exists(Path(text))
+    except InputError as err:  # argparse reports only its own error type in one line
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not colon or "/" in tail or "\\" in tail or named_file:
         return Path(text), 1.0
     try:
         if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength

@@ -75,9 +75,9 @@ def prompt_of(path: Path) -> str | None:
     same-name ``.txt`` beside it; None when neither is there. Raises InputError for what is not a picture."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..file_kinds import file_kind
+    from ..file_kinds import exists, file_kind
 
-    if not path.is_file():
+    if not exists(path) or not path.is_file():
         found = file_kind(path.stat().st_mode) if path.exists() else "no such file"
         raise InputError(f"{path}: expected a picture, found {found}")
     try:
