@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.lora import check_strength
-from .resolution import MIN_SIDE, Size
+from .resolution import MIN_SIDE, SIZE_MULTIPLE, Size, check_image_size, nearest_bin
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
 # Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
@@ -197,3 +197,27 @@ def lora_specs(loras: Sequence[LoraSpec] | PathLike) -> list[tuple[PathLike, flo
         else:
             raise InputError(f"loras: expected a path or a (path, strength) pair, found the entry {entry!r}")
     return specs
+
+
+def named_image(name: str, image: object) -> str:
+    """``name`` of an image, with its path where it is given as a file (as ``arguments.open_image`` names it)."""
+    return f"{name} {image}" if isinstance(image, (str, Path)) else name
+
+
+def check_size_to_draw(asked: Size, bins: tuple[Size, ...] | None, batch: int, source: str) -> Size:
+    """The size to generate ``batch`` pictures of ``asked`` px at: the bin nearest to it among ``bins``, else that
+    size itself. Raises InputError for a size that cannot be drawn or a batch beyond memory; ``source`` (where the
+    size came from, when not the caller's width and height) leads the error, which then says how to choose one."""
+    try:
+        check_image_size(*asked, multiple=1 if bins else SIZE_MULTIPLE)
+        size = nearest_bin(*asked, bins) if bins else asked
+        check_image_size(*size)
+        check_batch(batch, *size)
+    except InputError as err:
+        if not source:
+            raise
+        raise InputError(
+            f"{source}, the picture's size when no width or height is given: {err}; give a width and height "
+            f"(--width and --height on the command line)"
+        ) from None
+    return size

@@ -37,17 +37,18 @@ from .arguments import (
     MAX_BATCH_PIXELS,
     LoraSpec,
     PathLike,
-    check_batch,
     check_images,
     check_integer,
     check_prompts,
     check_seed,
+    check_size_to_draw,
     check_steps,
     lora_specs,
+    named_image,
     opened_image,
 )
 from .images import INIT_IMAGE_SIZE, asked_size, init_sets_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
-from .resolution import SIZE_MULTIPLE, Size, bins_for, check_image_size, nearest_bin
+from .resolution import bins_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -280,9 +281,11 @@ class PixArtPipeline:
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
         from_init = init_sets_size(height, width, init_size)
-        source = f"{_named('init image', init_image)} is {asked[1]}x{asked[0]} px (width x height)" if from_init else ""
+        source = (
+            f"{named_image('init image', init_image)} is {asked[1]}x{asked[0]} px (width x height)" if from_init else ""
+        )
         bins = bins_for(transformer_config) if resolution_binning else None
-        size = _size_to_draw(asked, bins, len(prompts) * images_per_prompt, source)
+        size = check_size_to_draw(asked, bins, len(prompts) * images_per_prompt, source)
         init_image = None if init_image is None else opened_image(init_image, "init image")  # decoded only now
         if control is not None:
             control = replace(control, image=opened_image(control.image, "control image"))
@@ -340,30 +343,6 @@ class PixArtPipeline:
             pixels = resize_and_crop(pixels, *asked)
         stage("done")
         return Generation(to_pil(pixels), latents.cpu(), size, settings)
-
-
-def _named(name: str, image: object) -> str:
-    """``name`` of an image, with its path where it is given as a file (as ``arguments.open_image`` names it)."""
-    return f"{name} {image}" if isinstance(image, (str, Path)) else name
-
-
-def _size_to_draw(asked: Size, bins: tuple[Size, ...] | None, batch: int, source: str) -> Size:
-    """The size to generate ``batch`` pictures of ``asked`` px at: the bin nearest to it among ``bins``, else that
-    size itself. Raises InputError for a size that cannot be drawn or a batch beyond memory; ``source`` (where the
-    size came from, when not the caller's width and height) leads the error, which then says how to choose one."""
-    try:
-        check_image_size(*asked, multiple=1 if bins else SIZE_MULTIPLE)
-        size = nearest_bin(*asked, bins) if bins else asked
-        check_image_size(*size)
-        check_batch(batch, *size)
-    except InputError as err:
-        if not source:
-            raise
-        raise InputError(
-            f"{source}, the picture's size when no width or height is given: {err}; give a width and height "
-            f"(--width and --height on the command line)"
-        ) from None
-    return size
 
 
 def _lcm_timesteps(name: str) -> LcmTimesteps:
