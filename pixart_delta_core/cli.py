@@ -362,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PixArtDeltaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 (128 + SIGINT), as a shell reports it
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader closed early (``| head -1``): stop quietly, as cat or ls do. Python ignores SIGPIPE, so say
         # what a process ended by it says, 141 (128 + SIGPIPE): the shell's convention, which ``set -o pipefail``

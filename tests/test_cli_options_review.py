@@ -1,0 +1,51 @@
+"""What a second fresh-user review of the command line found: Ctrl-C, the help's defaults, options a sampler or the
+steps make void, and errors that name the option typed. Each is answered in one line before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pixart_delta_core import cli
+from pixart_delta_core.cli import main
+
+EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
+A_FILE = "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"  # argparse refuses before they are read
+
+
+def generate(tmp_path: Path, *extra: str) -> list[str]:
+    return ["generate", *EMBEDDED, "--prompt", "a fox", "--out", str(tmp_path / "x.png"), *extra]
+
+
+def refused(argv: list[str], capsys) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def refused_by_argparse(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def hed(tmp_path: Path) -> Path:
+    Image.new("RGB", (128, 128)).save(tmp_path / "hed.png")
+    return tmp_path / "hed.png"
+
+
+# --- 1. Ctrl-C --------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_says_interrupted_in_one_line_and_exits_130(monkeypatch, capsys) -> None:
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    assert main(["info", "x.safetensors"]) == 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+    assert capsys.readouterr().err == "interrupted\n"
