@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LONG_PROMPT, SHOWN_PROMPT = 80, 60  # a prompt of more characters is shown by its first SHOWN_PROMPT in a warning
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints.sources import printable_path
@@ -84,7 +86,7 @@ def warn_outside_the_world(transformer: Path, prompts: list[str], what: str = "p
             name,
             what,
             "s" * several,
-            ", ".join(repr(p) for p in outside),
+            ", ".join(repr(p) if len(p) <= LONG_PROMPT else f"{p[:SHOWN_PROMPT]!r}…" for p in outside),
             "are" if several else "is",
             GRAMMAR,
         )

@@ -3,13 +3,15 @@ steps make void, and errors that name the option typed. Each is answered in one 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pixart_delta_core import cli
-from pixart_delta_core.cli import main
+from pixart_delta_core.cli import main, warn_outside_the_world
+from pixart_delta_core.demo.embedded_files import embedded_path
 
 EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
 A_FILE = "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"  # argparse refuses before they are read
@@ -49,3 +51,15 @@ def test_ctrl_c_says_interrupted_in_one_line_and_exits_130(monkeypatch, capsys) 
     monkeypatch.setattr(cli, "cmd_info", interrupted)
     assert main(["info", "x.safetensors"]) == 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
     assert capsys.readouterr().err == "interrupted\n"
+
+
+# --- 6. a long prompt outside the world, shortened in the warning --------------------------------------
+
+
+def test_a_long_prompt_outside_the_world_is_shortened_in_the_warning(caplog) -> None:
+    long = "a photograph of a purple elephant riding a red bicycle along a beach at sunset, highly detailed"
+    with caplog.at_level(logging.WARNING):
+        warn_outside_the_world(embedded_path("shapes-lcm"), [long, "a fox"])
+    message = caplog.records[0].getMessage()
+    assert f"the prompts {long[:60]!r}…, 'a fox' are outside its grammar" in message
+    assert long not in message
