@@ -12,6 +12,8 @@ from PIL import Image
 from pixart_delta_core import cli
 from pixart_delta_core.cli import main, warn_outside_the_world
 from pixart_delta_core.demo.embedded_files import embedded_path
+from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.pipeline.generation import PixArtPipeline
 
 EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
 A_FILE = "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"  # argparse refuses before they are read
@@ -63,3 +65,34 @@ def test_a_long_prompt_outside_the_world_is_shortened_in_the_warning(caplog) -> 
     message = caplog.records[0].getMessage()
     assert f"the prompts {long[:60]!r}…, 'a fox' are outside its grammar" in message
     assert long not in message
+
+
+# --- 7. the negative prompts made a list once ----------------------------------------------------------
+
+
+class Encoded(Exception):
+    """What the pipeline hands the text encoder, raised to stop the run there."""
+
+
+@pytest.mark.parametrize(
+    ("negative", "encoded"),
+    [
+        ("blurry", ["blurry", "blurry"]),
+        (["blurry", "dark"], ["blurry", "dark"]),
+        (iter(["blurry", "dark"]), ["blurry", "dark"]),  # read once: a second list() of it would be empty
+    ],
+    ids=["text", "list", "iterator"],
+)
+def test_the_negative_prompts_reach_the_encoder_one_per_prompt(
+    tmp_path: Path, monkeypatch, negative: object, encoded: list[str]
+) -> None:
+    files = write_demo_models(tmp_path)
+
+    def encode(self, prompts, negatives, *args):
+        raise Encoded(negatives)
+
+    monkeypatch.setattr(PixArtPipeline, "encode_prompts", encode)
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")
+    with pytest.raises(Encoded) as caught:
+        pipeline(["a fox", "an owl"], negative_prompt=negative, sampler="dpm_solver++", steps=2)
+    assert caught.value.args[0] == encoded

@@ -251,10 +251,10 @@ class PixArtPipeline:
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt))
         if not prompts:
             raise InputError("no prompt given: pass at least one (an empty string is a valid prompt)")
-        if negative_prompt is not None:  # checked as the prompts are, not first by the tokenizer after T5 loads
-            check_prompts(
-                [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt), "negative prompt"
-            )
+        negatives = None  # made a list once (one text stands for each prompt), checked as the prompts are
+        if negative_prompt is not None:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            negatives = check_prompts(negatives, "negative prompt")  # not first by the tokenizer after T5 loads
         check_integer("images per prompt", images_per_prompt, 1, MAX_BATCH_PIXELS)
         seed = check_seed(seed)
         steps = None if steps is None else check_steps(steps)
@@ -277,7 +277,7 @@ class PixArtPipeline:
             self._check_controlnet(transformer_config)
         if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
             check_encodes(vae)
-        negatives = _negatives(negative_prompt, len(prompts), settings.guided, transformer_config.null_caption)
+        negatives = _negatives(negatives, len(prompts), settings.guided, transformer_config.null_caption)
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
         from_init = init_sets_size(height, width, init_size)
@@ -352,16 +352,17 @@ def _lcm_timesteps(name: str) -> LcmTimesteps:
         raise InputError(f"unknown LCM timesteps {name!r}: expected 'reference' or 'diffusers'") from None
 
 
-def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:
-    """One negative prompt per prompt, or None (the learned null caption, or no guidance at all).
+def _negatives(negatives: list[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:
+    """The negative prompts given (None: none), checked to be one per prompt; or None where they are not encoded (the
+    learned null caption, or no guidance at all), or the empty prompt for each prompt.
 
     Without a negative prompt, guidance uses the model's learned null caption where the file has one
     (the reference), else the empty prompt encoded by T5 (diffusers' unconditional input).
     """
-    if negative is not None and not guided:
+    if negatives is not None and not guided:
         log.warning("a negative prompt only acts with guidance above 1: it is ignored")
         return None
-    if negative is None:
+    if negatives is None:
         if not guided:
             return None
         if null_caption:
@@ -370,7 +371,6 @@ def _negatives(negative: str | Sequence[str] | None, count: int, guided: bool, n
         log.info("unconditional input: the empty prompt (the model file has no learned null caption)")
         return [""] * count
     log.info("unconditional input: the negative prompt")
-    negatives = [negative] * count if isinstance(negative, str) else list(negative)
     if len(negatives) != count:
         raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
     return negatives
