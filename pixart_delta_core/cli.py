@@ -114,6 +114,9 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     for option, path in named.items():
         if path is not None and not exists(path):
             raise InputError(f"{option} {path}: no such file or folder")
+    for path, _ in args.lora:
+        if not exists(path):
+            raise InputError(f"--lora {path}: no such file or folder")
     for option in ("--init-image", "--control-image"):
         if named[option] is not None and not named[option].is_file():
             found = file_kind(named[option].stat().st_mode)
@@ -183,7 +186,7 @@ def _hints(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline.cli import DEFAULT_INIT_STRENGTH
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH, check_sampling
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
@@ -194,6 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
         warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
     warn_untrained_size(args.transformer, args.height, args.width, init_size)
+    check_sampling(args)  # --steps, --lcm-timesteps, the control window: after the warnings, before any load
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(
@@ -227,7 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             seed=args.seed,
             images_per_prompt=args.batch,
-            lcm_timesteps=args.lcm_timesteps,
+            lcm_timesteps=args.lcm_timesteps or "reference",
             init_image=args.init_image,
             strength=(DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0,
             control=control,

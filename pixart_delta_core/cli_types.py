@@ -24,3 +24,19 @@ def whole_number(of: str = "", least: int = 1, most: int | None = None) -> Calla
         return value
 
     return parse
+
+
+def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """A type for real numbers from ``low`` to ``high``, ``low`` itself excluded when ``low_open`` (NaN refused)."""
+    expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, found {text or 'nothing'}")
+        return value
+
+    return parse

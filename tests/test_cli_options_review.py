@@ -4,16 +4,20 @@ steps make void, and errors that name the option typed. Each is answered in one 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pixart_delta_core import cli
+from pixart_delta_core import cli, devices
 from pixart_delta_core.cli import main, warn_outside_the_world
 from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.demo.files import write_demo_models
+from pixart_delta_core.errors import InputError
+from pixart_delta_core.pipeline.cli import DTYPES
 from pixart_delta_core.pipeline.generation import PixArtPipeline
+from pixart_delta_core.sampling.samplers import SAMPLERS, ControlSchedule, check_control_window, control_steps
 
 EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
 A_FILE = "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"  # argparse refuses before they are read
@@ -53,6 +57,155 @@ def test_ctrl_c_says_interrupted_in_one_line_and_exits_130(monkeypatch, capsys) 
     monkeypatch.setattr(cli, "cmd_info", interrupted)
     assert main(["info", "x.safetensors"]) == 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
     assert capsys.readouterr().err == "interrupted\n"
+
+
+# --- 2. the help's defaults, read from the sampler table ----------------------------------------------
+
+
+def _help(capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def _per_sampler(said: str) -> dict[str, float]:
+    """{"lcm": 4, ...} from help text such as "lcm 4, sa_solver/ddim 25"."""
+    return {
+        name: float(value)
+        for names, value in re.findall(r"([\w+/]+) (\d+(?:\.\d+)?)", said)
+        for name in names.split("/")
+    }
+
+
+def test_the_steps_and_guidance_help_give_every_samplers_defaults(capsys, monkeypatch) -> None:
+    out = _help(capsys, monkeypatch)
+    steps = out.split("--steps STEPS default: the sampler's reference setting (")[1].split(")")[0]
+    most = out.split("); at most ")[1].split(" --guidance")[0]
+    guidance = out.split("--guidance GUIDANCE CFG scale, on above 1 (default: the sampler's reference setting: ")[1]
+    guidance = guidance.split(")")[0]
+    names = {sampler.value for sampler in SAMPLERS}
+    assert _per_sampler(steps) == {s.value: spec.steps for s, spec in SAMPLERS.items()}
+    assert _per_sampler(most) == {s.value: spec.max_steps for s, spec in SAMPLERS.items()}
+    assert _per_sampler(guidance) == {s.value: spec.guidance for s, spec in SAMPLERS.items()}
+    assert set(_per_sampler(guidance)) == names and _per_sampler(guidance)["sa_solver"] == 3.0
+
+
+def test_the_help_states_the_defaults_of_out_seed_batch_and_sampler(capsys, monkeypatch) -> None:
+    out = _help(capsys, monkeypatch)
+    assert "several: x-p<prompt>-<n>.png (default: outputs/pixart.png)" in out
+    assert "--seed SEED noise seed (default: 0)" in out
+    assert "--batch BATCH images per prompt (default: 1)" in out
+    assert "ddim} the denoising sampler (default: lcm)" in out
+
+
+def test_the_dtype_choices_are_the_engines() -> None:
+    assert ("auto", *devices.DTYPES) == DTYPES  # auto, then what devices.parse_dtype reads
+
+
+# --- 3. a control window holding no step --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (
+            ["--control-start", "0.55", "--control-end", "0.7"],
+            "error: --control-start 0.55 and --control-end 0.7 hold no step of the 4 steps run: step i acts where "
+            "start <= i/4 < end (i/4: 0, 0.25, 0.5, 0.75); widen the window or raise the steps",
+        ),
+        (  # 8 steps at strength 0.5 run 4: 0.375 is not among the steps run
+            [
+                "--steps",
+                "8",
+                "--init-image",
+                "{hed}",
+                "--strength",
+                "0.5",
+                "--control-start",
+                "0.3",
+                "--control-end",
+                "0.45",
+            ],
+            "error: --control-start 0.3 and --control-end 0.45 hold no step of the 4 steps run",
+        ),
+        (
+            ["--steps", "100", "--sampler", "euler", "--control-start", "0.501", "--control-end", "0.509"],
+            "(i/100: 0, 0.01, 0.02, ..., 0.99)",
+        ),
+    ],
+    ids=["lcm", "img2img", "many-steps"],
+)
+def test_a_control_window_holding_no_step_is_refused(
+    tmp_path: Path, hed: Path, nothing_loads, capsys, extra: list[str], said: str
+) -> None:
+    extra = [e.replace("{hed}", str(hed)) for e in extra]
+    argv = generate(tmp_path, "--controlnet", "shapes-controlnet", "--control-image", str(hed), *extra)
+    assert said in refused(argv, capsys)
+
+
+def test_a_control_window_holding_one_step_runs(tmp_path: Path, hed: Path, nothing_loads) -> None:
+    argv = generate(tmp_path, "--controlnet", "shapes-controlnet", "--control-image", str(hed))
+    with pytest.raises(AssertionError, match="a model was loaded"):  # step 2 of 4 (2/4 = 0.5): past the checks
+        main([*argv, "--control-start", "0.5", "--control-end", "0.55"])
+
+
+def test_the_checked_window_is_the_one_the_sampler_runs() -> None:
+    for start, end, steps in [(0.5, 0.55, 4), (0.55, 0.7, 4), (0.0, 1.0, 3), (0.25, 0.5, 4), (0.1, 0.2, 10)]:
+        schedule = ControlSchedule(lambda *a: None, start, end)
+        assert control_steps(start, end, steps) == [i for i in range(steps) if schedule.active(i, steps)]
+    with pytest.raises(InputError, match=r"^start 0\.55 and end 0\.7 hold no step of the 4 steps run"):
+        check_control_window(0.55, 0.7, 4)
+
+
+# --- 4. an option of another sampler ------------------------------------------------------------------
+
+
+def test_lcm_timesteps_with_another_sampler_is_refused(tmp_path: Path, nothing_loads, capsys) -> None:
+    err = refused(generate(tmp_path, "--sampler", "euler", "--lcm-timesteps", "diffusers"), capsys)
+    assert err == "error: --lcm-timesteps diffusers is for --sampler lcm only, found --sampler euler: drop it"
+    with pytest.raises(AssertionError, match="a model was loaded"):  # with lcm, or not given: past the checks
+        main(generate(tmp_path, "--lcm-timesteps", "diffusers"))
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(generate(tmp_path, "--sampler", "euler", "--steps", "2"))
+
+
+# --- 5. errors naming the option typed ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (
+            ["--t5-dtype", "fp8"],
+            "argument --t5-dtype: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'fp16', 'bf16')",
+        ),
+        (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+        (["--strength", "0"], "argument --strength: expected a number in (0, 1], found 0"),
+        (["--strength", "1.5"], "argument --strength: expected a number in (0, 1], found 1.5"),
+        (["--strength", "nan"], "argument --strength: expected a number in (0, 1], found nan"),
+        (["--guidance", "200"], "argument --guidance: expected a number in [0, 100], found 200"),
+        (["--guidance", "-1"], "argument --guidance: expected a number in [0, 100], found -1"),
+    ],
+)
+def test_a_value_out_of_range_names_its_option(capsys, extra: list[str], said: str) -> None:
+    assert said in refused_by_argparse(["generate", *A_FILE, *extra], capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--steps", "100"], "error: --steps 100: --sampler lcm takes 1 to 50 steps"),
+        (["--sampler", "ddim", "--steps", "1001"], "error: --steps 1001: --sampler ddim takes 1 to 1000 steps"),
+        (["--lora", "{tmp}/none.safetensors"], "error: --lora {tmp}/none.safetensors: no such file or folder"),
+        (["--lora", "{tmp}/none.safetensors:0.5"], "error: --lora {tmp}/none.safetensors: no such file or folder"),
+    ],
+)
+def test_a_value_refused_after_parsing_names_its_option(
+    tmp_path: Path, nothing_loads, capsys, extra: list[str], said: str
+) -> None:
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    assert refused(generate(tmp_path, *extra), capsys) == said.replace("{tmp}", str(tmp_path))
 
 
 # --- 6. a long prompt outside the world, shortened in the warning --------------------------------------

@@ -1,7 +1,8 @@
-"""The ``generate`` subcommand's arguments: its parser and the ``--lora`` type (``cli`` runs the command).
+"""The ``generate`` subcommand's arguments: its parser, the ``--lora`` type and the checks of its sampling options
+(``cli`` runs the command).
 
-Building the parser imports no torch: the samplers' names come from ``sampling.choices``, and the LoRA bounds load
-when a ``--lora`` is given.
+Building the parser imports no torch: the samplers' names and reference settings come from ``sampling.choices``, and
+the LoRA bounds load when a ``--lora`` is given.
 """
 
 from __future__ import annotations
@@ -10,12 +11,41 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cli_types import whole_number
+from ..cli_types import number_in, whole_number
 from ..errors import InputError
 from ..file_kinds import exists
-from ..sampling.choices import Sampler
+from ..sampling.choices import MAX_GUIDANCE, SAMPLERS, LcmTimesteps, Sampler
 
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
+
+
+def per_sampler(setting: str) -> str:
+    """Each sampler's reference ``setting`` (a ``SamplerSpec`` field), for the help: "lcm 4, sa_solver/ddim 25"."""
+    samplers: dict[float, list[str]] = {}
+    for sampler, spec in SAMPLERS.items():
+        samplers.setdefault(getattr(spec, setting), []).append(sampler.value)
+    return ", ".join(f"{'/'.join(names)} {value:g}" for value, names in samplers.items())
+
+
+def check_sampling(args: argparse.Namespace) -> None:
+    """``generate``'s sampling options, checked before any model loads, each error naming the option: --lcm-timesteps
+    with another sampler, --steps beyond the sampler's, a control window that holds no step of the run."""
+    from ..sampling.samplers import SamplingSettings, check_control_window  # torch: run time, not the parser's
+
+    if args.lcm_timesteps is not None and args.sampler != Sampler.LCM.value:
+        raise InputError(
+            f"--lcm-timesteps {args.lcm_timesteps} is for --sampler lcm only, found --sampler {args.sampler}: drop it"
+        )
+    most = SAMPLERS[Sampler(args.sampler)].max_steps
+    if args.steps is not None and args.steps > most:
+        raise InputError(f"--steps {args.steps}: --sampler {args.sampler} takes 1 to {most} steps")
+    if args.control_image is None:
+        return
+    strength = (DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0
+    given = {"steps": args.steps} if args.steps is not None else {}
+    run = SamplingSettings.defaults(args.sampler, strength=strength, **given).steps_run
+    check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
 
 
 def lora_spec(text: str) -> tuple[Path, float]:
@@ -89,7 +119,8 @@ def add_generate_parser(
         "--out",
         type=Path,
         default=Path("outputs/pixart.png"),
-        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png",
+        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png (default: "
+        "%(default)s)",
     )
     size = gen.add_argument_group("size")
     default = "default: the init image's with --init-image, else the model's training resolution"
@@ -97,14 +128,29 @@ def add_generate_parser(
     size.add_argument("--height", type=pixels, help=f"pixels ({default})")
     size.add_argument("--no-binning", action="store_true", help="generate at exactly this size, not the nearest bin")
     run = gen.add_argument_group("sampling")
-    run.add_argument("--sampler", default="lcm", choices=[s.value for s in Sampler])
     run.add_argument(
-        "--steps", type=whole_number("steps"), help="default: the sampler's reference setting (LCM 4, DPM-Solver++ 14)"
+        "--sampler",
+        default="lcm",
+        choices=[s.value for s in Sampler],
+        help="the denoising sampler (default: %(default)s)",
     )
-    run.add_argument("--guidance", type=float, help="CFG scale, on above 1 (default: LCM 0, others 4.5)")
-    run.add_argument("--seed", type=whole_number(least=0), default=0)
-    run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt")
-    run.add_argument("--lcm-timesteps", default="reference", choices=["reference", "diffusers"])
+    run.add_argument(
+        "--steps",
+        type=whole_number("steps"),
+        help=f"default: the sampler's reference setting ({per_sampler('steps')}); at most {per_sampler('max_steps')}",
+    )
+    run.add_argument(
+        "--guidance",
+        type=number_in(0.0, MAX_GUIDANCE),
+        help=f"CFG scale, on above 1 (default: the sampler's reference setting: {per_sampler('guidance')})",
+    )
+    run.add_argument("--seed", type=whole_number(least=0), default=0, help="noise seed (default: %(default)s)")
+    run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt (default: %(default)s)")
+    run.add_argument(
+        "--lcm-timesteps",
+        choices=[t.value for t in LcmTimesteps],
+        help="the timesteps --sampler lcm visits: the reference's (default) or diffusers' LCMScheduler's",
+    )
     run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
     run.add_argument(
         "--init-image",
@@ -114,7 +160,7 @@ def add_generate_parser(
     )
     run.add_argument(
         "--strength",
-        type=float,
+        type=number_in(0.0, 1.0, low_open=True),
         help="image-to-image denoise in (0, 1]: the share of the steps run from the noised init image (default "
         f"with --init-image: {DEFAULT_INIT_STRENGTH:g}; 1 starts from pure noise, the init image then sets only the "
         "size)",
@@ -170,9 +216,11 @@ def add_generate_parser(
     )
     dev = gen.add_argument_group("devices and memory")
     dev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    dev.add_argument("--dtype", default="auto", help="transformer/VAE dtype: auto, fp32, fp16, bf16")
     dev.add_argument(
-        "--t5-dtype", default="auto", help="T5 dtype: auto (bf16: T5-XXL is 9.5 GB in it), fp32, fp16, bf16"
+        "--dtype", default="auto", choices=DTYPES, help="transformer/VAE dtype (auto: fp16 on a GPU, fp32 on the CPU)"
+    )
+    dev.add_argument(
+        "--t5-dtype", default="auto", choices=DTYPES, help="T5 dtype (auto: bf16, in which T5-XXL is 9.5 GB)"
     )
     dev.add_argument("--low-memory", action="store_true", help="one model in memory at a time, tiled VAE decode")
     dev.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,14 +22,13 @@ from ..models.transformer import ControlHook, PixArtTransformer
 from ..models.transformer_config import vae_defaults_for
 from ..text.embedding import TextEmbedding
 from ..vae.vae_config import SD_VAE
-from .choices import LcmTimesteps, Sampler
+from .choices import LCM_ORIGINAL_STEPS, MAX_GUIDANCE, SAMPLERS, TRAIN_STEPS, LcmTimesteps, Sampler
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 log = logging.getLogger(__name__)
 
-TRAIN_STEPS = 1000
 # PixArt's noise schedule: linear betas 1e-4 -> 0.02 over 1000 steps, epsilon prediction.
 NOISE_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": TRAIN_STEPS,
@@ -37,47 +36,6 @@ NOISE_SCHEDULE: dict[str, Any] = {
     "beta_end": 0.02,
     "beta_schedule": "linear",
     "prediction_type": "epsilon",
-}
-LCM_ORIGINAL_STEPS = 50  # the teacher's DDIM schedule the LCM was distilled on (skip k = 20)
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """How to build a sampler's scheduler, and the settings the reference uses with it.
-
-    ``scheduler`` names a diffusers scheduler class: diffusers is imported on first use, not when the pack loads.
-    """
-
-    scheduler: str
-    options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 20
-    guidance: float = 4.5
-    max_steps: int = TRAIN_STEPS
-
-
-# A run from pure noise must start at the top of the noise schedule (t = 999) at every step count.
-# diffusers' default spacings for Euler ("linspace") and DDIM ("leading") do not at 1-2 steps (Euler's
-# single step is t = 0 with the noise scaled to 1%, DDIM's are 0 or 500); "trailing" spacing always
-# does. DPM-Solver++ and SA-Solver start at 999 with their defaults and keep them.
-_FROM_NOISE: dict[str, Any] = {"timestep_spacing": "trailing"}
-
-SAMPLERS: dict[Sampler, SamplerSpec] = {
-    Sampler.LCM: SamplerSpec(
-        "LCMScheduler",
-        {"original_inference_steps": LCM_ORIGINAL_STEPS, "timestep_scaling": 10.0, "set_alpha_to_one": True},
-        steps=4,
-        guidance=0.0,
-        max_steps=LCM_ORIGINAL_STEPS,
-    ),
-    Sampler.DPM_SOLVER: SamplerSpec(
-        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, steps=14, guidance=4.5
-    ),
-    Sampler.SA_SOLVER: SamplerSpec("SASolverScheduler", {}, steps=25, guidance=3.0),
-    Sampler.EULER: SamplerSpec("EulerDiscreteScheduler", _FROM_NOISE, steps=20, guidance=4.5),
-    Sampler.EULER_ANCESTRAL: SamplerSpec("EulerAncestralDiscreteScheduler", _FROM_NOISE, steps=20, guidance=4.5),
-    Sampler.DDIM: SamplerSpec(
-        "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, **_FROM_NOISE}, steps=25, guidance=4.5
-    ),
 }
 
 
@@ -103,8 +61,8 @@ class SamplingSettings:
             raise InputError(f"{self.sampler.value} takes 1 to {spec.max_steps} steps, got {self.steps}")
         if not 0.0 < self.strength <= 1.0:
             raise InputError(f"strength (denoise) must be in (0, 1], got {self.strength}")
-        if not 0.0 <= self.guidance <= 100.0:
-            raise InputError(f"guidance must be between 0 and 100, got {self.guidance}")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise InputError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
         if self.steps_run == 0:
             raise InputError(
                 f"strength {self.strength} with {self.steps} steps runs no step (int(steps x strength) = 0): "
@@ -150,13 +108,32 @@ class ControlSchedule:
             raise InputError(f"control start/end must satisfy 0 <= start < end <= 1, got {self.start}, {self.end}")
 
     def active(self, step: int, steps: int) -> bool:
-        return self.start <= step / steps < self.end
+        return step in control_steps(self.start, self.end, steps)
 
     def check_batch(self, images: int) -> None:
         """One control latent, or exactly one per image, before guidance doubles the batch."""
         count = getattr(self.hook, "count", 1)  # a plain function hook carries no count: it serves any batch
         if count not in (1, images):
             raise InputError(f"{count} control images for {images} images: give one, or exactly one per image")
+
+
+def control_steps(start: float, end: float, steps: int) -> list[int]:
+    """The steps (0 to ``steps`` - 1 of a run) where a ControlNet acting from ``start`` to ``end`` (fractions of the
+    steps) acts: start <= i / steps < end."""
+    return [i for i in range(steps) if start <= i / steps < end]
+
+
+def check_control_window(start: float, end: float, steps: int, names: tuple[str, str] = ("start", "end")) -> None:
+    """Refuse a control window from ``start`` to ``end`` that holds no step of a run of ``steps`` (the ControlNet
+    would silently do nothing); ``names`` are the two values' names in the error (``--control-start``...)."""
+    if control_steps(start, end, steps):
+        return
+    fractions = [f"{i / steps:g}" for i in range(steps)]
+    listed = ", ".join(fractions if steps <= 8 else [*fractions[:3], "...", fractions[-1]])
+    raise InputError(
+        f"{names[0]} {start:g} and {names[1]} {end:g} hold no step of the {steps} steps run: step i acts where "
+        f"start <= i/{steps} < end (i/{steps}: {listed}); widen the window or raise the steps"
+    )
 
 
 StepCallback = Callable[[int, int, Tensor], None]  # (steps done, steps in all, current latents)
