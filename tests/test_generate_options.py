@@ -1,5 +1,5 @@
-"""What a second fresh-user review of the command line found: Ctrl-C, the help's defaults, options a sampler or the
-steps make void, and errors that name the option typed. Each is answered in one line before any model loads."""
+"""The command line's options: Ctrl-C, the help's defaults, options a sampler or the steps make void, and errors
+that name the option typed. Each is answered in one line before any model loads."""
 
 from __future__ import annotations
 
