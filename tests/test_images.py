@@ -53,8 +53,12 @@ def test_prepare_image_reads_pil_and_tensors_alike() -> None:
     torch.testing.assert_close(prepare_image(unit.repeat(2, 1, 1, 1), 48, 64), expected.repeat(2, 1, 1, 1))
     uint8 = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
     torch.testing.assert_close(prepare_image(uint8, 48, 64), expected)
-    rgba = torch.cat([unit, torch.zeros(1, 1, 30, 50)], dim=1)
-    torch.testing.assert_close(prepare_image(rgba, 48, 64), expected)
+    opaque = torch.cat([unit, torch.ones(1, 1, 30, 50)], dim=1)
+    torch.testing.assert_close(prepare_image(opaque, 48, 64), expected)
+    see_through = pil.convert("RGBA")
+    see_through.putalpha(Image.linear_gradient("L").resize((50, 30)))
+    rgba = torch.from_numpy(np.array(see_through)).permute(2, 0, 1)  # alpha is transparency: onto black, alike
+    torch.testing.assert_close(prepare_image(rgba, 48, 64), prepare_image(see_through, 48, 64), rtol=0, atol=2 / 255)
 
 
 def test_a_grey_image_becomes_three_equal_channels() -> None:

@@ -13,7 +13,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "pixart_delta_core"
 
 # A package may import its own modules and those of lower ranks; the base modules are the ones not in a package.
 RANKS = {
-    "": 0,  # errors, devices, memory, ops, file_kinds, cli_types
+    "": 0,  # errors, devices, memory, ops, file_kinds, cli_types, pictures
     "checkpoints": 1,
     "world": 1,  # the shapes world: numpy and PIL over the base modules
     "quant": 2,

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.lora import check_strength
+from ..pictures import bomb_pixels, to_rgb, upright_size
 from .resolution import MIN_SIDE, SIZE_MULTIPLE, Size, check_image_size, nearest_bin
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
@@ -112,11 +113,12 @@ def check_input_size(name: str, width: int, height: int, least: int = MIN_SIDE) 
 
 
 def open_image(path: str | Path, name: str = "image", least: int = MIN_SIDE) -> Image.Image:
-    """An image file opened lazily (header read, pixels not yet decoded) once its size is checked
-    (``check_input_size``, from the header).
+    """An image file opened lazily (header read, pixels not yet decoded) once its upright size (``upright_size``:
+    EXIF orientations 5 to 8 swap width and height) is checked by ``check_input_size``, from the header.
 
-    Pillow's own decompression-bomb limit is replaced by ours. Raises InputError for a missing file, a file Pillow
-    cannot read, or an image too small or too large.
+    Pillow's own decompression-bomb limit is replaced by ours: a file past Pillow's hard limit (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``, far past ours) is refused in the pack's words, with the size its header gives.
+    Raises InputError for a missing file, a file Pillow cannot read, or an image too small or too large.
     """
     path = Path(path)
     if not path.is_file():
@@ -126,37 +128,49 @@ def open_image(path: str | Path, name: str = "image", least: int = MIN_SIDE) -> 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(path)
     except Image.DecompressionBombError as err:
-        raise InputError(f"{name} {path} is too large to decode ({err})") from None
+        raise InputError(f"{name} {path} {_too_large(bomb_pixels(err))}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise InputError(f"{name} {path} is not an image that can be read ({err})") from err
     try:
-        check_input_size(f"{name} {path}", image.width, image.height, least)
+        check_input_size(f"{name} {path}", *upright_size(image), least)
     except InputError:
         image.close()
         raise
     return image
 
 
+def _too_large(pixels: int | None) -> str:
+    """What is wrong with an image Pillow refused as a decompression bomb of ``pixels`` (None: not said)."""
+    limit = MAX_IMAGE_PIXELS  # Pillow's hard limit is far past ours, unless a program lowered it:
+    if Image.MAX_IMAGE_PIXELS is not None:
+        limit = min(limit, 2 * Image.MAX_IMAGE_PIXELS)
+    found = "over Pillow's limit" if pixels is None else f"{pixels / 1e6:.1f} megapixels"
+    return f"is {found} (from its header): expected at most {limit / 1e6:.1f} megapixels: shrink it first"
+
+
 def opened_image(image: Image.Image | PathLike | torch.Tensor, name: str) -> Image.Image | torch.Tensor:
-    """An image given as a file opened now, in RGB (decoded: check it first, ``check_image``); others as given."""
+    """An image given as a file opened now and decoded by ``to_rgb`` (8-bit RGB, upright, transparency on black;
+    check it first, ``check_image``); others as given (``prepare_image`` converts a PIL image the same way)."""
     if not isinstance(image, (str, Path)):
         return image
     with open_image(image, name) as opened:
         try:
-            return opened.convert("RGB")
-        except (OSError, ValueError, SyntaxError, EOFError) as err:  # the header read, the pixels are broken
+            return to_rgb(opened)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:  # pixels broken
             raise InputError(f"{name} {image} cannot be decoded ({err})") from err
 
 
 def check_image(name: str, image: object, least: int = MIN_SIDE) -> Size:
     """An init or control image in any form the pipeline takes, checked without decoding it: a file (its size read
     from its header), a PIL image, or a tensor [B,3,H,W] / [3,H,W] in [0, 1] (finite, non-empty); each of a size
-    ``check_input_size`` takes, ``least`` px a side or more. Returns its (height, width) in pixels."""
+    ``check_input_size`` takes, ``least`` px a side or more. Returns its (height, width) in pixels, upright for a
+    file or PIL image with an EXIF orientation (``upright_size``), as the picture will use it."""
     if isinstance(image, (str, Path)):
         with open_image(image, name, least) as opened:
-            return opened.height, opened.width
+            width, height = upright_size(opened)
+            return height, width
     if isinstance(image, Image.Image):
-        height, width = image.height, image.width
+        width, height = upright_size(image)
     elif isinstance(image, torch.Tensor):
         height, width = int(check_tensor(name, image).shape[-2]), int(image.shape[-1])
     else:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
+from ..pictures import to_rgb, upright_size
 from .resolution import Size
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,18 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def from_pil(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
-    """PIL images of one size -> [B,3,H,W] in [-1, 1] (converted to RGB; alpha is dropped)."""
+    """PIL images of one (upright) size -> [B,3,H,W] in [-1, 1], each read by ``pictures.to_rgb`` (upright, deeper
+    grey scaled to 8 bits, transparency composited onto black)."""
     images = [images] if isinstance(images, Image.Image) else list(images)
-    sizes = {im.size for im in images}
+    sizes = {upright_size(im) for im in images}
     if len(sizes) != 1:
         raise InputError(f"expected images of one size, found sizes (width, height) {sorted(sizes)}")
     return torch.stack([_unit_tensor(im) for im in images]) * 2 - 1
 
 
 def _unit_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL image -> [3,H,W] float32 in [0, 1]."""
-    array = np.array(image.convert("RGB"), dtype=np.uint8)  # [H,W,3]
+    """A PIL image (any mode, ``pictures.to_rgb``) -> [3,H,W] float32 in [0, 1]."""
+    array = np.array(to_rgb(image), dtype=np.uint8)  # [H,W,3]
     return torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
 
@@ -69,8 +71,9 @@ def prepare_image(image: Image.Image | torch.Tensor, height: int, width: int) ->
     """Any image -> the VAE's input at a size: [B,3,height,width] in [-1, 1], resized to cover and
     centre-cropped (antialiased, as the reference prepares control images).
 
-    ``image``: a PIL image, or a tensor [C,H,W] or [B,C,H,W], channels first, in [0, 1] (uint8: 0..255),
-    with C = 1 (grey), 3 (RGB) or 4 (RGBA; alpha dropped).
+    ``image``: a PIL image of any mode (read by ``pictures.to_rgb``: upright, transparency composited onto black),
+    or a tensor [C,H,W] or [B,C,H,W], channels first, in [0, 1] (uint8: 0..255), with C = 1 (grey), 3 (RGB) or 4
+    (RGBA, composited onto black by the same rule).
     """
     for name, side in (("height", height), ("width", width)):
         if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
@@ -86,9 +89,11 @@ def prepare_image(image: Image.Image | torch.Tensor, height: int, width: int) ->
 
 
 def image_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
-    """(height, width) in pixels of a PIL image or a tensor channels first ([C,H,W] or [B,C,H,W])."""
+    """(height, width) in pixels of a PIL image (upright: ``pictures.upright_size``) or a tensor channels first
+    ([C,H,W] or [B,C,H,W])."""
     if isinstance(image, Image.Image):
-        return image.height, image.width
+        width, height = upright_size(image)
+        return height, width
     return int(image.shape[-2]), int(image.shape[-1])
 
 
@@ -131,7 +136,8 @@ def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, w
 
 
 def _unit_channels_first(image: torch.Tensor) -> torch.Tensor:
-    """A tensor image [C,H,W] / [B,C,H,W] in [0, 1] or uint8 -> [B,3,H,W] float32 in [0, 1]."""
+    """A tensor image [C,H,W] / [B,C,H,W] in [0, 1] or uint8 -> [B,3,H,W] float32 in [0, 1] (grey repeated, RGBA
+    composited onto black)."""
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[1] not in (1, 3, 4):
@@ -140,4 +146,6 @@ def _unit_channels_first(image: torch.Tensor) -> torch.Tensor:
             f"or 4 channels first, found shape {list(image.shape)}"
         )
     pixels = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    if pixels.shape[1] == 4:  # RGBA: onto black, as pictures.to_rgb composites a PIL image's transparency
+        return pixels[:, :3] * pixels[:, 3:].clamp(0, 1)
     return pixels[:, :3].expand(-1, 3, -1, -1)  # grey: the one channel is repeated
