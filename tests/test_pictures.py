@@ -4,6 +4,7 @@ float grey scaled to 8 bits rather than clipped, transparency composited onto bl
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -13,10 +14,15 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from pixart_delta_core.cli import main
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pictures import ORIENTATION, to_rgb, upright_size
 from pixart_delta_core.pipeline.arguments import check_image, check_images, opened_image
 from pixart_delta_core.pipeline.images import from_pil, prepare_image
+from pixart_delta_core.world.reading import picture_pixels, read_picture
+from pixart_delta_core.world.render import render
+from pixart_delta_core.world.scenes import sample_scene
+from tests.helpers import png_header
 
 WIDTH, HEIGHT = 48, 32  # as stored: orientations 5 to 8 show it 32 wide and 48 tall
 
@@ -168,6 +174,25 @@ def test_transparency_is_composited_onto_black_everywhere_a_picture_is_read(tmp_
     assert np.abs(read.astype(int) - expected).max() <= 1
     assert np.array_equal(np.asarray(to_rgb(picture)), read)
     assert torch.equal(prepare_image(picture, 32, 32), from_pil(Image.fromarray(read)))  # a PIL image given
+    assert np.array_equal(picture_pixels(picture), read.astype(np.float32))  # the judge
     if mode == "RGBA":  # a tensor with alpha, by the same rule
         tensor = torch.from_numpy(np.array(picture)).permute(2, 0, 1)
         assert (prepare_image(tensor, 32, 32) - from_pil(Image.fromarray(read))).abs().max() <= 2 / 255 + 1e-6
+
+
+def test_the_judge_reads_a_picture_upright(tmp_path: Path, capsys) -> None:
+    scene = sample_scene(5)  # shapes at the top left and on the right: a turned picture reads otherwise
+    turned = render(scene).transpose(Image.Transpose.ROTATE_90)  # stored on its side, shown upright by the tag
+    path = _with_orientation(turned, tmp_path / "turned.png", 6)
+    assert read_picture(turned).caption() != scene.caption()
+    assert main(["judge", str(path), "--prompt", scene.caption(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"][0]["verdict"] == "ok"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_the_judge_refuses_a_decompression_bomb_in_its_own_words(tmp_path: Path, capsys) -> None:
+    bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # 400 megapixels: past Pillow's hard limit
+    assert main(["judge", str(bomb), "--prompt", sample_scene(5).caption()]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png: expected a picture of at most 4096 x 4096 px" in err
+    assert "found 400 megapixels (from its header): shrink it first" in err and "DOS attack" not in err

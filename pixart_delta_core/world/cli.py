@@ -76,20 +76,27 @@ def prompt_of(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     from ..file_kinds import exists, file_kind
+    from ..pictures import bomb_pixels, upright_size
 
     if not exists(path) or not path.is_file():
         found = file_kind(path.stat().st_mode) if path.exists() else "no such file"
         raise InputError(f"{path}: expected a picture, found {found}")
+    largest = (
+        f"{path}: expected a picture of at most {MAX_SIDE} x {MAX_SIDE} px (the shapes world draws 128 px; PixArt's "
+        f"largest is 4096), found"
+    )
     try:
         with Image.open(path) as image:
             if max(image.size) > MAX_SIDE:  # from the header: decoding and reading it would take gigabytes
-                raise InputError(
-                    f"{path}: expected a picture of at most {MAX_SIDE} x {MAX_SIDE} px (the shapes world draws "
-                    f"128 px; PixArt's largest is 4096), found {image.width} x {image.height} px: shrink it first"
-                )
+                width, height = upright_size(image)
+                raise InputError(f"{largest} {width} x {height} px: shrink it first")
             image.load()  # a truncated or damaged file fails here, before any picture is judged
             parameters = image.info.get("parameters")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's words ("decompression bomb DOS attack") are not ours
+        pixels = bomb_pixels(err)
+        found = "more pixels than Pillow decodes" if pixels is None else f"{pixels / 1e6:.0f} megapixels"
+        raise InputError(f"{largest} {found} (from its header): shrink it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(f"{path}: expected a picture, found a file Pillow cannot read ({err})") from None
     if parameters:
         lines = parameters.splitlines()

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import InputError
+from ..pictures import to_rgb
 from .render import SUPERSAMPLE, draw_shape, outline
 from .scenes import BACKGROUNDS, COLOURS, KINDS, SIZES, Scene, Shape, place_of
 
@@ -76,9 +77,11 @@ class Reading:
 
 
 def picture_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
-    """A square picture as float32 RGB pixels (H, W, 3) in 0..255. Raises InputError for anything else."""
+    """A square picture as float32 RGB pixels (H, W, 3) in 0..255: a PIL image of any mode is read by
+    ``pictures.to_rgb`` (upright, deeper grey scaled to 8 bits, transparency onto black). Raises InputError for
+    anything else, or a picture that is not square or too small."""
     if isinstance(image, Image.Image):
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        pixels = np.asarray(to_rgb(image), dtype=np.float32)
     elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         pixels = image.astype(np.float32)
     else:
