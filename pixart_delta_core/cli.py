@@ -102,11 +102,13 @@ def _guided(args: argparse.Namespace) -> bool:
 
 
 def check_generate(args: argparse.Namespace) -> Size | None:
-    """What ``generate`` can check before any model loads: files, the images' sizes, the output, the device, option
-    pairs. Returns the init image's (height, width) from its header, or None."""
+    """What ``generate`` can check before any model loads, all before anything is written: files, the images' sizes,
+    option pairs, the sampling options, the device, the output. Returns the init image's (height, width) from its
+    header, or None."""
     from .devices import device_option
     from .file_kinds import exists, file_kind
     from .pipeline.arguments import check_images
+    from .pipeline.cli import check_sampling
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
@@ -145,8 +147,9 @@ def check_generate(args: argparse.Namespace) -> Size | None:
             f"--control-image needs --controlnet: the embedded transformer {name} holds no ControlNet (the pack's "
             f"embedded one is shapes-controlnet)"
         )
+    check_sampling(args)  # --steps, --lcm-timesteps, the control window
     device_option(args.device)
-    check_output(args.out, len(args.prompt), args.batch)  # last: it makes the output's folder
+    check_output(args.out, len(args.prompt), args.batch)
     return init_size
 
 
@@ -186,18 +189,17 @@ def _hints(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline.cli import DEFAULT_INIT_STRENGTH, check_sampling
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
 
     embedded_names(args, "transformer", "t5", "vae", "controlnet")
-    init_size = check_generate(args)
+    init_size = check_generate(args)  # every refusal, then the warnings, then the load
     warn_outside_the_world(args.transformer, args.prompt)
     if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
         warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
     warn_untrained_size(args.transformer, args.height, args.width, init_size)
-    check_sampling(args)  # --steps, --lcm-timesteps, the control window: after the warnings, before any load
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     pipeline = PixArtPipeline(

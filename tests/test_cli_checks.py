@@ -241,11 +241,24 @@ def test_guidance_on_a_file_without_a_null_caption_uses_the_empty_prompt(files, 
     assert "unconditional input: the model's learned null caption" in caplog.text
 
 
-def test_a_refused_device_leaves_no_output_folder(files, tmp_path: Path, nothing_loads, capsys) -> None:
-    assert (
-        main(generate_args(files, tmp_path, **{"--device": "cuda:99", "--out": str(tmp_path / "new" / "x.png")})) == 1
-    )
-    assert "--device: device 'cuda:99'" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"--device": "cuda:99"}, "--device: device 'cuda:99'"),
+        ({"--steps": "100"}, "--steps 100: --sampler lcm takes 1 to 50 steps"),
+        ({"--sampler": "euler", "--lcm-timesteps": "diffusers"}, "--lcm-timesteps diffusers is for --sampler lcm"),
+        ({"--vae": "{t5}"}, "not a VAE: it looks like a T5 text encoder"),  # refused as the files are recognised
+    ],
+    ids=["device", "steps", "lcm-timesteps", "file-kind"],
+)
+def test_a_refused_run_leaves_no_output_folder(
+    files, tmp_path: Path, nothing_loads, capsys, changes: dict[str, str], said: str
+) -> None:
+    changes = {k: v.format(t5=files.t5) for k, v in changes.items()} | {
+        "--out": str(tmp_path / "new" / "deep" / "x.png")
+    }
+    assert main(generate_args(files, tmp_path, **changes)) == 1
+    assert said in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
@@ -306,20 +319,32 @@ def test_an_init_images_size_that_cannot_be_drawn_is_refused_naming_the_init_ima
     ],
 )
 def test_an_embedded_transformer_warns_once_of_a_size_it_was_not_trained_at(
-    tmp_path: Path, nothing_loads, capsys, caplog, init: tuple[int, int] | None, extra: list[str], said: str | None
+    tmp_path: Path, nothing_loads, caplog, init: tuple[int, int] | None, extra: list[str], said: str | None
 ) -> None:
     if init is not None:
-        extra = [*extra, "--init-image", str(png_header(tmp_path / "init.png", *init))]
+        Image.new("RGB", init).save(tmp_path / "init.png")  # decoded: the run goes past the checks
+        extra = [*extra, "--init-image", str(tmp_path / "init.png")]
     argv = ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--out", str(tmp_path / "x.png"), *extra]
-    with caplog.at_level(logging.WARNING):
-        assert main([*argv, "--steps", "2000"]) == 1  # refused by the sampler, after the warnings, before a load
-    assert "lcm takes 1 to 50 steps" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="a model was loaded"):
+        main(argv)  # past every check: the warnings come after them, before the load
     warned = [r.getMessage() for r in caplog.records if "was trained at" in r.getMessage()]
     if said is None:
         assert warned == []
     else:
         assert len(warned) == 1 and warned[0].startswith("shapes-lcm was trained at 128x128 px only; "), warned
         assert said in warned[0] and warned[0].endswith("(--width 128 --height 128 draws the size it knows)")
+
+
+def test_a_refused_run_warns_of_nothing(tmp_path: Path, nothing_loads, capsys, caplog) -> None:
+    """Refusals first: a run refused shows its error alone, not the warnings of a run that will not happen."""
+    argv = ["generate", *EMBEDDED, "--prompt", "a purple elephant", "--width", "256", "--out", str(tmp_path / "x.png")]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--steps", "2000"]) == 1
+    assert capsys.readouterr().err == "error: --steps 2000: --sampler lcm takes 1 to 50 steps\n"
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="a model was loaded"):
+        main(argv)  # the same run, not refused: both warnings, then the load
+    assert len(caplog.records) == 2, caplog.text
 
 
 def test_the_written_pictures_size_names_the_init_image_as_its_source(files, tmp_path: Path, capsys) -> None:

@@ -85,8 +85,8 @@ def test_every_name_the_images_will_take_is_tried_and_nothing_is_left(tmp_path: 
     kept = tmp_path / "kept.png"
     kept.write_bytes(b"an older picture")
     check_output(kept)
-    check_output(tmp_path / "new" / "x.png", prompts=2, per_prompt=2)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.png", "new"]
+    check_output(tmp_path / "new" / "deeper" / "x.png", prompts=2, per_prompt=2)  # its folders tried, then removed
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.png"]
     assert kept.read_bytes() == b"an older picture"
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..devices import device_option
 from ..pipeline.generation import Control, PixArtPipeline
-from ..pipeline.outputs import check_output
+from ..pipeline.outputs import check_output, make_output_folder
 from ..world.judge import Verdict, foreground_iou, held_out_scenes, judge, parse_caption
 from ..world.reading import read_picture
 from ..world.render import edge_map
@@ -175,10 +175,11 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
 
 def write_demo(out: Path, device: str = "auto") -> list[Shown]:
     """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
-    cannot be written, after the device: check_output makes the grid's folder, so it comes last); returns what it
-    showed."""
+    cannot be written, or the device cannot be used; the grid's folder is made when the grid is saved); returns what
+    it showed."""
     device_option(device)
     check_output(out)
     shown = run_demo(device=device)
+    make_output_folder(out)
     demo_grid(shown).save(out)
     return shown

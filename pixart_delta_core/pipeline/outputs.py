@@ -5,6 +5,7 @@ viewers read), so a picture says where it came from.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -54,8 +55,9 @@ class RunRecord:
 
 def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
     """Refuse, before any work, an output that cannot be written: a folder, an extension Pillow does not write,
-    or a place where a file of each name ``save_images`` will write (``output_paths``) cannot be made. The folder
-    is created if missing. Every OS error (a name too long, /proc) becomes an InputError."""
+    or a place where a file of each name ``save_images`` will write (``output_paths``) cannot be made. Leaves the
+    disk as it was: a missing folder is made to try the names in, then removed (``save_images`` makes it). Every OS
+    error (a name too long, /proc) becomes an InputError."""
     try:
         if out.is_dir():
             raise InputError(
@@ -78,15 +80,26 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
         if blocked is not None:
             part, kind = blocked
             raise InputError(f"output {printable_path(out)}: {printable_path(part)} is {kind}, not a folder")
+        missing = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # deepest first
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"output folder {printable_path(out.parent)} cannot be made ({err.strerror})") from err
-        for path in output_paths(out, prompts, per_prompt):
-            _open_as_saving_will(path)
+            make_output_folder(out)
+            for path in output_paths(out, prompts, per_prompt):
+                _open_as_saving_will(path)
+        finally:
+            for folder in missing:  # those this check made, deepest first; one another process filled stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     except OSError as err:
         where = printable_path(out if err.filename is None else err.filename)
         raise InputError(f"output {where} cannot be written ({err.strerror or first_line(err)})") from err
+
+
+def make_output_folder(out: Path) -> None:
+    """Make ``out``'s folder and those above it that are missing; InputError when one cannot be made."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"output folder {printable_path(out.parent)} cannot be made ({err.strerror})") from err
 
 
 @cache
@@ -130,9 +143,11 @@ def output_paths(out: Path, prompts: int, per_prompt: int) -> list[Path]:
 
 
 def save_images(images: Sequence[Image.Image], out: Path, record: RunRecord) -> list[Path]:
-    """Write each image (PNGs with their ``parameters`` chunk); the paths written, in order."""
+    """Write each image (PNGs with their ``parameters`` chunk), making ``out``'s folder if missing; the paths written,
+    in order."""
     per_prompt = len(images) // len(record.prompts)
     paths = output_paths(out, len(record.prompts), per_prompt)
+    make_output_folder(out)
     for index, (path, image) in enumerate(zip(paths, images, strict=True)):
         options = {}
         if path.suffix.lower() == ".png":
