@@ -108,7 +108,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     from .devices import device_option
     from .file_kinds import exists, file_kind
     from .pipeline.arguments import check_images
-    from .pipeline.cli import check_sampling
+    from .pipeline.cli import DEFAULT_OUT, check_sampling
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
@@ -149,7 +149,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
         )
     check_sampling(args)  # --steps, --lcm-timesteps, the control window
     device_option(args.device)
-    check_output(args.out, len(args.prompt), args.batch)
+    check_output(args.out or DEFAULT_OUT, len(args.prompt), args.batch, keep_earlier=args.out is None)
     return init_size
 
 
@@ -189,7 +189,7 @@ def _hints(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline.cli import DEFAULT_INIT_STRENGTH
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH, DEFAULT_OUT
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
@@ -254,8 +254,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         | ({"ControlNet": (args.controlnet or args.transformer).name} if control is not None else {}),
     )
     source = f", {INIT_IMAGE_SIZE}" if init_sets_size(args.height, args.width, init_size) else ""
-    for path in save_images(result.images, args.out, record):
-        print(f"wrote {path} ({first.width}x{first.height}{source}, generated at {result.size[1]}x{result.size[0]})")
+    for path, replaced in save_images(result.images, args.out or DEFAULT_OUT, record, keep_earlier=args.out is None):
+        size = f"{first.width}x{first.height}{source}, generated at {result.size[1]}x{result.size[0]}"
+        print(f"wrote {path} ({size}{'; replaced an earlier file' * replaced})")
     return 0
 
 

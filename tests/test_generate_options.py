@@ -93,7 +93,7 @@ def test_the_steps_and_guidance_help_give_every_samplers_defaults(capsys, monkey
 
 def test_the_help_states_the_defaults_of_out_seed_batch_and_sampler(capsys, monkeypatch) -> None:
     out = _help(capsys, monkeypatch)
-    assert "several: x-p<prompt>-<n>.png (default: outputs/pixart.png)" in out
+    assert "(default: outputs/pixart.png, else the first free of pixart-1.png, pixart-2.png...: a run" in out
     assert "--seed SEED noise seed (default: 0)" in out
     assert "--batch BATCH images per prompt (default: 1)" in out
     assert "ddim} the denoising sampler (default: lcm)" in out

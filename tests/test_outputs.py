@@ -12,7 +12,7 @@ from PIL import Image
 from pixart_delta_core.cli import main
 from pixart_delta_core.demo import showcase
 from pixart_delta_core.errors import InputError
-from pixart_delta_core.pipeline.outputs import RunRecord, check_output, output_paths, save_images
+from pixart_delta_core.pipeline.outputs import RunRecord, check_output, free_output, output_paths, save_images
 
 RECORD = RunRecord(
     prompts=["a fox", "a cat"],
@@ -34,14 +34,16 @@ def test_names_say_which_prompt_and_which_image() -> None:
 
 def test_pngs_carry_the_parameters_other_formats_are_written_plainly(tmp_path: Path) -> None:
     images = [Image.new("RGB", (48, 32), c) for c in ("red", "green", "blue", "white")]
-    paths = save_images(images, tmp_path / "x.png", RECORD)
+    paths = [written.path for written in save_images(images, tmp_path / "x.png", RECORD)]
     assert [p.name for p in paths] == ["x-p0-0.png", "x-p0-1.png", "x-p1-0.png", "x-p1-1.png"]
     text = Image.open(paths[3]).text["parameters"]
     assert text == (
         "a cat\nNegative prompt: blurry\nSteps: 14, Sampler: dpm_solver++, CFG scale: 4.5, Seed: 7, Size: 48x32, "
         "Batch index: 1, Model: PixArt-XL-2-1024-MS.pth, T5: t5xxl_fp16.safetensors, VAE: sd-vae"
     )
-    (jpeg,) = save_images(images[:1], tmp_path / "y.jpg", RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {}))
+    ((jpeg, _),) = save_images(
+        images[:1], tmp_path / "y.jpg", RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {})
+    )
     assert Image.open(jpeg).size == (48, 32)
 
 
@@ -110,3 +112,44 @@ def test_the_refusal_lists_exactly_the_extensions_accepted(tmp_path: Path) -> No
     for extension in (".txt", ".json", ".safetensors", ".PNGX"):
         with pytest.raises(InputError, match="is not an image format"):
             check_output(tmp_path / f"x{extension}")
+
+
+# --- earlier pictures: replaced only where the user named the file -----------------------------------------------
+
+
+def test_the_free_output_is_the_first_stem_whose_every_name_is_free(tmp_path: Path) -> None:
+    out = tmp_path / "pixart.png"
+    assert free_output(out, 1, 1) == out
+    out.write_bytes(b"")
+    assert free_output(out, 1, 1) == tmp_path / "pixart-1.png"
+    assert free_output(out, 2, 1) == out  # pixart-p0-0.png, pixart-p1-0.png: free
+    (tmp_path / "pixart-p1-0.png").write_bytes(b"")
+    (tmp_path / "pixart-1.png").mkdir()  # anything of the name is taken, a folder too
+    assert free_output(out, 2, 1) == tmp_path / "pixart-1.png"  # pixart-1-p0-0.png...: free
+    assert free_output(out, 1, 1) == tmp_path / "pixart-2.png"
+
+
+def test_saving_says_which_files_it_replaced_and_keeps_earlier_ones_when_asked(tmp_path: Path) -> None:
+    image, record = Image.new("RGB", (48, 32)), RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {})
+    out = tmp_path / "new" / "x.png"
+    assert save_images([image], out, record) == [(out, False)]  # its folder made at the save
+    assert save_images([image], out, record) == [(out, True)]
+    kept = out.read_bytes()
+    assert save_images([image], out, record, keep_earlier=True) == [(tmp_path / "new" / "x-1.png", False)]
+    assert out.read_bytes() == kept
+
+
+def test_generate_without_out_replaces_no_earlier_picture(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd"]
+    argv += ["--prompt", "a small red circle at the top left, on a white background", "--steps", "1"]
+    argv += ["--device", "cpu"]
+    for _ in range(2):
+        assert main(argv) == 0
+    assert main([*argv, "--out", "outputs/pixart.png"]) == 0  # named: replaced, and said
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"wrote {Path('outputs', n)}" for n in ("pixart.png", "pixart-1.png", "pixart.png")
+    ]
+    assert [line.endswith("; replaced an earlier file)") for line in lines] == [False, False, True]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["pixart-1.png", "pixart.png"]

@@ -18,6 +18,7 @@ from ..sampling.choices import MAX_GUIDANCE, SAMPLERS, LcmTimesteps, Sampler
 
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
+DEFAULT_OUT = Path("outputs/pixart.png")  # --out not given: its first free name (outputs.free_output)
 
 
 def per_sampler(setting: str) -> str:
@@ -118,9 +119,10 @@ def add_generate_parser(
     gen.add_argument(
         "--out",
         type=Path,
-        default=Path("outputs/pixart.png"),
-        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png (default: "
-        "%(default)s)",
+        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png. A file already at "
+        "a given --out is replaced, and the run says so (default: "
+        f"{DEFAULT_OUT}, else the first free of {DEFAULT_OUT.stem}-1{DEFAULT_OUT.suffix}, "
+        f"{DEFAULT_OUT.stem}-2{DEFAULT_OUT.suffix}...: a run without --out replaces no earlier picture)",
     )
     size = gen.add_argument_group("size")
     default = "default: the init image's with --init-image, else the model's training resolution"

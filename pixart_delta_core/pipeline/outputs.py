@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -53,11 +54,13 @@ class RunRecord:
         return "\n".join(lines)
 
 
-def check_output(out: Path, prompts: int = 1, per_prompt: int = 1) -> None:
+def check_output(out: Path, prompts: int = 1, per_prompt: int = 1, *, keep_earlier: bool = False) -> None:
     """Refuse, before any work, an output that cannot be written: a folder, an extension Pillow does not write,
-    or a place where a file of each name ``save_images`` will write (``output_paths``) cannot be made. Leaves the
-    disk as it was: a missing folder is made to try the names in, then removed (``save_images`` makes it). Every OS
-    error (a name too long, /proc) becomes an InputError."""
+    or a place where a file of each name ``save_images`` will write (``output_paths``; with ``keep_earlier``, those
+    of ``free_output``) cannot be made. Leaves the disk as it was: a missing folder is made to try the names in,
+    then removed (``save_images`` makes it). Every OS error (a name too long, /proc) becomes an InputError."""
+    if keep_earlier:
+        out = free_output(out, prompts, per_prompt)
     try:
         if out.is_dir():
             raise InputError(
@@ -142,17 +145,42 @@ def output_paths(out: Path, prompts: int, per_prompt: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-p{p}-{n}{out.suffix}") for p in range(prompts) for n in range(per_prompt)]
 
 
-def save_images(images: Sequence[Image.Image], out: Path, record: RunRecord) -> list[Path]:
-    """Write each image (PNGs with their ``parameters`` chunk), making ``out``'s folder if missing; the paths written,
-    in order."""
+def free_output(out: Path, prompts: int, per_prompt: int) -> Path:
+    """``out``, else the first of ``x-1.png``, ``x-2.png``... where none of the files ``output_paths`` names is
+    there yet: the output of a run that replaces no earlier picture (all its images under one free stem)."""
+    candidate, n = out, 0
+    while any(os.path.lexists(path) for path in output_paths(candidate, prompts, per_prompt)):
+        n += 1
+        candidate = out.with_name(f"{out.stem}-{n}{out.suffix}")
+    return candidate
+
+
+class Written(NamedTuple):
+    """A file ``save_images`` wrote, and whether an earlier file of that name was replaced."""
+
+    path: Path
+    replaced: bool
+
+
+def save_images(
+    images: Sequence[Image.Image], out: Path, record: RunRecord, *, keep_earlier: bool = False
+) -> list[Written]:
+    """Write each image (PNGs with their ``parameters`` chunk), making ``out``'s folder if missing; what was written,
+    in order. An earlier file of a name is replaced, unless ``keep_earlier``: then the names are ``free_output``'s,
+    picked as the images are written."""
     per_prompt = len(images) // len(record.prompts)
+    if keep_earlier:
+        out = free_output(out, len(record.prompts), per_prompt)
     paths = output_paths(out, len(record.prompts), per_prompt)
     make_output_folder(out)
+    written = []
     for index, (path, image) in enumerate(zip(paths, images, strict=True)):
         options = {}
         if path.suffix.lower() == ".png":
             info = PngInfo()
             info.add_text("parameters", record.parameters(index // per_prompt, index % per_prompt))
             options["pnginfo"] = info
+        replaced = os.path.lexists(path)
         image.save(path, **options)
-    return paths
+        written.append(Written(path, replaced))
+    return written
