@@ -7,12 +7,15 @@ import argparse
 from collections.abc import Callable
 
 
-def whole_number(of: str = "", least: int = 1, most: int | None = None) -> Callable[[str], int]:
-    """A type for whole numbers (``of`` what, e.g. "pixels") from ``least`` to ``most`` (no upper bound: None)."""
+def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
+    """A type for whole numbers (``of`` what, e.g. "pixels") from ``least`` to ``most`` (no upper bound: None), each
+    a multiple of ``multiple_of``."""
     positive = least == 1 and most is None
     expected = ("a positive whole number" if positive else "a whole number") + (f" of {of}" if of else "")
-    if not positive:
-        expected += f" ({least} to {most})" if most is not None else f" ({least} or more)"
+    bounds = [] if positive else [f"{least} to {most}" if most is not None else f"{least} or more"]
+    if multiple_of > 1:
+        bounds.append(f"a multiple of {multiple_of}")
+    expected += f" ({', '.join(bounds)})" if bounds else ""
 
     def parse(text: str) -> int:
         try:
@@ -21,6 +24,12 @@ def whole_number(of: str = "", least: int = 1, most: int | None = None) -> Calla
             value = None
         if value is None or value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {expected}, found {text or 'nothing'}")
+        if value % multiple_of:
+            below, above = value - value % multiple_of, value - value % multiple_of + multiple_of
+            near = [n for n in (below, above) if n >= least and (most is None or n <= most)]
+            raise argparse.ArgumentTypeError(
+                f"expected {expected}, found {text} (nearest: {' or '.join(map(str, near))})"
+            )
         return value
 
     return parse

@@ -29,6 +29,13 @@ GENERATE = ["generate", "--transformer", "a", "--t5", "b", "--vae", "c", "--prom
             "argument --sample-size: expected a positive whole number of latent pixels",
         ),
         (
+            [*GENERATE, "--training-resolution", "1001"],
+            r"argument --training-resolution: expected a positive whole number of pixels \(a multiple of 8\), found "
+            r"1001 \(nearest: 1000 or 1008\)",
+        ),
+        ([*GENERATE, "--training-resolution", "4"], r"found 4 \(nearest: 8\)"),
+        ([*GENERATE, "--training-resolution", "-8"], r"\(a multiple of 8\), found -8$"),
+        (
             [*GENERATE, "--caption-length", "1e3"],
             "argument --caption-length: expected a positive whole number of tokens",
         ),

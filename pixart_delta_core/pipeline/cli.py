@@ -19,6 +19,7 @@ from ..sampling.choices import MAX_GUIDANCE, SAMPLERS, LcmTimesteps, Sampler
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
 DEFAULT_OUT = Path("outputs/pixart.png")  # --out not given: its first free name (outputs.free_output)
+LATENT_PIXEL = 8  # pixels per latent pixel, the SD and SDXL VAEs' downscale (vae_config's: a test says so)
 
 
 def per_sampler(setting: str) -> str:
@@ -203,10 +204,10 @@ def add_generate_parser(
     resolution = hint.add_mutually_exclusive_group()
     resolution.add_argument(
         "--training-resolution",
-        type=pixels,
+        type=whole_number("pixels", multiple_of=LATENT_PIXEL),
         metavar="PX",
-        help="pixels the transformer was trained at (256, 512, 1024, 2048), for files without pos_embed or "
-        "micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
+        help="pixels the transformer was trained at, a multiple of 8 (256, 512, 1024, 2048), for files without "
+        "pos_embed or micro-conditions such as PixArt-Σ 256 px (diffusers' sample_size x 8)",
     )
     resolution.add_argument(
         "--sample-size",
