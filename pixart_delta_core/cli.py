@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_types import Parser
 from .demo.embedded_files import by_name, embedded_model, names_for
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
@@ -326,7 +327,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pixart_delta_core", description="PixArt-δ engine")
+    parser = Parser(prog="python -m pixart_delta_core", description="PixArt-δ engine")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(dest="command", required=True)
     what = "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import NoReturn
 
 
 def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
@@ -49,3 +50,18 @@ def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
         return value
 
     return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """The command line's parser (its subcommands' too: argparse makes them of the same class). On a usage error
+    a usage longer than a few lines (generate's is some twenty) is shortened to one line that points at --help,
+    so the error line is not buried under it; exit status 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = self.format_usage()
+        if usage.count("\n") > BRIEF_USAGE_LINES:
+            usage = f"usage: {self.prog} [options] (all of them: {self.prog} --help)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
+BRIEF_USAGE_LINES = 3  # a usage of up to this many lines is shown whole on an error

@@ -1,5 +1,6 @@
 """Whole-number options say what they expected and what they found, in the pack's words (argparse's own message
-named the type function: "invalid _positive value: '128.5'", "invalid int value: '2.5'")."""
+named the type function: "invalid _positive value: '128.5'", "invalid int value: '2.5'"); a usage error shows a
+long usage as one line pointing at --help."""
 
 from __future__ import annotations
 
@@ -48,3 +49,27 @@ def test_a_whole_number_option_says_what_it_expected_and_found(capsys, argv: lis
     err = capsys.readouterr().err
     assert "invalid" not in err
     assert re.search(message, err), err
+
+
+def usage_error(capsys, argv: list[str]) -> list[str]:
+    """The lines a usage error prints (exit status 2, as argparse's)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_a_long_usage_is_one_line_pointing_at_help_on_an_error(capsys) -> None:
+    lines = usage_error(capsys, ["generate", "--prompt", "x"])
+    assert lines == [
+        "usage: python -m pixart_delta_core generate [options] (all of them: python -m pixart_delta_core generate "
+        "--help)",
+        "python -m pixart_delta_core generate: error: the following arguments are required: --transformer, --t5, --vae",
+    ]
+
+
+def test_a_short_usage_is_shown_whole_on_an_error(capsys) -> None:
+    lines = usage_error(capsys, ["judge"])
+    assert lines[0].startswith("usage: python -m pixart_delta_core judge [-h]"), lines
+    assert "--prompt PROMPT" in "".join(lines[:-1]) and "[options]" not in lines[0], lines
+    assert lines[-1].endswith("error: the following arguments are required: images"), lines
