@@ -19,6 +19,7 @@ from pixart_delta_core.errors import InputError
 from pixart_delta_core.pictures import ORIENTATION, to_rgb, upright_size
 from pixart_delta_core.pipeline.arguments import check_image, check_images, opened_image
 from pixart_delta_core.pipeline.images import from_pil, prepare_image
+from pixart_delta_core.training.data import load_image
 from pixart_delta_core.world.reading import picture_pixels, read_picture
 from pixart_delta_core.world.render import render
 from pixart_delta_core.world.scenes import sample_scene
@@ -178,6 +179,15 @@ def test_transparency_is_composited_onto_black_everywhere_a_picture_is_read(tmp_
     if mode == "RGBA":  # a tensor with alpha, by the same rule
         tensor = torch.from_numpy(np.array(picture)).permute(2, 0, 1)
         assert (prepare_image(tensor, 32, 32) - from_pil(Image.fromarray(read))).abs().max() <= 2 / 255 + 1e-6
+
+
+def test_training_images_are_read_by_the_same_rule(tmp_path: Path) -> None:
+    stored = _stored().convert("RGBA")
+    stored.paste((255, 255, 255, 0), (0, HEIGHT // 2, WIDTH, HEIGHT))  # a transparent lower half, white hidden
+    path = _with_orientation(stored, tmp_path / "sideways.png", 6)
+    upright = np.asarray(_stored().transpose(Image.Transpose.ROTATE_270)).copy()
+    upright[:, : HEIGHT // 2] = 0  # the lower half as stored is the left half upright: black
+    assert torch.equal(load_image(path, (WIDTH, HEIGHT)), from_pil(Image.fromarray(upright)))
 
 
 def test_the_judge_reads_a_picture_upright(tmp_path: Path, capsys) -> None:

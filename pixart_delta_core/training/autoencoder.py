@@ -73,7 +73,7 @@ class PixelData:
         pictures = []
         for record in records:
             with Image.open(record.image) as image:
-                pixels = resize_and_crop(from_pil(image.convert("RGB")), resolution, resolution, antialias=True)
+                pixels = resize_and_crop(from_pil(image), resolution, resolution, antialias=True)
             pictures.append(((pixels[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
         self.pixels = torch.stack(pictures)  # [N, 3, S, S]
         self.resolution, self.crop = resolution, crop

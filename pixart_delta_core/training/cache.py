@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import InputError
+from ..pictures import upright_size
 from ..pipeline.images import from_pil, to_pil
 from ..pipeline.resolution import Size
 from ..vae.vae_config import SD_VAE, VaeConfig
@@ -232,7 +233,7 @@ def _write_shard(
     sizes = []
     for item, record in enumerate(records):
         with Image.open(record.image) as image:
-            size = training_size(image.size, key.resolution, key.multi_scale)
+            size = training_size(upright_size(image), key.resolution, key.multi_scale)
         sizes.append(list(size))
         caption = encoder.encode([record.caption], key.caption_length)
         tensors[f"{item}.caption"] = caption.embeddings[0].float().cpu()

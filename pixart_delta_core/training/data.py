@@ -100,7 +100,7 @@ def _jsonl_records(path: Path) -> list[Record]:
 
 
 def training_size(image_size: tuple[int, int], resolution: int, multi_scale: bool) -> Size:
-    """The (height, width) in px an image of PIL ``image_size`` (width, height) trains at.
+    """The (height, width) in px an image of ``image_size`` (width, height: ``pictures.upright_size``) trains at.
 
     Multi-scale: the aspect-ratio bin nearest to the image's, at ``resolution``; else a square.
     """
@@ -117,9 +117,10 @@ def training_size(image_size: tuple[int, int], resolution: int, multi_scale: boo
 
 
 def load_image(path: Path, size: Size) -> torch.Tensor:
-    """An image file -> [1, 3, height, width] in [-1, 1], scaled to cover ``size`` and centre-cropped."""
+    """An image file -> [1, 3, height, width] in [-1, 1] (read by ``pictures.to_rgb``: upright, transparency
+    onto black), scaled to cover ``size`` and centre-cropped."""
     with Image.open(path) as image:
-        pixels = from_pil(image.convert("RGB"))
+        pixels = from_pil(image)
     return resize_and_crop(pixels, *size, antialias=True)
 
 
