@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli_types import Parser
-from .demo.embedded_files import by_name, embedded_model, names_for
+from .demo.embedded_files import MODELS, by_name, embedded_model, names_for
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 if TYPE_CHECKING:
@@ -338,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Say what each file is ({what}: single files, diffusers or HF folders), its detected "
         "configuration, how many tensors it holds and their size and dtypes. Reads no weights.",
     )
-    info.add_argument("files", nargs="+", type=Path, help="checkpoint files, diffusers or HF T5 folders")
+    info.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        help=f"checkpoint files, diffusers or HF T5 folders, or the embedded models' names ({', '.join(MODELS)})",
+    )
     info.set_defaults(run=cmd_info)
     demo = sub.add_parser(
         "demo",
@@ -357,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .world.cli import add_world_parsers
 
     add_generate_parser(sub, _common(), names_for).set_defaults(run=cmd_generate)
-    add_train_parser(sub)
+    add_train_parser(sub, _common())
     add_world_parsers(sub, _common())
     return parser
 

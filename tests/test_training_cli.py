@@ -19,8 +19,9 @@ def test_train_parser_imports_no_heavy_library() -> None:
     # The train subparser alone (the generate parser's own imports are another matter).
     code = (
         "import argparse, sys; from pixart_delta_core.training.cli import add_train_parser; "
-        "parser = argparse.ArgumentParser(); add_train_parser(parser.add_subparsers()); "
-        "parser.parse_args(['train', 'lcm', '--config', 'x.toml']); "
+        "common = argparse.ArgumentParser(add_help=False); common.add_argument('-v', action='store_true'); "
+        "parser = argparse.ArgumentParser(); add_train_parser(parser.add_subparsers(), common); "
+        "parser.parse_args(['train', 'lcm', '-v', '--config', 'x.toml']); "
         "heavy = {'accelerate', 'peft', 'diffusers', 'transformers', 'bitsandbytes'}; "
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )

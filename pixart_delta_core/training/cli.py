@@ -12,11 +12,15 @@ from pathlib import Path
 from .config import Method
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
+def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train",
+        parents=[common],
         help="train a model from a TOML config (base fine-tune, LCM distillation, ControlNet, LoRA, autoencoder)",
-        description="Train with the reference recipes; runs on many processes or GPUs under `accelerate launch`.",
+        description="Train with the reference recipes; runs on many processes or GPUs under `accelerate launch`. "
+        "Prints the whole config (the file's settings and every default), then trains with a progress bar, "
+        "writing resumable checkpoints to train.output/checkpoints/step-NNNNNNN/ every train.checkpoint_every "
+        "steps. The configs the embedded model was trained with are in the pack's scripts/embedded_model/.",
     )
     train.add_argument("method", choices=[m.value for m in Method], help="what to train (overrides the file's method)")
     train.add_argument("--config", type=Path, required=True, help="TOML file: [model], [data], [train], [lcm]...")

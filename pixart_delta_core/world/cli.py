@@ -53,7 +53,9 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         description="Read each picture back into the shapes world's attributes (background, each shape's colour, "
         "kind, size and place) and judge them against its prompt: --prompt, else the prompt generate wrote into "
         "the PNG's parameters chunk, else the same-name .txt caption beside it. Prints each picture's verdict, "
-        "then the fraction right per attribute.",
+        "then the fraction right per attribute. Pictures are square, as the world draws them (128 px; any size "
+        f"up to {MAX_SIDE} px a side). Exit status 1 when a picture could not be judged (each is named), not "
+        "when a verdict is wrong.",
     )
     judge.add_argument("images", nargs="+", type=Path, help="pictures (PNG, JPEG, ...)")
     judge.add_argument("--prompt", help="the prompt every picture was made for")
