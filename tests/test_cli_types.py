@@ -1,6 +1,6 @@
 """Whole-number options say what they expected and what they found, in the pack's words (argparse's own message
 named the type function: "invalid _positive value: '128.5'", "invalid int value: '2.5'"); a usage error shows a
-long usage as one line pointing at --help."""
+long usage as one line pointing at --help, and an unknown option is told by its subcommand with the nearest name."""
 
 from __future__ import annotations
 
@@ -73,3 +73,31 @@ def test_a_short_usage_is_shown_whole_on_an_error(capsys) -> None:
     assert lines[0].startswith("usage: python -m pixart_delta_core judge [-h]"), lines
     assert "--prompt PROMPT" in "".join(lines[:-1]) and "[options]" not in lines[0], lines
     assert lines[-1].endswith("error: the following arguments are required: images"), lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (
+            [*GENERATE, "--stpes", "2"],
+            "python -m pixart_delta_core generate: error: unrecognized arguments: --stpes (did you mean --steps?) 2",
+        ),
+        (
+            [*GENERATE[:-1], "a", "large", "star"],
+            "python -m pixart_delta_core generate: error: unrecognized arguments: large star; a value of several "
+            'words needs quotes (--prompt "a large red star")',
+        ),
+        (
+            ["world", "--out", "w", "--cout", "3"],
+            "python -m pixart_delta_core world: error: unrecognized arguments: --cout (did you mean --count?) 3",
+        ),
+        (
+            ["judge", "a.png", "--jsn"],
+            "python -m pixart_delta_core judge: error: unrecognized arguments: --jsn (did you mean --json?)",
+        ),
+    ],
+)
+def test_an_unknown_option_is_told_by_its_subcommand_with_the_nearest_name(capsys, argv, error) -> None:
+    lines = usage_error(capsys, argv)
+    assert lines[-1] == error, lines
+    assert lines[0].startswith(f"usage: python -m pixart_delta_core {argv[0]} "), lines
