@@ -33,15 +33,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
     inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae))
-    embedded_names(args, "files")
-    for path in args.files:
-        detected, what = _first_that_reads(path, inspectors)
+    failed = 0
+    for given in args.files:  # every file is told; the bad ones are named where they come, with a failing exit
+        try:
+            path = by_name(given)
+            detected, what = _first_that_reads(path, inspectors)
+        except PixArtDeltaError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
         source = detected.tensors
         dtypes = sorted({str(d).removeprefix("torch.") for d in source.dtypes.values()})
         print(printable_path(path))  # a name that is not UTF-8 would make a plain print raise
         print(f"  {what}, {detected.describe()}")
         print(f"  {len(source)} tensors, {source.nbytes() / 2**20:.1f} MiB as stored ({', '.join(dtypes)})")
-    return 0
+    if failed and len(args.files) > 1:
+        print(f"error: {failed} of {len(args.files)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
@@ -311,11 +319,13 @@ def _progress():
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.showcase import introduction, next_steps, verdict_lines, write_demo
+    from .demo.showcase import check_demo, introduction, next_steps, verdict_lines, write_demo
 
+    check_demo(args.out, args.device)  # a refusal before the introduction
+    replaced = args.out.exists()
     print("\n".join(introduction()))
     shown = write_demo(args.out, args.device)
-    print("\n".join([*verdict_lines(shown), "", *next_steps(args.out)]))
+    print("\n".join([*verdict_lines(shown), "", *next_steps(args.out, replaced)]))
     return 0
 
 

@@ -57,6 +57,17 @@ def test_the_demo_prints_paths_that_work_from_the_users_folder(tmp_path: Path, m
     assert "\nwrote outputs/demo.png. " in printed and "judge outputs/star.png\n" in printed
 
 
+def test_the_demo_says_it_replaced_a_grid_and_refuses_before_its_introduction(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(showcase, "write_demo", lambda out, device: [])  # what it prints after drawing, only
+    grid = tmp_path / "demo.png"
+    grid.write_bytes(b"an earlier grid")
+    assert main(["demo", "--out", str(grid)]) == 0
+    assert f"\nwrote {grid} (replaced an earlier file). " in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path / "demo.txt")]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and ".txt is not an image format" in printed.err
+
+
 def test_paths_are_shown_relative_under_the_current_folder_else_absolute(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert from_here(tmp_path / "a" / "b.png") == str(Path("a", "b.png")) == from_here("a/b.png")
@@ -114,6 +125,15 @@ def test_info_says_what_each_file_is(files, capsys) -> None:
     assert "PixArt transformer, reference layout" in out
     assert "T5 text encoder" in out
     assert "VAE, diffusers layout" in out
+
+
+def test_info_tells_every_file_it_can_and_names_each_it_cannot(files, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.safetensors"
+    assert main(["info", str(files.transformer), str(missing), str(files.vae)]) == 1
+    printed = capsys.readouterr()
+    assert "PixArt transformer, reference layout" in printed.out and "VAE, diffusers layout" in printed.out
+    assert f"error: {missing}: no such file" in printed.err
+    assert printed.err.rstrip().endswith("error: 1 of 3 files could not be read")
 
 
 def test_errors_are_one_clear_line_and_exit_code_1(files, tmp_path: Path, capsys) -> None:

@@ -148,14 +148,16 @@ def introduction() -> list[str]:
     ]
 
 
-def next_steps(out: Path) -> list[str]:
-    """What the demo prints after its verdicts: where it wrote its grid ``out``, where the models are, and commands
-    to try next with the interpreter that has the pack; every path as it works from the current folder."""
+def next_steps(out: Path, replaced: bool = False) -> list[str]:
+    """What the demo prints after its verdicts: where it wrote its grid ``out`` (and whether it ``replaced`` an
+    earlier file), where the models are, and commands to try next with the interpreter that has the pack; every
+    path as it works from the current folder."""
     python = from_here(sys.executable)
     python = python if os.sep in python else os.path.join(".", python)  # a bare name would be looked up in PATH
     run, star = f"  {shlex.quote(python)} -m pixart_delta_core", shlex.quote(from_here(out.parent / "star.png"))
+    wrote = f"wrote {from_here(out)}{' (replaced an earlier file)' if replaced else ''}"
     return [
-        f"wrote {from_here(out)}. The models are in {from_here(FOLDER)}; the command line takes them by name. Next:",
+        f"{wrote}. The models are in {from_here(FOLDER)}; the command line takes them by name. Next:",
         f"{run} info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5",
         f"{run} generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\",
         '      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\',
@@ -173,12 +175,18 @@ def verdict_lines(shown: list[Shown]) -> list[str]:
     return lines
 
 
+def check_demo(out: Path, device: str = "auto") -> None:
+    """Refuse, before any work, a grid ``out`` that cannot be written or a ``device`` that cannot be used
+    (InputError)."""
+    device_option(device)
+    check_output(out)
+
+
 def write_demo(out: Path, device: str = "auto") -> list[Shown]:
     """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
     cannot be written, or the device cannot be used; the grid's folder is made when the grid is saved); returns what
     it showed."""
-    device_option(device)
-    check_output(out)
+    check_demo(out, device)
     shown = run_demo(device=device)
     make_output_folder(out)
     demo_grid(shown).save(out)
