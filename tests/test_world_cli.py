@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from pixart_delta_core.cli import main
 from pixart_delta_core.pipeline.outputs import RunRecord
 from pixart_delta_core.world.render import render
 from pixart_delta_core.world.scenes import sample_scene
+from tests.helpers import png_header
 
 
 @pytest.fixture
@@ -223,3 +225,11 @@ def test_judge_says_what_a_path_is_and_refuses_huge_pictures_from_their_header(t
 def test_world_says_scene_for_one(tmp_path: Path, capsys) -> None:
     assert main(["world", "--out", str(tmp_path / "one"), "--count", "1"]) == 0
     assert f"wrote 1 scene to {tmp_path / 'one'};" in capsys.readouterr().out
+
+
+def test_a_picture_past_pillows_warning_size_is_refused_without_pillows_warning(tmp_path: Path, capsys) -> None:
+    big = png_header(tmp_path / "big.png", 10000, 10000)  # 100 megapixels: Pillow warns (its limit is ~89)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that leaks fails the run
+        assert main(["judge", str(big), "--prompt", "a large red circle in the center, on a black background"]) == 1
+    assert "expected a picture of at most 4096 x 4096 px" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ..cli_types import whole_number
@@ -88,7 +89,10 @@ def prompt_of(path: Path) -> str | None:
         f"largest is 4096), found"
     )
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_SIDE is checked below
+            image = Image.open(path)
+        with image:
             if max(image.size) > MAX_SIDE:  # from the header: decoding and reading it would take gigabytes
                 width, height = upright_size(image)
                 raise InputError(f"{largest} {width} x {height} px: shrink it first")
