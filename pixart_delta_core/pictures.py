@@ -5,7 +5,8 @@ The rules, each for a way a plain ``image.convert("RGB")`` misreads a file:
 
 * EXIF orientation (a phone photo stored sideways with an Orientation tag): turned upright, as image viewers and
   ComfyUI's LoadImage show it; ``upright_size`` gives its size from the header, so that size checks and the size
-  taken from an init image are the upright ones (orientations 5 to 8 swap width and height).
+  taken from an init image are the upright ones (orientations 5 to 8 swap width and height). The upright picture
+  carries no tag any more, so reading it again (an init image decoded early, then prepared) turns it no further.
 * More than 8 bits of grey (Pillow's modes "I;16" for a 16-bit PNG or TIFF, "I" for 32-bit integers, "F" for
   floats): scaled to 8 bits, not clipped (``convert`` clips, so a 16-bit picture came out almost all white). The
   full scale is 65535 for "I;16"; for "I" and "F", whose files do not say their range, the least of 1 (floats
@@ -70,6 +71,9 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 def to_rgb(image: Image.Image) -> Image.Image:
     """A new, decoded 8-bit RGB image of ``image`` (any Pillow mode): upright, deeper grey scaled to 8 bits,
     transparency composited onto black (the module docstring gives each rule). Its size is ``upright_size(image)``.
+    It carries none of ``image``'s metadata (its ``info`` is empty): no EXIF or XMP orientation is left on it to turn
+    it again, so ``to_rgb`` and ``upright_size`` take it as it is, and no colour profile or transparency of the
+    source's mode is left to misdescribe its pixels.
 
     Raises what Pillow raises for pixels it cannot decode (OSError, ValueError, SyntaxError, EOFError).
     """
@@ -81,7 +85,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     else:
         rgb = image.convert("RGB")
-    return rgb if turn is None else rgb.transpose(turn)
+    upright = rgb if turn is None else rgb.transpose(turn)  # every branch made a new image: its info is its own
+    upright.info = {}
+    return upright
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

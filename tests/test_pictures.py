@@ -5,6 +5,7 @@ float grey scaled to 8 bits rather than clipped, transparency composited onto bl
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from pixart_delta_core.cli import main
 from pixart_delta_core.errors import InputError
 from pixart_delta_core.pictures import ORIENTATION, to_rgb, upright_size
 from pixart_delta_core.pipeline.arguments import check_image, check_images, opened_image
-from pixart_delta_core.pipeline.images import from_pil, prepare_image
+from pixart_delta_core.pipeline.images import from_pil, prepare_image, warn_if_cropped
 from pixart_delta_core.training.data import load_image
 from pixart_delta_core.world.reading import picture_pixels, read_picture
 from pixart_delta_core.world.render import render
@@ -75,6 +76,39 @@ def test_a_sideways_phone_photo_is_checked_by_its_upright_sides(tmp_path: Path) 
     assert check_images(photo, None) == (60, 36)
     used = np.asarray(opened_image(photo, "init image"), dtype=np.float32)  # turned 90 degrees clockwise
     assert used.shape == (60, 36, 3) and used[:25].mean() > 240 and used[35:].mean() < 15  # the left is on top
+
+
+@pytest.mark.parametrize("name", ["init image", "control image"])
+@pytest.mark.parametrize(("size", "suffix"), [((WIDTH, HEIGHT), ".png"), ((WIDTH, HEIGHT), ".jpg"), ((40, 40), ".png")])
+def test_a_file_decoded_upright_is_prepared_as_the_same_picture_stored_upright(
+    tmp_path: Path, caplog, name: str, size: tuple[int, int], suffix: str
+) -> None:
+    """The pipeline decodes an init or control file upright (``opened_image``), then prepares it: its tag must not
+    turn it a second time (a square picture too, whose size alone would not show it), nor size it as stored."""
+    rotated = _with_orientation(_stored(*size), tmp_path / f"rotated{suffix}", 6)
+    with Image.open(rotated) as image:
+        ImageOps.exif_transpose(image).convert("RGB").save(tmp_path / "upright.png")  # Pillow's reading, no tag
+    opened = opened_image(rotated, name)
+    assert opened.size == upright_size(opened) == size[::-1] and ORIENTATION not in opened.getexif()
+    with Image.open(tmp_path / "upright.png") as upright:
+        for height, width in ((opened.height, opened.width), (2 * opened.height, 2 * opened.width)):
+            assert torch.equal(prepare_image(opened, height, width), prepare_image(upright, height, width))
+    with caplog.at_level(logging.WARNING):
+        warn_if_cropped(name, opened, 2 * opened.height, 2 * opened.width)  # the same aspect ratio: nothing to say
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "I;16"])
+def test_a_picture_read_once_reads_the_same_again(tmp_path: Path, orientation: int, mode: str) -> None:
+    stored = _stored().convert("RGBA" if mode == "RGBA" else "RGB")
+    if mode == "I;16":
+        stored = Image.fromarray(np.asarray(stored.convert("L"), dtype=np.uint16) * 257)
+    with Image.open(_with_orientation(stored, tmp_path / "photo.png", orientation)) as image:
+        assert image.mode == mode
+        once = to_rgb(image)
+    twice = to_rgb(once)
+    assert twice.size == once.size == upright_size(once) and np.array_equal(np.asarray(twice), np.asarray(once))
 
 
 def _late_exif(path: Path) -> Path:
