@@ -148,6 +148,12 @@ def controlnets(tmp_path_factory) -> dict:
         ),
         ("lora", {"lora": {"targets": ["attn.qkv", "attn.nope"]}}, r"lora.targets \['attn.nope'\] name no linear"),
         ("base", {"train": {"batch_size": 8}}, r"batch_size 8 is larger than the dataset \(4 records\)"),
+        (
+            "lcm",
+            {"data": {"resolution": 40}},
+            r"data.resolution must be a multiple of 16 px \(the VAE's downscale 8 times the transformer's patch size "
+            r"2\), found 40 \(nearest: 32 or 48\)",
+        ),
     ],
 )
 def test_what_the_base_decides_is_checked_before_the_cache(setup, tmp_path, controlnets, method, change, message):

@@ -41,9 +41,27 @@ def check_batch_size(config: TrainingConfig, records: int) -> None:
         raise InputError(f"train.batch_size {config.train.batch_size} is larger than the dataset ({records} records)")
 
 
+def check_resolution(resolution: int | None, downscale: int, patch_size: int) -> None:
+    """``InputError`` unless ``data.resolution`` (px; None: the transformer's own) is a multiple of the VAE's
+    ``downscale`` times the transformer's ``patch_size``: otherwise its latents would not cut into whole patches
+    (and a plain floor to the latent size would train at another resolution than the one asked)."""
+    step = downscale * patch_size
+    if resolution is not None and resolution % step:
+        below = resolution - resolution % step
+        nearest = f"{below} or {below + step}" if below else str(step)
+        raise InputError(
+            f"data.resolution must be a multiple of {step} px (the VAE's downscale {downscale} times the "
+            f"transformer's patch size {patch_size}), found {resolution} (nearest: {nearest})"
+        )
+
+
 def check_against_base(config: TrainingConfig, base: TransformerConfig) -> None:
-    """What the base transformer's config decides: the ControlNet to continue fits it (its width and
-    ``controlnet.copies``), ``lora.targets`` name its linear layers."""
+    """What the base transformer's config decides: ``data.resolution`` fits its patches (``check_resolution``),
+    the ControlNet to continue fits it (its width and ``controlnet.copies``), ``lora.targets`` name its linear
+    layers."""
+    from ..models.transformer_config import vae_defaults_for
+
+    check_resolution(config.data.resolution, vae_defaults_for(base).downscale, base.patch_size)
     if config.method is Method.CONTROLNET:
         from ..models.controlnet import inspect_controlnet
         from ..models.controlnet_config import ControlNetConfig

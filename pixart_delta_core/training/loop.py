@@ -31,8 +31,9 @@ from ..models.layers import set_gradient_checkpointing
 from ..models.transformer import PixArtTransformer, inspect_transformer, load_transformer
 from ..models.transformer_config import TransformerConfig, default_interpolation, sample_size_for, vae_defaults_for
 from ..text.embedding import TextEmbedding
+from ..vae.vae_config import SD_VAE
 from .cache import FeatureCache, build_cache
-from .checks import check_against_base, check_batch_size, check_model_files, check_resumed_config
+from .checks import check_against_base, check_batch_size, check_model_files, check_resolution, check_resumed_config
 from .config import EmbedderInit, LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
@@ -288,6 +289,7 @@ def new_transformer_config(config: TrainingConfig) -> TransformerConfig:
     if config.data.resolution is None:
         raise InputError("a new transformer (no model.transformer) needs data.resolution (px)")
     a = config.architecture
+    check_resolution(config.data.resolution, SD_VAE.downscale, a.patch_size)  # sample_size_for's downscale
     sample_size = sample_size_for(config.data.resolution)
     return TransformerConfig(
         depth=a.depth,
