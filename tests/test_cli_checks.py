@@ -218,29 +218,6 @@ def test_img2img_without_a_size_keeps_the_init_image_size(files, tmp_path: Path)
     assert result.size == (48, 96) and result.images[0].size == (96, 48)
 
 
-def test_guidance_on_a_file_without_a_null_caption_uses_the_empty_prompt(files, tmp_path: Path, caplog) -> None:
-    """diffusers-layout files carry no learned null caption: "" is encoded as the unconditional input."""
-    from safetensors.torch import load_file, save_file
-
-    from pixart_delta_core.models.transformer_config import REFERENCE_ONLY, to_diffusers
-
-    weights = to_diffusers(load_file(files.transformer))
-    diffusers_file = tmp_path / "diffusion_pytorch_model.safetensors"
-    save_file({k: v for k, v in weights.items() if k not in REFERENCE_ONLY}, diffusers_file)
-    run = {"sampler": "ddim", "steps": 2, "width": 64, "height": 64, "resolution_binning": False}
-    with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
-        implicit = PixArtPipeline(diffusers_file, files.t5, files.vae, files.tokenizer, device="cpu")("a fox", **run)
-    assert "unconditional input: the empty prompt" in caplog.text
-    explicit = PixArtPipeline(diffusers_file, files.t5, files.vae, files.tokenizer, device="cpu")(
-        "a fox", negative_prompt="", **run
-    )
-    assert torch.equal(implicit.latents, explicit.latents)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pixart_delta_core"):
-        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu")("a fox", **run)
-    assert "unconditional input: the model's learned null caption" in caplog.text
-
-
 @pytest.mark.parametrize(
     ("changes", "said"),
     [
