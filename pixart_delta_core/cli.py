@@ -187,31 +187,15 @@ def warn_untrained_size(transformer: Path, height: int | None, width: int | None
         )
 
 
-def _hints(args: argparse.Namespace) -> dict[str, int]:
-    """Detection hints given on the command line (diffusers' config names)."""
-    hints = {"num_heads": args.heads, "caption_length": args.caption_length, "sample_size": args.sample_size}
-    if args.training_resolution is not None:
-        from .models.transformer_config import sample_size_for
-
-        hints["sample_size"] = sample_size_for(args.training_resolution)
-    return {k: v for k, v in hints.items() if v is not None}
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline.cli import DEFAULT_INIT_STRENGTH, DEFAULT_OUT
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH, DEFAULT_OUT, check_size, detection_hints
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
 
     embedded_names(args, "transformer", "t5", "vae", "controlnet")
     init_size = check_generate(args)  # every refusal, then the warnings, then the load
-    warn_outside_the_world(args.transformer, args.prompt)
-    if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
-        warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
-    warn_untrained_size(args.transformer, args.height, args.width, init_size)
-    if args.control_image is not None and args.controlnet is None:
-        log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
-    pipeline = PixArtPipeline(
+    pipeline = PixArtPipeline(  # loads nothing: its transformer's header is read once, for check_size and the run
         args.transformer,
         args.t5,
         args.vae,
@@ -225,8 +209,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         quantization=args.quantization,
         loras=args.lora,
         lora_controlnet=args.lora_controlnet,
-        hints=_hints(args),
+        hints=detection_hints(args),
     )
+    check_size(args, init_size, pipeline.transformer_checkpoint.config)  # its training resolution sets the bins
+    warn_outside_the_world(args.transformer, args.prompt)
+    if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
+        warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
+    warn_untrained_size(args.transformer, args.height, args.width, init_size)
+    if args.control_image is not None and args.controlnet is None:
+        log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     control = None
     if args.control_image is not None:
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)

@@ -272,14 +272,14 @@ def test_an_init_images_size_that_cannot_be_drawn_is_refused_naming_the_init_ima
     argv = ["generate", *EMBEDDED, "--prompt", WORLD_PROMPT, "--init-image", str(photo)]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 1
     assert capsys.readouterr().err == (
-        f"error: init image {photo} is 1000x750 px (width x height), the picture's size when no width or height is "
+        f"error: --init-image {photo} is 1000x750 px (width x height), the picture's size when no width or height is "
         f"given: height must be a multiple of 16 px, found 750 (nearest: 736 or 752); width must be a multiple of 16 "
         f"px, found 1000 (nearest: 992 or 1008); give a width and height (--width and --height on the command line)\n"
     )
     large = png_header(tmp_path / "large.png", 4800, 4800)  # decoded, scaled: fine with a width and height given
     assert main([*argv[:-1], str(large), "--out", str(tmp_path / "x.png")]) == 1
     assert capsys.readouterr().err == (
-        f"error: init image {large} is 4800x4800 px (width x height), the picture's size when no width or height is "
+        f"error: --init-image {large} is 4800x4800 px (width x height), the picture's size when no width or height is "
         f"given: 4800x4800 is 23.0 megapixels; the limit is 16.8 (4096x4096); give a width and height (--width and "
         f"--height on the command line)\n"
     )
@@ -312,15 +312,32 @@ def test_an_embedded_transformer_warns_once_of_a_size_it_was_not_trained_at(
         assert said in warned[0] and warned[0].endswith("(--width 128 --height 128 draws the size it knows)")
 
 
-def test_a_refused_run_warns_of_nothing(tmp_path: Path, nothing_loads, capsys, caplog) -> None:
-    """Refusals first: a run refused shows its error alone, not the warnings of a run that will not happen."""
-    argv = ["generate", *EMBEDDED, "--prompt", "a purple elephant", "--width", "256", "--out", str(tmp_path / "x.png")]
+MULTIPLE = "width must be a multiple of 16 px, found 100 (nearest: 96 or 112)"
+
+
+@pytest.mark.parametrize(
+    ("refused", "said"),
+    [
+        (["--steps", "2000"], "--steps 2000: --sampler lcm takes 1 to 50 steps"),
+        (["--width", "100"], f"--width 100: {MULTIPLE}"),
+        (["--no-binning", "--width", "100", "--height", "128"], f"--width 100 --height 128: {MULTIPLE}"),
+        (["--init-image", "{wide}"], "--init-image {wide} is 5000x100 px (width x height), the picture's size when"),
+        (["--width", "4096", "--height", "4096", "--batch", "64"], "--width 4096 --height 4096 --batch 64: 64 images"),
+    ],
+    ids=["steps", "width", "no-binning", "init-image-size", "batch"],
+)
+def test_a_refused_run_warns_of_nothing(tmp_path: Path, nothing_loads, capsys, caplog, refused, said) -> None:
+    """Refusals first: a run refused shows its error alone, not the warnings of a run that will not happen; the size
+    it would draw too, from the options, the init image's header and the transformer's."""
+    wide = png_header(tmp_path / "wide.png", 5000, 100)  # a header only: refused before it is decoded
+    argv = ["generate", *EMBEDDED, "--prompt", "a purple elephant", "--out", str(tmp_path / "x.png")]
     with caplog.at_level(logging.WARNING):
-        assert main([*argv, "--steps", "2000"]) == 1
-    assert capsys.readouterr().err == "error: --steps 2000: --sampler lcm takes 1 to 50 steps\n"
+        assert main([*argv, *(option.format(wide=wide) for option in refused)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said.format(wide=wide)}") and err.count("\n") == 1, err
     assert caplog.records == []
     with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="a model was loaded"):
-        main(argv)  # the same run, not refused: both warnings, then the load
+        main([*argv, "--width", "256"])  # a run not refused: both warnings, then the load
     assert len(caplog.records) == 2, caplog.text
 
 

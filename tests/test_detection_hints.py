@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from pixart_delta_core.cli import _hints, build_parser
+from pixart_delta_core.cli import build_parser
 from pixart_delta_core.errors import CheckpointError
 from pixart_delta_core.models.transformer import PixArtTransformer, inspect_transformer
 from pixart_delta_core.models.transformer_config import TransformerConfig
-from pixart_delta_core.pipeline.cli import LATENT_PIXEL
+from pixart_delta_core.pipeline.cli import LATENT_PIXEL, detection_hints
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 from pixart_delta_core.vae.vae_config import SD_VAE, SDXL_VAE
 from tests.comfy_helpers import ENGINE, PACK, call_node
@@ -46,13 +46,13 @@ def test_the_error_names_the_option_and_the_widget(models: Path) -> None:
 def test_the_command_line_gives_the_hints_to_the_pipeline(models: Path) -> None:
     argv = ["generate", "--transformer", "t", "--t5", "a", "--vae", "v", "--prompt", "x"]
     args = build_parser().parse_args([*argv, "--training-resolution", "256", "--heads", "2"])
-    assert _hints(args) == {"sample_size": 32, "num_heads": 2}
-    assert _hints(build_parser().parse_args(argv)) == {}
-    assert _hints(build_parser().parse_args([*argv, "--sample-size", "32", "--caption-length", "300"])) == {
+    assert detection_hints(args) == {"sample_size": 32, "num_heads": 2}
+    assert detection_hints(build_parser().parse_args(argv)) == {}
+    assert detection_hints(build_parser().parse_args([*argv, "--sample-size", "32", "--caption-length", "300"])) == {
         "sample_size": 32,
         "caption_length": 300,
     }
-    pipeline = PixArtPipeline(models / "checkpoints" / "sigma-256.safetensors", "a", "v", hints=_hints(args))
+    pipeline = PixArtPipeline(models / "checkpoints" / "sigma-256.safetensors", "a", "v", hints=detection_hints(args))
     config = pipeline.transformer_checkpoint.config
     assert (config.sample_size, config.caption_length, config.interpolation_scale) == (32, 300, 0.5)
 
@@ -62,12 +62,12 @@ def test_a_training_resolution_is_a_whole_number_of_latent_pixels_on_every_surfa
     widget offers only sizes the command line takes, as the same sample size."""
     assert LATENT_PIXEL == SD_VAE.downscale == SDXL_VAE.downscale
     argv = ["generate", "--transformer", "t", "--t5", "a", "--vae", "v", "--prompt", "x", "--training-resolution"]
-    assert _hints(build_parser().parse_args([*argv, "1000"])) == {"sample_size": 125}
+    assert detection_hints(build_parser().parse_args([*argv, "1000"])) == {"sample_size": 125}
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, "1001"])
     choices, hint, to_hint = PACK.nodes.loaders.HINT_WIDGETS["training_resolution"]
     for pixels in choices:
-        assert to_hint(int(pixels)) == _hints(build_parser().parse_args([*argv, pixels]))[hint]
+        assert to_hint(int(pixels)) == detection_hints(build_parser().parse_args([*argv, pixels]))[hint]
 
 
 def test_the_checkpoint_node_offers_the_hint_and_recognises_its_file_once(models: Path, monkeypatch) -> None:

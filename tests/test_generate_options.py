@@ -208,6 +208,27 @@ def test_a_value_refused_after_parsing_names_its_option(
     assert refused(generate(tmp_path, *extra), capsys) == said.replace("{tmp}", str(tmp_path))
 
 
+def test_a_size_is_checked_by_the_bins_of_the_transformer_header_the_run_reads(
+    tmp_path: Path, nothing_loads, capsys, monkeypatch
+) -> None:
+    """A 1024 px model draws --width 100 at its nearest bin; without binning, 100 px is no multiple of 16. The header
+    that check reads is the run's own: the transformer file is recognised once (a .pth is read whole to recognise)."""
+    import pixart_delta_core.models.transformer as loading
+
+    files = write_demo_models(tmp_path / "models")
+    argv = ["generate", "--transformer", str(files.transformer), "--t5", str(files.t5), "--vae", str(files.vae)]
+    argv += ["--tokenizer", str(files.tokenizer), "--prompt", "a fox", "--device", "cpu", "--width", "100"]
+    argv += ["--out", str(tmp_path / "x.png")]
+    calls: list[object] = []
+    detect = loading.detect_transformer
+    monkeypatch.setattr(loading, "detect_transformer", lambda *a, **k: calls.append(a) or detect(*a, **k))
+    with pytest.raises(AssertionError, match="a model was loaded"):  # past the checks
+        main(argv)
+    assert len(calls) == 1 and "error" not in capsys.readouterr().err
+    said = "error: --width 100: width must be a multiple of 16 px, found 100 (nearest: 96 or 112)"
+    assert refused([*argv, "--no-binning"], capsys) == said
+
+
 # --- 6. a long prompt outside the world, shortened in the warning --------------------------------------
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cli_types import number_in, whole_number
 from ..errors import InputError
 from ..file_kinds import exists
 from ..sampling.choices import MAX_GUIDANCE, SAMPLERS, LcmTimesteps, Sampler
+
+if TYPE_CHECKING:
+    from ..models.transformer_config import TransformerConfig
+    from .resolution import Size
 
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
@@ -48,6 +53,47 @@ def check_sampling(args: argparse.Namespace) -> None:
     given = {"steps": args.steps} if args.steps is not None else {}
     run = SamplingSettings.defaults(args.sampler, strength=strength, **given).steps_run
     check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
+
+
+def check_size(args: argparse.Namespace, init_size: Size | None, config: TransformerConfig) -> None:
+    """The size ``generate`` will draw, refused now as the pipeline would refuse it (``check_size_to_draw``), before
+    any model loads and any warning, naming the options it came from: --width and --height (the model's training
+    resolution for a side not given), else the --init-image's size (``init_size``, from its header); --batch too for
+    a batch beyond memory. ``config``: the transformer's, read from its header, whose resolution sets the bins."""
+    from .arguments import check_batch, check_size_to_draw
+    from .images import asked_size, init_sets_size
+    from .resolution import bins_for
+
+    asked = asked_size(args.height, args.width, (config.resolution, config.resolution), init_size)
+    bins = None if args.no_binning else bins_for(config)
+    pictures = len(args.prompt) * args.batch
+    if init_sets_size(args.height, args.width, init_size):
+        source = f"--init-image {args.init_image} is {asked[1]}x{asked[0]} px (width x height)"
+        check_size_to_draw(asked, bins, pictures, source)
+        return
+    given = (("width", args.width), ("height", args.height))
+    sides = [f"--{side} {value}" for side, value in given if value is not None]
+    try:
+        size = check_size_to_draw(asked, bins, 1, "")
+    except InputError as err:
+        if not sides:  # the training resolution itself: no option to name
+            raise
+        raise InputError(f"{' '.join(sides)}: {err}") from None
+    try:
+        check_batch(pictures, *size)
+    except InputError as err:
+        batch = f"--batch {args.batch}" + (f" for {len(args.prompt)} prompts" if len(args.prompt) > 1 else "")
+        raise InputError(f"{' '.join([*sides, batch])}: {err}") from None
+
+
+def detection_hints(args: argparse.Namespace) -> dict[str, int]:
+    """Detection hints given on the command line (diffusers' config names)."""
+    hints = {"num_heads": args.heads, "caption_length": args.caption_length, "sample_size": args.sample_size}
+    if args.training_resolution is not None:
+        from ..models.transformer_config import sample_size_for
+
+        hints["sample_size"] = sample_size_for(args.training_resolution)
+    return {k: v for k, v in hints.items() if v is not None}
 
 
 def lora_spec(text: str) -> tuple[Path, float]:
