@@ -205,7 +205,8 @@ def add_generate_parser(
         "--init-image",
         type=Path,
         help="img2img: start from this image; one of another aspect ratio than the picture is scaled to cover it "
-        "and centre-cropped, with a warning",
+        "and centre-cropped, with a warning. Read upright (EXIF orientation), deep grey scaled to 8 bits, "
+        "transparency onto black (as for --control-image)",
     )
     run.add_argument(
         "--strength",
@@ -230,7 +231,8 @@ def add_generate_parser(
         "--control-image",
         type=Path,
         help="edge map (HED) steering the generation; one of another aspect ratio than the picture is scaled to "
-        "cover it and centre-cropped, with a warning",
+        "cover it and centre-cropped, with a warning. Transparency is black: an edge map drawn on a transparent "
+        "layer reads as edges on black",
     )
     ctl.add_argument(
         "--control-strength",
