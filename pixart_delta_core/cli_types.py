@@ -4,8 +4,10 @@ was expected and what was found (argparse's own message names the function: "inv
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from difflib import get_close_matches
+from itertools import takewhile
 from typing import Any, NoReturn
 
 
@@ -56,26 +58,44 @@ def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
 class Parser(argparse.ArgumentParser):
     """The command line's parser (its subcommands' too: argparse makes them of the same class). On a usage error
     a usage longer than a few lines (generate's is some twenty) is shortened to one line that points at --help,
-    so the error line is not buried under it; exit status 2, as argparse's."""
+    so the error line is not buried under it, and options it does not know are named with the nearest known
+    one, even where a missing required option is the error argparse gives; exit status 2, as argparse's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: list[str] = []  # the words this parser was last given (a subcommand's: those after its name)
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.given = list(sys.argv[1:] if args is None else args)  # for error()
+        return super().parse_known_args(args, namespace)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
         """As argparse's, but words no option takes are reported by the subcommand they were given to (argparse
-        leaves them to the top parser, whose usage does not show the subcommand's options), with the nearest
-        option's name for a misspelt one."""
+        leaves them to the top parser, whose usage does not show the subcommand's options)."""
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             parser = self._subcommand(parsed) or self
-            parser.error(unrecognized(extra, [o for a in parser._actions for o in a.option_strings]))
+            parser.error(unrecognized(extra, parser.given, parser.option_names()))
         return parsed
 
-    def _subcommand(self, parsed: argparse.Namespace) -> argparse.ArgumentParser | None:
+    def option_names(self) -> list[str]:
+        return [name for action in self._actions for name in action.option_strings]
+
+    def _subcommand(self, parsed: argparse.Namespace) -> Parser | None:
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):  # argparse names no public type
                 chosen = action.choices.get(getattr(parsed, action.dest, None))
-                return chosen._subcommand(parsed) or chosen if isinstance(chosen, Parser) else chosen
+                return chosen._subcommand(parsed) or chosen if isinstance(chosen, Parser) else None
         return None
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):  # a misspelt one is the likely cause
+            names = self.option_names()
+            unknown = [w for w in self.given if _is_option(w) and not any(n.startswith(_name(w)) for n in names)]
+            if unknown:
+                message += f"; {unrecognized(unknown, [], names)}"
         usage = self.format_usage()
         if usage.count("\n") > BRIEF_USAGE_LINES:
             usage = f"usage: {self.prog} [options] (all of them: {self.prog} --help)\n"
@@ -83,18 +103,30 @@ class Parser(argparse.ArgumentParser):
 
 
 BRIEF_USAGE_LINES = 3  # a usage of up to this many lines is shown whole on an error
+SEVERAL_WORDS = ("--prompt", "--negative-prompt")  # options whose value is often several words
 
 
-def unrecognized(words: list[str], options: list[str]) -> str:
-    """The error for ``words`` no option took: each misspelt option with the nearest of ``options``; a loose word
-    (not the value of a misspelt option before it) with a hint to quote a value of several words."""
-    said, loose = [], False
-    for i, word in enumerate(words):
-        nearest = get_close_matches(word.split("=")[0], options, n=1) if word.startswith("-") else []
-        said.append(f"{word} (did you mean {nearest[0]}?)" if nearest else word)
-        loose |= not word.startswith("-") and (i == 0 or not words[i - 1].startswith("-"))
+def _is_option(word: str) -> bool:
+    return word.startswith("-") and not word[1:2].isdigit() and word != "-"  # not -1, not a lone dash
+
+
+def _name(word: str) -> str:
+    return word.split("=")[0]
+
+
+def unrecognized(words: list[str], given: list[str], options: list[str]) -> str:
+    """The error for ``words`` no option took (out of all the words ``given``): each misspelt option with the
+    nearest of ``options`` where one is close (compared without their dashes, which every option shares); a
+    prompt given without quotes (``--prompt a red star``) with that prompt quoted."""
+    bare = {option.lstrip("-"): option for option in options}
+    said = []
+    for word in words:
+        nearest = get_close_matches(_name(word).lstrip("-"), list(bare), n=1) if _is_option(word) else []
+        said.append(f"{word} (did you mean {bare[nearest[0]]}?)" if nearest else word)
     message = f"unrecognized arguments: {' '.join(said)}"
-    if loose:
-        example = ' (--prompt "a large red star")' if "--prompt" in options else ""
-        message += f"; a value of several words needs quotes{example}"
+    for i, word in enumerate(given):
+        value = list(takewhile(lambda w: not _is_option(w), given[i + 1 :]))
+        if word in SEVERAL_WORDS and len(value) > 1 and value[1] in words:
+            message += f'; a value of several words needs quotes: {word} "{" ".join(value)}"'
+            break
     return message

@@ -85,7 +85,25 @@ def test_a_short_usage_is_shown_whole_on_an_error(capsys) -> None:
         (
             [*GENERATE[:-1], "a", "large", "star"],
             "python -m pixart_delta_core generate: error: unrecognized arguments: large star; a value of several "
-            'words needs quotes (--prompt "a large red star")',
+            'words needs quotes: --prompt "a large star"',
+        ),
+        (
+            [*GENERATE, "--seed", "1", "2"],  # a loose word that is no prompt's: no hint about quotes
+            "python -m pixart_delta_core generate: error: unrecognized arguments: 2",
+        ),
+        (
+            [*GENERATE, "--size", "256"],  # nothing close (--seed shares only its dashes and an s): no guess
+            "python -m pixart_delta_core generate: error: unrecognized arguments: --size 256",
+        ),
+        (
+            ["generate", "--transfomer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"],  # a required one misspelt
+            "python -m pixart_delta_core generate: error: the following arguments are required: --transformer; "
+            "unrecognized arguments: --transfomer (did you mean --transformer?)",
+        ),
+        (
+            ["train", "lcm", "--confg", "x.toml"],
+            "python -m pixart_delta_core train: error: the following arguments are required: --config; unrecognized "
+            "arguments: --confg (did you mean --config?)",
         ),
         (
             ["world", "--out", "w", "--cout", "3"],
