@@ -41,3 +41,13 @@ def test_train_command_runs_prints_its_config_and_resumes(tmp_path, capsys) -> N
     assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("transformer.safetensors")
     assert main(["train", "base", "--config", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err
+
+
+def test_a_refused_train_command_prints_only_its_error(tmp_path, capsys) -> None:
+    table = run_table(tiny_setup(tmp_path, control=False), tmp_path / "out", batch_size=2, steps=2)
+    table["model"] = {**table["model"], "transformer": str(tmp_path / "missing.safetensors")}
+    (tmp_path / "run.toml").write_text(config_from_dict(table, "base").to_toml())
+    assert main(["train", "base", "--config", str(tmp_path / "run.toml")]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "", printed.out[:300]  # not the config: it is printed once the checks pass
+    assert "missing.safetensors: no such file or folder" in printed.err

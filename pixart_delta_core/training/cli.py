@@ -18,7 +18,7 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         parents=[common],
         help="train a model from a TOML config (base fine-tune, LCM distillation, ControlNet, LoRA, autoencoder)",
         description="Train with the reference recipes; runs on many processes or GPUs under `accelerate launch`. "
-        "Prints the whole config (the file's settings and every default), then trains with a progress bar, "
+        "Checks the config, prints it whole (the file's settings and every default), then trains with a progress bar, "
         "writing resumable checkpoints to train.output/checkpoints/step-NNNNNNN/ every train.checkpoint_every "
         "steps. The configs the embedded model was trained with are in the pack's scripts/embedded_model/.",
     )
@@ -33,8 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .loop import train
 
     config = load_config(args.config, args.method)
-    print(config.to_toml())
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, on_checked=lambda: print(config.to_toml(), flush=True))
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch, every process ran the command

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -112,8 +113,9 @@ def latest_checkpoint(output: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
-    """Run ``config`` to ``train.steps`` optimizer steps (from the latest checkpoint with ``resume``).
+def train(config: TrainingConfig, resume: bool = False, on_checked: Callable[[], None] | None = None) -> TrainResult:
+    """Run ``config`` to ``train.steps`` optimizer steps (from the latest checkpoint with ``resume``);
+    ``on_checked`` is called once the checks pass, before the long work (the command line prints the config then).
 
     Raises ``InputError`` for settings that cannot work (before the feature cache is built and any model is
     loaded where it can: ``checks.py``), ``PixArtDeltaError`` at the first step whose loss is not finite.
@@ -136,7 +138,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
         fsdp_plugin=fsdp_plugin() if t.fsdp else None,
     )
     try:
-        return _train(config, resume, accelerator)
+        return _train(config, resume, accelerator, on_checked or (lambda: None))
     finally:
         # accelerate keeps its precision settings for the whole process; forget them, so that a later run in this
         # process (the Python API, the tests) may ask for other ones. The process group itself is kept.
@@ -147,7 +149,7 @@ def train(config: TrainingConfig, resume: bool = False) -> TrainResult:
             os.environ.pop("ACCELERATE_USE_FSDP", None)
 
 
-def _train(config: TrainingConfig, resume: bool, accelerator: Any) -> TrainResult:
+def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: Callable[[], None]) -> TrainResult:
     from tqdm import tqdm
 
     t = config.train
@@ -171,7 +173,7 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any) -> TrainResul
         )
     if checkpoint is not None:
         check_resumed_config(config, checkpoint)
-    trainer, cache, captions = _setup(config, accelerator)
+    trainer, cache, captions = _setup(config, accelerator, on_checked)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
     set_gradient_checkpointing(trainer.module, t.gradient_checkpointing)
     parameters = trainer.trainable_parameters()
@@ -246,8 +248,11 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any) -> TrainResul
     return TrainResult(t.output, step, weights, losses)
 
 
-def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbedding | None]:
-    """The trainer, its data (feature cache or pictures) and the validation captions (main process only)."""
+def _setup(
+    config: TrainingConfig, accelerator: Any, on_checked: Callable[[], None]
+) -> tuple[Any, Any, TextEmbedding | None]:
+    """The trainer, its data (feature cache or pictures) and the validation captions (main process only);
+    ``on_checked`` between the checks and the long work."""
     t, device = config.train, accelerator.device
     check_model_files(config)
     records = read_records(config.data.path)
@@ -259,6 +264,7 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
             raise InputError("autoencoder training needs data.resolution (px): there is no transformer to ask")
         model, convention = autoencoder_to_train(config.model.vae, config.autoencoder, t.seed)
         check_images(records)
+        on_checked()
         pictures = PixelData(records, config.data.resolution, config.autoencoder.crop_size)
         return AutoencoderTrainer(model.to(device), pictures, config.autoencoder, convention), pictures, None
     if config.model.transformer is None:
@@ -267,6 +273,7 @@ def _setup(config: TrainingConfig, accelerator: Any) -> tuple[Any, Any, TextEmbe
         detected = inspect_transformer(config.model.transformer)
         transformer_config = detected.config
     check_against_base(config, transformer_config)
+    on_checked()
     with accelerator.main_process_first():  # the main process builds the cache, the others then read it
         cache = _cache(config, transformer_config, device, records)
     captions = None
