@@ -52,7 +52,7 @@ def generate_args(files, tmp_path: Path, **changes: str | None) -> list[str]:
         ({"--controlnet": "{taesd}", "--control-image": "{image}"}, "not a PixArt ControlNet: it looks like a TAESD"),
         ({"--control-image": "{image}"}, "a control image needs a ControlNet.*--controlnet FILE on the command line"),
         ({"--out": "{out}/x.txt"}, r"\.txt is not an image format"),
-        ({"--out": "{out}/noextension"}, "no extension is not an image format"),
+        ({"--out": "{out}/noextension"}, "the name has no extension: give one such as .png"),
         ({"--out": "{out}/x.xbm"}, r"\.xbm is not an image format"),  # Pillow's XBM saver writes 1-bit only
         ({"--init-image": "{image}", "--out": "{image}"}, "is the --init-image: the picture would replace it"),
         (

@@ -75,9 +75,10 @@ def check_output(out: Path, prompts: int = 1, per_prompt: int = 1, *, keep_earli
             )
         suffix = out.suffix.lower()
         if suffix not in (writable := writable_extensions()):
+            found = f"{suffix} is not an image format Pillow writes" if suffix else "the name has no extension"
             raise InputError(
-                f"output {printable_path(out)}: {suffix or 'no extension'} is not an image format Pillow writes "
-                f"(any case: {', '.join(writable)})"
+                f"output {printable_path(out)}: {found}: give one such as .png (the generation parameters go into "
+                f"it) or .jpg (any case; all: {', '.join(writable)})"
             )
         blocked = non_folder_part(out.parent)
         if blocked is not None:
