@@ -172,7 +172,8 @@ def add_generate_parser(
         f"{DEFAULT_OUT.stem}-2{DEFAULT_OUT.suffix}...: a run without --out replaces no earlier picture)",
     )
     size = gen.add_argument_group("size")
-    default = "default: the init image's with --init-image, else the model's training resolution"
+    default = "default: the init image's with --init-image (to the nearest multiple of 16), else the model's "
+    default += "training resolution"
     size.add_argument("--width", type=pixels, help=f"pixels ({default})")
     size.add_argument("--height", type=pixels, help=f"pixels ({default})")
     size.add_argument("--no-binning", action="store_true", help="generate at exactly this size, not the nearest bin")

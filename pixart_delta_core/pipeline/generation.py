@@ -237,7 +237,7 @@ class PixArtPipeline:
         embedded 128 px one) draws the asked size itself, a multiple of 16. A negative prompt of None uses the model's
         learned null caption when guidance is on (the reference's unconditional input), or the empty
         prompt where the file has none (diffusers-layout files; what diffusers does). An image-to-image
-        run without a size keeps the init image's size. ``on_stage`` hears "text", "images"
+        run without a size keeps the init image's size (``asked_size``). ``on_stage`` hears "text", "images"
         (VAE-encoding an init or control image), "denoise", "decode" and "done" as the run moves on.
 
         Everything that can be checked without loading a model is checked first (files and their kinds,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..pictures import to_rgb, upright_size
-from .resolution import Size
+from .resolution import SIZE_MULTIPLE, Size
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,17 @@ def init_sets_size(height: int | None, width: int | None, init_image: object | N
 
 
 def asked_size(height: int | None, width: int | None, default: Size, init_size: Size | None) -> Size:
-    """(height, width) in pixels: as given, else the init image's size ``init_size`` (``init_sets_size``), else
-    ``default`` (the model's training resolution)."""
+    """(height, width) in pixels: as given, else the init image's size ``init_size`` (``init_sets_size``) to the
+    nearest multiple of ``SIZE_MULTIPLE`` px a side (the init image is scaled to the picture anyway: a 1080 px
+    photo makes a 1088 px picture, not a refusal), else ``default`` (the model's training resolution)."""
     if init_size is not None and init_sets_size(height, width, init_size):
-        return init_size
+        init_height, init_width = init_size
+        return _to_size_multiple(init_height), _to_size_multiple(init_width)
     return (default[0] if height is None else height, default[1] if width is None else width)
+
+
+def _to_size_multiple(side: int) -> int:
+    return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
 def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int, source: str = "") -> None:
