@@ -173,15 +173,18 @@ def warn_untrained_size(transformer: Path, height: int | None, width: int | None
     trained_width, trained_height = PICTURE["width"], PICTURE["height"]
     asked_height, asked_width = asked_size(height, width, (trained_height, trained_width), init_size)
     if (asked_height, asked_width) != (trained_height, trained_width):
+        times = asked_height * asked_width / (trained_height * trained_width)  # attention's cost grows as its square
+        slow = f" and slow ({times:.0f} times the pixels: each step {times:.0f} to {times**2:,.0f} times as long)"
         log.warning(
             "%s was trained at %dx%d px only; this picture is %dx%d px (width x height%s), so expect it to be "
-            "unclear (--width %d --height %d draws the size it knows)",
+            "unclear%s (--width %d --height %d draws the size it knows)",
             name,
             trained_width,
             trained_height,
             asked_width,
             asked_height,
             f", {INIT_IMAGE_SIZE}" if init_sets_size(height, width, init_size) else "",
+            slow if times >= 4 else "",
             trained_width,
             trained_height,
         )

@@ -189,7 +189,7 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
     assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE" in out
     assert "--training-resolution PX" in out and "--heads" in out
     # the size's default with an init image is the init image's (test_img2img_without_a_size_keeps_...)
-    assert "--width WIDTH pixels (default: the init image's with --init-image, else the model's training" in out
+    assert "--width WIDTH pixels (default: the init image's with --init-image (to the nearest multiple of 16)" in out
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,12 @@ def test_an_init_images_size_is_drawn_to_a_multiple_of_16_or_refused_naming_the_
     [
         ((256, 256), [], "this picture is 256x256 px (width x height, the init image's size), so expect it"),
         ((1024, 512), [], "this picture is 1024x512 px (width x height, the init image's size), so expect it"),
-        (None, ["--width", "256"], "this picture is 256x128 px (width x height), so expect it to be unclear"),
+        (None, ["--width", "256"], "this picture is 256x128 px (width x height), so expect it to be unclear ("),
+        (
+            None,
+            ["--width", "1024", "--height", "1024"],
+            "so expect it to be unclear and slow (64 times the pixels: each step 64 to 4,096 times as long) (",
+        ),
         ((256, 256), ["--width", "128", "--height", "128"], None),
         (None, [], None),
     ],
