@@ -10,7 +10,7 @@ the shapes world, fixed seeds, asserted at the thresholds the model card states 
 Pictures are drawn once per configuration (cached), in fp32 on the CPU.
 
 The model shipped now is a short training run (its model card: teacher 13,500 steps, the last 7,500 on the
-windowed T5; the student distilled at guidance 3; the ControlNet 2,700 steps) and reaches only some of these:
+windowed T5; the student distilled at guidance 3; the ControlNet 4,500 steps) and reaches only some of these:
 the tests of the others are expected to fail (``xfail``, strict, so that a model that reaches them makes them
 fail until they are plain asserts again). What the shipped model already does is asserted plainly: the
 teacher's colours and positions, the student within 5 points of the teacher and above the teacher at 4 steps,
@@ -121,7 +121,7 @@ def test_the_controlnet_puts_the_shapes_on_the_edge_map() -> None:
     assert overlap(controlled(True), SCENES).mean >= 0.6
 
 
-# With it 0.774, without it 0.669: the teacher alone already puts most shapes in their places.
+# With it 0.783, without it 0.669: the teacher alone already puts most shapes in their places.
 @NOT_YET
 def test_the_controlnet_overlaps_clearly_more_than_the_model_without_it() -> None:
     with_it, without = overlap(controlled(True), SCENES), overlap(controlled(False), SCENES)

@@ -40,11 +40,13 @@ $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 #    then the ControlNet 1,800 steps more from its last weights, and the student (lcm.toml: the teacher guided
 #    at 3.0) side by side. These two ran on a new machine, from the fp16 copies shipped in the pack (the fp32
 #    checkpoints named in their configs were lost with the old one): the teacher, the autoencoder, the T5
-#    and the ControlNet of commit 1c1eedc, upcast, with both feature caches built anew from them.
+#    and the ControlNet of commit 1c1eedc, upcast, with both feature caches built anew from them. Then the
+#    ControlNet 1,800 steps more again, at half the learning rate.
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more.toml
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
+$PY -m pixart_delta_core train controlnet --config $M/controlnet-more-2.toml
 # 6. into the pack, in fp16
 $PY $M/ship.py outputs/embedded/teacher-windowed-more/checkpoints/step-0004000/transformer.safetensors \
     outputs/embedded/lcm-windowed-g3/checkpoints/step-0000600/transformer.safetensors \
-    outputs/embedded/controlnet-windowed-longer/checkpoints/step-0001800/controlnet.safetensors \
+    outputs/embedded/controlnet-windowed-longer2/checkpoints/step-0001800/controlnet.safetensors \
     outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5-windowed
