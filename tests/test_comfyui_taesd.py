@@ -33,7 +33,7 @@ FILE = "pixart-taesd.safetensors"
 
 # Run with ComfyUI's python, in its checkout: argv = ComfyUI root, the models' vae folder, inputs, outputs folder.
 COMFYUI_SIDE = """
-import json, sys
+import inspect, json, sys
 import torch
 comfyui, vae_folder, inputs, out = sys.argv[1:5]
 sys.path.insert(0, comfyui)
@@ -46,7 +46,9 @@ import nodes
 from safetensors.torch import load_file, save_file
 folder_paths.add_model_folder_path("vae", vae_folder, is_default=True)
 given = load_file(inputs)
-names = [n for n in nodes.VAELoader.vae_list(nodes.VAELoader) if n.endswith(".safetensors")]
+listing = nodes.VAELoader.vae_list  # a static method in newer ComfyUI, one taking the class in older ones
+listed = listing() if not inspect.signature(listing).parameters else listing(nodes.VAELoader)
+names = [n for n in listed if n.endswith(".safetensors")]
 vae = nodes.VAELoader().load_vae(names[0])[0]
 model = vae.first_stage_model
 held = set(comfy.utils.load_torch_file(vae_folder + "/" + names[0]))
