@@ -10,6 +10,8 @@ from difflib import get_close_matches
 from itertools import takewhile
 from typing import Any, NoReturn
 
+from .errors import nearest_multiples
+
 
 def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
     """A type for whole numbers (``of`` what, e.g. "pixels") from ``least`` to ``most`` (no upper bound: None), each
@@ -29,11 +31,8 @@ def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple
         if value is None or value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {expected}, found {text or 'nothing'}")
         if value % multiple_of:
-            below, above = value - value % multiple_of, value - value % multiple_of + multiple_of
-            near = [n for n in (below, above) if n >= least and (most is None or n <= most)]
-            raise argparse.ArgumentTypeError(
-                f"expected {expected}, found {text} (nearest: {' or '.join(map(str, near))})"
-            )
+            nearest = nearest_multiples(value, multiple_of, least, most)
+            raise argparse.ArgumentTypeError(f"expected {expected}, found {text} (nearest: {nearest})")
         return value
 
     return parse

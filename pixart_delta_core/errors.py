@@ -21,3 +21,11 @@ def first_line(err: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none), to quote in one of ours."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def nearest_multiples(value: int, multiple: int, least: int = 1, most: int | None = None) -> str:
+    """The multiples of ``multiple`` on either side of ``value`` that lie within ``least``..``most`` (no upper
+    bound: None), as an error says them: "992 or 1008", or the one in bounds ("16")."""
+    below = value - value % multiple
+    near = [n for n in (below, below + multiple) if n >= least and (most is None or n <= most)]
+    return " or ".join(map(str, near))

@@ -8,7 +8,7 @@ micro-condition, so sizes they were trained on give the best images.
 
 from __future__ import annotations
 
-from ..errors import InputError
+from ..errors import InputError, nearest_multiples
 from ..models.transformer_config import TransformerConfig
 
 Size = tuple[int, int]  # (height, width) in pixels
@@ -84,9 +84,9 @@ def _side_wrong(name: str, side: int, multiple: int) -> str:
     if side < MIN_SIDE:
         return f"{name} must be at least {MIN_SIDE} px, found {side}"
     if side % multiple:
-        lower, upper = side // multiple * multiple, (side // multiple + 1) * multiple
-        nearest = f"{upper}" if lower == 0 else f"{lower} or {upper}"
-        return f"{name} must be a multiple of {multiple} px, found {side} (nearest: {nearest})"
+        return (
+            f"{name} must be a multiple of {multiple} px, found {side} (nearest: {nearest_multiples(side, multiple)})"
+        )
     if side > MAX_SIDE:
         return f"{name} must be at most {MAX_SIDE} px, found {side}"
     return ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
+from ..errors import InputError, nearest_multiples
 from .config import Method, TrainingConfig, section_lines
 from .config_file import toml_reader
 
@@ -47,11 +47,10 @@ def check_resolution(resolution: int | None, downscale: int, patch_size: int) ->
     (and a plain floor to the latent size would train at another resolution than the one asked)."""
     step = downscale * patch_size
     if resolution is not None and resolution % step:
-        below = resolution - resolution % step
-        nearest = f"{below} or {below + step}" if below else str(step)
         raise InputError(
             f"data.resolution must be a multiple of {step} px (the VAE's downscale {downscale} times the "
-            f"transformer's patch size {patch_size}), found {resolution} (nearest: {nearest})"
+            f"transformer's patch size {patch_size}), found {resolution} "
+            f"(nearest: {nearest_multiples(resolution, step)})"
         )
 
 
