@@ -184,6 +184,10 @@ def test_the_verdict_names_each_wrong_attribute_with_what_was_asked_and_found() 
         "size": 1 / 3,
         "picture": 0.0,
     }
+    # the circle and the star are read as asked, the square is not found
+    assert scores.kind_fractions() == {"circle": 1.0, "square": 0.0, "star": 1.0}
+    scores.add(judge(_scene("black", ("circle", "red", "small", 0), ("circle", "blue", "large", 8)), reading))
+    assert scores.kind_fractions() == {"circle": 2 / 3, "square": 0.0, "star": 1.0}
 
 
 def test_each_found_shape_is_matched_once_preferring_place_then_colour_then_kind() -> None:

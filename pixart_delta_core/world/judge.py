@@ -186,17 +186,27 @@ class Scores:
 
     right: dict[str, int] = field(default_factory=dict)
     judged: dict[str, int] = field(default_factory=dict)
+    asked_kinds: dict[str, list[int]] = field(default_factory=dict)  # asked kind -> [read as it, asked]
 
     def add(self, verdict: Verdict) -> None:
         """Count one picture's verdict."""
         for attribute, right in [*verdict.marks(), ("picture", verdict.ok)]:
             self.right[attribute] = self.right.get(attribute, 0) + int(right)
             self.judged[attribute] = self.judged.get(attribute, 0) + 1
+        for shape in verdict.shapes:
+            tally = self.asked_kinds.setdefault(shape.asked.kind, [0, 0])
+            tally[0] += int(shape.right["kind"])
+            tally[1] += 1
 
     def fractions(self) -> dict[str, float]:
         """The fraction right per attribute (0..1), for those judged at least once."""
         order = (*PICTURE_ATTRIBUTES, *SHAPE_ATTRIBUTES, "picture")
         return {a: self.right[a] / self.judged[a] for a in order if self.judged.get(a)}
+
+    def kind_fractions(self) -> dict[str, float]:
+        """Per asked kind (KINDS' order, those asked at least once), the fraction of its prompted shapes read as
+        that kind (0..1): which kinds a model draws, where "kind" alone averages them."""
+        return {k: self.asked_kinds[k][0] / self.asked_kinds[k][1] for k in KINDS if k in self.asked_kinds}
 
     def as_dict(self) -> dict[str, dict[str, float | int]]:
         """attribute -> {"fraction", "right", "judged"}: what ``to_json`` writes."""

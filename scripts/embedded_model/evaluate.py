@@ -3,12 +3,13 @@
     python scripts/embedded_model/evaluate.py [--prompts 100] [--control-prompts 100] [--teacher FILE]
         [--autoencoder FILE]
 
-Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling
-of every model on it; the teacher with DPM-Solver++ at 20 and 4 steps, the LCM student at 1, 2 and 4 steps,
-int8 T5 and int8 transformer under the student, the ControlNet's overlap with its edge maps against the same
-prompts without it) and the time each took. The runs take the first ``--prompts`` held-out prompts, the
-ControlNet's the first ``--control-prompts``; 0 skips them. ``--teacher`` and ``--autoencoder`` measure other
-files (the model card's longer runs) in place of the shipped teacher and autoencoder.
+Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling of
+every model on it; the teacher with DPM-Solver++ at 20 and 4 steps, the LCM student at 1, 2 and 4 steps, int8
+T5 and int8 transformer under the student, the ControlNet's overlap with its edge maps against the same
+prompts without it), its scores per attribute and per asked kind, and the time each took. The runs take the
+first ``--prompts`` held-out prompts, the ControlNet's the first ``--control-prompts``; 0 skips them.
+``--teacher`` and ``--autoencoder`` measure other files (the model card's longer runs) in place of the shipped
+teacher and autoencoder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pixart_delta_core.demo.evaluation import (
 )
 from pixart_delta_core.pipeline.images import from_pil, to_pil
 from pixart_delta_core.vae.autoencoder import load_vae
+from pixart_delta_core.world.judge import Scores
 from pixart_delta_core.world.render import render
 from pixart_delta_core.world.scenes import Scene
 
@@ -77,18 +79,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def score_fields(scores: Scores) -> dict[str, object]:
+    """A row's scores: the fraction right per attribute, then per asked kind ("kinds"), rounded to 0.001."""
+    kinds = {k: round(v, 3) for k, v in scores.kind_fractions().items()}
+    return {**{k: round(v, 3) for k, v in scores.fractions().items()}, "kinds": kinds}
+
+
 def prompt_runs(scenes: list[Scene], args: argparse.Namespace) -> None:
     """The autoencoder's round trip, then each of ``RUNS``: one JSON line each."""
-    fractions = prompt_scores(round_trip(scenes, args.autoencoder), scenes).fractions()
+    scores = prompt_scores(round_trip(scenes, args.autoencoder), scenes)
     print(json.dumps({"run": "autoencoder round trip of the world's pictures", "prompts": len(scenes),
-                      **{k: round(v, 3) for k, v in fractions.items()}}), flush=True)  # fmt: skip
+                      **score_fields(scores)}), flush=True)  # fmt: skip
     for name, (transformer, sampler, steps, guidance, options) in RUNS.items():
         started = time.perf_counter()
         transformer = args.teacher if transformer == "shapes-teacher" else transformer
         pipeline = embedded_pipeline(transformer, args.autoencoder, **options)
         images = draw(pipeline, scenes, sampler=sampler, steps=steps, guidance=guidance)
-        fractions = prompt_scores(images, scenes).fractions()
-        print(json.dumps({"run": name, "prompts": len(scenes), **{k: round(v, 3) for k, v in fractions.items()},
+        scores = prompt_scores(images, scenes)
+        print(json.dumps({"run": name, "prompts": len(scenes), **score_fields(scores),
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
 
 
@@ -103,7 +111,7 @@ def control_runs(control: list[Scene], args: argparse.Namespace) -> None:
         started = time.perf_counter()
         images = draw(pipeline, control, control=with_control, **settings)
         print(json.dumps({"run": name, "prompts": len(control), "mean_iou": round(overlap(images, control).mean, 3),
-                          **{k: round(v, 3) for k, v in prompt_scores(images, control).fractions().items()},
+                          **score_fields(prompt_scores(images, control)),
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
 
 
