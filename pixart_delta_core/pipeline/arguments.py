@@ -1,4 +1,5 @@
-"""Generation arguments checked before any model loads: seeds, step counts, prompts, batch sizes, images, latents.
+"""Generation arguments checked before any model loads: seeds, step counts, prompts and negative prompts, batch sizes,
+images, latents.
 
 The pipeline (``generation``) and the ComfyUI sampler node call these first, so a bad argument costs no
 model load and gets an ``InputError`` naming the argument, what was expected and what was found.
@@ -6,6 +7,7 @@ model load and gets an ``InputError`` naming the argument, what was expected and
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,8 @@ from ..errors import InputError
 from ..models.lora import check_strength
 from ..pictures import bomb_pixels, to_rgb, upright_size
 from .resolution import MIN_SIDE, SIZE_MULTIPLE, Size, check_image_size, nearest_bin
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
 # Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
@@ -235,3 +239,27 @@ def check_size_to_draw(asked: Size, bins: tuple[Size, ...] | None, batch: int, s
             f"(--width and --height on the command line)"
         ) from None
     return size
+
+
+def negatives_to_encode(negatives: list[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:
+    """The negative prompts given (None: none), checked to be one per prompt; or None where they are not encoded (the
+    learned null caption, or no guidance at all), or the empty prompt for each prompt.
+
+    Without a negative prompt, guidance uses the model's learned null caption where the file has one
+    (the reference), else the empty prompt encoded by T5 (diffusers' unconditional input).
+    """
+    if negatives is not None and not guided:
+        log.warning("a negative prompt only acts with guidance above 1: it is ignored")
+        return None
+    if negatives is None:
+        if not guided:
+            return None
+        if null_caption:
+            log.info("unconditional input: the model's learned null caption (no negative prompt given)")
+            return None
+        log.info("unconditional input: the empty prompt (the model file has no learned null caption)")
+        return [""] * count
+    log.info("unconditional input: the negative prompt")
+    if len(negatives) != count:
+        raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
+    return negatives

@@ -45,6 +45,7 @@ from .arguments import (
     check_steps,
     lora_specs,
     named_image,
+    negatives_to_encode,
     opened_image,
 )
 from .images import INIT_IMAGE_SIZE, asked_size, init_sets_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
@@ -277,7 +278,7 @@ class PixArtPipeline:
             self._check_controlnet(transformer_config)
         if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
             check_encodes(vae)
-        negatives = _negatives(negatives, len(prompts), settings.guided, transformer_config.null_caption)
+        negatives = negatives_to_encode(negatives, len(prompts), settings.guided, transformer_config.null_caption)
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
         from_init = init_sets_size(height, width, init_size)
@@ -350,30 +351,6 @@ def _lcm_timesteps(name: str) -> LcmTimesteps:
         return LcmTimesteps(name)
     except ValueError:
         raise InputError(f"unknown LCM timesteps {name!r}: expected 'reference' or 'diffusers'") from None
-
-
-def _negatives(negatives: list[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:
-    """The negative prompts given (None: none), checked to be one per prompt; or None where they are not encoded (the
-    learned null caption, or no guidance at all), or the empty prompt for each prompt.
-
-    Without a negative prompt, guidance uses the model's learned null caption where the file has one
-    (the reference), else the empty prompt encoded by T5 (diffusers' unconditional input).
-    """
-    if negatives is not None and not guided:
-        log.warning("a negative prompt only acts with guidance above 1: it is ignored")
-        return None
-    if negatives is None:
-        if not guided:
-            return None
-        if null_caption:
-            log.info("unconditional input: the model's learned null caption (no negative prompt given)")
-            return None
-        log.info("unconditional input: the empty prompt (the model file has no learned null caption)")
-        return [""] * count
-    log.info("unconditional input: the negative prompt")
-    if len(negatives) != count:
-        raise InputError(f"{len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
-    return negatives
 
 
 def generate(
