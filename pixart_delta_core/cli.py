@@ -6,12 +6,11 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_progress import progress, stages
 from .cli_types import Parser
 from .demo.embedded_files import MODELS, by_name, embedded_model, names_for
 from .errors import CheckpointError, InputError, PixArtDeltaError
@@ -224,7 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     control = None
     if args.control_image is not None:
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
-    with _progress() as on_step, _stages() as on_stage:
+    with progress() as on_step, stages() as on_stage:
         result = pipeline(
             args.prompt,
             negative_prompt=args.negative_prompt,
@@ -261,55 +260,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         size = f"{first.width}x{first.height}{source}, generated at {result.size[1]}x{result.size[0]}"
         print(f"wrote {path} ({size}{'; replaced an earlier file' * replaced})")
     return 0
-
-
-_STAGES = {
-    "text": "loading T5 and encoding the prompts",
-    "images": "loading the VAE and encoding the init/control image",
-    "denoise": "loading the transformer and denoising",
-    "decode": "loading the VAE and decoding",
-}
-
-
-@contextmanager
-def _stages():
-    """An ``on_stage`` callback printing one line per stage on stderr, and how long the previous one took."""
-    started: list[tuple[str, float]] = []
-
-    def on_stage(name: str) -> None:
-        now = time.perf_counter()
-        if started:
-            print(f"  {started[-1][0]}: {now - started[-1][1]:.1f} s", file=sys.stderr, flush=True)
-        if name in _STAGES:
-            print(f"{_STAGES[name]}...", file=sys.stderr, flush=True)
-            started.append((_STAGES[name], now))
-        else:
-            started.clear()
-
-    yield on_stage
-
-
-@contextmanager
-def _progress():
-    """A progress bar over the denoising steps, as an ``on_step`` callback."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def on_step(done: int, total: int, latents: object) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="denoising", unit="step")
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            bar = None
-
-    try:
-        yield on_step
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
