@@ -111,12 +111,12 @@ def _guided(args: argparse.Namespace) -> bool:
 
 def check_generate(args: argparse.Namespace) -> Size | None:
     """What ``generate`` can check before any model loads, all before anything is written: files, the images' sizes,
-    option pairs, the sampling options, the device, the output. Returns the init image's (height, width) from its
-    header, or None."""
+    option pairs, the sampling options, the prompts and seed, the device, the output. Returns the init image's
+    (height, width) from its header, or None."""
     from .devices import device_option
     from .file_kinds import exists, file_kind
     from .pipeline.arguments import check_images
-    from .pipeline.cli import DEFAULT_OUT, check_sampling
+    from .pipeline.cli import DEFAULT_OUT, check_sampling, check_texts_and_seed
     from .pipeline.outputs import check_output
 
     named = {"--transformer": args.transformer, "--t5": args.t5, "--vae": args.vae, "--tokenizer": args.tokenizer}
@@ -156,6 +156,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
             f"embedded one is shapes-controlnet)"
         )
     check_sampling(args)  # --steps, --lcm-timesteps, the control window
+    check_texts_and_seed(args)
     device_option(args.device)
     check_output(args.out or DEFAULT_OUT, len(args.prompt), args.batch, keep_earlier=args.out is None)
     return init_size
@@ -214,15 +215,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         hints=detection_hints(args),
     )
     check_size(args, init_size, pipeline.transformer_checkpoint.config)  # its training resolution sets the bins
+    control = None
+    if args.control_image is not None:  # its strength is checked here
+        control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
+    pipeline.check_files(control is not None, args.init_image is not None or control is not None)  # from headers
     warn_outside_the_world(args.transformer, args.prompt)
     if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
         warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
     warn_untrained_size(args.transformer, args.height, args.width, init_size)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
-    control = None
-    if args.control_image is not None:
-        control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
     with progress() as on_step, stages() as on_stage:
         result = pipeline(
             args.prompt,

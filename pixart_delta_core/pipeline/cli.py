@@ -55,6 +55,17 @@ def check_sampling(args: argparse.Namespace) -> None:
     check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
 
 
+def check_texts_and_seed(args: argparse.Namespace) -> None:
+    """``generate``'s prompts, negative prompt and seed, refused now as the run would refuse them (a lone surrogate
+    from a mis-decoded argument; a seed beyond 2^64 - 1), before any warning."""
+    from .arguments import check_prompts, check_seed
+
+    check_prompts(args.prompt)
+    if args.negative_prompt is not None:
+        check_prompts([args.negative_prompt], "negative prompt")
+    check_seed(args.seed)
+
+
 def check_size(args: argparse.Namespace, init_size: Size | None, config: TransformerConfig) -> None:
     """The size ``generate`` will draw, refused now as the pipeline would refuse it (``check_size_to_draw``), before
     any model loads and any warning, naming the options it came from: --width and --height (the model's training

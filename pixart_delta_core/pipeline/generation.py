@@ -105,6 +105,7 @@ class PixArtPipeline:
     lora_controlnet: bool = False  # the ControlNet's copies also take the LoRAs of the base blocks they copy
     hints: Mapping[str, Any] | None = None  # what detection cannot read from the transformer's weights
     _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _checked: set[tuple[bool, bool]] = field(default_factory=set, init=False, repr=False)  # check_files'
 
     def __post_init__(self) -> None:
         self.device = pick_device(self.device)
@@ -167,6 +168,26 @@ class PixArtPipeline:
                 f"a control image needs a ControlNet: give --controlnet FILE on the command line (controlnet= in "
                 f"Python); the transformer file {Path(self.transformer).name} holds none"
             ) from None
+
+    def check_files(self, control: bool = False, encodes: bool = False) -> None:
+        """Refuse now, from the files (their headers and keys; no model is built), a T5 or tokenizer, LoRA, VAE or
+        ControlNet of another kind or that does not fit the transformer: the ControlNet too where ``control``, and
+        a VAE that cannot encode images where ``encodes``. Raises InputError or CheckpointError.
+
+        Runs once per pipeline for the same ``control`` and ``encodes`` (a .pth file is read whole to be
+        recognised): the command line calls it before its warnings, and the run finds it done."""
+        if (control, encodes) in self._checked:
+            return
+        t5 = inspect_t5(self.t5)  # its kind first, from its header; then its tokenizer, given or found beside it
+        check_tokenizer_fits(self.text_tokenizer, t5)
+        self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files
+        base = self.transformer_checkpoint.config
+        vae = inspect_vae(self.vae, vae_defaults_for(base))  # the VAE's kind too, though it runs last
+        if control:  # a ControlNet that is missing or does not fit
+            self._check_controlnet(base)
+        if encodes:  # a TAESD decoder alone cannot encode an init or control image
+            check_encodes(vae)
+        self._checked.add((control, encodes))
 
     def load_transformer(self) -> PixArtTransformer:
         def load() -> PixArtTransformer:
@@ -269,15 +290,8 @@ class PixArtPipeline:
         )
         if strength != 1.0 and init_image is None:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
-        t5 = inspect_t5(self.t5)  # a file of another kind is refused now, from its header, not after the long stages
-        check_tokenizer_fits(self.text_tokenizer, t5)  # then its tokenizer, given or found beside it, is read
-        self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files before the long stages
+        self.check_files(control is not None, init_image is not None or control is not None)  # before T5 runs
         transformer_config = self.transformer_checkpoint.config
-        vae = inspect_vae(self.vae, vae_defaults_for(transformer_config))  # the VAE's kind too, though it runs last
-        if control is not None:  # a ControlNet that is missing or does not fit is found now, before T5 runs
-            self._check_controlnet(transformer_config)
-        if init_image is not None or control is not None:  # a VAE that cannot encode them is refused before T5
-            check_encodes(vae)
         negatives = negatives_to_encode(negatives, len(prompts), settings.guided, transformer_config.null_caption)
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
