@@ -58,7 +58,8 @@ def sniff_format(path: Path) -> CheckpointFormat:
     archive: a zip local file header (``PK\\x03\\x04``). A legacy PyTorch file: a pickle protocol opcode
     (``\\x80`` then 2 to 5), when the bytes are not a safetensors header (a header length's low byte
     can be 0x80). The name is never looked at: a ``.pth`` renamed ``.safetensors`` reads as the ``.pth``
-    it is. Raises ``CheckpointError`` saying what the first bytes look like for anything else.
+    it is. Raises ``CheckpointError`` for anything else, saying what it is where it is a well-known kind (a
+    picture, a compressed file, JSON text), else what its first bytes look like.
     """
     check_regular_file(path)
     with reading(path), open(path, "rb") as f:
@@ -72,10 +73,40 @@ def sniff_format(path: Path) -> CheckpointFormat:
         return CheckpointFormat.TORCH_ZIP
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return CheckpointFormat.TORCH_LEGACY
-    raise CheckpointError(
-        f"{printable_path(path)}: not a checkpoint: {_looks_like(head, size)}; expected a .safetensors file "
-        f"(an 8-byte header length, then a JSON header) or a PyTorch .pth/.bin file (a zip archive or a pickle)"
-    )
+    raise CheckpointError(f"{printable_path(path)}: {_not_a_checkpoint(head, size)}; {EXPECTED}")
+
+
+EXPECTED = (
+    "expected a .safetensors file (an 8-byte header length, then a JSON header) or a PyTorch .pth/.bin file (a zip "
+    "archive or a pickle)"
+)
+"""What a checkpoint file is, for the errors about a file that is none."""
+
+# Files often given for a checkpoint by mistake, by their magic numbers: (the first bytes, the bytes from the 9th on,
+# what the file is, how a checkpoint inside it is got at).
+_KNOWN_KINDS = (
+    (b"\x89PNG\r\n\x1a\n", b"", "a PNG picture", ""),
+    (b"\xff\xd8\xff", b"", "a JPEG picture", ""),
+    (b"GIF8", b"", "a GIF picture", ""),
+    (b"RIFF", b"WEBP", "a WebP picture", ""),  # "RIFF", a length, then the kind: a RIFF file of another is not named
+    (b"II*\x00", b"", "a TIFF picture", ""),
+    (b"MM\x00*", b"", "a TIFF picture", ""),
+    (b"%PDF-", b"", "a PDF document", ""),
+    (b"\x1f\x8b\x08", b"", "a gzip-compressed file", "decompress"),
+    (b"\xfd7zXZ\x00", b"", "an xz-compressed file", "decompress"),
+    (b"7z\xbc\xaf\x27\x1c", b"", "a 7-Zip archive", "extract"),
+)
+
+
+def _not_a_checkpoint(head: bytes, size: int) -> str:
+    """What the file whose first bytes are ``head`` (of ``size`` in all) is, when it is no checkpoint: a well-known
+    kind by name ("a PNG picture, not a checkpoint"), else what its bytes look like ("not a checkpoint: ...")."""
+    for first, then, what, unpack in _KNOWN_KINDS:
+        if head.startswith(first) and head[8:].startswith(then):
+            return f"{what}, not a checkpoint" + (f" ({unpack} it first if a checkpoint is inside)" if unpack else "")
+    if head.lstrip()[:1] in (b"{", b"[") and b"\x00" not in head[:8]:  # a header length of 8 text bytes is > 2^56
+        return f"JSON text ({head.decode('utf-8', 'backslashreplace')!r}...), perhaps a config, not a checkpoint"
+    return f"not a checkpoint: {_looks_like(head, size)}"
 
 
 def _looks_like(head: bytes, size: int) -> str:

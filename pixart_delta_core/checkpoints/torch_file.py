@@ -22,7 +22,7 @@ import torch
 
 from ..errors import CheckpointError, first_line
 from ..memory import release_pages
-from .formats import CheckpointFormat, sniff_format
+from .formats import EXPECTED, CheckpointFormat, sniff_format
 from .sources import TensorSource, printable_path, reading, unreadable_tensor
 from .torch_pickle import DryRun, check_views, view_names
 
@@ -82,7 +82,8 @@ class TorchFileSource(TensorSource):
 
 
 def check_zip_archive(path: Path) -> None:
-    """Raise ``CheckpointError`` unless every member of the archive is stored whole with its CRC intact.
+    """Raise ``CheckpointError`` unless every member of the archive is stored whole with its CRC intact (and for
+    an archive without a ``data.pkl``: a zip file PyTorch did not write, named as such).
 
     torch writes members uncompressed; reading each one through ``zipfile`` checks its local header
     against the directory, its length against the file and its CRC-32 against its bytes. Then every
@@ -94,6 +95,12 @@ def check_zip_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
             names = [m.filename for m in members]
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):  # an archive torch did not write
+                files = sum(not m.is_dir() for m in members)
+                raise CheckpointError(
+                    f"{name}: a zip archive, not a checkpoint: none of its {files} files is a PyTorch state dict "
+                    f"(data.pkl); {EXPECTED}"
+                )
             if len(set(names)) != len(names):
                 raise CheckpointError(f"{name}: damaged PyTorch archive: a member name appears twice")
             for member in members:
