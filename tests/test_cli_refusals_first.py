@@ -35,7 +35,7 @@ def where(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-NOT_A_CHECKPOINT = "not a checkpoint"
+NOT_A_CHECKPOINT = "a PNG picture, not a checkpoint"
 CONTROL = ("--control-image", "{picture}")
 
 
