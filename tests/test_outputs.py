@@ -3,7 +3,10 @@ cannot be written is refused before any work."""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,60 @@ def test_generate_without_out_replaces_no_earlier_picture(tmp_path: Path, monkey
     ]
     assert [line.endswith("; replaced an earlier file)") for line in lines] == [False, False, True]
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["pixart-1.png", "pixart.png"]
+
+
+# --- the free name is claimed, not only looked at: runs at the same instant take different names ------------------
+
+
+def test_a_name_taken_between_the_look_and_the_save_is_passed_over(tmp_path: Path, monkeypatch) -> None:
+    """Another run writes the free name just after this one looked: this one takes the next, replacing nothing."""
+    image, record = Image.new("RGB", (48, 32)), RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {})
+    out, looked = tmp_path / "x.png", []
+    lexists = os.path.lexists
+
+    def look(path) -> bool:  # the other run's picture appears right after the first look at x.png
+        free = lexists(path)
+        if Path(path) == out and not looked:
+            looked.append(path)
+            out.write_bytes(b"the other run's picture")
+        return free
+
+    monkeypatch.setattr(os.path, "lexists", look)
+    assert save_images([image], out, record, keep_earlier=True) == [(tmp_path / "x-1.png", False)]
+    assert looked and out.read_bytes() == b"the other run's picture"
+
+
+def test_runs_saving_at_the_same_instant_write_each_its_own_files(tmp_path: Path) -> None:
+    record = RunRecord(["a fox", "a cat"], None, 0, 4, "lcm", 0.0, (32, 48), {})
+    runs = 8
+    start = threading.Barrier(runs)
+
+    def run(seed: int) -> list[Path]:
+        images = [Image.new("RGB", (48, 32), (seed, 0, 0)), Image.new("RGB", (48, 32), (seed, 1, 0))]
+        start.wait()
+        return [written.path for written in save_images(images, tmp_path / "x.png", record, keep_earlier=True)]
+
+    with ThreadPoolExecutor(runs) as pool:
+        written = list(pool.map(run, range(runs)))
+    stems = sorted(paths[0].name for paths in written)
+    assert stems == sorted(["x-p0-0.png", *(f"x-{n}-p0-0.png" for n in range(1, runs))])
+    for seed, paths in enumerate(written):  # each run's files hold its own pictures
+        assert [Image.open(p).getpixel((0, 0)) for p in paths] == [(seed, 0, 0), (seed, 1, 0)]
+
+
+def test_a_save_that_fails_leaves_no_claimed_name_behind(tmp_path: Path, monkeypatch) -> None:
+    images = [Image.new("RGB", (48, 32)), Image.new("RGB", (48, 32))]
+    record = RunRecord(["a fox"], None, 0, 4, "lcm", 0.0, (32, 48), {})
+    save = Image.Image.save
+    calls = []
+
+    def fail_second(self, fp, *args, **kwargs) -> None:
+        calls.append(fp)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", fail_second)
+    with pytest.raises(OSError, match="No space left"):
+        save_images(images, tmp_path / "x.png", record, keep_earlier=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-p0-0.png"]  # the first, written whole

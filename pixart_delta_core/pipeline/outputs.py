@@ -149,11 +149,57 @@ def output_paths(out: Path, prompts: int, per_prompt: int) -> list[Path]:
 def free_output(out: Path, prompts: int, per_prompt: int) -> Path:
     """``out``, else the first of ``x-1.png``, ``x-2.png``... where none of the files ``output_paths`` names is
     there yet: the output of a run that replaces no earlier picture (all its images under one free stem)."""
-    candidate, n = out, 0
-    while any(os.path.lexists(path) for path in output_paths(candidate, prompts, per_prompt)):
+    return _numbered(out, _first_free(out, prompts, per_prompt))
+
+
+def claim_free_output(out: Path, prompts: int, per_prompt: int) -> list[Path]:
+    """The files ``output_paths`` names under ``free_output``'s stem, claimed: each made, empty, by an exclusive
+    create, so that a run saving at the same instant that looked at the same free stem takes the next one. A stem
+    where any file appeared after the look is given up (its files made so far removed) for the next free one."""
+    n = 0
+    while True:
+        n = _first_free(out, prompts, per_prompt, n)
+        paths = output_paths(_numbered(out, n), prompts, per_prompt)
+        if _claim(paths):
+            return paths
         n += 1
-        candidate = out.with_name(f"{out.stem}-{n}{out.suffix}")
-    return candidate
+
+
+def _numbered(out: Path, n: int) -> Path:
+    """``x.png`` for 0, else ``x-{n}.png``."""
+    return out if n == 0 else out.with_name(f"{out.stem}-{n}{out.suffix}")
+
+
+def _first_free(out: Path, prompts: int, per_prompt: int, start: int = 0) -> int:
+    """The first ``n`` from ``start`` where no file ``output_paths`` names under ``_numbered(out, n)`` is there (a
+    dangling link, a folder: taken)."""
+    n = start
+    while any(os.path.lexists(path) for path in output_paths(_numbered(out, n), prompts, per_prompt)):
+        n += 1
+    return n
+
+
+def _claim(paths: list[Path]) -> bool:
+    """Make each of ``paths``, empty, by an exclusive create (atomic: of two runs making one name, one fails); True
+    when all were made. Where one is there already, False; on another error, the error. Either way those made are
+    removed."""
+    made: list[Path] = []
+    try:
+        for path in paths:
+            open(path, "xb").close()  # made and closed: the save writes it
+            made.append(path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if len(made) < len(paths):
+            _remove(made)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 class Written(NamedTuple):
@@ -168,20 +214,26 @@ def save_images(
 ) -> list[Written]:
     """Write each image (PNGs with their ``parameters`` chunk), making ``out``'s folder if missing; what was written,
     in order. An earlier file of a name is replaced, unless ``keep_earlier``: then the names are ``free_output``'s,
-    picked as the images are written."""
+    claimed as the images are written (``claim_free_output``: two runs at the same instant write different files),
+    and a save that fails leaves none of the claimed names it did not write."""
     per_prompt = len(images) // len(record.prompts)
-    if keep_earlier:
-        out = free_output(out, len(record.prompts), per_prompt)
-    paths = output_paths(out, len(record.prompts), per_prompt)
     make_output_folder(out)
-    written = []
-    for index, (path, image) in enumerate(zip(paths, images, strict=True)):
-        options = {}
-        if path.suffix.lower() == ".png":
-            info = PngInfo()
-            info.add_text("parameters", record.parameters(index // per_prompt, index % per_prompt))
-            options["pnginfo"] = info
-        replaced = os.path.lexists(path)
-        image.save(path, **options)
-        written.append(Written(path, replaced))
+    if keep_earlier:
+        paths = claim_free_output(out, len(record.prompts), per_prompt)
+    else:
+        paths = output_paths(out, len(record.prompts), per_prompt)
+    written: list[Written] = []
+    try:
+        for index, (path, image) in enumerate(zip(paths, images, strict=True)):
+            options = {}
+            if path.suffix.lower() == ".png":
+                info = PngInfo()
+                info.add_text("parameters", record.parameters(index // per_prompt, index % per_prompt))
+                options["pnginfo"] = info
+            replaced = not keep_earlier and os.path.lexists(path)  # a claimed name is this run's own
+            image.save(path, **options)
+            written.append(Written(path, replaced))
+    finally:
+        if keep_earlier and len(written) < len(paths):
+            _remove(paths[len(written) :])
     return written
