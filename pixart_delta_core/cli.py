@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .cli_progress import progress, stages
 from .cli_types import Parser
-from .demo.embedded_files import MODELS, by_name, embedded_model, names_for
+from .demo.embedded_files import MODELS, by_name, embedded_model, names_for, shadowed
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 if TYPE_CHECKING:
@@ -32,8 +32,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
     inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae))
-    failed = 0
+    failed, noted = 0, set()
     for given in args.files:  # every file is told; the bad ones are named where they come, with a failing exit
+        if (note := shadowed(given)) is not None and note not in noted:  # once for a name given twice
+            noted.add(note)
+            log.warning(note)
         try:
             path = by_name(given)
             detected, what = _first_that_reads(path, inspectors)
@@ -63,14 +66,16 @@ def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
     raise first
 
 
-def embedded_names(args: argparse.Namespace, *options: str) -> None:
-    """Put the embedded models' files for their names in ``options`` (``by_name``; a list takes any kind)."""
+def embedded_names(args: argparse.Namespace, *options: str) -> list[str]:
+    """Put the embedded models' files for their names in ``options`` (``by_name``: the values as typed, so that
+    ``./shapes-lcm`` is a path); the notes of the files here those names pass over (``shadowed``), for the caller
+    to give after its checks."""
+    notes = []
     for option in options:
-        value = getattr(args, option)
-        if isinstance(value, list):
-            setattr(args, option, [by_name(v) for v in value])
-        elif value is not None:
+        if (value := getattr(args, option)) is not None:
+            notes.append(shadowed(value, f"--{option}"))
             setattr(args, option, by_name(value, f"--{option}"))
+    return [note for note in notes if note is not None]
 
 
 def warn_outside_the_world(transformer: Path, prompts: list[str], what: str = "prompt") -> None:
@@ -196,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
     from .pipeline.outputs import RunRecord, save_images
 
-    embedded_names(args, "transformer", "t5", "vae", "controlnet")
+    notes = embedded_names(args, "transformer", "t5", "vae", "controlnet")
     init_size = check_generate(args)  # every refusal, then the warnings, then the load
     pipeline = PixArtPipeline(  # loads nothing: its transformer's header is read once, for check_size and the run
         args.transformer,
@@ -219,6 +224,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.control_image is not None:  # its strength is checked here
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
     pipeline.check_files(control is not None, args.init_image is not None or control is not None)  # from headers
+    for note in notes:  # an embedded model's name that a file here also has
+        log.warning(note)
     warn_outside_the_world(args.transformer, args.prompt)
     if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
         warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
@@ -296,8 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument(
         "files",
-        nargs="+",
-        type=Path,
+        nargs="+",  # as typed, not Path: "./shapes-lcm" is a path, "shapes-lcm" the embedded model (by_name)
         help=f"checkpoint files, diffusers or HF T5 folders, or the embedded models' names ({', '.join(MODELS)})",
     )
     info.set_defaults(run=cmd_info)

@@ -1,5 +1,6 @@
 """The embedded model's files and the names a user gives them by (``shapes-lcm``...), both ways: a name to its
-file (``embedded_path``, ``by_name``) and a file to its name (``embedded_model``).
+file (``embedded_path``, ``by_name``, with ``shadowed`` for a file here of that name) and a file to its name
+(``embedded_model``).
 
 Plain paths and names, no torch: the command line's parser lists the names in its help without loading the engine.
 """
@@ -46,16 +47,25 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     """``value`` given to the command line's ``option`` (``--vae``...; None: a command taking every kind, as
     ``info``) as a path: the file of the embedded model of that name, else ``value`` itself.
 
-    An embedded model is also taken by its file's name, with or without its extension (``shapes-edges``, as
-    ComfyUI lists it), when no file of that name is here. Raises InputError for a bare name (no folder in it,
-    no file here) that is no embedded model of a kind ``option`` takes: the error lists those it takes and, for
-    another kind's model (given by its name or its file's), says how to give that model."""
+    An embedded model's own name is that model even where a file or folder of that name is here (``shadowed``
+    says so); a path spelling (``./shapes-lcm``, an absolute path) is always a path. An embedded model is also taken
+    by its file's name, with or without its extension (``shapes-edges``, as ComfyUI lists it), when no file of that
+    name is here. Raises InputError for a bare name (no folder in it, no file here) that is no embedded model of a
+    kind ``option`` takes: the error lists those it takes and, for another kind's model (given by its name or its
+    file's), says how to give that model; and for a path spelling of an embedded model's name where no file is."""
     name = str(value)
-    takes = [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
+    takes = _takes(option)
     found = next((model for model in MODELS if name in _names(model)), None)
     kind = None if found is None else _kind(found)
     if found == name and kind in takes:
         return embedded_path(name)
+    if Path(name).name != name and not exists(Path(name)) and Path(name).parent == Path("."):
+        bare = next((m for m in MODELS if _kind(m) in takes and Path(name).name in _names(m)), None)
+        if bare is not None:  # "./shapes-lcm" reads as "shapes-lcm" in every later message: say which is which
+            raise InputError(
+                f"{f'{option} ' if option else ''}{name}: no such file or folder here; {Path(name).name} alone is "
+                f"the pack's embedded {KINDS[_kind(bare)]}"
+            )
     if Path(name).name != name or exists(Path(name)):
         return Path(value)
     if found is not None and kind in takes:
@@ -71,6 +81,25 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")
     said.append(f"the pack's embedded {what} {'are:' if several else 'is'} {', '.join(listed)}")
     raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
+
+
+def shadowed(value: str | Path, option: str | None = None) -> str | None:
+    """A note for ``value`` given to ``option`` (None: every kind, as ``info``) when it is an embedded model's own
+    name that ``option`` takes and a file or folder of that name is here too, which ``by_name`` passes over for the
+    embedded model: what is used, and how to give the one here. None otherwise."""
+    name = str(value)
+    if name not in MODELS or _kind(name) not in _takes(option) or not exists(Path(name)):
+        return None
+    what = "folder" if Path(name).is_dir() else "file"
+    return (
+        f"{f'{option} ' if option else ''}{name} is the pack's embedded {KINDS[_kind(name)]}: using it, not the "
+        f"{what} ./{name} here (give ./{name} to use that {what})"
+    )
+
+
+def _takes(option: str | None) -> list[str]:
+    """The sub-folders of ``FOLDER`` (keys of ``KINDS``) whose models ``option`` takes; None: all of them."""
+    return [kind for kind, flag in OPTIONS.items() if option in (None, flag)]
 
 
 def _kind(model: str) -> str:

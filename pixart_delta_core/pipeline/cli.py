@@ -149,19 +149,19 @@ def add_generate_parser(
         description="Text (and optionally an init or control image) to images. Every file, the output and the "
         "device are checked before any model loads.",
     )
+    # The options that take an embedded model's name keep the text as typed, not a Path: "./shapes-lcm" is a path,
+    # "shapes-lcm" the embedded model (the caller's by_name makes each a path).
     files = gen.add_argument_group("model files (any layout the engine reads)")
     files.add_argument(
         "--transformer",
-        type=Path,
         required=True,
         help=f"PixArt transformer file or diffusers folder{or_embedded('--transformer')}",
     )
     files.add_argument(
-        "--t5", type=Path, required=True, help=f"T5 encoder: single file or HF/diffusers folder{or_embedded('--t5')}"
+        "--t5", required=True, help=f"T5 encoder: single file or HF/diffusers folder{or_embedded('--t5')}"
     )
     files.add_argument(
         "--vae",
-        type=Path,
         required=True,
         help="VAE: LDM single file or diffusers folder; TAESD: ComfyUI's file, the taesd_encoder and taesd_decoder "
         f"files or diffusers folder{or_embedded('--vae')}",
@@ -169,7 +169,6 @@ def add_generate_parser(
     files.add_argument("--tokenizer", type=Path, help="T5 tokenizer folder (default: beside --t5)")
     files.add_argument(
         "--controlnet",
-        type=Path,
         help=f"ControlNet file (default: --transformer's, if it has one){or_embedded('--controlnet')}",
     )
     gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
