@@ -65,7 +65,7 @@ def test_a_zip_archive_holding_no_state_dict_is_named(tmp_path: Path, capsys) ->
     path.write_bytes(plain_zip())
     assert main(["info", str(path)]) == 1
     err = capsys.readouterr().err
-    said = "a zip archive, not a checkpoint: none of its 2 files is a PyTorch state dict (data.pkl)"
+    said = "a zip archive of 2 files, not a checkpoint: no PyTorch state dict (data.pkl) in it"
     assert err.startswith(f"error: {path}: {said}")
     assert EXPECTED in err
 

@@ -98,8 +98,8 @@ def check_zip_archive(path: Path) -> None:
             if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):  # an archive torch did not write
                 files = sum(not m.is_dir() for m in members)
                 raise CheckpointError(
-                    f"{name}: a zip archive, not a checkpoint: none of its {files} files is a PyTorch state dict "
-                    f"(data.pkl); {EXPECTED}"
+                    f"{name}: a zip archive of {files} file{'s' * (files != 1)}, not a checkpoint: no PyTorch state "
+                    f"dict (data.pkl) in it; {EXPECTED}"
                 )
             if len(set(names)) != len(names):
                 raise CheckpointError(f"{name}: damaged PyTorch archive: a member name appears twice")
