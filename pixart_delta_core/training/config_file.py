@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 import sys
 import types
 import typing
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..file_kinds import file_kind
 from .config import SECTIONS, Method, TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,34 @@ def load_config(path: str | Path, method: Method | str | None = None) -> Trainin
     path = Path(path)
     tomllib = toml_reader()
     try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"training config {path} does not exist") from None
+        table = tomllib.loads(_config_text(path))
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"training config {path} is not valid TOML: {err}") from None
     return config_from_dict(table, method, root=path.parent)
+
+
+def _config_text(path: Path) -> str:
+    """The text of the config file at ``path``, or an ``InputError`` saying why it cannot be one: absent, not a
+    regular file (a folder; a FIFO or device would block ``open`` forever), unreadable, or not UTF-8 text."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"training config {path} does not exist") from None
+    except OSError as err:
+        raise InputError(f"training config {path}: cannot look at it ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"training config {path}: expected a TOML file, found {file_kind(mode)}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"training config {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"training config {path}: expected UTF-8 TOML text, found a byte 0x{data[err.start]:02x} at offset "
+            f"{err.start} that is not UTF-8 (save the file as UTF-8)"
+        ) from None
 
 
 def config_from_dict(
