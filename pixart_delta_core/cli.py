@@ -141,10 +141,8 @@ def check_generate(args: argparse.Namespace) -> Size | None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
     if args.strength is not None and args.init_image is None:
         raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
-    if args.out is not None and args.out.exists():
-        for option, image in (("--init-image", args.init_image), ("--control-image", args.control_image)):
-            if image is not None and args.out.resolve() == image.resolve():
-                raise InputError(f"--out {args.out} is the {option}: the picture would replace it; give another --out")
+    if args.out is not None:
+        _check_out_keeps_inputs(args)
     if not 0.0 <= args.control_start < args.control_end <= 1.0:
         raise InputError(
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
@@ -165,6 +163,21 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     device_option(args.device)
     check_output(args.out or DEFAULT_OUT, len(args.prompt), args.batch, keep_earlier=args.out is None)
     return init_size
+
+
+def _check_out_keeps_inputs(args: argparse.Namespace) -> None:
+    """Refuse an --out any of whose names (``x.png``, or the numbered ``x-p0-1.png``... of a batch or several
+    prompts) is the init or control image: the run would replace the picture it reads."""
+    from .pipeline.outputs import output_paths
+
+    inputs = {"--init-image": args.init_image, "--control-image": args.control_image}
+    for path in output_paths(args.out, len(args.prompt), args.batch):
+        for option, image in inputs.items():
+            if image is not None and path.exists() and path.resolve() == image.resolve():
+                which = "" if path == args.out else f" writes {path}, which"
+                raise InputError(
+                    f"--out {args.out}{which} is the {option}: the picture would replace it; give another --out"
+                )
 
 
 def warn_untrained_size(transformer: Path, height: int | None, width: int | None, init_size: Size | None) -> None:

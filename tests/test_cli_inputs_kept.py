@@ -1,0 +1,40 @@
+"""``generate`` keeps what the user gave: no output name is an input picture or a link into another file, every
+--negative-prompt given acts, and an option for a part the run does not have is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pixart_delta_core.cli import main
+
+
+def run(capsys, tmp_path: Path, *extra: str, prompts: tuple[str, ...] = ("a fox",)) -> str:
+    """``generate`` with the embedded models and ``extra``, refused: its one-line error."""
+    argv = ["generate", "--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
+    argv += [item for prompt in prompts for item in ("--prompt", prompt)]
+    assert main([*argv, *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("option", "extra", "prompts", "written"),
+    [
+        ("--init-image", ("--batch", "2"), ("a fox",), "q-p0-1.png"),
+        ("--init-image", (), ("a fox", "a cat"), "q-p1-0.png"),
+        ("--control-image", ("--controlnet", "shapes-controlnet", "--batch", "2"), ("a fox",), "q-p0-0.png"),
+    ],
+)
+def test_no_numbered_output_name_is_an_input_picture(
+    tmp_path: Path, nothing_loads, capsys, option: str, extra: tuple, prompts: tuple, written: str
+) -> None:
+    picture = tmp_path / written
+    Image.new("RGB", (128, 128), "red").save(picture)
+    before = picture.read_bytes()
+    err = run(capsys, tmp_path, option, str(picture), "--out", str(tmp_path / "q.png"), *extra, prompts=prompts)
+    assert f"writes {picture}, which is the {option}: the picture would replace it" in err, err
+    assert picture.read_bytes() == before
