@@ -9,8 +9,23 @@ from pathlib import Path
 import pytest
 
 from pixart_delta_core.cli import main
+from pixart_delta_core.training.config_file import config_from_dict
+from tests.test_training_data import run_table, tiny_setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    return tiny_setup(tmp_path_factory.mktemp("refusals"), control=False)
+
+
+def _config(setup: dict, tmp_path: Path, output: Path, method: str = "base", **model: str) -> Path:
+    table = run_table(setup, output, batch_size=2, steps=1)
+    table["model"] = {**table["model"], **model}
+    path = tmp_path / "run.toml"
+    path.write_text(config_from_dict(table, method).to_toml())
+    return path
 
 
 def _refused(argv: list[str], capsys) -> str:
@@ -40,3 +55,15 @@ def test_a_config_that_is_no_readable_utf8_file_is_refused_in_one_line(tmp_path,
 
     monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 000 does not stop root
     assert "cannot read it (Permission denied)" in _refused(["train", "lora", "--config", str(locked)], capsys)
+
+
+def test_an_output_that_cannot_be_made_is_refused_before_the_cache(setup, tmp_path, capsys) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for output, said in ((taken, f"{taken} is a regular file"), (taken / "run", f"{taken} is a regular file")):
+        config = _config(setup, tmp_path, output)
+        assert said in _refused(["train", "base", "--config", str(config)], capsys)
+    if Path("/proc/self").exists():
+        config = _config(setup, tmp_path, Path("/proc/pixart-delta-run"))
+        assert "no folder can be created in /proc" in _refused(["train", "base", "--config", str(config)], capsys)
+    assert not list(tmp_path.glob(".pixart-delta-check-*"))

@@ -5,10 +5,13 @@ seconds, not after an hour of encoding.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, nearest_multiples
+from ..file_kinds import non_folder_part
 from .config import Method, TrainingConfig, section_lines
 from .config_file import toml_reader
 
@@ -33,6 +36,23 @@ def check_model_files(config: TrainingConfig) -> None:
     ]
     if absent:
         raise InputError(f"{'; '.join(absent)}: no such file or folder")
+
+
+def check_output(config: TrainingConfig) -> None:
+    """``InputError`` when ``train.output`` cannot be the run's folder: it, or a parent, is not a folder, or no
+    folder can be made in its nearest existing parent (a probe folder is made there and removed)."""
+    out = nearest = config.train.output
+    try:
+        blocked = non_folder_part(out)
+        if blocked is not None:
+            part, kind = blocked
+            raise InputError(f"train.output {out}: expected a folder to write the run into, but {part} is {kind}")
+        nearest = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which is there
+        os.rmdir(tempfile.mkdtemp(prefix=".pixart-delta-check-", dir=nearest))
+    except OSError as err:
+        raise InputError(
+            f"train.output {out} cannot be made: no folder can be created in {nearest} ({err.strerror or err})"
+        ) from None
 
 
 def check_batch_size(config: TrainingConfig, records: int) -> None:

@@ -34,7 +34,14 @@ from ..models.transformer_config import TransformerConfig, default_interpolation
 from ..text.embedding import TextEmbedding
 from ..vae.vae_config import SD_VAE
 from .cache import FeatureCache, build_cache
-from .checks import check_against_base, check_batch_size, check_model_files, check_resolution, check_resumed_config
+from .checks import (
+    check_against_base,
+    check_batch_size,
+    check_model_files,
+    check_output,
+    check_resolution,
+    check_resumed_config,
+)
 from .config import EmbedderInit, LrSchedule, Method, MixedPrecision, Optimizer, TrainingConfig, TrainSection
 from .data import BatchOrder, Record, check_images, read_records
 from .draws import draw
@@ -127,6 +134,7 @@ def train(config: TrainingConfig, resume: bool = False, on_checked: Callable[[],
         raise InputError(
             "training runs on accelerate, which is not installed: pip install 'pixart-delta[train]'"
         ) from None
+    check_output(config)  # before accelerate is given it as its project folder
     t = config.train
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision.value,
