@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,17 @@ def test_no_numbered_output_name_is_an_input_picture(
     err = run(capsys, tmp_path, option, str(picture), "--out", str(tmp_path / "q.png"), *extra, prompts=prompts)
     assert f"writes {picture}, which is the {option}: the picture would replace it" in err, err
     assert picture.read_bytes() == before
+
+
+def test_an_out_that_is_a_link_is_refused_naming_its_target(tmp_path: Path, nothing_loads, capsys) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    link = tmp_path / "link.png"
+    link.symlink_to(precious)
+    err = run(capsys, tmp_path, "--out", str(link))
+    assert re.search(rf"link\.png is a link to {re.escape(str(precious))}: the picture would be written into", err)
+    assert precious.read_text() == "keep me" and os.path.islink(link)
+    dangling = tmp_path / "gone.png"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.png")
+    assert "gone.png is a link to" in run(capsys, tmp_path, "--out", str(dangling))
+    assert not (tmp_path / "nowhere").exists()

@@ -55,13 +55,20 @@ class RunRecord:
 
 
 def check_output(out: Path, prompts: int = 1, per_prompt: int = 1, *, keep_earlier: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written: a folder, an extension Pillow does not write,
+    """Refuse, before any work, an output that cannot be written: a link, a folder, an extension Pillow does not write,
     or a place where a file of each name ``save_images`` will write (``output_paths``; with ``keep_earlier``, those
     of ``free_output``) cannot be made. Leaves the disk as it was: a missing folder is made to try the names in,
     then removed (``save_images`` makes it). Every OS error (a name too long, /proc) becomes an InputError."""
     if keep_earlier:
         out = free_output(out, prompts, per_prompt)
     try:
+        for path in output_paths(out, prompts, per_prompt):  # the save would write through it into another file
+            if path.is_symlink():
+                target = path.parent / os.readlink(path)
+                raise InputError(
+                    f"output {printable_path(path)} is a link to {printable_path(target)}: the picture would be "
+                    f"written into that file; give another name, or the file itself"
+                )
         if out.is_dir():
             raise InputError(
                 f"output {printable_path(out)} is a folder: give a file name such as "
