@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pixart_delta_core.cli import main
 from pixart_delta_core.training.config_file import config_from_dict
+from tests.helpers import ROOT
 from tests.test_training_data import run_table, tiny_setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,3 +69,14 @@ def test_an_output_that_cannot_be_made_is_refused_before_the_cache(setup, tmp_pa
         config = _config(setup, tmp_path, Path("/proc/pixart-delta-run"))
         assert "no folder can be created in /proc" in _refused(["train", "base", "--config", str(config)], capsys)
     assert not list(tmp_path.glob(".pixart-delta-check-*"))
+
+
+def test_model_files_of_another_kind_are_refused_by_their_config_key(setup, tmp_path, capsys) -> None:
+    taesd = ROOT / "pixart_delta_core" / "embedded_model" / "vae" / "shapes-taesd.safetensors"
+    config = _config(setup, tmp_path, tmp_path / "out", t5=str(taesd))
+    said = _refused(["train", "base", "--config", str(config)], capsys)
+    assert f"error: model.t5 {taesd}: not a T5 text encoder" in said and "--tokenizer" not in said
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    config = _config(setup, tmp_path, tmp_path / "out", vae=str(picture))
+    assert f"error: model.vae {picture}: " in _refused(["train", "base", "--config", str(config)], capsys)

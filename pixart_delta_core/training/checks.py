@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError, nearest_multiples
+from ..errors import CheckpointError, InputError, nearest_multiples
 from ..file_kinds import non_folder_part
 from .config import Method, TrainingConfig, section_lines
 from .config_file import toml_reader
@@ -36,6 +36,25 @@ def check_model_files(config: TrainingConfig) -> None:
     ]
     if absent:
         raise InputError(f"{'; '.join(absent)}: no such file or folder")
+
+
+def check_model_kinds(config: TrainingConfig) -> None:
+    """``InputError`` naming ``model.t5`` or ``model.vae`` when its file is of another kind (a VAE given as T5, a
+    picture as the VAE...), from the headers alone, as ``generate`` checks them before loading anything. The
+    autoencoder method's ``model.vae`` is the model it trains, checked where it loads."""
+    if config.method is Method.AUTOENCODER:
+        return
+    from ..text.t5 import inspect_t5
+    from ..vae.autoencoder import inspect_vae
+
+    for name, inspect in (("t5", inspect_t5), ("vae", inspect_vae)):
+        path = getattr(config.model, name)
+        if path is None:
+            continue
+        try:
+            inspect(path)
+        except CheckpointError as err:
+            raise InputError(f"model.{name} {err}") from None
 
 
 def check_output(config: TrainingConfig) -> None:

@@ -38,6 +38,7 @@ from .checks import (
     check_against_base,
     check_batch_size,
     check_model_files,
+    check_model_kinds,
     check_output,
     check_resolution,
     check_resumed_config,
@@ -263,6 +264,7 @@ def _setup(
     ``on_checked`` between the checks and the long work."""
     t, device = config.train, accelerator.device
     check_model_files(config)
+    check_model_kinds(config)
     records = read_records(config.data.path)
     check_batch_size(config, len(records))
     if config.method is Method.AUTOENCODER:
