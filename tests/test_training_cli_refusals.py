@@ -80,3 +80,16 @@ def test_model_files_of_another_kind_are_refused_by_their_config_key(setup, tmp_
     Image.new("RGB", (8, 8)).save(picture)
     config = _config(setup, tmp_path, tmp_path / "out", vae=str(picture))
     assert f"error: model.vae {picture}: " in _refused(["train", "base", "--config", str(config)], capsys)
+
+
+def test_without_a_method_on_the_command_line_the_files_is_taken(setup, tmp_path, capsys) -> None:
+    config = _config(setup, tmp_path, tmp_path / "out", method="lcm")
+    assert main(["train", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert 'method = "lcm"' in printed and "trained 1 steps" in printed
+    text = config.read_text()
+    config.write_text(text.replace('method = "lcm"', ""))
+    said = _refused(["train", "--config", str(config)], capsys)
+    assert "no training method: expected one of" in said and "found neither" in said
+    config.write_text(text.replace('method = "lcm"', 'method = "dreambooth"'))
+    assert "method must be one of" in _refused(["train", "--config", str(config)], capsys)

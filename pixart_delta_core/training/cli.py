@@ -1,4 +1,4 @@
-"""The ``train`` subcommand: ``python -m pixart_delta_core train {base,lcm,controlnet,lora} --config FILE``.
+"""The ``train`` subcommand: ``python -m pixart_delta_core train [{base,lcm,controlnet,lora}] --config FILE``.
 
 Building the parser imports nothing heavy (accelerate, peft, diffusers, transformers load when the
 command runs). Under ``accelerate launch -m pixart_delta_core train ...`` every process runs it.
@@ -22,7 +22,12 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         "writing resumable checkpoints to train.output/checkpoints/step-NNNNNNN/ every train.checkpoint_every "
         "steps. The configs the embedded model was trained with are in the pack's scripts/embedded_model/.",
     )
-    train.add_argument("method", choices=[m.value for m in Method], help="what to train (overrides the file's method)")
+    train.add_argument(
+        "method",
+        nargs="?",
+        choices=[m.value for m in Method],
+        help="what to train (overrides the file's method; without it, the file's method)",
+    )
     train.add_argument("--config", type=Path, required=True, help="TOML file: [model], [data], [train], [lcm]...")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output")
     train.set_defaults(run=cmd_train)

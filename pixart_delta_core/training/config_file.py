@@ -71,7 +71,10 @@ def config_from_dict(
     if unknown:
         raise InputError(f"unknown section(s) {unknown} in the training config: expected {list(SECTIONS)}")
     if chosen is None:
-        raise InputError(f"no training method: give one of {[m.value for m in Method]}")
+        raise InputError(
+            f"no training method: expected one of {[m.value for m in Method]} on the command line (train METHOD "
+            '--config FILE) or as the config\'s method = "...", found neither'
+        )
     hints = typing.get_type_hints(TrainingConfig)
     sections = {name: _section(hints[name], table.get(name, {}), name, root) for name in SECTIONS}
     config = TrainingConfig(method=_convert(Method, chosen, "method", root), **sections)
