@@ -240,15 +240,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for note in notes:  # an embedded model's name that a file here also has
         log.warning(note)
     warn_outside_the_world(args.transformer, args.prompt)
-    if args.negative_prompt and _guided(args):  # "" is no text to judge; unguided, the pipeline says it is unused
-        warn_outside_the_world(args.transformer, [args.negative_prompt], "negative prompt")
+    negatives = args.negative_prompt  # once for every prompt (a text), or once per prompt (a list)
+    negatives = negatives[0] if negatives is not None and len(negatives) == 1 else negatives
+    if (judged := [n for n in args.negative_prompt or [] if n]) and _guided(args):  # "": no text to judge
+        warn_outside_the_world(args.transformer, judged, "negative prompt")  # unguided: the pipeline says unused
     warn_untrained_size(args.transformer, args.height, args.width, init_size)
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     with progress() as on_step, stages() as on_stage:
         result = pipeline(
             args.prompt,
-            negative_prompt=args.negative_prompt,
+            negative_prompt=negatives,
             width=args.width,
             height=args.height,
             resolution_binning=not args.no_binning,
@@ -268,7 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     first = result.images[0]
     record = RunRecord(
         args.prompt,
-        args.negative_prompt,
+        negatives,
         args.seed,
         result.settings.steps,
         args.sampler,

@@ -54,3 +54,49 @@ def test_an_out_that_is_a_link_is_refused_naming_its_target(tmp_path: Path, noth
     dangling.symlink_to(tmp_path / "nowhere" / "x.png")
     assert "gone.png is a link to" in run(capsys, tmp_path, "--out", str(dangling))
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(("negatives", "prompts"), [(2, 1), (2, 3), (3, 2)])
+def test_negative_prompts_neither_once_nor_once_per_prompt_are_refused(
+    tmp_path: Path, nothing_loads, capsys, negatives: int, prompts: int
+) -> None:
+    given = [item for n in range(negatives) for item in ("--negative-prompt", f"blurry {n}")]
+    err = run(capsys, tmp_path, *given, "--sampler", "euler", prompts=tuple(f"a fox {n}" for n in range(prompts)))
+    assert (
+        f"--negative-prompt given {negatives} times for {prompts} --prompt: expected once (for every prompt) or "
+        f"once per --prompt, in order" in err
+    ), err
+
+
+class Encoded(Exception):
+    """Raised by the stand-in encoder with the negative prompts it was given."""
+
+
+@pytest.mark.parametrize(
+    ("negatives", "encoded", "written"),
+    [
+        (("blurry", "dark"), ["blurry", "dark"], ["blurry", "dark"]),
+        (("blurry",), ["blurry", "blurry"], ["blurry", "blurry"]),
+    ],
+    ids=["one-per-prompt", "once-for-all"],
+)
+def test_each_negative_prompt_reaches_its_prompt_and_its_pictures_record(
+    tmp_path: Path, monkeypatch, capsys, negatives: tuple, encoded: list, written: list
+) -> None:
+    from pixart_delta_core.pipeline.generation import PixArtPipeline
+    from pixart_delta_core.pipeline.outputs import RunRecord
+
+    def encode(self, prompts, negatives, *args):
+        raise Encoded(negatives)
+
+    monkeypatch.setattr(PixArtPipeline, "encode_prompts", encode)
+    given = [item for negative in negatives for item in ("--negative-prompt", negative)]
+    argv = ["generate", "--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
+    argv += ["--prompt", "a fox", "--prompt", "an owl", "--sampler", "euler", "--out", str(tmp_path / "x.png")]
+    with pytest.raises(Encoded) as caught:
+        main([*argv, *given])
+    assert caught.value.args[0] == encoded
+    record = RunRecord(
+        ["a fox", "an owl"], negatives if len(negatives) > 1 else negatives[0], 0, 2, "euler", 3.0, (128, 128), {}
+    )
+    assert [record.parameters(p, 0).splitlines()[1] for p in range(2)] == [f"Negative prompt: {n}" for n in written]

@@ -56,13 +56,20 @@ def check_sampling(args: argparse.Namespace) -> None:
 
 
 def check_texts_and_seed(args: argparse.Namespace) -> None:
-    """``generate``'s prompts, negative prompt and seed, refused now as the run would refuse them (a lone surrogate
+    """``generate``'s prompts, negative prompts (once, or once per prompt) and seed, refused now as the run would
+    refuse them (a lone surrogate
     from a mis-decoded argument; a seed beyond 2^64 - 1), before any warning."""
     from .arguments import check_prompts, check_seed
 
     check_prompts(args.prompt)
     if args.negative_prompt is not None:
-        check_prompts([args.negative_prompt], "negative prompt")
+        given, prompts = len(args.negative_prompt), len(args.prompt)
+        if given not in (1, prompts):
+            raise InputError(
+                f"--negative-prompt given {given} times for {prompts} --prompt: expected once (for every prompt) or "
+                f"once per --prompt, in order"
+            )
+        check_prompts(args.negative_prompt, "negative prompt")
     check_seed(args.seed)
 
 
@@ -172,7 +179,12 @@ def add_generate_parser(
         help=f"ControlNet file (default: --transformer's, if it has one){or_embedded('--controlnet')}",
     )
     gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
-    gen.add_argument("--negative-prompt", help="used with guidance > 1 (default: the learned null caption)")
+    gen.add_argument(
+        "--negative-prompt",
+        action="append",
+        help="used with guidance > 1 (default: the learned null caption); once for every prompt, or once per "
+        "--prompt, in order",
+    )
     gen.add_argument(
         "--out",
         type=Path,

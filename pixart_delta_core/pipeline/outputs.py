@@ -28,7 +28,7 @@ class RunRecord:
     """What made a batch of images: the settings and model files, as written beside each image."""
 
     prompts: Sequence[str]
-    negative_prompt: str | None
+    negative_prompt: str | Sequence[str] | None  # one for every prompt, or one per prompt
     seed: int
     steps: int
     sampler: str
@@ -48,8 +48,11 @@ class RunRecord:
             *self.models.items(),
         ]
         lines = [self.prompts[prompt_index]]
-        if self.negative_prompt:
-            lines.append(f"Negative prompt: {self.negative_prompt}")
+        negative = self.negative_prompt
+        if negative is not None and not isinstance(negative, str):
+            negative = negative[prompt_index]
+        if negative:
+            lines.append(f"Negative prompt: {negative}")
         lines.append(", ".join(f"{key}: {value}" for key, value in fields))
         return "\n".join(lines)
 
