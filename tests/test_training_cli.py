@@ -38,7 +38,8 @@ def test_train_command_runs_prints_its_config_and_resumes(tmp_path, capsys) -> N
     assert (tmp_path / "out" / "checkpoints" / "step-0000002" / "transformer.safetensors").is_file()
     assert main(["train", "base", "--config", str(tmp_path / "run.toml"), "--resume"]) == 0
     printed = capsys.readouterr().out  # nothing left to do after the last checkpoint: its weights are the result
-    assert "trained 2 steps; weights: " in printed and printed.rstrip().endswith("transformer.safetensors")
+    assert "already at step 2 of 2: nothing was trained; weights: " in printed and "trained 2 steps" not in printed
+    assert printed.rstrip().endswith("transformer.safetensors")
     assert main(["train", "base", "--config", str(tmp_path / "missing.toml")]) == 1
     assert "missing.toml does not exist" in capsys.readouterr().err
 
@@ -51,3 +52,12 @@ def test_a_refused_train_command_prints_only_its_error(tmp_path, capsys) -> None
     printed = capsys.readouterr()
     assert printed.out == "", printed.out[:300]  # not the config: it is printed once the checks pass
     assert "missing.safetensors: no such file or folder" in printed.err
+
+
+def test_a_resumed_run_says_the_steps_it_ran_and_where_it_stands(tmp_path, capsys) -> None:
+    setup = tiny_setup(tmp_path, control=False)
+    for steps, said in ((1, "trained 1 steps; "), (3, "trained 2 steps, resumed at step 1, now at step 3 of 3; ")):
+        table = run_table(setup, tmp_path / "out", batch_size=2, steps=steps, checkpoint_every=1)
+        (tmp_path / "run.toml").write_text(config_from_dict(table, "base").to_toml())
+        assert main(["train", "--config", str(tmp_path / "run.toml"), *(["--resume"] if steps > 1 else [])]) == 0
+        assert said in capsys.readouterr().out

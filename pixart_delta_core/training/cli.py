@@ -42,5 +42,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch, every process ran the command
-        print(f"trained {result.step} steps; weights: {result.weights}")
+        print(f"{_trained(result.step, len(result.losses), config.train.steps)}; weights: {result.weights}")
     return 0
+
+
+def _trained(step: int, ran: int, steps: int) -> str:
+    """What a run did, for its last line: it ended at ``step`` of ``train.steps`` having run ``ran`` steps."""
+    if ran == 0:  # resumed from its last checkpoint
+        return f"already at step {step} of {steps}: nothing was trained"
+    if ran == step:
+        return f"trained {step} steps"
+    return f"trained {ran} steps, resumed at step {step - ran}, now at step {step} of {steps}"
