@@ -139,6 +139,10 @@ def check_generate(args: argparse.Namespace) -> Size | None:
     init_size = check_images(args.init_image, args.control_image, ("--init-image", "--control-image"))
     if args.controlnet is not None and args.control_image is None:
         raise InputError("--controlnet needs --control-image (the edge map that steers the generation)")
+    if args.lora_controlnet and args.control_image is None:
+        raise InputError("--lora-controlnet needs a ControlNet (--controlnet and --control-image): this run has none")
+    if args.lora_controlnet and not args.lora:
+        raise InputError("--lora-controlnet needs --lora (the LoRAs the ControlNet's copies are to take): none given")
     if args.strength is not None and args.init_image is None:
         raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
     if args.out is not None:

@@ -100,3 +100,25 @@ def test_each_negative_prompt_reaches_its_prompt_and_its_pictures_record(
         ["a fox", "an owl"], negatives if len(negatives) > 1 else negatives[0], 0, 2, "euler", 3.0, (128, 128), {}
     )
     assert [record.parameters(p, 0).splitlines()[1] for p in range(2)] == [f"Negative prompt: {n}" for n in written]
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (("--lora-controlnet",), "--lora-controlnet needs a ControlNet (--controlnet and --control-image)"),
+        (("--lora-controlnet", "--lora", "{lora}"), "--lora-controlnet needs a ControlNet"),
+        (
+            ("--lora-controlnet", "--controlnet", "shapes-controlnet", "--control-image", "{image}"),
+            "--lora-controlnet needs --lora (the LoRAs the ControlNet's copies are to take): none given",
+        ),
+    ],
+)
+def test_lora_controlnet_without_a_controlnet_or_a_lora_is_refused(
+    tmp_path: Path, nothing_loads, capsys, extra: tuple, said: str
+) -> None:
+    image = tmp_path / "edges.png"
+    Image.new("RGB", (128, 128)).save(image)
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"")
+    err = run(capsys, tmp_path, *(e.format(image=image, lora=lora) for e in extra), "--out", str(tmp_path / "x.png"))
+    assert said in err, err
