@@ -34,19 +34,22 @@ $PY -m pixart_delta_core train base --config $M/teacher-more.toml
 $PY -m pixart_delta_core train base --config $M/teacher-windowed.toml
 #    then 4,000 steps more at a lower learning rate: its colours were still getting better
 $PY -m pixart_delta_core train base --config $M/teacher-windowed-more.toml
-# 5. the LCM student and the ControlNet, both from the teacher (they ran side by side, one thread each)
+# 5. the ControlNet on that teacher, then 1,800 steps more from its last weights. This second run went on a new
+#    machine, from the fp16 copies shipped in the pack (the fp32 checkpoints named in its config were lost with
+#    the old one): the teacher, the autoencoder, the T5 and the ControlNet of commit 1c1eedc, upcast, with both
+#    feature caches built anew from them. Then the ControlNet 1,800 steps more again, at half the learning rate.
 head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.jsonl
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
-#    then the ControlNet 1,800 steps more from its last weights, and the student (lcm.toml: the teacher guided
-#    at 3.0) side by side. These two ran on a new machine, from the fp16 copies shipped in the pack (the fp32
-#    checkpoints named in their configs were lost with the old one): the teacher, the autoencoder, the T5
-#    and the ControlNet of commit 1c1eedc, upcast, with both feature caches built anew from them. Then the
-#    ControlNet 1,800 steps more again, at half the learning rate.
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more.toml
-$PY -m pixart_delta_core train lcm --config $M/lcm.toml
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more-2.toml
-# 6. into the pack, in fp16
-$PY $M/ship.py outputs/embedded/teacher-windowed-more/checkpoints/step-0004000/transformer.safetensors \
-    outputs/embedded/lcm-windowed-g3/checkpoints/step-0000600/transformer.safetensors \
-    outputs/embedded/controlnet-windowed-longer2/checkpoints/step-0001800/controlnet.safetensors \
+# 6. the teacher 6,000 steps more (stopped there, of 7,000: see its config), from the fp16 teacher shipped from
+#    commit 1c1eedc, upcast; then, side by side (one thread each), the LCM student distilled from it (lcm.toml:
+#    the teacher guided at 4.5) and the ControlNet 1,200 steps more on it (controlnet-more-3.toml)
+$PY -m pixart_delta_core train base --config $M/teacher-windowed-long.toml
+$PY -m pixart_delta_core train lcm --config $M/lcm.toml
+$PY -m pixart_delta_core train controlnet --config $M/controlnet-more-3.toml
+# 7. into the pack, in fp16
+$PY $M/ship.py outputs/embedded/teacher-windowed-long/checkpoints/step-0006000/transformer.safetensors \
+    outputs/embedded/lcm-long-g45/checkpoints/step-0000600/transformer.safetensors \
+    outputs/embedded/controlnet-long/checkpoints/step-0001200/controlnet.safetensors \
     outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5-windowed
