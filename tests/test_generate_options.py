@@ -186,6 +186,11 @@ def test_lcm_timesteps_with_another_sampler_is_refused(tmp_path: Path, nothing_l
         (["--strength", "nan"], "argument --strength: expected a number in (0, 1], found nan"),
         (["--guidance", "200"], "argument --guidance: expected a number in [0, 100], found 200"),
         (["--guidance", "-1"], "argument --guidance: expected a number in [0, 100], found -1"),
+        (["--seed", str(2**64)], f"argument --seed: expected a whole number (0 to {2**64 - 1}), found {2**64}"),
+        (["--seed", "-1"], f"argument --seed: expected a whole number (0 to {2**64 - 1}), found -1"),
+        (["--control-strength", "nan"], "argument --control-strength: expected a number in [-1000, 1000], found nan"),
+        (["--control-strength", "1e30"], "argument --control-strength: expected a number in [-1000, 1000], found 1e"),
+        (["--control-strength", "x"], "argument --control-strength: expected a number in [-1000, 1000], found x"),
     ],
 )
 def test_a_value_out_of_range_names_its_option(capsys, extra: list[str], said: str) -> None:

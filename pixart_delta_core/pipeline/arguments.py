@@ -18,11 +18,11 @@ from PIL import Image
 from ..errors import InputError
 from ..models.lora import check_strength
 from ..pictures import bomb_pixels, to_rgb, upright_size
+from ..sampling.choices import MAX_SEED  # plain data: the command line's parser reads it too
 from .resolution import MIN_SIDE, SIZE_MULTIPLE, Size, check_image_size, nearest_bin
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
 # Bounds far above what any accelerator holds, so that a typo fails at once instead of after the models load:
 MAX_IMAGE_PIXELS = 1 << 27  # an init or control image of at most 134 megapixels (e.g. 11585 x 11585) to decode
 MAX_BATCH_PIXELS = 1 << 28  # images x height x width of one run: 256 images of 1024 x 1024, 16 of 4096 x 4096

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..cli_types import number_in, whole_number
 from ..errors import InputError
 from ..file_kinds import exists
-from ..sampling.choices import MAX_GUIDANCE, SAMPLERS, LcmTimesteps, Sampler
+from ..sampling.choices import MAX_GUIDANCE, MAX_SEED, SAMPLERS, LcmTimesteps, Sampler
 
 if TYPE_CHECKING:
     from ..models.transformer_config import TransformerConfig
@@ -137,6 +137,14 @@ def lora_spec(text: str) -> tuple[Path, float]:
         ) from err
 
 
+def control_strength(text: str) -> float:
+    """--control-strength's type: a number within the ControlNet's bounds (NaN refused), so that the refusal names the
+    option (the engine's ``check_control_strength`` checks it again for the Python API)."""
+    from ..models.controlnet import MAX_CONTROL_STRENGTH  # torch: imported when the option is given, as --lora's
+
+    return number_in(-MAX_CONTROL_STRENGTH, MAX_CONTROL_STRENGTH)(text)
+
+
 def add_generate_parser(
     sub: argparse._SubParsersAction, common: argparse.ArgumentParser, embedded: Callable[[str], list[str]]
 ) -> argparse.ArgumentParser:
@@ -216,7 +224,8 @@ def add_generate_parser(
         type=number_in(0.0, MAX_GUIDANCE),
         help=f"CFG scale, on above 1 (default: the sampler's reference setting: {per_sampler('guidance')})",
     )
-    run.add_argument("--seed", type=whole_number(least=0), default=0, help="noise seed (default: %(default)s)")
+    seed = whole_number(least=0, most=MAX_SEED)  # the generator's range: refused here, naming --seed
+    run.add_argument("--seed", type=seed, default=0, help="noise seed (default: %(default)s)")
     run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt (default: %(default)s)")
     run.add_argument(
         "--lcm-timesteps",
@@ -259,7 +268,7 @@ def add_generate_parser(
     )
     ctl.add_argument(
         "--control-strength",
-        type=float,
+        type=control_strength,
         default=1.0,
         help="how strongly the edge map steers: the ControlNet's output times this (default 1, the reference; "
         "0: not at all)",

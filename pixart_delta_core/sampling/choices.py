@@ -29,6 +29,7 @@ class LcmTimesteps(Enum):
 TRAIN_STEPS = 1000  # the noise schedule's steps (samplers.NOISE_SCHEDULE)
 LCM_ORIGINAL_STEPS = 50  # the teacher's DDIM schedule the LCM was distilled on (skip k = 20)
 MAX_GUIDANCE = 100.0  # a CFG scale far beyond any useful one (4.5 is the reference's): a typo, refused
+MAX_SEED = 2**64 - 1  # the CPU generator's seed range, and ComfyUI's seed widget's
 
 
 @dataclass(frozen=True)
