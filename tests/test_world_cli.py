@@ -14,7 +14,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from pixart_delta_core.cli import main
 from pixart_delta_core.pipeline.outputs import RunRecord
+from pixart_delta_core.sampling.choices import MAX_SEED
 from pixart_delta_core.world.render import render
+from pixart_delta_core.world.scenes import MAX_SEED as WORLD_MAX_SEED
 from pixart_delta_core.world.scenes import sample_scene
 from tests.helpers import png_header
 
@@ -47,7 +49,9 @@ def test_the_world_command_writes_the_data_set(data_set: Path) -> None:
         (["--count", "0"], "--count: expected a positive whole number of scenes, found 0"),
         (["--count", "2.5"], "--count: expected a positive whole number of scenes, found 2.5"),
         (["--max-shapes", "10"], "--max-shapes: expected a whole number of shapes (1 to 9), found 10"),
-        (["--first-seed", "-1"], "--first-seed: expected a whole number (0 or more), found -1"),
+        (["--first-seed", "-1"], f"--first-seed: expected a whole number (0 to {2**64 - 1}), found -1"),
+        (["--first-seed", str(2**64)], f"--first-seed: expected a whole number (0 to {2**64 - 1}), found {2**64}"),
+        (["--first-seed", str(10**300)], f"--first-seed: expected a whole number (0 to {2**64 - 1}), found 1000"),
     ],
 )
 def test_the_world_command_refuses_bad_options(tmp_path: Path, capsys, option: list[str], says: str) -> None:
@@ -56,6 +60,23 @@ def test_the_world_command_refuses_bad_options(tmp_path: Path, capsys, option: l
     assert exit_info.value.code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "set").exists()
+
+
+def test_a_data_set_whose_last_seed_is_past_the_range_is_refused_before_its_folder(tmp_path: Path, capsys) -> None:
+    first = 2**64 - 2  # the first seed fits; the third scene's would not
+    assert main(["world", "--out", str(tmp_path / "set"), "--count", "3", "--first-seed", str(first)]) == 1
+    said = capsys.readouterr().err
+    assert said == (
+        f"error: --first-seed {first} with --count 3: the last scene's seed would be {2**64}, past the largest, "
+        f"{2**64 - 1} (2^64 - 1): expected --first-seed at most {2**64 - 3}\n"
+    )
+    assert not (tmp_path / "set").exists()
+    assert main(["world", "--out", str(tmp_path / "set"), "--count", "2", "--first-seed", str(first)]) == 0
+    assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == [f"{2**64 - 2}.png", f"{2**64 - 1}.png"]
+
+
+def test_the_worlds_seeds_span_generates() -> None:
+    assert WORLD_MAX_SEED == MAX_SEED
 
 
 def test_judge_reads_each_picture_against_its_txt_caption(data_set: Path, capsys) -> None:

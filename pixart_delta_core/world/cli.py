@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..cli_types import whole_number
 from ..errors import InputError
+from .scenes import MAX_SEED
 
 MAX_SIDE = 4096  # px: judge refuses larger pictures (a 12000 px one took ~10 GB and ~50 s to read)
 
@@ -39,7 +40,12 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         help="the data set's folder: a new or empty one (required)",
     )
     world.add_argument("--count", type=whole_number("scenes"), default=1000, help="how many scenes")
-    world.add_argument("--first-seed", type=whole_number(least=0), default=0, help="the seed of the first scene")
+    world.add_argument(
+        "--first-seed",
+        type=whole_number(least=0, most=MAX_SEED),
+        default=0,
+        help="the seed of the first scene (0 to 2^64 - 1, as generate's --seed)",
+    )
     world.add_argument(
         "--max-shapes",
         type=whole_number("shapes", 1, 9),
@@ -67,6 +73,12 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
 def cmd_world(args: argparse.Namespace) -> int:
     from .dataset import write_dataset
 
+    last = args.first_seed + args.count - 1
+    if last > MAX_SEED:  # before the folder is made
+        raise InputError(
+            f"--first-seed {args.first_seed} with --count {args.count}: the last scene's seed would be {last}, past "
+            f"the largest, {MAX_SEED} (2^64 - 1): expected --first-seed at most {MAX_SEED - args.count + 1}"
+        )
     path = write_dataset(args.out, args.count, args.first_seed, args.max_shapes)
     print(f"wrote {args.count} scene{'s' if args.count != 1 else ''} to {args.out}; records: {path}")
     return 0

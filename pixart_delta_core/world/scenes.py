@@ -83,6 +83,12 @@ def place_of(x: float, y: float, image_size: int = IMAGE_SIZE) -> int:
     return 3 * row + column
 
 
+# A scene's seed: 0 to generate's largest noise seed (sampling.choices.MAX_SEED; a test says so), so that a scene's
+# seed is a number every part of the pack takes, and a scene's file name (its seed) is at most 20 digits. Python's
+# random takes any integer, but a seed of 250 digits made a name no file system holds, and -5 the scene of 5.
+MAX_SEED = 2**64 - 1
+
+
 def sample_scene(seed: int, max_shapes: int = 2, jitter: bool = True) -> Scene:
     """The scene of ``seed``: 1 to ``max_shapes`` shapes in distinct cells, each moved at most as far
     inside its cell as its size allows (``jitter``), on a background. Positions are in px of ``IMAGE_SIZE``.
