@@ -52,8 +52,8 @@ CONTROL = ("--control-image", "{picture}")
         (("--controlnet", "{picture}", *CONTROL), "picture.png: " + NOT_A_CHECKPOINT),
         (("--controlnet", "{taesd}", *CONTROL), "not a PixArt ControlNet: it looks like a TAESD"),
         (("--control-image", "{picture}"), "--control-image needs --controlnet"),
-        (("--prompt", "\udcff"), "prompt 1 holds a lone surrogate"),
-        (("--negative-prompt", "\udcff", "--sampler", "euler", "--guidance", "2"), "negative prompt 0 holds a lone"),
+        (("--prompt", "\udcff"), "prompt 2 holds a lone surrogate"),
+        (("--negative-prompt", "\udcff", "--sampler", "euler", "--guidance", "2"), "negative prompt 1 holds a lone"),
     ],
     ids=[
         "t5-picture",

@@ -70,11 +70,11 @@ def test_the_seed_range_is_the_generators() -> None:
 
 
 def test_a_prompt_with_a_lone_surrogate_is_refused(no_models: PixArtPipeline) -> None:
-    with pytest.raises(InputError, match=r"prompt 1 holds a lone surrogate '\\ud800' at character 2"):
+    with pytest.raises(InputError, match=r"prompt 2 holds a lone surrogate '\\ud800' at character 2"):
         no_models(["a fox", "a \ud800 cat"])
-    with pytest.raises(InputError, match="prompt 0 must be text, found bytes"):
+    with pytest.raises(InputError, match="prompt 1 must be text, found bytes"):
         no_models([b"a fox"])
-    with pytest.raises(InputError, match=r"negative prompt 0 holds a lone surrogate '\\udcff' at character 0"):
+    with pytest.raises(InputError, match=r"negative prompt 1 holds a lone surrogate '\\udcff' at character 0"):
         no_models("a fox", negative_prompt="\udcff", guidance=3.0)
 
 

@@ -222,9 +222,14 @@ def test_truncation_warns_with_the_number_of_dropped_tokens(encoder, tokenizer, 
     assert count > LENGTH
     with caplog.at_level(logging.WARNING, logger="pixart_delta_core"):
         embedding = encoder.encode(["a cat", long], LENGTH)
-    assert f"prompt 1 is {count} tokens long but the model reads {LENGTH}" in caplog.text
+    assert f"prompt 2 is {count} tokens long but the model reads {LENGTH}" in caplog.text  # counted from 1
     assert f"{count - LENGTH} tokens were dropped, from " in caplog.text
-    assert "prompt 0" not in caplog.text
+    assert "prompt 1 " not in caplog.text and "prompt 0" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pixart_delta_core"):  # one text for every prompt: one warning
+        encoder.encode([long, long, "a cat"], LENGTH, what="negative prompt")
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"negative prompts 1, 2 are {count} tokens long")
     assert embedding.mask[1].all()
     ids = encoder.tokenize([long], LENGTH)[0][0]
     assert ids[-1] == tokenizer.eos_token_id and len(ids) == LENGTH

@@ -61,9 +61,10 @@ def check_steps(steps: object) -> int:
 
 def check_prompts(prompts: Sequence[object], name: str = "prompt") -> list[str]:
     """Prompts as text: a lone surrogate (half of a UTF-16 pair, from a mis-decoded file or a broken
-    clipboard) is refused, naming the prompt and the position, since the tokenizer cannot encode it."""
+    clipboard) is refused, naming the prompt (by its number from 1, as a user counts: the first --prompt is
+    prompt 1) and the position, since the tokenizer cannot encode it."""
     checked = []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(prompts, start=1):
         if not isinstance(prompt, str):
             raise InputError(f"{name} {i} must be text, found {type(prompt).__name__} {prompt!r:.80}")
         try:

@@ -223,7 +223,9 @@ class PixArtPipeline:
         """Stage 1: prompts (and negative prompts) -> T5 embeddings; T5 is freed afterwards."""
         encoder = self.load_text_encoder()
         cond = encoder.encode(prompts, caption_length, clean_caption)
-        uncond = None if negatives is None else encoder.encode(negatives, caption_length, clean_caption)
+        uncond = None
+        if negatives is not None:
+            uncond = encoder.encode(negatives, caption_length, clean_caption, "negative prompt")
         del encoder  # the last reference outside the cache: freeing can release it
         self._free("t5")
         return cond.to("cpu"), None if uncond is None else uncond.to("cpu")

@@ -67,9 +67,10 @@ class TextEncoder:
         return self
 
     def tokenize(
-        self, prompts: Sequence[str], max_length: int, clean_caption: bool = False
+        self, prompts: Sequence[str], max_length: int, clean_caption: bool = False, what: str = "prompt"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and mask [B, n], n the longest prompt's token count (at most ``max_length``)."""
+        """Token ids and mask [B, n], n the longest prompt's token count (at most ``max_length``); a prompt that lost
+        tokens is warned of as ``what`` ("prompt", "negative prompt") with its number, counted from 1."""
         if max_length < 1:
             raise InputError(f"caption length must be at least 1 token, found {max_length}")
         if isinstance(prompts, str):
@@ -80,29 +81,40 @@ class TextEncoder:
         batch = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
         mask = batch.attention_mask.long()
         full = [(i, texts[i]) for i, n in enumerate(mask.sum(dim=1).tolist()) if n == max_length]
-        self._warn_if_truncated(full, max_length)
+        self._warn_if_truncated(full, max_length, what)
         return batch.input_ids, mask
 
-    def _warn_if_truncated(self, full: list[tuple[int, str]], max_length: int) -> None:
-        """Warn for each prompt that lost tokens; only those that fill the caption (index, text) can have."""
+    def _warn_if_truncated(self, full: list[tuple[int, str]], max_length: int, what: str) -> None:
+        """Warn once for each text that lost tokens, naming the prompts that hold it by their numbers from 1 (as a
+        user counts them: the first --prompt is prompt 1); only those that fill the caption (index, text) can have."""
         if not full:
             return
-        for (i, _), ids in zip(full, self.tokenizer([text for _, text in full], verbose=False).input_ids, strict=True):
+        numbers: dict[str, list[int]] = {}  # one negative prompt for every prompt is one warning
+        for i, text in full:
+            numbers.setdefault(text, []).append(i + 1)
+        for text, ids in zip(numbers, self.tokenizer(list(numbers), verbose=False).input_ids, strict=True):
             dropped = len(ids) - max_length
             if dropped > 0:
                 lost = _excerpt(self.tokenizer.decode(ids[max_length - 1 : -1]))
+                several = len(numbers[text]) > 1
                 log.warning(
-                    "prompt %d is %d tokens long but the model reads %d: %d tokens were dropped, from %r",
-                    i,
+                    "%s%s %s %s %d tokens long but the model reads %d: %d tokens were dropped, from %r",
+                    what,
+                    "s" * several,
+                    ", ".join(map(str, numbers[text])),
+                    "are" if several else "is",
                     len(ids),
                     max_length,
                     dropped,
                     lost,
                 )
 
-    def encode(self, prompts: Sequence[str], max_length: int, clean_caption: bool = False) -> TextEmbedding:
-        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (docs/REFERENCE.md §2)."""
-        ids, mask = self.tokenize(prompts, max_length, clean_caption)  # [B, n], n <= max_length
+    def encode(
+        self, prompts: Sequence[str], max_length: int, clean_caption: bool = False, what: str = "prompt"
+    ) -> TextEmbedding:
+        """Prompts -> embeddings [B, max_length, width] and mask [B, max_length] (docs/REFERENCE.md §2); ``what``
+        they are, for the warning of a prompt that lost tokens (``tokenize``)."""
+        ids, mask = self.tokenize(prompts, max_length, clean_caption, what)  # [B, n], n <= max_length
         ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.no_grad():
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, n, C]
