@@ -170,7 +170,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
 
 
 def _check_out_keeps_inputs(args: argparse.Namespace) -> None:
-    """Refuse an --out any of whose names (``x.png``, or the numbered ``x-p0-1.png``... of a batch or several
+    """Refuse an --out any of whose names (``x.png``, or the numbered ``x-p1-2.png``... of a batch or several
     prompts) is the init or control image: the run would replace the picture it reads."""
     from .pipeline.outputs import output_paths
 

@@ -112,9 +112,9 @@ def test_generate_writes_one_file_per_image_named_for_its_prompt(files, tmp_path
     args += ["--width", "96", "--height", "64", "--no-binning", "--out", str(tmp_path / "x.png")]
     assert main(args) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["x-p0-0.png", "x-p0-1.png", "x-p1-0.png", "x-p1-1.png"]
-    assert Image.open(tmp_path / "x-p1-1.png").size == (96, 64)
-    parameters = Image.open(tmp_path / "x-p1-0.png").text["parameters"]
+    assert written == ["x-p1-1.png", "x-p1-2.png", "x-p2-1.png", "x-p2-2.png"]
+    assert Image.open(tmp_path / "x-p2-2.png").size == (96, 64)
+    parameters = Image.open(tmp_path / "x-p2-1.png").text["parameters"]
     assert parameters.startswith("a cat\nSteps: 4, Sampler: lcm, CFG scale: 0.0, Seed: 0, Size: 96x64, ")
     assert f"Model: {files.transformer.name}, T5: {files.t5.name}, VAE: {files.vae.name}" in parameters
 

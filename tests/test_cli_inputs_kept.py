@@ -26,9 +26,9 @@ def run(capsys, tmp_path: Path, *extra: str, prompts: tuple[str, ...] = ("a fox"
 @pytest.mark.parametrize(
     ("option", "extra", "prompts", "written"),
     [
-        ("--init-image", ("--batch", "2"), ("a fox",), "q-p0-1.png"),
-        ("--init-image", (), ("a fox", "a cat"), "q-p1-0.png"),
-        ("--control-image", ("--controlnet", "shapes-controlnet", "--batch", "2"), ("a fox",), "q-p0-0.png"),
+        ("--init-image", ("--batch", "2"), ("a fox",), "q-p1-2.png"),
+        ("--init-image", (), ("a fox", "a cat"), "q-p2-1.png"),
+        ("--control-image", ("--controlnet", "shapes-controlnet", "--batch", "2"), ("a fox",), "q-p1-1.png"),
     ],
 )
 def test_no_numbered_output_name_is_an_input_picture(

@@ -31,14 +31,14 @@ RECORD = RunRecord(
 
 def test_names_say_which_prompt_and_which_image() -> None:
     assert output_paths(Path("o/x.png"), 1, 1) == [Path("o/x.png")]
-    assert output_paths(Path("o/x.png"), 1, 2) == [Path("o/x-p0-0.png"), Path("o/x-p0-1.png")]
-    assert [p.name for p in output_paths(Path("x.webp"), 2, 1)] == ["x-p0-0.webp", "x-p1-0.webp"]
+    assert output_paths(Path("o/x.png"), 1, 2) == [Path("o/x-p1-1.png"), Path("o/x-p1-2.png")]
+    assert [p.name for p in output_paths(Path("x.webp"), 2, 1)] == ["x-p1-1.webp", "x-p2-1.webp"]
 
 
 def test_pngs_carry_the_parameters_other_formats_are_written_plainly(tmp_path: Path) -> None:
     images = [Image.new("RGB", (48, 32), c) for c in ("red", "green", "blue", "white")]
     paths = [written.path for written in save_images(images, tmp_path / "x.png", RECORD)]
-    assert [p.name for p in paths] == ["x-p0-0.png", "x-p0-1.png", "x-p1-0.png", "x-p1-1.png"]
+    assert [p.name for p in paths] == ["x-p1-1.png", "x-p1-2.png", "x-p2-1.png", "x-p2-2.png"]
     text = Image.open(paths[3]).text["parameters"]
     assert text == (
         "a cat\nNegative prompt: blurry\nSteps: 14, Sampler: dpm_solver++, CFG scale: 4.5, Seed: 7, Size: 48x32, "
@@ -83,9 +83,9 @@ def test_a_folder_where_no_file_can_be_made_is_refused() -> None:
 
 
 def test_every_name_the_images_will_take_is_tried_and_nothing_is_left(tmp_path: Path) -> None:
-    longest = "a" * (255 - len(".png"))  # fits alone; x-p0-0.png of it does not
+    longest = "a" * (255 - len(".png"))  # fits alone; x-p1-1.png of it does not
     check_output(tmp_path / f"{longest}.png")
-    with pytest.raises(InputError, match=r"-p0-0\.png cannot be written \(File name too long\)"):
+    with pytest.raises(InputError, match=r"-p1-1\.png cannot be written \(File name too long\)"):
         check_output(tmp_path / f"{longest}.png", prompts=1, per_prompt=2)
     kept = tmp_path / "kept.png"
     kept.write_bytes(b"an older picture")
@@ -125,10 +125,10 @@ def test_the_free_output_is_the_first_stem_whose_every_name_is_free(tmp_path: Pa
     assert free_output(out, 1, 1) == out
     out.write_bytes(b"")
     assert free_output(out, 1, 1) == tmp_path / "pixart-1.png"
-    assert free_output(out, 2, 1) == out  # pixart-p0-0.png, pixart-p1-0.png: free
-    (tmp_path / "pixart-p1-0.png").write_bytes(b"")
+    assert free_output(out, 2, 1) == out  # pixart-p1-1.png, pixart-p2-1.png: free
+    (tmp_path / "pixart-p2-1.png").write_bytes(b"")
     (tmp_path / "pixart-1.png").mkdir()  # anything of the name is taken, a folder too
-    assert free_output(out, 2, 1) == tmp_path / "pixart-1.png"  # pixart-1-p0-0.png...: free
+    assert free_output(out, 2, 1) == tmp_path / "pixart-1.png"  # pixart-1-p1-1.png...: free
     assert free_output(out, 1, 1) == tmp_path / "pixart-2.png"
 
 
@@ -192,7 +192,7 @@ def test_runs_saving_at_the_same_instant_write_each_its_own_files(tmp_path: Path
     with ThreadPoolExecutor(runs) as pool:
         written = list(pool.map(run, range(runs)))
     stems = sorted(paths[0].name for paths in written)
-    assert stems == sorted(["x-p0-0.png", *(f"x-{n}-p0-0.png" for n in range(1, runs))])
+    assert stems == sorted(["x-p1-1.png", *(f"x-{n}-p1-1.png" for n in range(1, runs))])
     for seed, paths in enumerate(written):  # each run's files hold its own pictures
         assert [Image.open(p).getpixel((0, 0)) for p in paths] == [(seed, 0, 0), (seed, 1, 0)]
 
@@ -212,4 +212,4 @@ def test_a_save_that_fails_leaves_no_claimed_name_behind(tmp_path: Path, monkeyp
     monkeypatch.setattr(Image.Image, "save", fail_second)
     with pytest.raises(OSError, match="No space left"):
         save_images(images, tmp_path / "x.png", record, keep_earlier=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-p0-0.png"]  # the first, written whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-p1-1.png"]  # the first, written whole

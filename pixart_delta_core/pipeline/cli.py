@@ -196,8 +196,8 @@ def add_generate_parser(
     gen.add_argument(
         "--out",
         type=Path,
-        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png. A file already at "
-        "a given --out is replaced, and the run says so (default: "
+        help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png, both counted "
+        "from 1. A file already at a given --out is replaced, and the run says so (default: "
         f"{DEFAULT_OUT}, else the first free of {DEFAULT_OUT.stem}-1{DEFAULT_OUT.suffix}, "
         f"{DEFAULT_OUT.stem}-2{DEFAULT_OUT.suffix}...: a run without --out replaces no earlier picture)",
     )

@@ -150,10 +150,12 @@ def _open_as_saving_will(path: Path) -> None:
 
 
 def output_paths(out: Path, prompts: int, per_prompt: int) -> list[Path]:
-    """``x.png`` for one image; else ``x-p{prompt}-{n}.png``, in the order images are made (prompt by prompt)."""
+    """``x.png`` for one image; else ``x-p{prompt}-{n}.png``, in the order images are made (prompt by prompt), both
+    numbers counted from 1 as the prompts are in messages (the second --prompt's first picture: ``x-p2-1.png``)."""
     if prompts * per_prompt == 1:
         return [out]
-    return [out.with_name(f"{out.stem}-p{p}-{n}{out.suffix}") for p in range(prompts) for n in range(per_prompt)]
+    numbers = [(p, n) for p in range(1, prompts + 1) for n in range(1, per_prompt + 1)]
+    return [out.with_name(f"{out.stem}-p{p}-{n}{out.suffix}") for p, n in numbers]
 
 
 def free_output(out: Path, prompts: int, per_prompt: int) -> Path:
