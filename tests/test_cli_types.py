@@ -19,7 +19,7 @@ GENERATE = ["generate", "--transformer", "a", "--t5", "b", "--vae", "c", "--prom
         ([*GENERATE, "--width", "128.5"], "argument --width: expected a positive whole number of pixels, found 128.5"),
         ([*GENERATE, "--height", "-5"], "argument --height: expected a positive whole number of pixels, found -5"),
         ([*GENERATE, "--steps", "2.5"], "argument --steps: expected a positive whole number of steps, found 2.5"),
-        ([*GENERATE, "--seed", "-1"], r"argument --seed: expected a whole number \(0 or more\), found -1"),
+        ([*GENERATE, "--seed", "-1"], rf"argument --seed: expected a whole number \(0 to {2**64 - 1}\), found -1"),
         ([*GENERATE, "--batch", "two"], "argument --batch: expected a positive whole number of images, found two"),
         (
             [*GENERATE, "--heads", ""],
