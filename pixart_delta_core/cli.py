@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli_progress import progress, stages
-from .cli_types import Parser
+from .cli_types import Parser, nonempty
 from .demo.embedded_files import MODELS, by_name, embedded_model, names_for, shadowed
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument(
         "files",
         nargs="+",  # as typed, not Path: "./shapes-lcm" is a path, "shapes-lcm" the embedded model (by_name)
+        type=nonempty("a file or folder"),
         help=f"checkpoint files, diffusers or HF T5 folders, or the embedded models' names ({', '.join(MODELS)})",
     )
     info.set_defaults(run=cmd_info)
@@ -335,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "by this pack: the LCM student in 4 steps, then the ControlNet on an edge map), write them as one grid, "
         "and print each prompt with the judge's verdict. Runs offline in seconds.",
     )
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo.png"), help="the grid written")
+    demo.add_argument(
+        "--out", type=nonempty("an image file name", Path), default=Path("outputs/demo.png"), help="the grid written"
+    )
     demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     demo.set_defaults(run=cmd_demo)
     from .pipeline.cli import add_generate_parser

@@ -54,6 +54,19 @@ def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
     return parse
 
 
+def nonempty(expected: str, convert: Callable[[str], Any] = str) -> Callable[[str], Any]:
+    """A type for a path (``expected`` what, e.g. "a file or folder"), ``convert``-ed (``Path``; ``str`` keeps the
+    text as typed), refusing an empty one: ``Path("")`` is the current folder, so a later refusal would be about
+    ".", a folder the user never named."""
+
+    def parse(text: str) -> Any:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {expected}, found an empty path")
+        return convert(text)
+
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
     """The command line's parser (its subcommands' too: argparse makes them of the same class). On a usage error
     a usage longer than a few lines (generate's is some twenty) is shortened to one line that points at --help,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cli_types import number_in, whole_number
+from ..cli_types import nonempty, number_in, whole_number
 from ..errors import InputError
 from ..file_kinds import exists
 from ..sampling.choices import MAX_GUIDANCE, MAX_SEED, SAMPLERS, LcmTimesteps, Sampler
@@ -25,6 +25,8 @@ DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: 
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
 DEFAULT_OUT = Path("outputs/pixart.png")  # --out not given: its first free name (outputs.free_output)
 LATENT_PIXEL = 8  # pixels per latent pixel, the SD and SDXL VAEs' downscale (vae_config's: a test says so)
+MODEL = nonempty("a file or folder")  # the model options' type: the text as typed ("./shapes-lcm" is a path)
+IMAGE = nonempty("an image file", Path)
 
 
 def per_sampler(setting: str) -> str:
@@ -119,7 +121,7 @@ def lora_spec(text: str) -> tuple[Path, float]:
     whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
     from ..models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
 
-    path, colon, tail = text.rpartition(":")
+    path, colon, tail = nonempty("a LoRA file or folder")(text).rpartition(":")
     try:
         named_file = exists(Path(text))
     except InputError as err:  # argparse reports only its own error type in one line
@@ -129,12 +131,15 @@ def lora_spec(text: str) -> tuple[Path, float]:
     try:
         if "_" in tail:  # float() reads 1_0 as 10: a typo, not a strength
             raise ValueError(tail)
-        return Path(path), check_strength(float(tail))
+        strength = check_strength(float(tail))
     except (ValueError, InputError) as err:
         raise argparse.ArgumentTypeError(
             f"{text}: the strength after the last colon should be a number from {-MAX_STRENGTH:g} to "
             f"{MAX_STRENGTH:g}, found {tail!r} (and {text} is no file)"
         ) from err
+    if not path:  # ":0.5": Path("") would be the current folder
+        raise argparse.ArgumentTypeError(f"{text}: expected a LoRA file or folder before the strength, found nothing")
+    return Path(path), strength
 
 
 def control_strength(text: str) -> float:
@@ -169,21 +174,26 @@ def add_generate_parser(
     files = gen.add_argument_group("model files (any layout the engine reads)")
     files.add_argument(
         "--transformer",
+        type=MODEL,
         required=True,
         help=f"PixArt transformer file or diffusers folder{or_embedded('--transformer')}",
     )
     files.add_argument(
-        "--t5", required=True, help=f"T5 encoder: single file or HF/diffusers folder{or_embedded('--t5')}"
+        "--t5", type=MODEL, required=True, help=f"T5 encoder: single file or HF/diffusers folder{or_embedded('--t5')}"
     )
     files.add_argument(
         "--vae",
+        type=MODEL,
         required=True,
         help="VAE: LDM single file or diffusers folder; TAESD: ComfyUI's file, the taesd_encoder and taesd_decoder "
         f"files or diffusers folder{or_embedded('--vae')}",
     )
-    files.add_argument("--tokenizer", type=Path, help="T5 tokenizer folder (default: beside --t5)")
+    files.add_argument(
+        "--tokenizer", type=nonempty("a folder", Path), help="T5 tokenizer folder (default: beside --t5)"
+    )
     files.add_argument(
         "--controlnet",
+        type=MODEL,
         help=f"ControlNet file (default: --transformer's, if it has one){or_embedded('--controlnet')}",
     )
     gen.add_argument("--prompt", required=True, action="append", help="the prompt; repeat for several")
@@ -195,7 +205,7 @@ def add_generate_parser(
     )
     gen.add_argument(
         "--out",
-        type=Path,
+        type=nonempty("an image file name", Path),
         help="output image (.png carries the generation parameters); several: x-p<prompt>-<n>.png, both counted "
         "from 1. A file already at a given --out is replaced, and the run says so (default: "
         f"{DEFAULT_OUT}, else the first free of {DEFAULT_OUT.stem}-1{DEFAULT_OUT.suffix}, "
@@ -235,7 +245,7 @@ def add_generate_parser(
     run.add_argument("--clean-caption", action="store_true", help="clean prompts as the reference's training did")
     run.add_argument(
         "--init-image",
-        type=Path,
+        type=IMAGE,
         help="img2img: start from this image; one of another aspect ratio than the picture is scaled to cover it "
         "and centre-cropped, with a warning. Read upright (EXIF orientation), deep grey scaled to 8 bits, "
         "transparency onto black (as for --control-image)",
@@ -261,7 +271,7 @@ def add_generate_parser(
     ctl = gen.add_argument_group("ControlNet-Transformer")
     ctl.add_argument(
         "--control-image",
-        type=Path,
+        type=IMAGE,
         help="edge map (HED) steering the generation; one of another aspect ratio than the picture is scaled to "
         "cover it and centre-cropped, with a warning. Transparency is black: an edge map drawn on a transparent "
         "layer reads as edges on black",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_types import nonempty
 from .config import Method
 
 
@@ -28,7 +29,12 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         choices=[m.value for m in Method],
         help="what to train (overrides the file's method; without it, the file's method)",
     )
-    train.add_argument("--config", type=Path, required=True, help="TOML file: [model], [data], [train], [lcm]...")
+    train.add_argument(
+        "--config",
+        type=nonempty("a TOML file", Path),
+        required=True,
+        help="TOML file: [model], [data], [train], [lcm]...",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output")
     train.set_defaults(run=cmd_train)
 

@@ -8,18 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..cli_types import whole_number
+from ..cli_types import nonempty, whole_number
 from ..errors import InputError
 from .scenes import MAX_SEED
 
 MAX_SIDE = 4096  # px: judge refuses larger pictures (a 12000 px one took ~10 GB and ~50 s to read)
-
-
-def out_folder(text: str) -> Path:
-    """--out's type: a path, not an empty one (Path("") would be the current folder)."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a folder for the data set, found an empty path")
-    return Path(text)
 
 
 def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -34,7 +27,7 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
     )
     world.add_argument(  # no default to show: SUPPRESS keeps ArgumentDefaultsHelpFormatter's "(default: None)" off
         "--out",
-        type=out_folder,
+        type=nonempty("a folder for the data set", Path),
         required=True,
         default=argparse.SUPPRESS,
         help="the data set's folder: a new or empty one (required)",
@@ -64,7 +57,7 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         f"up to {MAX_SIDE} px a side). Exit status 1 when a picture could not be judged (each is named), not "
         "when a verdict is wrong.",
     )
-    judge.add_argument("images", nargs="+", type=Path, help="pictures (PNG, JPEG, ...)")
+    judge.add_argument("images", nargs="+", type=nonempty("a picture", Path), help="pictures (PNG, JPEG, ...)")
     judge.add_argument("--prompt", help="the prompt every picture was made for")
     judge.add_argument("--json", action="store_true", help="print one JSON object: each verdict and the scores")
     judge.set_defaults(run=cmd_judge)
