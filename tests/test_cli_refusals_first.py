@@ -47,6 +47,11 @@ CONTROL = ("--control-image", "{picture}")
         (("--t5", "{taesd}"), "not a T5 text encoder: it looks like a TAESD autoencoder"),
         (("--vae", "{picture}"), "picture.png: " + NOT_A_CHECKPOINT),
         (("--vae", "{t5}"), "not a VAE: it looks like a T5 text encoder"),
+        (
+            ("--vae", "{folder}"),  # in a VAE's terms, not a transformer's (it was "no model weights ... transformer/")
+            "empty-folder: a folder, but no VAE weights in it: expected diffusion_pytorch_model.safetensors (or a "
+            "sharded index) in the folder or in its vae/ subfolder",
+        ),
         (("--lora", "{picture}"), "picture.png: " + NOT_A_CHECKPOINT),
         (("--lora", "{lcm}"), "shapes-lcm.safetensors"),
         (("--controlnet", "{picture}", *CONTROL), "picture.png: " + NOT_A_CHECKPOINT),
@@ -61,6 +66,7 @@ CONTROL = ("--control-image", "{picture}")
         "t5-taesd",
         "vae-picture",
         "vae-t5",
+        "vae-empty-folder",
         "lora-picture",
         "lora-transformer",
         "controlnet-picture",

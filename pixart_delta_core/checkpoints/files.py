@@ -19,15 +19,17 @@ from .sources import TensorSource, printable_path, reading
 from .torch_file import TorchFileSource
 
 
-def open_checkpoint(path: str | Path) -> TensorSource:
-    """Open a checkpoint file (.safetensors, .pth, .bin) or a diffusers model folder for lazy reading.
+def open_checkpoint(path: str | Path, kind: str = "model", subfolder: str = "transformer") -> TensorSource:
+    """Open a checkpoint file (.safetensors, .pth, .bin) or a diffusers model folder for lazy reading: a folder's
+    weights are in it or in its ``subfolder`` (a pipeline's ``transformer/``, ``vae/``), and a folder without them
+    is refused as one holding no ``kind`` ("model", "VAE") weights.
 
     Raises ``CheckpointError`` for a path that is not a regular file or folder, cannot be read, or holds
     anything but an undamaged checkpoint.
     """
     path = Path(path)
     if stat.S_ISDIR(path_kind(path)):
-        return _open_folder(path)
+        return _open_folder(path, kind, subfolder)
     if sniff_format(path) is CheckpointFormat.SAFETENSORS:
         return _safetensors([path], path)
     return TorchFileSource(path)
@@ -43,8 +45,8 @@ _FOLDER_WEIGHTS = ("diffusion_pytorch_model", "model")
 STEP_FILE = "step.json"  # in a training checkpoint folder: its step and the name of its weights file
 
 
-def _open_folder(folder: Path) -> TensorSource:
-    """A diffusers model folder, a pipeline folder whose ``transformer/`` holds the model, or a training
+def _open_folder(folder: Path, kind: str, subfolder: str) -> TensorSource:
+    """A diffusers model folder, a pipeline folder whose ``subfolder`` holds the model, or a training
     checkpoint folder (its ``step.json`` names the weights: the folder also holds accelerate's own files)."""
     if (folder / STEP_FILE).is_file():
         weights = read_json(folder / STEP_FILE).get("weights")
@@ -54,7 +56,7 @@ def _open_folder(folder: Path) -> TensorSource:
                 f"(found {weights!r})"
             )
         return open_checkpoint(folder / weights)
-    for candidate in (folder, folder / "transformer"):
+    for candidate in (folder, folder / subfolder):
         for stem in _FOLDER_WEIGHTS:
             index = candidate / f"{stem}.safetensors.index.json"
             if index.is_file():
@@ -66,8 +68,8 @@ def _open_folder(folder: Path) -> TensorSource:
             if pickled.is_file():
                 return TorchFileSource(pickled)
     raise CheckpointError(
-        f"{printable_path(folder)}: a folder, but no model weights in it: expected diffusion_pytorch_model"
-        f".safetensors (or a sharded index) in the folder or in its transformer/ subfolder"
+        f"{printable_path(folder)}: a folder, but no {kind} weights in it: expected diffusion_pytorch_model"
+        f".safetensors (or a sharded index) in the folder or in its {subfolder}/ subfolder"
     )
 
 

@@ -20,13 +20,18 @@ from .sources import StateDictSource, TensorSource
 log = logging.getLogger(__name__)
 
 
-def as_source(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> TensorSource:
-    """A path (file or diffusers folder), a source, or an in-memory state dict, as a source."""
+def as_source(
+    checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
+    kind: str = "model",
+    subfolder: str = "transformer",
+) -> TensorSource:
+    """A path (file or diffusers folder: ``open_checkpoint``, with its ``kind`` and ``subfolder``), a source, or an
+    in-memory state dict, as a source."""
     if isinstance(checkpoint, TensorSource):
         return checkpoint
     if isinstance(checkpoint, Mapping):
         return StateDictSource(checkpoint)
-    return open_checkpoint(checkpoint)
+    return open_checkpoint(checkpoint, kind, subfolder)
 
 
 Place = Callable[[nn.Module, str, TensorSource, torch.dtype, torch.device], None]

@@ -214,9 +214,7 @@ def inspect_vae(
     fixed architecture contradicts (a ``scaling_factor`` other than 1.0 too: the family's is ``defaults``). Raises
     CheckpointError for anything else.
     """
-    if isinstance(checkpoint, (str, Path)) and (Path(checkpoint) / "vae").is_dir():
-        checkpoint = Path(checkpoint) / "vae"
-    source = as_source(checkpoint)
+    source = as_source(checkpoint, "VAE", "vae")  # a folder: a diffusers VAE's, or a pipeline's with its vae/
     taesd = is_taesd(source)
     kind = TaesdConfig if taesd else VaeConfig
     check_names(source.origin, hints or {}, kind.hint_names, "TAESD" if taesd else "an SD-style (KL) VAE")
