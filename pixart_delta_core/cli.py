@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .cli_progress import progress, stages
 from .cli_types import Parser, nonempty
-from .demo.embedded_files import MODELS, by_name, embedded_model, names_for, shadowed
+from .demo.embedded_files import MODELS, SAMPLERS, by_name, embedded_model, names_for, shadowed
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 if TYPE_CHECKING:
@@ -219,6 +219,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.outputs import RunRecord, save_images
 
     notes = embedded_names(args, "transformer", "t5", "vae", "controlnet")
+    if args.sampler is None:  # the transformer's own: lcm, the teacher's DPM-Solver++; --lcm-timesteps means lcm
+        lcm = "lcm" if args.lcm_timesteps is not None else None
+        args.sampler = lcm or SAMPLERS.get(embedded_model(args.transformer) or "", "lcm")
     init_size = check_generate(args)  # every refusal, then the warnings, then the load
     pipeline = PixArtPipeline(  # loads nothing: its transformer's header is read once, for check_size and the run
         args.transformer,

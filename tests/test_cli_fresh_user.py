@@ -145,9 +145,9 @@ WORLD_PROMPT = "a small red circle at the top left, on a white background"
     ("extra", "warned"),
     [
         (["--sampler", "dpm_solver++", "--negative-prompt", "blurry, low quality"], True),
-        (["--guidance", "3", "--negative-prompt", "blurry, low quality"], True),  # LCM with guidance on
+        (["--sampler", "lcm", "--guidance", "3", "--negative-prompt", "blurry, low quality"], True),  # guided LCM
         (["--sampler", "dpm_solver++", "--negative-prompt", ""], False),  # the empty prompt: nothing to judge
-        (["--negative-prompt", "blurry, low quality"], False),  # LCM, no guidance: the negative is not used
+        (["--sampler", "lcm", "--negative-prompt", "blurry, low quality"], False),  # LCM, no guidance: not used
         (["--sampler", "dpm_solver++", "--negative-prompt", WORLD_PROMPT], False),
     ],
     ids=["guided", "lcm-guided", "empty", "unguided", "in-grammar"],

@@ -96,7 +96,32 @@ def test_the_help_states_the_defaults_of_out_seed_batch_and_sampler(capsys, monk
     assert "(default: outputs/pixart.png, else the first free of pixart-1.png, pixart-2.png...: a run" in out
     assert "--seed SEED noise seed (default: 0)" in out
     assert "--batch BATCH images per prompt (default: 1)" in out
-    assert "ddim} the denoising sampler (default: lcm)" in out
+    assert "ddim} the denoising sampler (default: lcm, PixArt-δ's; dpm_solver++ for shapes-teacher, which" in out
+
+
+class Sampled(Exception):
+    """The sampler the pipeline is called with, raised to stop the run there."""
+
+
+@pytest.mark.parametrize(
+    ("extra", "sampler"),
+    [
+        (["--transformer", "shapes-teacher"], "dpm_solver++"),  # not distilled: LCM is not its sampler
+        (["--transformer", "shapes-lcm"], "lcm"),
+        (["--transformer", "shapes-teacher", "--sampler", "lcm"], "lcm"),  # one given is kept
+        (["--transformer", "shapes-teacher", "--lcm-timesteps", "diffusers"], "lcm"),  # an LCM option means lcm
+    ],
+)
+def test_the_default_sampler_is_the_transformers_own(
+    tmp_path: Path, monkeypatch, extra: list[str], sampler: str
+) -> None:
+    def sample(self, prompts, **options):
+        raise Sampled(options["sampler"])
+
+    monkeypatch.setattr(PixArtPipeline, "__call__", sample)
+    with pytest.raises(Sampled) as caught:
+        main([*generate(tmp_path), *extra])
+    assert caught.value.args[0] == sampler
 
 
 def test_the_dtype_choices_are_the_engines() -> None:
