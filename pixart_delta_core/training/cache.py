@@ -177,7 +177,6 @@ def build_cache(
         len(records),
         dataset_fingerprint(records, dataset),
     )
-    folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
     shards = range(-(-len(records) // shard_size))
     if manifest.is_file():
@@ -190,6 +189,7 @@ def build_cache(
         log.info("caching features of %d records in %s (%d shards to write)", len(records), folder, len(missing))
         encoder = load_text_encoder(model.t5, "fp32", device, model.tokenizer)
         vae = load_vae(model.vae, "fp32", device, defaults=vae_defaults)
+        folder.mkdir(parents=True, exist_ok=True)  # once the images and models are read: a refusal leaves no folder
         for shard in missing:
             part = records[shard * shard_size : (shard + 1) * shard_size]
             _write_shard(folder / f"shard-{shard:05d}.safetensors", part, encoder, vae, key, control)

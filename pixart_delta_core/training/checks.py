@@ -58,20 +58,25 @@ def check_model_kinds(config: TrainingConfig) -> None:
 
 
 def check_output(config: TrainingConfig) -> None:
-    """``InputError`` when ``train.output`` cannot be the run's folder: it, or a parent, is not a folder, or no
-    folder can be made in its nearest existing parent (a probe folder is made there and removed)."""
-    out = nearest = config.train.output
-    try:
-        blocked = non_folder_part(out)
-        if blocked is not None:
-            part, kind = blocked
-            raise InputError(f"train.output {out}: expected a folder to write the run into, but {part} is {kind}")
-        nearest = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which is there
-        os.rmdir(tempfile.mkdtemp(prefix=".pixart-delta-check-", dir=nearest))
-    except OSError as err:
-        raise InputError(
-            f"train.output {out} cannot be made: no folder can be created in {nearest} ({err.strerror or err})"
-        ) from None
+    """``InputError`` when ``train.output`` cannot be the run's folder, or ``data.cache`` the features' (where the
+    run uses one): it, or a parent, is not a folder, or no folder can be made in its nearest existing parent (a
+    probe folder is made there and removed). Neither is made here: a refused run leaves no empty folder."""
+    folders = {"train.output": (config.train.output, "to write the run into")}
+    if config.data.cache is not None and config.method is not Method.AUTOENCODER:  # autoencoder: ignored
+        folders["data.cache"] = (config.data.cache, "for the features")
+    for setting, (out, purpose) in folders.items():
+        nearest = out
+        try:
+            blocked = non_folder_part(out)
+            if blocked is not None:
+                part, kind = blocked
+                raise InputError(f"{setting} {out}: expected a folder {purpose}, but {part} is {kind}")
+            nearest = next(p for p in (out, *out.parents) if p.exists())  # a relative path ends at ".", which is there
+            os.rmdir(tempfile.mkdtemp(prefix=".pixart-delta-check-", dir=nearest))
+        except OSError as err:
+            raise InputError(
+                f"{setting} {out} cannot be made: no folder can be created in {nearest} ({err.strerror or err})"
+            ) from None
 
 
 def check_batch_size(config: TrainingConfig, records: int) -> None:

@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _trained(step: int, ran: int, steps: int) -> str:
     """What a run did, for its last line: it ended at ``step`` of ``train.steps`` having run ``ran`` steps."""
     if ran == 0:  # resumed from its last checkpoint
-        return f"already at step {step} of {steps}: nothing was trained"
+        return f"already at step {step} of {steps}: nothing was trained (raise train.steps to train on)"
     if ran == step:
         return f"trained {step} steps"
     return f"trained {ran} steps, resumed at step {step - ran}, now at step {step} of {steps}"

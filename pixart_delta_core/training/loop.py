@@ -182,6 +182,8 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: C
         )
     if checkpoint is not None:
         check_resumed_config(config, checkpoint)
+        if (done := _step_record(checkpoint)["step"]) >= t.steps:  # nothing to train: no feature cache, no model
+            return TrainResult(t.output, done, _weights_of(checkpoint), [])
     trainer, cache, captions = _setup(config, accelerator, on_checked)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
     set_gradient_checkpointing(trainer.module, t.gradient_checkpointing)
@@ -194,7 +196,7 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: C
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         trainer.load_state(load_file(str(checkpoint / TRAINER_STATE), device=str(accelerator.device)))
-        step = json.loads((checkpoint / STEP_FILE).read_text())["step"]
+        step = _step_record(checkpoint)["step"]
         weights = _weights_of(checkpoint)
         log.info("resuming from %s at step %d", checkpoint, step)
     if accelerator.is_main_process:
@@ -358,9 +360,14 @@ def _save_checkpoint(
     return _weights_of(folder)
 
 
+def _step_record(checkpoint: Path) -> dict:
+    """A complete checkpoint folder's step file: its step and the name of its weights file."""
+    return json.loads((checkpoint / STEP_FILE).read_text())
+
+
 def _weights_of(checkpoint: Path) -> Path:
     """The weights file a complete checkpoint folder holds."""
-    return checkpoint / json.loads((checkpoint / STEP_FILE).read_text())["weights"]
+    return checkpoint / _step_record(checkpoint)["weights"]
 
 
 class _CsvLog:
