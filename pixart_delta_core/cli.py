@@ -26,12 +26,13 @@ LONG_PROMPT, SHOWN_PROMPT = 80, 60  # a prompt of more characters is shown by it
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints.sources import printable_path
     from .models.controlnet import inspect_controlnet
+    from .models.lora import inspect_lora
     from .models.transformer import inspect_transformer
     from .text.t5 import inspect_t5
     from .vae.autoencoder import inspect_vae
 
     inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
-    inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae))
+    inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae), ("PixArt LoRA", inspect_lora))
     failed, noted = 0, set()
     for given in args.files:  # every file is told; the bad ones are named where they come, with a failing exit
         if (note := shadowed(given)) is not None and note not in noted:  # once for a name given twice
@@ -315,13 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m pixart_delta_core", description="PixArt-δ engine")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(dest="command", required=True)
-    what = "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE"
+    what = "a PixArt transformer, a PixArt ControlNet, a T5 text encoder, a VAE or a PixArt LoRA"
     info = sub.add_parser(
         "info",
         parents=[_common()],
         help=f"say what a file is ({what}) and its detected configuration",
-        description=f"Say what each file is ({what}: single files, diffusers or HF folders), its detected "
-        "configuration, how many tensors it holds and their size and dtypes. Reads no weights.",
+        description=f"Say what each file is ({what}: single files, diffusers, HF or PEFT folders), its detected "
+        "configuration (a LoRA's: its rank and the layers it adapts), how many tensors it holds and their size and "
+        "dtypes. Reads no weights but a LoRA's, which are small, to check them.",
     )
     info.add_argument(
         "files",

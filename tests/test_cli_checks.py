@@ -178,7 +178,7 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
             main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "the grid written (default: outputs/demo.png)" in out
-    assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder or a VAE" in out
+    assert "a PixArt transformer, a PixArt ControlNet, a T5 text encoder, a VAE or a PixArt LoRA" in out
     assert "--training-resolution PX" in out and "--heads" in out
     # the size's default with an init image is the init image's (test_img2img_without_a_size_keeps_...)
     assert "--width WIDTH pixels (default: the init image's with --init-image (to the nearest multiple of 16)" in out

@@ -84,3 +84,26 @@ def test_other_files_are_told_by_their_first_bytes(tmp_path: Path, capsys, conte
     path.write_bytes(content)
     assert main(["info", str(path)]) == 1
     assert capsys.readouterr().err.startswith(f"error: {path}: {said}")
+
+
+def test_a_lora_is_told_with_its_rank_and_the_layers_it_adapts(tmp_path: Path, capsys) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    def pair(module: str, rank: int, width: int = 48) -> dict[str, torch.Tensor]:  # PEFT names, diffusers modules
+        down, up = torch.zeros(rank, width), torch.zeros(width, rank)
+        return {f"{module}.lora_A.weight": down, f"{module}.lora_B.weight": up}
+
+    state: dict[str, torch.Tensor] = {}
+    for block in (0, 1, 2, 5):
+        for layer in ("attn1.to_q", "attn1.to_k", "attn1.to_out.0"):  # q and k of the fused qkv, not v
+            state |= pair(f"transformer.transformer_blocks.{block}.{layer}", 4)
+    state |= pair("transformer.transformer_blocks.7.attn2.to_q", 8)
+    save_file(state, str(tmp_path / "style.safetensors"))
+    assert main(["info", str(tmp_path / "style.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        "  PixArt LoRA, LoRA in the PEFT/diffusers (transformer.*) layout on 9 modules, rank 4 to 8: attn.proj, "
+        "attn.qkv (2 of 3 parts) of blocks 0-2, 5; cross_attn.q_linear of block 7"
+    )
+    assert lines[2].startswith(f"  {len(state)} tensors, ")

@@ -22,18 +22,21 @@ import copy
 import logging
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoints.sources import TensorSource
 from ..errors import CheckpointError, InputError
 from ..quant.quantization import QuantizedLinear
 from .controlnet import ControlNetTransformer
-from .lora_config import AdapterKind, AdapterPart, Lora
+from .lora_config import AdapterKind, AdapterPart, Lora, open_lora, read_lora
 from .transformer import PixArtTransformer
 
 log = logging.getLogger(__name__)
@@ -308,3 +311,52 @@ def remove_loras(model: nn.Module) -> nn.Module:
         parent = clean.get_submodule(parent_name)
         setattr(parent, child, getattr(parent, child).base_layer)
     return clean
+
+
+@dataclass(frozen=True)
+class InspectedLora:
+    """A LoRA file as ``info`` tells it: its adapters (``read_lora``) and the tensors it holds."""
+
+    lora: Lora
+    tensors: TensorSource
+
+    def describe(self) -> str:
+        """One line: ``Lora.describe`` (kinds, layout, modules, rank), then the layers adapted (``adapted_layers``)."""
+        return f"{self.lora.describe()}: {adapted_layers(self.lora)}"
+
+
+def inspect_lora(path: str | Path) -> InspectedLora:
+    """A LoRA file or PEFT folder, read strictly (``read_lora``: CheckpointError for anything else). Unlike the other
+    inspectors it reads the tensors, to check every adapter whole: a LoRA's are small."""
+    return InspectedLora(read_lora(path), open_lora(path)[0])
+
+
+def adapted_layers(lora: Lora) -> str:
+    """The layers ``lora`` adapts, in our module names: each layer of the blocks with the blocks it is adapted in
+    ("attn.proj, attn.qkv of blocks 0-27"), a fused layer adapted in some of its parts with how many ("attn.qkv (2 of
+    3 parts)"), then the layers outside the blocks ("t_block.1")."""
+    in_blocks: dict[str, list[int]] = {}
+    outside = []
+    for module, parts in lora.targets.items():
+        name = module if len(parts) == parts[0].parts else f"{module} ({len(parts)} of {parts[0].parts} parts)"
+        if (block := re.fullmatch(r"blocks\.(\d+)\.(.+)", name)) is not None:
+            in_blocks.setdefault(block[2], []).append(int(block[1]))
+        else:
+            outside.append(name)
+    layers_of: dict[str, list[str]] = {}  # the blocks, in words -> the layers adapted in exactly those
+    for layer, blocks in in_blocks.items():
+        layers_of.setdefault(_blocks(sorted(blocks)), []).append(layer)
+    said = [f"{', '.join(sorted(layers))} of {blocks}" for blocks, layers in layers_of.items()]
+    return "; ".join(said + sorted(outside))
+
+
+def _blocks(numbers: list[int]) -> str:
+    """Sorted block numbers in words, as runs: [0, 1, 2, 5, 7, 8] -> "blocks 0-2, 5, 7-8"; [7] -> "block 7"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    spans = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"block{'s' * (len(numbers) > 1)} {spans}"

@@ -183,7 +183,7 @@ def _naming(module: str) -> tuple[str, Naming]:
     return next((p, n) for p, n in _PREFIXES if module.startswith(p))
 
 
-def _open(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
+def open_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> tuple[TensorSource, Scaling | None]:
     """The LoRA's tensors, and the scaling its PEFT ``adapter_config.json`` sets, if it has one."""
     if not isinstance(lora, (str, Path)):
         return as_source(lora), None
@@ -237,7 +237,7 @@ def read_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> L
     no module of the PixArt transformer (listed), or incomplete or inconsistent adapters. Whether the modules
     exist in a given model, with the sizes the adapters expect, is checked when applying (``models/lora.py``).
     """
-    source, scaling = _open(lora)
+    source, scaling = open_lora(lora)
     if not source.shapes:
         raise CheckpointError(f"{source.origin}: holds no tensors; expected a LoRA")
     not_float = next(((k, d) for k, d in source.dtypes.items() if not d.is_floating_point), None)
