@@ -48,8 +48,15 @@ $PY -m pixart_delta_core train controlnet --config $M/controlnet-more-2.toml
 $PY -m pixart_delta_core train base --config $M/teacher-windowed-long.toml
 $PY -m pixart_delta_core train lcm --config $M/lcm.toml
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more-3.toml
-# 7. into the pack, in fp16
+# 7. the decoder once more (decoder-stars.toml, encoder frozen: the latents, and so every model above, stay as they
+#    are), on the world's pictures with each scene that holds a star on white or gray three times over. It started
+#    from the fp16 autoencoder shipped from commit 864fb99, upcast (the spread run's checkpoint was lost with an
+#    earlier machine)
+(cat outputs/embedded/world/data.jsonl; for copy in 1 2; do grep star outputs/embedded/world/data.jsonl | grep -v 'black background'; done) \
+    > outputs/embedded/world/decoder-stars.jsonl
+$PY -m pixart_delta_core train autoencoder --config $M/decoder-stars.toml
+# 8. into the pack, in fp16
 $PY $M/ship.py outputs/embedded/teacher-windowed-long/checkpoints/step-0006000/transformer.safetensors \
     outputs/embedded/lcm-long-g45/checkpoints/step-0000600/transformer.safetensors \
     outputs/embedded/controlnet-long/checkpoints/step-0001200/controlnet.safetensors \
-    outputs/embedded/spread/checkpoints/step-0000050/autoencoder.safetensors outputs/embedded/t5-windowed
+    outputs/embedded/decoder-stars/checkpoints/step-0000900/autoencoder.safetensors outputs/embedded/t5-windowed
