@@ -4,6 +4,7 @@ img2img, core-style conditioning, statelessness and cancel (no ComfyUI installed
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -132,6 +133,15 @@ def test_guidance_without_negative_uses_the_null_caption_or_asks_for_one(loaded)
     torch.testing.assert_close(latent["samples"], expected / SCALE, rtol=0, atol=0)
     with pytest.raises(ENGINE.errors.InputError, match="connect a negative conditioning"):
         run(loaded["lcm"], positive, **widgets)
+
+
+def test_the_lcm_sampler_with_guidance_warns_and_runs(loaded, caplog) -> None:
+    positive, negative = encode(loaded, "a cat"), encode(loaded, "")
+    widgets = {"seed": 2, "steps": 1, "sampler": "lcm", "guidance": 4.5, **SIZE}
+    with caplog.at_level(logging.WARNING):
+        run(loaded["lcm"], positive, negative=negative, **widgets)
+    said = [r.getMessage() for r in caplog.records if "LCM sampler with guidance 4.5" in r.getMessage()]
+    assert len(said) == 1 and "is run without guidance (0 or 1)" in said[0]
 
 
 def test_img2img_from_a_raw_latent(loaded) -> None:

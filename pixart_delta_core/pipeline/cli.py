@@ -200,8 +200,9 @@ def add_generate_parser(
     gen.add_argument(
         "--negative-prompt",
         action="append",
-        help="used with guidance > 1 (default: the learned null caption); once for every prompt, or once per "
-        "--prompt, in order",
+        help="acts only with guidance > 1, which is for a guided sampler (dpm_solver++...) on a model that is not "
+        "distilled: a distilled LCM model runs unguided, guidance 0 or 1 (default: the learned null caption); once "
+        "for every prompt, or once per --prompt, in order",
     )
     gen.add_argument(
         "--out",

@@ -47,6 +47,7 @@ from .arguments import (
     named_image,
     negatives_to_encode,
     opened_image,
+    warn_guided_lcm,
 )
 from .images import INIT_IMAGE_SIZE, asked_size, init_sets_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
 from .resolution import bins_for
@@ -294,6 +295,7 @@ class PixArtPipeline:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
         self.check_files(control is not None, init_image is not None or control is not None)  # before T5 runs
         transformer_config = self.transformer_checkpoint.config
+        warn_guided_lcm(settings)
         negatives = negatives_to_encode(negatives, len(prompts), settings.guided, transformer_config.null_caption)
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
