@@ -214,10 +214,10 @@ def warn_untrained_size(transformer: Path, height: int | None, width: int | None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline.cli import DEFAULT_INIT_STRENGTH, DEFAULT_OUT, check_size, detection_hints
+    from .pipeline.cli import DEFAULT_INIT_STRENGTH, DEFAULT_OUT, check_size, detection_hints, run_record
     from .pipeline.generation import Control, PixArtPipeline
     from .pipeline.images import INIT_IMAGE_SIZE, init_sets_size
-    from .pipeline.outputs import RunRecord, save_images
+    from .pipeline.outputs import save_images
 
     notes = embedded_names(args, "transformer", "t5", "vae", "controlnet")
     if args.sampler is None:  # the transformer's own: lcm, the teacher's DPM-Solver++; --lcm-timesteps means lcm
@@ -275,18 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             on_step=on_step,
             on_stage=on_stage,
         )
-    first = result.images[0]
-    record = RunRecord(
-        args.prompt,
-        negatives,
-        args.seed,
-        result.settings.steps,
-        args.sampler,
-        result.settings.guidance,
-        (first.height, first.width),
-        {"Model": args.transformer.name, "T5": args.t5.name, "VAE": args.vae.name}
-        | ({"ControlNet": (args.controlnet or args.transformer).name} if control is not None else {}),
-    )
+    first, record = result.images[0], run_record(args, negatives, result, pipeline, control)
     source = f", {INIT_IMAGE_SIZE}" if init_sets_size(args.height, args.width, init_size) else ""
     for path, replaced in save_images(result.images, args.out or DEFAULT_OUT, record, keep_earlier=args.out is None):
         size = f"{first.width}x{first.height}{source}, generated at {result.size[1]}x{result.size[0]}"

@@ -19,6 +19,8 @@ from ..sampling.choices import MAX_GUIDANCE, MAX_SEED, SAMPLERS, LcmTimesteps, S
 
 if TYPE_CHECKING:
     from ..models.transformer_config import TransformerConfig
+    from .generation import Control, Generation, PixArtPipeline
+    from .outputs import RunRecord
     from .resolution import Size
 
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
@@ -114,6 +116,35 @@ def detection_hints(args: argparse.Namespace) -> dict[str, int]:
 
         hints["sample_size"] = sample_size_for(args.training_resolution)
     return {k: v for k, v in hints.items() if v is not None}
+
+
+def run_record(
+    args: argparse.Namespace,
+    negatives: str | list[str] | None,
+    result: Generation,
+    pipeline: PixArtPipeline,
+    control: Control | None,
+) -> RunRecord:
+    """What ``generate`` writes in each PNG's ``parameters`` chunk: its settings (the sampler's defaults filled in),
+    the model files by name, and the settings that changed the picture where not at their defaults
+    (``picture_settings``: the init image's strength, the LoRAs, the ControlNet's window, quantization)."""
+    from .outputs import RunRecord, picture_settings
+
+    models = {"Model": args.transformer.name, "T5": args.t5.name, "VAE": args.vae.name}
+    if control is not None:
+        models["ControlNet"] = (args.controlnet or args.transformer).name
+    settings = picture_settings(
+        strength=result.settings.strength,
+        loras=[(Path(path).name, strength) for path, strength in args.lora],
+        lora_controlnet=args.lora_controlnet,
+        control=None if control is None else (control.strength, control.start, control.end),
+        quantization=pipeline.quantization.value,
+        t5_quantization=pipeline.t5_quantization.value,
+    )
+    first = result.images[0]
+    size = (first.height, first.width)
+    steps, guidance = result.settings.steps, result.settings.guidance
+    return RunRecord(args.prompt, negatives, args.seed, steps, args.sampler, guidance, size, models, settings)
 
 
 def lora_spec(text: str) -> tuple[Path, float]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -35,9 +36,12 @@ class RunRecord:
     guidance: float
     size: tuple[int, int]  # (height, width) in pixels, as written
     models: Mapping[str, str]  # role ("Model", "T5", "VAE"...) -> file name
+    # Further settings that changed the picture, only where not at their defaults (``picture_settings``)
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     def parameters(self, prompt_index: int, image_index: int) -> str:
-        """The text of the ``parameters`` chunk for one image: prompt, negative, then one settings line."""
+        """The text of the ``parameters`` chunk for one image: prompt, negative, then one settings line of ``Key:
+        value`` pairs, a value holding a comma, colon or line break quoted as JSON (as A1111 writes it)."""
         fields = [
             ("Steps", self.steps),
             ("Sampler", self.sampler),
@@ -46,6 +50,7 @@ class RunRecord:
             ("Size", f"{self.size[1]}x{self.size[0]}"),
             ("Batch index", image_index),
             *self.models.items(),
+            *self.settings.items(),
         ]
         lines = [self.prompts[prompt_index]]
         negative = self.negative_prompt
@@ -53,8 +58,45 @@ class RunRecord:
             negative = negative[prompt_index]
         if negative:
             lines.append(f"Negative prompt: {negative}")
-        lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+        lines.append(", ".join(f"{key}: {_quoted(str(value))}" for key, value in fields))
         return "\n".join(lines)
+
+
+def _quoted(value: str) -> str:
+    """``value`` as A1111's ``quote`` writes it in a settings line: as it is, or in JSON quotes where a comma, colon
+    or line break would split the line into other pairs."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def picture_settings(
+    *,
+    strength: float = 1.0,
+    loras: Sequence[tuple[str, float]] = (),
+    lora_controlnet: bool = False,
+    control: tuple[float, float, float] | None = None,
+    quantization: str = "none",
+    t5_quantization: str = "none",
+) -> dict[str, str]:
+    """The settings beyond ``RunRecord``'s own that changed the picture, each only where not at its default, in
+    the ``Key: value`` words other tools write: an image-to-image ``strength`` below 1 ("Denoising strength"; Steps
+    stays the number asked, of which the last steps x strength ran), the ``loras`` (file name, strength), whether
+    the ControlNet took them too, the ControlNet's (strength, start, end) in ``control``, and the quantization of
+    the transformer and T5 weights."""
+    settings = {}
+    if strength < 1.0:
+        settings["Denoising strength"] = f"{strength:g}"
+    if loras:
+        settings["Lora"] = ", ".join(f"{name}: {weight:g}" for name, weight in loras)
+        if lora_controlnet and control is not None:
+            settings["Lora on ControlNet"] = "yes"
+    if control is not None:
+        for key, value, default in zip(("strength", "start", "end"), control, (1.0, 0.0, 1.0), strict=True):
+            if value != default:
+                settings[f"ControlNet {key}"] = f"{value:g}"
+    for key, value in (("Quantization", quantization), ("T5 quantization", t5_quantization)):
+        if value != "none":
+            settings[key] = value
+    return settings
 
 
 def check_output(out: Path, prompts: int = 1, per_prompt: int = 1, *, keep_earlier: bool = False) -> None:
