@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .cli_progress import progress, stages
 from .cli_types import Parser, nonempty
-from .demo.embedded_files import MODELS, SAMPLERS, by_name, embedded_model, names_for, shadowed
+from .demo.embedded_files import MODELS, SAMPLERS, by_name, config_model, embedded_model, names_for, shadowed
 from .errors import CheckpointError, InputError, PixArtDeltaError
 
 if TYPE_CHECKING:
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .world.cli import add_world_parsers
 
     add_generate_parser(sub, _common(), names_for).set_defaults(run=cmd_generate)
-    add_train_parser(sub, _common())
+    add_train_parser(sub, _common(), config_model)
     add_world_parsers(sub, _common())
     return parser
 

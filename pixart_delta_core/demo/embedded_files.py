@@ -7,10 +7,13 @@ Plain paths and names, no torch: the command line's parser lists the names in it
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import InputError
 from ..file_kinds import exists
+
+log = logging.getLogger(__name__)
 
 FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
 MODELS = {
@@ -99,6 +102,44 @@ def shadowed(value: str | Path, option: str | None = None) -> str | None:
         f"{f'{option} ' if option else ''}{name} is the pack's embedded {KINDS[_kind(name)]}: using it, not the "
         f"{what} ./{name} here (give ./{name} to use that {what})"
     )
+
+
+# A training config's model settings (``[model]`` in ``train --config``) that take an embedded model, by kind.
+CONFIG_SETTINGS = {"transformer": "transformer", "controlnet": "controlnet", "vae": "vae", "text_encoders": "t5"}
+
+
+def config_model(value: str, setting: str, folder: Path) -> Path | None:
+    """The file of the embedded model a training config's ``setting`` (``model.t5``...) names by ``value``, as
+    ``by_name`` reads the command line's names: its own name (``shapes-t5``) is that model, with a warning where
+    ``folder`` (the config's, from which its relative paths are read) holds a file of that name too; its file's name
+    (``shapes-edges``) is, where ``folder`` holds none. None for a path, to read from ``folder`` as before (a bare
+    name of no embedded model, or of another kind's where ``folder`` holds a file of that name).
+
+    Raises InputError for another kind's model (``model.vae = "shapes-lcm"``), saying which setting takes it."""
+    takes = next((kind for kind, key in CONFIG_SETTINGS.items() if setting == f"model.{key}"), None)
+    found = next((model for model in MODELS if value in _names(model)), None)
+    if takes is None or found is None or Path(value).name != value:
+        return None
+    kind = _kind(found)
+    if (found != value or kind != takes) and exists(folder / value):  # a file there named as a model's file is
+        return None
+    if kind != takes:
+        listed = ", ".join(model for model in sorted(MODELS) if _kind(model) == takes)
+        raise InputError(
+            f"{setting} {value}: {value} is the pack's embedded {KINDS[kind]}, not a {KINDS[takes]}: give it as "
+            f'model.{CONFIG_SETTINGS[kind]} = "{found}" (the embedded {KINDS[takes]}: {listed})'
+        )
+    if exists(folder / value):
+        log.warning(
+            "%s %s is the pack's embedded %s: using it, not the %s %s beside the config (give ./%s to use that)",
+            setting,
+            value,
+            KINDS[kind],
+            "folder" if (folder / value).is_dir() else "file",
+            folder / value,
+            value,
+        )
+    return embedded_path(found)
 
 
 def _takes(option: str | None) -> list[str]:

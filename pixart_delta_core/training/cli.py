@@ -7,13 +7,22 @@ command runs). Under ``accelerate launch -m pixart_delta_core train ...`` every 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cli_types import nonempty
 from .config import Method
 
+if TYPE_CHECKING:
+    from .config_file import Named
 
-def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+
+def add_train_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, named: Named | None = None
+) -> None:
+    """Add ``train`` to ``sub``. ``named``: what makes a config's ``[model]`` value of an embedded model's name its
+    file (``demo.embedded_files.config_model``: demo sits above training, so the caller hands it down)."""
     train = sub.add_parser(
         "train",
         parents=[common],
@@ -33,17 +42,18 @@ def add_train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
         "--config",
         type=nonempty("a TOML file", Path),
         required=True,
-        help="TOML file: [model], [data], [train], [lcm]...",
+        help="TOML file: [model] (paths from the file's folder, or the embedded models' names such as "
+        "shapes-teacher), [data], [train], [lcm]...",
     )
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(run=partial(cmd_train, named=named))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, named: Named | None = None) -> int:
     from .config_file import load_config
     from .loop import train
 
-    config = load_config(args.config, args.method)
+    config = load_config(args.config, args.method, named)
     result = train(config, resume=args.resume, on_checked=lambda: print(config.to_toml(), flush=True))
     from accelerate import PartialState
 

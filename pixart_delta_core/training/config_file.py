@@ -10,6 +10,7 @@ import stat
 import sys
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,16 @@ from .config import SECTIONS, Method, TrainingConfig
 log = logging.getLogger(__name__)
 
 
-def load_config(path: str | Path, method: Method | str | None = None) -> TrainingConfig:
+# A model setting's value as written (``model.t5 = "shapes-t5"``), its name (``model.t5``) and the config's folder ->
+# the file that name stands for, or None to read it as a path (the command line's embedded names: demo.embedded_files)
+Named = Callable[[str, str, Path], Path | None]
+
+
+def load_config(path: str | Path, method: Method | str | None = None, named: Named | None = None) -> TrainingConfig:
     """Read a TOML training config; ``method`` (from the command line) overrides the file's ``method``.
 
-    Relative paths in the file are taken from the file's folder. Raises ``InputError`` naming the
-    unknown or bad key.
+    Relative paths in the file are taken from the file's folder; a ``[model]`` value that ``named`` makes a file (an
+    embedded model's name) is that file. Raises ``InputError`` naming the unknown or bad key.
     """
     path = Path(path)
     tomllib = toml_reader()
@@ -33,7 +39,7 @@ def load_config(path: str | Path, method: Method | str | None = None) -> Trainin
         table = tomllib.loads(_config_text(path))
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"training config {path} is not valid TOML: {err}") from None
-    return config_from_dict(table, method, root=path.parent)
+    return config_from_dict(table, method, root=path.parent, named=named)
 
 
 def _config_text(path: Path) -> str:
@@ -61,10 +67,14 @@ def _config_text(path: Path) -> str:
 
 
 def config_from_dict(
-    table: dict[str, Any], method: Method | str | None = None, root: Path = Path(".")
+    table: dict[str, Any], method: Method | str | None = None, root: Path = Path("."), named: Named | None = None
 ) -> TrainingConfig:
     """A ``TrainingConfig`` from parsed TOML (see ``load_config``)."""
     table = dict(table)
+    if named is not None and isinstance(models := table.get("model"), dict):  # a bad table is _section's to refuse
+        for key, value in models.items():
+            if isinstance(value, str) and (path := named(value, f"model.{key}", root)) is not None:
+                table["model"] = {**table["model"], key: str(path)}  # absolute: root / path is path
     written = table.pop("method", None)
     chosen = method if method is not None else written
     unknown = sorted(set(table) - set(SECTIONS))
