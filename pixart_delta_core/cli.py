@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_kinds import check_is_lora, first_that_reads, inspectors_of_kinds
 from .cli_progress import progress, stages
 from .cli_types import Parser, nonempty
 from .demo.embedded_files import MODELS, SAMPLERS, by_name, config_model, embedded_model, names_for, shadowed
-from .errors import CheckpointError, InputError, PixArtDeltaError
+from .errors import InputError, PixArtDeltaError
 
 if TYPE_CHECKING:
     from .pipeline.resolution import Size
@@ -25,14 +26,8 @@ LONG_PROMPT, SHOWN_PROMPT = 80, 60  # a prompt of more characters is shown by it
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints.sources import printable_path
-    from .models.controlnet import inspect_controlnet
-    from .models.lora import inspect_lora
-    from .models.transformer import inspect_transformer
-    from .text.t5 import inspect_t5
-    from .vae.autoencoder import inspect_vae
 
-    inspectors = (("PixArt transformer", inspect_transformer), ("PixArt ControlNet", inspect_controlnet))
-    inspectors += (("T5 text encoder", inspect_t5), ("VAE", inspect_vae), ("PixArt LoRA", inspect_lora))
+    inspectors = inspectors_of_kinds()
     failed, noted = 0, set()
     for given in args.files:  # every file is told; the bad ones are named where they come, with a failing exit
         if (note := shadowed(given)) is not None and note not in noted:  # once for a name given twice
@@ -40,7 +35,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             log.warning(note)
         try:
             path = by_name(given)
-            detected, what = _first_that_reads(path, inspectors)
+            detected, what = first_that_reads(path, inspectors)
         except PixArtDeltaError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
@@ -53,18 +48,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     if failed and len(args.files) > 1:
         print(f"error: {failed} of {len(args.files)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
-    """The first inspector that recognises ``path``; else the first one's error (it says what the file is)."""
-    first: CheckpointError | None = None
-    for what, inspect in inspectors:
-        try:
-            return inspect(path), what
-        except CheckpointError as err:
-            first = first or err
-    assert first is not None
-    raise first
 
 
 def embedded_names(args: argparse.Namespace, *options: str) -> list[str]:
@@ -132,7 +115,10 @@ def check_generate(args: argparse.Namespace) -> Size | None:
             raise InputError(f"{option} {path}: no such file or folder")
     for path, _ in args.lora:
         if not exists(path):
+            by_name(str(path), "--lora")  # an embedded model's name: which model it is, and not a LoRA
             raise InputError(f"--lora {path}: no such file or folder")
+    for path, _ in args.lora:
+        check_is_lora(path)
     for option in ("--init-image", "--control-image"):
         if named[option] is not None and not named[option].is_file():
             found = file_kind(named[option].stat().st_mode)

@@ -32,6 +32,8 @@ SAMPLERS = {"shapes-teacher": "dpm_solver++"}
 # The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.
 KINDS = {"transformer": "transformer", "controlnet": "ControlNet", "vae": "VAE", "text_encoders": "T5 text encoder"}
 OPTIONS = {"transformer": "--transformer", "controlnet": "--controlnet", "vae": "--vae", "text_encoders": "--t5"}
+# The command line's options that take a kind of file the pack embeds none of, and that kind, in words.
+NOT_EMBEDDED = {"--lora": "LoRA"}
 
 
 def embedded_path(name: str | Path) -> Path:
@@ -82,7 +84,10 @@ def by_name(value: str | Path, option: str | None = None) -> Path:
     if found is None and other_case is not None:  # names are case-sensitive, as files are on most systems
         said.append(f"did you mean {other_case}?")
     if found is not None:  # another kind's model: the option that takes it
-        said.append(f"{name} is the pack's embedded {KINDS[kind]}: give it as {OPTIONS[kind]} {found}")
+        wanted = f", not a {NOT_EMBEDDED[option]}" if option in NOT_EMBEDDED else ""
+        said.append(f"{name} is the pack's embedded {KINDS[kind]}{wanted}: give it as {OPTIONS[kind]} {found}")
+    if not takes:  # an option no embedded model is for (--lora)
+        raise InputError(f"{f'{option} ' if option else ''}{name}: {'; '.join(said)}")
     listed = sorted(model for model in MODELS if _kind(model) in takes)
     several = len(listed) > 1
     what = "models" if len(takes) > 1 else KINDS[takes[0]] + ("s" if several else "")

@@ -201,6 +201,16 @@ def open_lora(lora: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> t
     return as_source(path), (peft_scaling(config) if peft_layout and config.is_file() else None)
 
 
+def holds_adapters(lora: str | Path) -> bool:
+    """Whether any tensor of the file or folder ``lora`` is named as an adapter's (lora_A/lora_B, lora_down/lora_up,
+    hada_*, lokr_*, alpha): False for a model given as a LoRA, or a folder without an adapter file."""
+    try:
+        source, _ = open_lora(lora)
+    except CheckpointError:
+        return False
+    return any(_split(key) is not None for key in source.shapes)
+
+
 def peft_scaling(config_file: Path) -> Scaling:
     """alpha / rank per module from a PEFT ``adapter_config.json``, read by peft (alpha / sqrt(rank) with rsLoRA)."""
     try:

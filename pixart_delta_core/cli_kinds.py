@@ -1,0 +1,57 @@
+"""What kind of model file a path is, for the command line: the kinds ``info`` tells, in the order it tries them,
+and ``generate``'s refusal of a model given as a --lora (which would otherwise list every tensor as unmatched)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import CheckpointError, InputError
+
+
+def inspectors_of_kinds() -> tuple[tuple[str, Callable, str], ...]:
+    """The kinds of file ``info`` tells, in the order it tries them: (kind in words, inspector, generate's option)."""
+    from .models.controlnet import inspect_controlnet
+    from .models.lora import inspect_lora
+    from .models.transformer import inspect_transformer
+    from .text.t5 import inspect_t5
+    from .vae.autoencoder import inspect_vae
+
+    return (
+        ("PixArt transformer", inspect_transformer, "--transformer"),
+        ("PixArt ControlNet", inspect_controlnet, "--controlnet"),
+        ("T5 text encoder", inspect_t5, "--t5"),
+        ("VAE", inspect_vae, "--vae"),
+        ("PixArt LoRA", inspect_lora, "--lora"),
+    )
+
+
+def first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
+    """The first inspector that recognises ``path``; else the first one's error (it says what the file is)."""
+    first: CheckpointError | None = None
+    for what, inspect, *_ in inspectors:
+        try:
+            return inspect(path), what
+        except CheckpointError as err:
+            first = first or err
+    assert first is not None
+    raise first
+
+
+def check_is_lora(path: Path) -> None:
+    """Refuse a --lora none of whose tensors is an adapter's that ``info`` reads as a model, saying which: a LoRA's
+    own read would list every tensor of it as landing on no module."""
+    from .models.lora_config import holds_adapters
+
+    if holds_adapters(path):
+        return
+    models = inspectors_of_kinds()[:-1]
+    try:
+        detected, what = first_that_reads(path, models)
+    except CheckpointError:  # no model either: reading it as a LoRA says what is wrong
+        return
+    option = next(option for kind, _, option in models if kind == what)
+    raise InputError(
+        f"--lora {path}: expected a LoRA, found no adapter tensor in it: it is a {what} ({detected.describe()}); "
+        f"give it as {option}"
+    )
