@@ -56,6 +56,7 @@ def test_each_part_takes_the_first_held_out_prompts_of_its_count(evaluate) -> No
             "argument --prompts: expected a whole number of prompts, 0 or more (0: skip), found '-3'",
         ),
         (["--prompts", "1.5"], "argument --prompts: expected a whole number of prompts, 0 or more"),
+        (["--seed", "-1"], "argument --seed: expected a whole-number seed, 0 or more, found '-1'"),
         (
             ["--prompts", "0", "--control-prompts", "0"],
             "nothing to measure: --prompts and --control-prompts are both 0",
@@ -67,3 +68,11 @@ def test_counts_below_0_or_not_whole_are_refused_with_what_was_expected(evaluate
         evaluate.main(argv)
     assert refused.value.code == 2 and said in capsys.readouterr().err
     assert evaluate.given == {}
+
+
+def test_the_seed_reaches_both_parts(evaluate) -> None:
+    seen = []
+    evaluate.prompt_runs = lambda scenes, args: seen.append(args.seed)
+    evaluate.control_runs = lambda scenes, args: seen.append(args.seed)
+    evaluate.main(["--prompts", "1", "--control-prompts", "1", "--seed", "7"])
+    assert seen == [7, 7]

@@ -55,8 +55,12 @@ $PY -m pixart_delta_core train controlnet --config $M/controlnet-more-3.toml
 (cat outputs/embedded/world/data.jsonl; for copy in 1 2; do grep star outputs/embedded/world/data.jsonl | grep -v 'black background'; done) \
     > outputs/embedded/world/decoder-stars.jsonl
 $PY -m pixart_delta_core train autoencoder --config $M/decoder-stars.toml
+#    then on from it at half the learning rate, each scene with a star on gray six times over, on white three times
+(cat outputs/embedded/world/data.jsonl; for copy in 1 2 3 4 5; do grep star outputs/embedded/world/data.jsonl | grep 'gray background'; done
+ for copy in 1 2; do grep star outputs/embedded/world/data.jsonl | grep 'white background'; done) > outputs/embedded/world/decoder-gray.jsonl
+$PY -m pixart_delta_core train autoencoder --config $M/decoder-gray.toml
 # 8. into the pack, in fp16
 $PY $M/ship.py outputs/embedded/teacher-windowed-long/checkpoints/step-0006000/transformer.safetensors \
     outputs/embedded/lcm-long-g45/checkpoints/step-0000600/transformer.safetensors \
     outputs/embedded/controlnet-long/checkpoints/step-0001200/controlnet.safetensors \
-    outputs/embedded/decoder-stars/checkpoints/step-0000900/autoencoder.safetensors outputs/embedded/t5-windowed
+    outputs/embedded/decoder-gray/checkpoints/step-0000400/autoencoder.safetensors outputs/embedded/t5-windowed
