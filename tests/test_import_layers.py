@@ -1,6 +1,6 @@
 """The engine's import graph: no cycles (lazy imports inside functions count too) and no package importing
 one above it in the layering the package docstrings state (base < checkpoints, world < quant < text, vae < models <
-sampling < pipeline < demo, training < cli)."""
+sampling < pipeline < demo, training < cli, cli_kinds)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ RANKS = {
     "demo": 7,
     "training": 7,
     "cli": 8,
+    "cli_kinds": 8,  # the command line's reading of what a model file is: it opens every kind
     "__main__": 9,
 }
 
