@@ -56,7 +56,7 @@ def test_each_part_takes_the_first_held_out_prompts_of_its_count(evaluate) -> No
             "argument --prompts: expected a whole number of prompts, 0 or more (0: skip), found '-3'",
         ),
         (["--prompts", "1.5"], "argument --prompts: expected a whole number of prompts, 0 or more"),
-        (["--seed", "-1"], "argument --seed: expected a whole-number seed, 0 or more, found '-1'"),
+        (["--seed", "-1"], "argument --seed: expected a whole number (0 to 18446744073709551615), found -1"),
         (
             ["--prompts", "0", "--control-prompts", "0"],
             "nothing to measure: --prompts and --control-prompts are both 0",

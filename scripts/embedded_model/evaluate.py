@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
+from pixart_delta_core.cli_types import whole_number
 from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.demo.evaluation import (
     draw,
@@ -34,6 +35,7 @@ from pixart_delta_core.demo.evaluation import (
     prompt_scores,
 )
 from pixart_delta_core.pipeline.images import from_pil, to_pil
+from pixart_delta_core.sampling.choices import MAX_SEED
 from pixart_delta_core.vae.autoencoder import load_vae
 from pixart_delta_core.world.judge import Scores
 from pixart_delta_core.world.render import render
@@ -57,21 +59,11 @@ def round_trip(scenes: list, autoencoder: str) -> list:
         return to_pil(vae.decode(vae.encode(from_pil([render(scene) for scene in scenes]))))
 
 
-def whole_number(text: str, expected: str) -> int:
-    """``text`` as a whole number, 0 or more, for argparse; ``expected`` says what it counts in the refusal."""
-    if not text.strip().isdecimal():
-        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
-    return int(text)
-
-
 def prompt_count(text: str) -> int:
-    """A number of prompts: a whole number, 0 or more (0 skips the runs it counts for)."""
-    return whole_number(text, "a whole number of prompts, 0 or more (0: skip)")
-
-
-def seed(text: str) -> int:
-    """The first batch's seed: a whole number, 0 or more."""
-    return whole_number(text, "a whole-number seed, 0 or more")
+    """A number of prompts for argparse: a whole number, 0 or more (0 skips the runs it counts for)."""
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(f"expected a whole number of prompts, 0 or more (0: skip), found {text!r}")
+    return int(text)
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +76,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--teacher", default="shapes-teacher", help="a teacher file instead of the shipped one")
     parser.add_argument("--autoencoder", default="shapes-taesd", help="a TAESD file instead of the shipped one")
-    parser.add_argument("--seed", type=seed, default=0, help="the first batch's seed (0 or more; default 0)")
+    seed = whole_number(least=0, most=MAX_SEED)  # generate's --seed range
+    parser.add_argument("--seed", type=seed, default=0, help="the first batch's seed (default 0)")
     args = parser.parse_args(argv)
     if args.prompts == args.control_prompts == 0:
         parser.error("nothing to measure: --prompts and --control-prompts are both 0")
