@@ -315,8 +315,13 @@ def add_generate_parser(
         help="how strongly the edge map steers: the ControlNet's output times this (default 1, the reference; "
         "0: not at all)",
     )
-    ctl.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where control starts")
-    ctl.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where control ends")
+    fraction = number_in(0.0, 1.0)  # refused naming the option; start before end is checked with the others
+    ctl.add_argument(
+        "--control-start", type=fraction, default=0.0, help="fraction of the steps where control starts, 0 to 1"
+    )
+    ctl.add_argument(
+        "--control-end", type=fraction, default=1.0, help="fraction of the steps where control ends, 0 to 1"
+    )
     hint = gen.add_argument_group("detection hints (for files that do not say it; refused where a file says otherwise)")
     hint.add_argument(
         "--heads",
