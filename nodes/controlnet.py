@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.errors import InputError
-from ..pixart_delta_core.models.controlnet import inspect_controlnet, load_controlnet
+from ..pixart_delta_core.models.controlnet import controlnet_source, inspect_controlnet, load_controlnet
 from ..pixart_delta_core.models.lora import apply_loras
 from . import comfy_model, host
 from .conditioning import ControlImage, control_in, with_control
@@ -70,7 +69,7 @@ class ControlNetLoader:
     def load(
         self, model: PixArtModel, controlnet_name: str, apply_model_loras: bool = False
     ) -> tuple[PixArtControlNet]:
-        source = open_checkpoint(CONTROLNETS.path(controlnet_name))
+        source = controlnet_source(CONTROLNETS.path(controlnet_name))
         base, devices, mode = model.transformer, model.managed, model.quantization
         device = host.placement(
             mode,

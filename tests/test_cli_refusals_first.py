@@ -56,6 +56,11 @@ CONTROL = ("--control-image", "{picture}")
         (("--lora", "{lcm}"), "shapes-lcm.safetensors"),
         (("--controlnet", "{picture}", *CONTROL), "picture.png: " + NOT_A_CHECKPOINT),
         (("--controlnet", "{taesd}", *CONTROL), "not a PixArt ControlNet: it looks like a TAESD"),
+        (
+            ("--controlnet", "{folder}", *CONTROL),  # a ControlNet's terms, not a transformer's
+            "empty-folder: a folder, but no ControlNet weights in it: expected diffusion_pytorch_model.safetensors (or "
+            "a sharded index) in the folder or in its controlnet/ subfolder",
+        ),
         (("--control-image", "{picture}"), "--control-image needs --controlnet"),
         (("--prompt", "\udcff"), "prompt 2 holds a lone surrogate"),
         (("--negative-prompt", "\udcff", "--sampler", "euler", "--guidance", "2"), "negative prompt 1 holds a lone"),
@@ -71,6 +76,7 @@ CONTROL = ("--control-image", "{picture}")
         "lora-transformer",
         "controlnet-picture",
         "controlnet-taesd",
+        "controlnet-empty-folder",
         "no-controlnet",
         "prompt",
         "negative-prompt",

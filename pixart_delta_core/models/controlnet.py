@@ -179,13 +179,19 @@ class ControlResiduals:
         return self.net(tokens, self.tokens.repeat(batch // given, 1, 1), ctx, self.strength)
 
 
+def controlnet_source(checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor]) -> TensorSource:
+    """A ControlNet checkpoint as a source (``as_source``): a folder is refused in a ControlNet's terms, its weights
+    looked for in it or in a pipeline's ``controlnet/``."""
+    return as_source(checkpoint, "ControlNet", "controlnet")
+
+
 def inspect_controlnet(
     checkpoint: str | Path | TensorSource | Mapping[str, torch.Tensor],
     hints: Mapping[str, Any] | None = None,
     base_config: TransformerConfig | None = None,
 ) -> DetectedCheckpoint[ControlNetConfig]:
     """Detect a ControlNet checkpoint's layout and config without reading its weights."""
-    source = as_source(checkpoint)
+    source = controlnet_source(checkpoint)
     return detect_controlnet(source, hints, base_config, folder_config(source))
 
 
