@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixart_delta_core.errors import InputError
 from pixart_delta_core.world.dataset import JSONL, write_dataset
 from pixart_delta_core.world.render import edge_map, render
 from pixart_delta_core.world.scenes import sample_scene
@@ -35,6 +36,26 @@ def test_writing_again_rewrites_the_same_files(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_an_empty_data_set_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="at least one scene, asked for 0"):
-        write_dataset(tmp_path, 0)
+@pytest.mark.parametrize(
+    ("count", "first_seed", "said"),
+    [
+        (0, 0, "count: expected a whole number, 1 or more, found 0"),
+        (2, -1, "first_seed: expected a whole number, 0 or more, found -1"),
+        (2.0, 0, "count: expected a whole number, 1 or more, found 2.0"),
+        (
+            3,
+            2**64 - 2,
+            f"first_seed {2**64 - 2} with count 3: the last scene's seed would be {2**64}, past the largest, "
+            f"{2**64 - 1} (2^64 - 1): expected first_seed at most {2**64 - 3}",
+        ),
+    ],
+    ids=["no-scene", "negative-seed", "float-count", "past-the-last-seed"],
+)
+def test_the_api_refuses_the_seeds_the_world_command_refuses_before_its_folder(
+    tmp_path: Path, count: object, first_seed: object, said: str
+) -> None:
+    """The seed range of ``world --first-seed`` (0 to 2^64 - 1, the last scene's too) holds for the API as well."""
+    with pytest.raises(InputError) as caught:
+        write_dataset(tmp_path / "set", count, first_seed)  # type: ignore[arg-type]
+    assert str(caught.value) == said
+    assert not (tmp_path / "set").exists()

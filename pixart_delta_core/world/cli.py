@@ -64,14 +64,9 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from .dataset import write_dataset
+    from .dataset import check_seeds, write_dataset
 
-    last = args.first_seed + args.count - 1
-    if last > MAX_SEED:  # before the folder is made
-        raise InputError(
-            f"--first-seed {args.first_seed} with --count {args.count}: the last scene's seed would be {last}, past "
-            f"the largest, {MAX_SEED} (2^64 - 1): expected --first-seed at most {MAX_SEED - args.count + 1}"
-        )
+    check_seeds(args.count, args.first_seed, ("--count", "--first-seed"))  # in the options' names
     path = write_dataset(args.out, args.count, args.first_seed, args.max_shapes)
     print(f"wrote {args.count} scene{'s' if args.count != 1 else ''} to {args.out}; records: {path}")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..file_kinds import non_folder_part
 from .render import edge_map, render
-from .scenes import sample_scene
+from .scenes import MAX_SEED, sample_scene
 
 JSONL = "data.jsonl"
 CONTROL = "control"
@@ -56,11 +56,26 @@ def written_before(folder: Path) -> list[str]:
     return found
 
 
+def check_seeds(count: int, first_seed: int, names: tuple[str, str] = ("count", "first_seed")) -> None:
+    """Refuse ``count`` scenes from ``first_seed`` unless both are whole numbers, ``count`` at least 1, and every
+    scene's seed, ``first_seed`` to ``first_seed + count - 1``, within 0..``MAX_SEED``; ``names`` are the two
+    values' names in the error (``--count``...)."""
+    for name, value, least in ((names[0], count, 1), (names[1], first_seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name}: expected a whole number, {least} or more, found {value!r}")
+    last = first_seed + count - 1
+    if last > MAX_SEED:
+        raise InputError(
+            f"{names[1]} {first_seed} with {names[0]} {count}: the last scene's seed would be {last}, past the "
+            f"largest, {MAX_SEED} (2^64 - 1): expected {names[1]} at most {max(0, MAX_SEED - count + 1)}"
+        )
+
+
 def write_dataset(folder: Path, count: int, first_seed: int = 0, max_shapes: int = 2) -> Path:
     """Write ``count`` scenes into ``folder`` (created; refused if it already holds a data set or part of one, see
-    ``check_output_folder``); returns the JSONL."""
-    if count <= 0:
-        raise ValueError(f"a data set needs at least one scene, asked for {count}")
+    ``check_output_folder``); returns the JSONL. Raises InputError, before anything is written, for seeds that
+    ``check_seeds`` refuses."""
+    check_seeds(count, first_seed)
     check_output_folder(folder)
     lines = []
     for i in range(count):
