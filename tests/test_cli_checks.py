@@ -14,6 +14,7 @@ from pixart_delta_core.cli import build_parser, main
 from pixart_delta_core.demo.embedded_files import MODELS, by_name, embedded_model, embedded_path
 from pixart_delta_core.demo.files import write_demo_models
 from pixart_delta_core.errors import InputError
+from pixart_delta_core.models.strengths import MAX_CONTROL_STRENGTH
 from pixart_delta_core.pipeline import generation
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 from tests.helpers import png_header
@@ -149,6 +150,8 @@ def test_the_generate_help_names_the_embedded_models_taesd_and_the_control_stren
     named = re.findall(r"the embedded ([\w-]+(?: or [\w-]+)*)", out)
     assert sorted(" or ".join(named).split(" or ")) == sorted(MODELS)  # every embedded model, once
     assert "--control-strength CONTROL_STRENGTH how strongly the edge map steers" in out
+    bounds = f"{-MAX_CONTROL_STRENGTH:g} to {MAX_CONTROL_STRENGTH:g}"  # the engine's check_control_strength's
+    assert f"the ControlNet's output times this, {bounds} (default 1" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA device exists here: nothing to refuse")

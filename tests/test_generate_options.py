@@ -216,6 +216,7 @@ def test_lcm_timesteps_with_another_sampler_is_refused(tmp_path: Path, nothing_l
         (["--control-strength", "nan"], "argument --control-strength: expected a number in [-1000, 1000], found nan"),
         (["--control-strength", "1e30"], "argument --control-strength: expected a number in [-1000, 1000], found 1e"),
         (["--control-strength", "x"], "argument --control-strength: expected a number in [-1000, 1000], found x"),
+        (["--control-strength", "-1001"], "argument --control-strength: expected a number in [-1000, 1000], found -1"),
         (["--control-start", "abc"], "argument --control-start: expected a number in [0, 1], found abc"),
         (["--control-end", "1.5"], "argument --control-end: expected a number in [0, 1], found 1.5"),
     ],

@@ -33,13 +33,11 @@ from ..ops import Ops
 from ..quant.quantization import Quantization
 from .controlnet_config import DEFAULT_COPIES, ControlNetConfig, detect_controlnet
 from .layers import Block, BlockContext
+from .strengths import MAX_CONTROL_STRENGTH
 from .transformer import PixArtTransformer, quantize_blocks_
 from .transformer_config import TransformerConfig
 
 log = logging.getLogger(__name__)
-
-
-MAX_CONTROL_STRENGTH = 1000.0  # as a LoRA's: far past any use (1e30 overflows the residuals to a black picture)
 
 
 def check_control_strength(strength: object) -> float:

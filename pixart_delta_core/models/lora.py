@@ -37,13 +37,10 @@ from ..errors import CheckpointError, InputError
 from ..quant.quantization import QuantizedLinear
 from .controlnet import ControlNetTransformer
 from .lora_config import AdapterKind, AdapterPart, Lora, open_lora, read_lora
+from .strengths import MAX_STRENGTH
 from .transformer import PixArtTransformer
 
 log = logging.getLogger(__name__)
-
-# |strength| above this is a mistake, not a style: a LoRA at 1000x its trained strength already swamps the model,
-# and much larger values overflow the weights (1e308 times anything is inf).
-MAX_STRENGTH = 1e3
 
 
 class LoraMode(Enum):

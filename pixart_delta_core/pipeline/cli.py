@@ -1,8 +1,8 @@
 """The ``generate`` subcommand's arguments: its parser, the ``--lora`` type and the checks of its sampling options
 (``cli`` runs the command).
 
-Building the parser imports no torch: the samplers' names and reference settings come from ``sampling.choices``, and
-the LoRA bounds load when a ``--lora`` is given.
+Building the parser imports no torch: the samplers' names and reference settings come from ``sampling.choices``, the
+strengths' bounds from ``models.strengths``, and the LoRA reading loads when a ``--lora`` is given.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..cli_types import nonempty, number_in, whole_number
 from ..errors import InputError
 from ..file_kinds import exists
+from ..models.strengths import MAX_CONTROL_STRENGTH, MAX_STRENGTH
 from ..sampling.choices import MAX_GUIDANCE, MAX_SEED, SAMPLERS, LcmTimesteps, Sampler
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def run_record(
 def lora_spec(text: str) -> tuple[Path, float]:
     """``FILE`` or ``FILE:STRENGTH`` -> (path, strength). The text after the last colon is a strength unless the
     whole text names a file that exists or that text holds a path separator (``C:\\loras\\x.safetensors``)."""
-    from ..models.lora import MAX_STRENGTH, check_strength  # torch: imported when a --lora is given, not at start-up
+    from ..models.lora import check_strength  # torch: imported when a --lora is given, not at start-up
 
     path, colon, tail = nonempty("a LoRA file or folder")(text).rpartition(":")
     try:
@@ -171,14 +172,6 @@ def lora_spec(text: str) -> tuple[Path, float]:
     if not path:  # ":0.5": Path("") would be the current folder
         raise argparse.ArgumentTypeError(f"{text}: expected a LoRA file or folder before the strength, found nothing")
     return Path(path), strength
-
-
-def control_strength(text: str) -> float:
-    """--control-strength's type: a number within the ControlNet's bounds (NaN refused), so that the refusal names the
-    option (the engine's ``check_control_strength`` checks it again for the Python API)."""
-    from ..models.controlnet import MAX_CONTROL_STRENGTH  # torch: imported when the option is given, as --lora's
-
-    return number_in(-MAX_CONTROL_STRENGTH, MAX_CONTROL_STRENGTH)(text)
 
 
 def add_generate_parser(
@@ -297,7 +290,8 @@ def add_generate_parser(
         default=[],
         metavar="FILE[:STRENGTH]",
         help="apply a LoRA (any layout: PEFT, kohya, OneTrainer, ComfyUI, LoHa, LoKr) at STRENGTH (default 1, "
-        "-1000 to 1000, negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm --steps 4 --guidance 0",
+        f"{-MAX_STRENGTH:g} to {MAX_STRENGTH:g}, negative allowed); repeat to stack several. LCM-LoRA: --sampler lcm "
+        "--steps 4 --guidance 0",
     )
     lora.add_argument("--lora-controlnet", action="store_true", help="the ControlNet's copies take the LoRAs too")
     ctl = gen.add_argument_group("ControlNet-Transformer")
@@ -310,10 +304,11 @@ def add_generate_parser(
     )
     ctl.add_argument(
         "--control-strength",
-        type=control_strength,
+        type=number_in(-MAX_CONTROL_STRENGTH, MAX_CONTROL_STRENGTH),  # the engine's bounds, refused naming the option
         default=1.0,
-        help="how strongly the edge map steers: the ControlNet's output times this (default 1, the reference; "
-        "0: not at all)",
+        help="how strongly the edge map steers: the ControlNet's output times this, "
+        f"{-MAX_CONTROL_STRENGTH:g} to {MAX_CONTROL_STRENGTH:g} (default 1, the reference; 0: not at all; negative: "
+        "the opposite)",
     )
     fraction = number_in(0.0, 1.0)  # refused naming the option; start before end is checked with the others
     ctl.add_argument(
