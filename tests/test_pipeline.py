@@ -259,6 +259,42 @@ def test_an_init_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, 
                 )
 
 
+def test_an_init_image_that_sets_the_size_says_once_how_it_is_fitted_and_why(setup, tmp_path: Path, caplog) -> None:
+    """An init image of 200x120 px makes a picture of 192x128 px (each side to the nearest multiple of 16): one
+    message says so and why, not a complaint about a crop the pack chose itself; one only scaled gets a note."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "denoise":
+            raise Stop
+
+    files = setup[0]
+    run = replace(
+        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32"),
+        t5_dtype="fp32",
+    )
+    random_picture(200, 120).save(tmp_path / "init.png")
+    cropped = (
+        f"init image {tmp_path / 'init.png'} is 200x120 px (width x height), a side not a multiple of 16 px, as a "
+        "picture's must be: it is scaled and centre-cropped to 192x128 px, the nearest such size, its edges cut off "
+        "(another aspect ratio, not stretched); a width and height choose another size (--width and --height on the "
+        "command line)"
+    )
+    scaled = "init image is 136x136 px (width x height), a side not a multiple of 16 px, as a picture's must be: it is "
+    scaled += "scaled to 128x128 px, the nearest such size; a width and height choose another size"
+    for picture, level, said in (
+        (tmp_path / "init.png", logging.WARNING, cropped),
+        (random_picture(136, 136), logging.INFO, scaled),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pixart_delta_core"), pytest.raises(Stop):
+            run("a fox", init_image=picture, strength=0.5, on_stage=stop)
+        told = [r for r in caplog.records if "init image" in r.getMessage() and r.levelno >= logging.INFO]
+        assert len(told) == 1 and told[0].getMessage().startswith(said) and told[0].levelno == level, told
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

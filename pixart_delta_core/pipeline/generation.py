@@ -300,9 +300,8 @@ class PixArtPipeline:
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
         from_init = init_sets_size(height, width, init_size)
-        source = (
-            f"{named_image('init image', init_image)} is {asked[1]}x{asked[0]} px (width x height)" if from_init else ""
-        )
+        init_name = named_image("init image", init_image)
+        source = f"{init_name} is {asked[1]}x{asked[0]} px (width x height)" if from_init else ""
         bins = bins_for(transformer_config) if resolution_binning else None
         size = check_size_to_draw(asked, bins, len(prompts) * images_per_prompt, source)
         init_image = None if init_image is None else opened_image(init_image, "init image")  # decoded only now
@@ -318,7 +317,7 @@ class PixArtPipeline:
             stage("images")
             vae = self.load_vae(transformer_config)
             if init_image is not None:
-                warn_if_cropped("init image", init_image, *asked)  # the picture is the asked size, not the bin
+                warn_if_cropped(init_name, init_image, *asked, sets_size=from_init)  # the asked size, not the bin
                 init = vae.scale(vae.encode(prepare_image(init_image, *size)))
             if control is not None:
                 # the picture is the asked size, not the bin

@@ -119,15 +119,27 @@ def _to_size_multiple(side: int) -> int:
     return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, width: int, source: str = "") -> None:
+def warn_if_cropped(
+    name: str,
+    image: Image.Image | torch.Tensor,
+    height: int,
+    width: int,
+    source: str = "",
+    sets_size: bool = False,
+) -> None:
     """Log a warning when ``image`` (PIL, or a tensor channels first) and the picture of ``height`` x ``width``
     px differ in aspect ratio by more than ``ASPECT_TOLERANCE``: ``prepare_image`` then cuts its edges off.
     ``source``: where the picture's size came from, said after it (``INIT_IMAGE_SIZE``), if not from the caller.
+    ``sets_size``: the image is the init image whose size the picture takes (``init_sets_size``), so the size is the
+    pack's choice, and ``_say_fitted`` says which and why instead.
 
     An image of the same aspect ratio and another size is only scaled, and nothing is said.
     """
+    if sets_size:
+        _say_fitted(name, image, height, width)
+        return
     h, w = image_size(image)
-    if min(h, w, height, width) <= 0 or abs((w / h) / (width / height) - 1) <= ASPECT_TOLERANCE:
+    if _same_aspect(h, w, height, width):
         return
     log.warning(
         "%s is %dx%d px, the picture %dx%d px (width x height%s): another aspect ratio, so it is scaled to cover "
@@ -138,6 +150,36 @@ def warn_if_cropped(name: str, image: Image.Image | torch.Tensor, height: int, w
         width,
         height,
         f", {source}" if source else "",
+    )
+
+
+def _same_aspect(h: int, w: int, height: int, width: int) -> bool:
+    """Whether ``h`` x ``w`` and ``height`` x ``width`` have one aspect ratio, within ``ASPECT_TOLERANCE`` (and
+    whether there is nothing to compare: a side of 0)."""
+    return min(h, w, height, width) <= 0 or abs((w / h) / (width / height) - 1) <= ASPECT_TOLERANCE
+
+
+def _say_fitted(name: str, image: Image.Image | torch.Tensor, height: int, width: int) -> None:
+    """Say how an init image that sets the picture's size (``init_sets_size``) is fitted to it, ``height`` x
+    ``width`` px: its own size with each side to the nearest multiple of ``SIZE_MULTIPLE`` (``asked_size``). A
+    warning where that changes the aspect ratio, so that ``prepare_image`` cuts edges off; a note where it is only
+    scaled; nothing where it is the image's size."""
+    h, w = image_size(image)
+    if (h, w) == (height, width):
+        return
+    cropped = not _same_aspect(h, w, height, width)
+    (log.warning if cropped else log.info)(
+        "%s is %dx%d px (width x height), a side not a multiple of %d px, as a picture's must be: it is %s to "
+        "%dx%d px, the nearest such size%s; a width and height choose another size (--width and --height on the "
+        "command line)",
+        name,
+        w,
+        h,
+        SIZE_MULTIPLE,
+        "scaled and centre-cropped" if cropped else "scaled",
+        width,
+        height,
+        ", its edges cut off (another aspect ratio, not stretched)" if cropped else "",
     )
 
 
