@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..pixart_delta_core.cli_kinds import check_is_lora
 from ..pixart_delta_core.models.lora import apply_loras
 from ..pixart_delta_core.models.lora_config import read_lora
 from . import comfy_model, host
@@ -13,6 +14,13 @@ CATEGORY = "PixArt-δ/loaders"
 # LoRAs are single files (a PEFT adapter folder's ``adapter_model.safetensors`` is listed as a file too).
 LORAS = ModelChoices(("loras",), is_folder=lambda folder: False)
 STRENGTH_LIMIT = 10.0
+# Where each kind of model file (as ``cli_kinds.inspectors_of_kinds`` names it) loads instead of here.
+INSTEAD = {
+    "PixArt transformer": "load it with PixArt-δ Checkpoint Loader",
+    "PixArt ControlNet": "load it with PixArt-δ ControlNet Loader",
+    "T5 text encoder": "load it with PixArt-δ T5 Loader",
+    "VAE": "load it with core Load VAE",
+}
 
 
 def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtModel:
@@ -21,7 +29,9 @@ def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtMode
     beside 8-bit and 4-bit ones; the new model's tensors are the input's except for the merged layers."""
     if strength == 0:
         return model
-    lora = read_lora(LORAS.path(lora_name))
+    path = LORAS.path(lora_name)
+    check_is_lora(path, "lora_name", INSTEAD)  # a model file: which, and its loader, not every tensor unmatched
+    lora = read_lora(path)
     patched = apply_loras(model.transformer, [(lora, strength)])
     comfy_model.forget_load_state(patched, model.transformer)  # merged layers are copies of possibly loaded ones
     load_device, offload_device = model.managed.load_device, model.managed.offload_device

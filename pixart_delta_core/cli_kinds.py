@@ -3,7 +3,7 @@ and ``generate``'s refusal of a model given as a --lora (which would otherwise l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .errors import CheckpointError, InputError
@@ -38,9 +38,12 @@ def first_that_reads(path: Path, inspectors: tuple) -> tuple[object, str]:
     raise first
 
 
-def check_is_lora(path: Path) -> None:
-    """Refuse a --lora none of whose tensors is an adapter's that ``info`` reads as a model, saying which: a LoRA's
-    own read would list every tensor of it as landing on no module."""
+def check_is_lora(path: Path, given: str = "--lora", instead: Mapping[str, str] | None = None) -> None:
+    """Refuse a LoRA file ``path`` none of whose tensors is an adapter's that ``info`` reads as a model, saying which:
+    a LoRA's own read would list every tensor of it as landing on no module. ``given``: what the file was given as,
+    leading the error (generate's ``--lora``, a node's widget); ``instead``: where to give each kind of model (by
+    its kind in words, as ``inspectors_of_kinds`` names it) instead, in words (default: "give it as" generate's
+    option for it)."""
     from .models.lora_config import holds_adapters
 
     if holds_adapters(path):
@@ -50,8 +53,8 @@ def check_is_lora(path: Path) -> None:
         detected, what = first_that_reads(path, models)
     except CheckpointError:  # no model either: reading it as a LoRA says what is wrong
         return
-    option = next(option for kind, _, option in models if kind == what)
+    advice = (instead or {kind: f"give it as {option}" for kind, _, option in models})[what]
     raise InputError(
-        f"--lora {path}: expected a LoRA, found no adapter tensor in it: it is a {what} ({detected.describe()}); "
-        f"give it as {option}"
+        f"{given} {path}: expected a LoRA, found no adapter tensor in it: it is a {what} ({detected.describe()}); "
+        f"{advice}"
     )

@@ -78,6 +78,25 @@ def test_a_lora_for_another_family_is_refused_by_name(in_models: Path) -> None:
         (in_models / "loras" / "sd15_style.safetensors").unlink()
 
 
+def test_a_model_file_given_as_a_lora_is_refused_naming_its_kind_and_loader(in_models: Path) -> None:
+    """As generate's --lora (``cli_kinds.check_is_lora``): which model it is, and the node that loads it."""
+    given = in_models / "loras" / "a_transformer.safetensors"
+    given.write_bytes((in_models / MODEL_FILES["lcm"]).read_bytes())
+    try:
+        with pytest.raises(ENGINE.errors.InputError) as caught:
+            call_node(NODES["PixArtDeltaLoraLoader"], model=_load(), lora_name=given.name, strength=1.0)
+    finally:
+        given.unlink()
+    said = str(caught.value)
+    assert said.startswith(f"lora_name {given}: expected a LoRA, found no adapter tensor in it: it is a PixArt ")
+    assert said.endswith("; load it with PixArt-δ Checkpoint Loader")
+
+
+def test_the_loader_names_a_node_for_every_kind_of_model_the_command_line_tells() -> None:
+    kinds = [kind for kind, *_ in ENGINE.cli_kinds.inspectors_of_kinds() if kind != "PixArt LoRA"]
+    assert sorted(PACK.nodes.lora.INSTEAD) == sorted(kinds)
+
+
 def test_the_sampler_runs_the_lora_model_and_the_input_model_still_samples_as_before(in_models: Path) -> None:
     """LCM-LoRA settings end to end through the nodes: lcm, 4 steps, guidance 0."""
     model = _load()
