@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
+from ..pixart_delta_core.demo.embedded_files import embedded_model
 from ..pixart_delta_core.devices import parse_dtype
 from ..pixart_delta_core.errors import CheckpointError, InputError
 from ..pixart_delta_core.models.transformer import inspect_transformer, load_transformer
@@ -49,7 +50,8 @@ def load_model(
     ``hint_widgets`` (``HINT_WIDGETS``) give what detection cannot read from the weights. The file is
     recognised once."""
     mode = parse_quantization(quantization)
-    source = open_checkpoint(TRANSFORMERS.path(ckpt_name))
+    path = TRANSFORMERS.path(ckpt_name)
+    source = open_checkpoint(path)
     detected = inspect_transformer(source, detection_hints(hint_widgets))
     load_device, offload_device = host.torch_device(), host.offload_device()
     parameters = host.parameter_count(detected.tensors.shapes.values())
@@ -58,7 +60,8 @@ def load_model(
     ops = comfy_model.layer_ops(mode)  # cast-capable layers: ComfyUI can stream them in low-VRAM mode
     transformer = load_transformer(detected, dtype=dtype, device=device, ops=ops, quantization=mode)
     patcher = comfy_model.model_patcher(transformer, load_device, offload_device)
-    return PixArtModel(transformer, host.manage(transformer, load_device, offload_device, patcher), ckpt_name, mode)
+    managed = host.manage(transformer, load_device, offload_device, patcher)
+    return PixArtModel(transformer, managed, ckpt_name, mode, embedded=embedded_model(path))
 
 
 def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantization: str = "none") -> PixArtT5:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..pixart_delta_core.demo.embedded_files import warn_not_distilled
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer_config import vae_defaults_for
 from ..pixart_delta_core.pipeline.arguments import (
@@ -185,6 +186,7 @@ class PixArtSampler:
                     f"prompt works) or set guidance to 1 or below"
                 )
         warn_guided_lcm(settings)  # not refused: a model distilled otherwise may want it
+        warn_not_distilled(model.embedded, sampler, steps)  # the widget's lcm default on the teacher, for one
         vae = vae_defaults_for(config)
         scale = vae.scaling_factor
         batch, latent_height, latent_width, init = _start(

@@ -40,12 +40,16 @@ class PixArtModel:
         name: str,
         quantization: Quantization = Quantization.NONE,
         loras: tuple[tuple[Lora, float], ...] = (),
+        embedded: str | None = None,
     ) -> None:
         self.transformer = transformer
         self.managed = managed
         self.name = name
         self.quantization = quantization  # a ControlNet loaded for this model is quantized the same way
         self.loras = loras  # the LoRAs applied by LoRA loaders, with their strengths: a ControlNet may take them too
+        # The pack's embedded transformer it is (demo.embedded_files.embedded_model), for the sampler's warnings;
+        # None for another file, and once a LoRA changed it (an LCM-LoRA distils the teacher)
+        self.embedded = embedded
 
     @property
     def core_model(self) -> object | None:

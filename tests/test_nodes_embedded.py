@@ -3,6 +3,7 @@ loaders list and load its files by name, and the Shapes Scene node draws the wor
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,27 @@ def test_the_loaders_load_the_shipped_files_by_their_listed_names(shipped) -> No
         NODES["PixArtDeltaSampler"], model=lcm, positive=conditioning, steps=1, guidance=1.0, width=128, height=128
     )
     assert latent["samples"].shape == (1, 4, 16, 16) and torch.isfinite(latent["samples"]).all()
+
+
+@needs_files
+def test_the_sampler_warns_when_the_teacher_runs_with_lcm_or_few_steps(shipped, caplog) -> None:
+    """The sampler widget's default is lcm, whatever the model: on the teacher, which is not distilled, it warns as
+    generate does (``warn_not_distilled``); the LCM student, or the teacher in its own steps, say nothing."""
+    teacher, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-teacher.safetensors")
+    lcm, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-lcm.safetensors")
+    (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="shapes-t5", device="cpu")
+    (conditioning,) = call_node(NODES["PixArtDeltaT5TextEncode"], t5=t5, text="a red circle in the center")
+    runs = [(teacher, "lcm", 1, "shapes-teacher is not distilled, so with the LCM sampler expect an unclear picture")]
+    runs += [(teacher, "dpm_solver++", 5, None), (lcm, "lcm", 1, None)]
+    for model, sampler, steps, warned in runs:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            call_node(
+                NODES["PixArtDeltaSampler"], model=model, positive=conditioning, sampler=sampler, steps=steps,
+                guidance=1.0, width=128, height=128,
+            )  # fmt: skip
+        said = [r.getMessage() for r in caplog.records if "not distilled" in r.getMessage()]
+        assert [m[: len(warned)] for m in said] == ([] if warned is None else [warned]), said
 
 
 # --- the Shapes Scene node -------------------------------------------------------------------------
