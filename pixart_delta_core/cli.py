@@ -143,7 +143,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
         raise InputError(f"--strength {args.strength} needs --init-image (the image to start from)")
     if args.out is not None:
         _check_out_keeps_inputs(args)
-    if not 0.0 <= args.control_start < args.control_end <= 1.0:
+    if not args.control_start < args.control_end:  # each in [0, 1]: their type (number_in) checks it
         raise InputError(
             f"--control-start {args.control_start} and --control-end {args.control_end} must satisfy "
             f"0 <= start < end <= 1"
