@@ -285,7 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_demo(args.out, args.device)  # a refusal before the introduction
     replaced = args.out.exists()
     print("\n".join(introduction()))
-    shown = write_demo(args.out, args.device)
+    shown = write_demo(args.out, args.device, args.seed)
     print("\n".join([*verdict_lines(shown), "", *next_steps(args.out, replaced)]))
     return 0
 
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoint files, diffusers or HF T5 folders, or the embedded models' names ({', '.join(MODELS)})",
     )
     info.set_defaults(run=cmd_info)
+    from .pipeline.cli import SEED, add_generate_parser
+
     demo = sub.add_parser(
         "demo",
         parents=[_common()],
@@ -330,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=nonempty("an image file name", Path), default=Path("outputs/demo.png"), help="the grid written"
     )
     demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    demo.add_argument("--seed", type=SEED, default=0, help="the noise's seed: other seeds draw the same prompts anew")
     demo.set_defaults(run=cmd_demo)
-    from .pipeline.cli import add_generate_parser
     from .training.cli import add_train_parser
     from .world.cli import add_world_parsers
 

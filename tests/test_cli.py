@@ -41,7 +41,7 @@ def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: 
 
 
 def test_the_demo_prints_paths_that_work_from_the_users_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(showcase, "write_demo", lambda out, device: [])  # what it prints after drawing, only
+    monkeypatch.setattr(showcase, "write_demo", lambda out, device, seed: [])  # what it prints after drawing, only
     grid = tmp_path / "checkout" / "outputs" / "demo.png"
     (tmp_path / "elsewhere").mkdir()
     grid.parent.mkdir(parents=True)
@@ -58,7 +58,7 @@ def test_the_demo_prints_paths_that_work_from_the_users_folder(tmp_path: Path, m
 
 
 def test_the_demo_says_it_replaced_a_grid_and_refuses_before_its_introduction(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(showcase, "write_demo", lambda out, device: [])  # what it prints after drawing, only
+    monkeypatch.setattr(showcase, "write_demo", lambda out, device, seed: [])  # what it prints after drawing, only
     grid = tmp_path / "demo.png"
     grid.write_bytes(b"an earlier grid")
     assert main(["demo", "--out", str(grid)]) == 0
@@ -66,6 +66,18 @@ def test_the_demo_says_it_replaced_a_grid_and_refuses_before_its_introduction(tm
     assert main(["demo", "--out", str(tmp_path / "demo.txt")]) == 1
     printed = capsys.readouterr()
     assert printed.out == "" and ".txt is not an image format" in printed.err
+
+
+def test_the_demo_draws_from_the_seed_given(tmp_path: Path, monkeypatch, capsys) -> None:
+    drawn = []
+    monkeypatch.setattr(showcase, "run_demo", lambda seed, device: drawn.append(seed) or [])
+    monkeypatch.setattr(showcase, "demo_grid", lambda shown: Image.new("RGB", (8, 8)))
+    assert main(["demo", "--out", str(tmp_path / "demo.png"), "--seed", "7"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo.png")]) == 0
+    assert drawn == [7, 0]
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "demo.png"), "--seed", "-1"])
+    assert "--seed: expected a whole number (0 to 18446744073709551615), found -1" in capsys.readouterr().err
 
 
 def test_paths_are_shown_relative_under_the_current_folder_else_absolute(tmp_path: Path, monkeypatch) -> None:

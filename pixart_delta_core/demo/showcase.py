@@ -182,12 +182,12 @@ def check_demo(out: Path, device: str = "auto") -> None:
     check_output(out)
 
 
-def write_demo(out: Path, device: str = "auto") -> list[Shown]:
-    """Run the demo and save its grid at ``out`` (refused first, as ``generate`` refuses its own: InputError when it
-    cannot be written, or the device cannot be used; the grid's folder is made when the grid is saved); returns what
-    it showed."""
+def write_demo(out: Path, device: str = "auto", seed: int = 0) -> list[Shown]:
+    """Run the demo from noise ``seed`` and save its grid at ``out`` (refused first, as ``generate`` refuses its own:
+    InputError when it cannot be written, or the device cannot be used; the grid's folder is made when the grid is
+    saved); returns what it showed."""
     check_demo(out, device)
-    shown = run_demo(device=device)
+    shown = run_demo(seed=seed, device=device)
     make_output_folder(out)
     demo_grid(shown).save(out)
     return shown

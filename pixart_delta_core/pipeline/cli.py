@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .outputs import RunRecord
     from .resolution import Size
 
+SEED = whole_number(least=0, most=MAX_SEED)  # a --seed's type: the generator's range, refused naming it
 DEFAULT_INIT_STRENGTH = 0.75  # --strength with an --init-image and none given: the demo_image_to_image workflow's
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # devices.DTYPES' names (a test says so), and auto
 DEFAULT_OUT = Path("outputs/pixart.png")  # --out not given: its first free name (outputs.free_output)
@@ -259,8 +260,7 @@ def add_generate_parser(
         type=number_in(0.0, MAX_GUIDANCE),
         help=f"CFG scale, on above 1 (default: the sampler's reference setting: {per_sampler('guidance')})",
     )
-    seed = whole_number(least=0, most=MAX_SEED)  # the generator's range: refused here, naming --seed
-    run.add_argument("--seed", type=seed, default=0, help="noise seed (default: %(default)s)")
+    run.add_argument("--seed", type=SEED, default=0, help="noise seed (default: %(default)s)")
     run.add_argument("--batch", type=whole_number("images"), default=1, help="images per prompt (default: %(default)s)")
     run.add_argument(
         "--lcm-timesteps",

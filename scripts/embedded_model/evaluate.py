@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
-from pixart_delta_core.cli_types import whole_number
 from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.demo.evaluation import (
     draw,
@@ -34,8 +33,8 @@ from pixart_delta_core.demo.evaluation import (
     overlap,
     prompt_scores,
 )
+from pixart_delta_core.pipeline.cli import SEED
 from pixart_delta_core.pipeline.images import from_pil, to_pil
-from pixart_delta_core.sampling.choices import MAX_SEED
 from pixart_delta_core.vae.autoencoder import load_vae
 from pixart_delta_core.world.judge import Scores
 from pixart_delta_core.world.render import render
@@ -76,8 +75,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--teacher", default="shapes-teacher", help="a teacher file instead of the shipped one")
     parser.add_argument("--autoencoder", default="shapes-taesd", help="a TAESD file instead of the shipped one")
-    seed = whole_number(least=0, most=MAX_SEED)  # generate's --seed range
-    parser.add_argument("--seed", type=seed, default=0, help="the first batch's seed (default 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="the first batch's seed (default 0)")
     args = parser.parse_args(argv)
     if args.prompts == args.control_prompts == 0:
         parser.error("nothing to measure: --prompts and --control-prompts are both 0")
