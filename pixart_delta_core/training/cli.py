@@ -15,6 +15,7 @@ from ..cli_types import nonempty
 from .config import Method
 
 if TYPE_CHECKING:
+    from .config import TrainSection
     from .config_file import Named
 
 
@@ -58,14 +59,17 @@ def cmd_train(args: argparse.Namespace, named: Named | None = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch, every process ran the command
-        print(f"{_trained(result.step, len(result.losses), config.train.steps)}; weights: {result.weights}")
+        print(f"{_trained(result.step, len(result.losses), config.train)}; weights: {result.weights}")
     return 0
 
 
-def _trained(step: int, ran: int, steps: int) -> str:
-    """What a run did, for its last line: it ended at ``step`` of ``train.steps`` having run ``ran`` steps."""
+def _trained(step: int, ran: int, t: TrainSection) -> str:
+    """What a run did, for its last line: it ended at ``step`` of ``train.steps`` (or at ``train.stop_at``) having
+    run ``ran`` steps."""
+    of = f"{t.steps}" if t.stop_at is None else f"{t.steps} (train.stop_at = {t.stop_at})"
     if ran == 0:  # resumed from its last checkpoint
-        return f"already at step {step} of {steps}: nothing was trained (raise train.steps to train on)"
+        more = "raise train.steps" if step >= t.steps else "raise or drop train.stop_at"
+        return f"already at step {step} of {of}: nothing was trained ({more} to train on)"
     if ran == step:
         return f"trained {step} steps"
-    return f"trained {ran} steps, resumed at step {step - ran}, now at step {step} of {steps}"
+    return f"trained {ran} steps, resumed at step {step - ran}, now at step {step} of {of}"

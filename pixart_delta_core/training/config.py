@@ -133,6 +133,7 @@ class TrainSection:
 
     output: Path
     steps: int = 1000
+    stop_at: int | None = None  # end the run after this step, the lr schedule still laid out over steps; None: steps
     batch_size: int = 1  # the global batch of one optimizer micro-step, over all processes
     gradient_accumulation: int = 1
     learning_rate: float = 2e-5
@@ -166,6 +167,8 @@ class TrainSection:
             "at least one prompt when train.validate_every is set",
             self.validation_prompts,
         )
+        stop, steps = self.stop_at, self.steps
+        _check(stop is None or 1 <= stop <= steps, "train.stop_at", f"between 1 and train.steps ({steps})", stop)
         _check(self.learning_rate > 0, "train.learning_rate", "a positive number", self.learning_rate)
         _check(self.weight_decay >= 0, "train.weight_decay", "zero or more", self.weight_decay)
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "zero or more", self.max_grad_norm)
@@ -173,6 +176,11 @@ class TrainSection:
         _check(gamma is None or 0 < gamma <= 10, "train.p2_gamma", "a number in (0, 10]", gamma)
         dropout = self.caption_dropout
         _check(dropout is None or 0 <= dropout < 1, "train.caption_dropout", "in [0, 1)", dropout)
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends after: ``stop_at``, or ``steps``."""
+        return self.steps if self.stop_at is None else self.stop_at
 
 
 @dataclass(frozen=True)

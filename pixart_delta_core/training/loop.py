@@ -122,8 +122,9 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 
 def train(config: TrainingConfig, resume: bool = False, on_checked: Callable[[], None] | None = None) -> TrainResult:
-    """Run ``config`` to ``train.steps`` optimizer steps (from the latest checkpoint with ``resume``);
-    ``on_checked`` is called once the checks pass, before the long work (the command line prints the config then).
+    """Run ``config`` to ``train.steps`` optimizer steps, or to ``train.stop_at`` (from the latest checkpoint with
+    ``resume``); ``on_checked`` is called once the checks pass, before the long work (the command line prints the
+    config then).
 
     Raises ``InputError`` for settings that cannot work (before the feature cache is built and any model is
     loaded where it can: ``checks.py``), ``PixArtDeltaError`` at the first step whose loss is not finite.
@@ -182,7 +183,7 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: C
         )
     if checkpoint is not None:
         check_resumed_config(config, checkpoint)
-        if (done := _step_record(checkpoint)["step"]) >= t.steps:  # nothing to train: no feature cache, no model
+        if (done := _step_record(checkpoint)["step"]) >= t.last_step:  # nothing to train: no feature cache, no model
             return TrainResult(t.output, done, _weights_of(checkpoint), [])
     trainer, cache, captions = _setup(config, accelerator, on_checked)
     order = BatchOrder(cache.sizes, t.batch_size, t.seed)
@@ -207,10 +208,10 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: C
     per_process = t.batch_size // processes
     csv_log = _CsvLog(t.output / "log.csv", step) if accelerator.is_main_process else None
     bar = tqdm(
-        total=t.steps, initial=step, desc=f"train {config.method.value}", disable=not accelerator.is_main_process
+        total=t.last_step, initial=step, desc=f"train {config.method.value}", disable=not accelerator.is_main_process
     )
     losses: list[float] = []
-    while step < t.steps:
+    while step < t.last_step:
         started = time.perf_counter()
         total = torch.zeros((), device=accelerator.device)
         for micro in range(t.gradient_accumulation):
@@ -244,7 +245,7 @@ def _train(config: TrainingConfig, resume: bool, accelerator: Any, on_checked: C
             accelerator.log({"loss": value, "learning_rate": lr, "samples_per_s": rate}, step=step)
             if csv_log is not None:
                 csv_log.write(step, value, lr, rate)
-        if step % t.checkpoint_every == 0 or step == t.steps:
+        if step % t.checkpoint_every == 0 or step == t.last_step:
             weights = _save_checkpoint(accelerator, trainer, module, config, step)
         if captions is not None and step % t.validate_every == 0:
             lcm = config.method is Method.LCM or (config.method is Method.LORA and config.lora.lcm)
