@@ -42,7 +42,7 @@ head -n 2000 outputs/embedded/world/data.jsonl > outputs/embedded/world/control.
 $PY -m pixart_delta_core train controlnet --config $M/controlnet.toml
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more.toml
 $PY -m pixart_delta_core train controlnet --config $M/controlnet-more-2.toml
-# 6. the teacher 6,000 steps more (stopped there, of 7,000: see its config), from the fp16 teacher shipped from
+# 6. the teacher 6,000 steps more (ended there by stop_at, of 7,000: see its config), from the fp16 teacher shipped from
 #    commit 1c1eedc, upcast; then, side by side (one thread each), the LCM student distilled from it (lcm.toml:
 #    the teacher guided at 4.5) and the ControlNet 1,200 steps more on it (controlnet-more-3.toml)
 $PY -m pixart_delta_core train base --config $M/teacher-windowed-long.toml
