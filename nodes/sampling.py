@@ -186,7 +186,7 @@ class PixArtSampler:
                     f"prompt works) or set guidance to 1 or below"
                 )
         warn_guided_lcm(settings)  # not refused: a model distilled otherwise may want it
-        warn_not_distilled(model.embedded, sampler, steps)  # the widget's lcm default on the teacher, for one
+        warn_not_distilled(model.embedded, sampler, steps)  # a solver in few steps on the teacher draws noise
         vae = vae_defaults_for(config)
         scale = vae.scaling_factor
         batch, latent_height, latent_width, init = _start(

@@ -105,15 +105,16 @@ def test_the_loaders_load_the_shipped_files_by_their_listed_names(shipped) -> No
 
 
 @needs_files
-def test_the_sampler_warns_when_the_teacher_runs_with_lcm_or_few_steps(shipped, caplog) -> None:
-    """The sampler widget's default is lcm, whatever the model: on the teacher, which is not distilled, it warns as
-    generate does (``warn_not_distilled``); the LCM student, or the teacher in its own steps, say nothing."""
+def test_the_sampler_warns_when_the_teacher_runs_with_a_solver_in_few_steps(shipped, caplog) -> None:
+    """On the teacher, which is not distilled, a solver in 4 steps or fewer draws noise: it warns as generate does
+    (``warn_not_distilled``); the widget's lcm default on it, the teacher in more steps, or the LCM student, say
+    nothing."""
     teacher, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-teacher.safetensors")
     lcm, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-lcm.safetensors")
     (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="shapes-t5", device="cpu")
     (conditioning,) = call_node(NODES["PixArtDeltaT5TextEncode"], t5=t5, text="a red circle in the center")
-    runs = [(teacher, "lcm", 1, "shapes-teacher is not distilled, so with the LCM sampler expect an unclear picture")]
-    runs += [(teacher, "dpm_solver++", 5, None), (lcm, "lcm", 1, None)]
+    runs = [(teacher, "dpm_solver++", 1, "shapes-teacher is not distilled: drawn with dpm_solver++ in 1 step, it")]
+    runs += [(teacher, "lcm", 1, None), (teacher, "dpm_solver++", 5, None), (lcm, "euler", 1, None)]
     for model, sampler, steps, warned in runs:
         caplog.clear()
         with caplog.at_level(logging.WARNING):

@@ -1,6 +1,7 @@
-"""The embedded teacher, which is not distilled, run with the LCM sampler or in an LCM's few steps is run, with one
-warning (the reverse of the guided-LCM warning): its model card measures it at 4 DPM-Solver++ steps drawing no whole
-picture. Other models say nothing: their weights do not tell whether they are distilled."""
+"""The embedded teacher, which is not distilled, run with a solver (not the LCM sampler) in an LCM's few steps is run,
+with one warning (the reverse of the guided-LCM warning): its model card measures it at 4 DPM-Solver++ steps drawing no
+whole picture. Under the LCM sampler it draws well (4 steps, guidance 1: colour 94.3%, kind 73.4%, position 95.8%),
+so that says nothing, nor do other models: their weights do not tell whether they are distilled."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pixart_delta_core.cli import main
 from pixart_delta_core.pipeline.generation import PixArtPipeline
 
 FILES = ["--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
-NOT_DISTILLED = "shapes-teacher is not distilled, so "
+NOT_DISTILLED = "shapes-teacher is not distilled: drawn with "
 ITS_OWN = (
-    " expect an unclear picture: it is drawn with dpm_solver++, 14 steps, guidance 4.5 (its defaults when no sampler "
-    "is given); the distilled shapes-lcm draws in 4 LCM steps"
+    ", it gives noise (its model card measures dpm_solver++ in 4 steps: no whole picture); its own settings are "
+    "dpm_solver++, 14 steps, guidance 4.5; or use the LCM sampler (lcm) in 4 steps, or the distilled shapes-lcm"
 )
 
 
@@ -41,16 +42,17 @@ def not_distilled_warnings(caplog) -> list[str]:
 @pytest.mark.parametrize(
     ("extra", "warned"),
     [
-        (["--transformer", "shapes-teacher", "--sampler", "lcm"], "with the LCM sampler"),
-        (["--transformer", "shapes-teacher", "--lcm-timesteps", "diffusers"], "with the LCM sampler"),  # lcm implied
-        (["--transformer", "shapes-teacher", "--steps", "2"], "in 2 steps"),  # its own sampler, too few steps
-        (["--transformer", "shapes-teacher", "--sampler", "euler", "--steps", "4"], "in 4 steps"),
+        (["--transformer", "shapes-teacher", "--steps", "2"], "dpm_solver++ in 2 steps"),  # its own, too few steps
+        (["--transformer", "shapes-teacher", "--sampler", "euler", "--steps", "4"], "euler in 4 steps"),
+        (["--transformer", "shapes-teacher", "--sampler", "ddim", "--steps", "1"], "ddim in 1 step"),
+        (["--transformer", "shapes-teacher", "--sampler", "lcm"], None),  # the LCM sampler draws it well
+        (["--transformer", "shapes-teacher", "--sampler", "lcm", "--steps", "2"], None),
         (["--transformer", "shapes-teacher"], None),  # its own: dpm_solver++, 14 steps
         (["--transformer", "shapes-teacher", "--steps", "5"], None),
-        (["--transformer", "shapes-lcm", "--steps", "2"], None),  # distilled
+        (["--transformer", "shapes-lcm", "--sampler", "euler", "--steps", "2"], None),  # distilled
     ],
 )
-def test_the_teacher_with_an_lcms_sampler_or_steps_warns_once_and_runs(
+def test_the_teacher_with_a_solver_in_few_steps_warns_once_and_runs(
     tmp_path: Path, caplog, stop_at_encoding, extra: list[str], warned: str | None
 ) -> None:
     argv = ["generate", *FILES, *extra, "--prompt", "a blue square", "--out", str(tmp_path / "x.png")]
