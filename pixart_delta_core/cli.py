@@ -107,10 +107,10 @@ def _guided(args: argparse.Namespace) -> bool:
     ).guided
 
 
-def check_generate(args: argparse.Namespace) -> Size | None:
+def check_generate(args: argparse.Namespace, sampler: str) -> Size | None:
     """What ``generate`` can check before any model loads, all before anything is written: files, the images' sizes,
-    option pairs, the sampling options, the prompts and seed, the device, the output. Returns the init image's
-    (height, width) from its header, or None."""
+    option pairs, the sampling options (``sampler``: the one that runs when no --sampler is given), the prompts and
+    seed, the device, the output. Returns the init image's (height, width) from its header, or None."""
     from .devices import device_option
     from .file_kinds import exists, file_kind
     from .pipeline.arguments import check_images
@@ -158,7 +158,7 @@ def check_generate(args: argparse.Namespace) -> Size | None:
             f"--control-image needs --controlnet: the embedded transformer {name} holds no ControlNet (the pack's "
             f"embedded one is shapes-controlnet)"
         )
-    check_sampling(args)  # --steps, --lcm-timesteps, the control window
+    check_sampling(args, sampler)  # --steps, --lcm-timesteps, the control window
     check_texts_and_seed(args)
     device_option(args.device)
     check_output(args.out or DEFAULT_OUT, len(args.prompt), args.batch, keep_earlier=args.out is None)
@@ -215,10 +215,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.outputs import save_images
 
     notes = embedded_names(args, "transformer", "t5", "vae", "controlnet")
-    if args.sampler is None:  # the transformer's own: lcm, the teacher's DPM-Solver++; --lcm-timesteps means lcm
-        lcm = "lcm" if args.lcm_timesteps is not None else None
-        args.sampler = lcm or SAMPLERS.get(embedded_model(args.transformer) or "", "lcm")
-    init_size = check_generate(args)  # every refusal, then the warnings, then the load
+    own = SAMPLERS.get(embedded_model(args.transformer) or "", "lcm")  # lcm, the teacher's DPM-Solver++
+    init_size = check_generate(args, own)  # every refusal, then the warnings, then the load
+    args.sampler = args.sampler or own
     pipeline = PixArtPipeline(  # loads nothing: its transformer's header is read once, for check_size and the run
         args.transformer,
         args.t5,

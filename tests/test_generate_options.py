@@ -109,7 +109,7 @@ class Sampled(Exception):
         (["--transformer", "shapes-teacher"], "dpm_solver++"),  # not distilled: LCM is not its sampler
         (["--transformer", "shapes-lcm"], "lcm"),
         (["--transformer", "shapes-teacher", "--sampler", "lcm"], "lcm"),  # one given is kept
-        (["--transformer", "shapes-teacher", "--lcm-timesteps", "diffusers"], "lcm"),  # an LCM option means lcm
+        (["--transformer", "shapes-lcm", "--lcm-timesteps", "diffusers"], "lcm"),  # its own is lcm
     ],
 )
 def test_the_default_sampler_is_the_transformers_own(
@@ -191,6 +191,17 @@ def test_lcm_timesteps_with_another_sampler_is_refused(tmp_path: Path, nothing_l
     assert err == "error: --lcm-timesteps diffusers is for --sampler lcm only, found --sampler euler: drop it"
     with pytest.raises(AssertionError, match="a model was loaded"):  # with lcm, or not given: past the checks
         main(generate(tmp_path, "--lcm-timesteps", "diffusers"))
+
+
+def test_lcm_timesteps_does_not_switch_the_default_sampler(tmp_path: Path, nothing_loads, capsys) -> None:
+    """The teacher's own sampler is dpm_solver++: --lcm-timesteps alone is refused as with it given, not run as lcm."""
+    err = refused(generate(tmp_path, "--transformer", "shapes-teacher", "--lcm-timesteps", "diffusers"), capsys)
+    assert err == (
+        "error: --lcm-timesteps diffusers is for --sampler lcm only, found dpm_solver++, this model's sampler when no "
+        "--sampler is given: give --sampler lcm, or drop it"
+    )
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(generate(tmp_path, "--transformer", "shapes-teacher", "--sampler", "lcm", "--lcm-timesteps", "diffusers"))
     with pytest.raises(AssertionError, match="a model was loaded"):
         main(generate(tmp_path, "--sampler", "euler", "--steps", "2"))
 

@@ -41,23 +41,27 @@ def per_sampler(setting: str) -> str:
     return ", ".join(f"{'/'.join(names)} {value:g}" for value, names in samplers.items())
 
 
-def check_sampling(args: argparse.Namespace) -> None:
+def check_sampling(args: argparse.Namespace, default: str) -> None:
     """``generate``'s sampling options, checked before any model loads, each error naming the option: --lcm-timesteps
-    with another sampler, --steps beyond the sampler's, a control window that holds no step of the run."""
+    with another sampler, --steps beyond the sampler's, a control window that holds no step of the run. ``default``:
+    the sampler that runs when no --sampler is given (the transformer's own), which --lcm-timesteps does not change."""
     from ..sampling.samplers import SamplingSettings, check_control_window  # torch: run time, not the parser's
 
-    if args.lcm_timesteps is not None and args.sampler != Sampler.LCM.value:
+    sampler = args.sampler or default
+    found = f"--sampler {sampler}" if args.sampler else f"{sampler}, this model's sampler when no --sampler is given"
+    if args.lcm_timesteps is not None and sampler != Sampler.LCM.value:
         raise InputError(
-            f"--lcm-timesteps {args.lcm_timesteps} is for --sampler lcm only, found --sampler {args.sampler}: drop it"
+            f"--lcm-timesteps {args.lcm_timesteps} is for --sampler lcm only, found {found}: "
+            f"{'drop it' if args.sampler else 'give --sampler lcm, or drop it'}"
         )
-    most = SAMPLERS[Sampler(args.sampler)].max_steps
+    most = SAMPLERS[Sampler(sampler)].max_steps
     if args.steps is not None and args.steps > most:
-        raise InputError(f"--steps {args.steps}: --sampler {args.sampler} takes 1 to {most} steps")
+        raise InputError(f"--steps {args.steps}: --sampler {sampler} takes 1 to {most} steps")
     if args.control_image is None:
         return
     strength = (DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0
     given = {"steps": args.steps} if args.steps is not None else {}
-    run = SamplingSettings.defaults(args.sampler, strength=strength, **given).steps_run
+    run = SamplingSettings.defaults(sampler, strength=strength, **given).steps_run
     check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
 
 
