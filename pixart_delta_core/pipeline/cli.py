@@ -133,7 +133,8 @@ def run_record(
 ) -> RunRecord:
     """What ``generate`` writes in each PNG's ``parameters`` chunk: its settings (the sampler's defaults filled in),
     the model files by name, and the settings that changed the picture where not at their defaults
-    (``picture_settings``: the init image's strength, the LoRAs, the ControlNet's window, quantization)."""
+    (``picture_settings``: the init image's strength, the LCM timesteps, caption cleaning, the LoRAs, the control
+    image and the ControlNet's window, quantization)."""
     from .outputs import RunRecord, picture_settings
 
     models = {"Model": args.transformer.name, "T5": args.t5.name, "VAE": args.vae.name}
@@ -141,9 +142,11 @@ def run_record(
         models["ControlNet"] = (args.controlnet or args.transformer).name
     settings = picture_settings(
         strength=result.settings.strength,
+        lcm_timesteps=args.lcm_timesteps,
+        clean_caption=args.clean_caption,
         loras=[(Path(path).name, strength) for path, strength in args.lora],
         lora_controlnet=args.lora_controlnet,
-        control=None if control is None else (control.strength, control.start, control.end),
+        control=None if control is None else (args.control_image.name, control.strength, control.start, control.end),
         quantization=pipeline.quantization.value,
         t5_quantization=pipeline.t5_quantization.value,
     )

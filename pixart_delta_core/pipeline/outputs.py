@@ -71,26 +71,35 @@ def _quoted(value: str) -> str:
 def picture_settings(
     *,
     strength: float = 1.0,
+    lcm_timesteps: str | None = None,
+    clean_caption: bool = False,
     loras: Sequence[tuple[str, float]] = (),
     lora_controlnet: bool = False,
-    control: tuple[float, float, float] | None = None,
+    control: tuple[str, float, float, float] | None = None,
     quantization: str = "none",
     t5_quantization: str = "none",
 ) -> dict[str, str]:
     """The settings beyond ``RunRecord``'s own that changed the picture, each only where not at its default, in
     the ``Key: value`` words other tools write: an image-to-image ``strength`` below 1 ("Denoising strength"; Steps
-    stays the number asked, of which the last steps x strength ran), the ``loras`` (file name, strength), whether
-    the ControlNet took them too, the ControlNet's (strength, start, end) in ``control``, and the quantization of
-    the transformer and T5 weights."""
+    stays the number asked, of which the last steps x strength ran), the LCM timesteps where given, whether the
+    captions were cleaned, the ``loras`` (file name, strength), whether the ControlNet took them too, the
+    ControlNet's (image file name, strength, start, end) in ``control`` (the image always, the others where not at
+    the reference's), and the quantization of the transformer and T5 weights."""
     settings = {}
     if strength < 1.0:
         settings["Denoising strength"] = f"{strength:g}"
+    if lcm_timesteps is not None:
+        settings["LCM timesteps"] = lcm_timesteps
+    if clean_caption:
+        settings["Clean caption"] = "yes"
     if loras:
         settings["Lora"] = ", ".join(f"{name}: {weight:g}" for name, weight in loras)
         if lora_controlnet and control is not None:
             settings["Lora on ControlNet"] = "yes"
     if control is not None:
-        for key, value, default in zip(("strength", "start", "end"), control, (1.0, 0.0, 1.0), strict=True):
+        image, *window = control
+        settings["Control image"] = image
+        for key, value, default in zip(("strength", "start", "end"), window, (1.0, 0.0, 1.0), strict=True):
             if value != default:
                 settings[f"ControlNet {key}"] = f"{value:g}"
     for key, value in (("Quantization", quantization), ("T5 quantization", t5_quantization)):
