@@ -29,13 +29,21 @@ def run(*args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) 
     subprocess.run([str(a) for a in args], cwd=cwd, env=env, check=True)
 
 
+# Runs the pack as ``python -m pixart_delta_core`` does, from the folder given first (this checkout's), whatever the
+# current folder holds: -m would put the current folder first on sys.path, so a pixart_delta_core/ there (another copy)
+# would run instead, and -P, which leaves it out, needs Python 3.11 (the pack supports 3.10).
+LAUNCH = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('pixart_delta_core', run_name='__main__', alter_sys=True)"
+)
+
+
 def run_demo(extra: list[str]) -> None:
     """The demo in the folder this script was run from, so that the paths given to it and those it prints are the
     user's; its grid goes to this checkout's outputs/ unless an --out of the user's (the last one wins) says
-    otherwise, and it runs this checkout's pack (PYTHONPATH) as it does from the checkout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    otherwise, and it runs this checkout's pack (``LAUNCH``) as it does from the checkout."""
     grid = ROOT / "outputs" / "demo.png"
-    run(PYTHON, "-m", "pixart_delta_core", "demo", "--out", grid, *extra, cwd=Path.cwd(), env=env)
+    run(PYTHON, "-c", LAUNCH, ROOT, "demo", "--out", grid, *extra, cwd=Path.cwd())
 
 
 def step(what: str, how_long: str, *args: str | Path) -> None:

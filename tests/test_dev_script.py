@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import ROOT
@@ -45,9 +45,20 @@ def test_the_demo_runs_in_the_users_folder_with_the_checkouts_grid_and_pack(tmp_
     monkeypatch.setattr(dev.sys, "argv", ["dev.py", "demo", "--out", "mine.png"])
     assert dev.main() == 0
     [(args, kwargs)], grid = calls, str(ROOT / "outputs" / "demo.png")
-    assert args == [str(dev.PYTHON), "-m", "pixart_delta_core", "demo", "--out", grid, "--out", "mine.png"]
+    assert args == [str(dev.PYTHON), "-c", dev.LAUNCH, str(ROOT), "demo", "--out", grid, "--out", "mine.png"]
     assert kwargs["cwd"] == tmp_path  # the printed paths are the user's; the user's --out (the last) wins
-    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)  # this checkout's pack
+
+
+def test_the_demo_runs_the_checkouts_pack_where_the_users_folder_holds_another(tmp_path: Path, monkeypatch, capfd):
+    """``python -m`` puts the current folder first on sys.path: a pixart_delta_core/ there would run instead."""
+    dev = load_dev_script()
+    monkeypatch.setattr(dev, "PYTHON", sys.executable)
+    (tmp_path / "pixart_delta_core").mkdir()
+    (tmp_path / "pixart_delta_core" / "__init__.py").write_text("raise SystemExit('the copy here ran')\n")
+    monkeypatch.chdir(tmp_path)
+    dev.run_demo(["--help"])  # the checkout's parser, run for real in a new interpreter
+    out, err = capfd.readouterr()
+    assert out.startswith("usage: python -m pixart_delta_core demo") and "the copy here ran" not in err
 
 
 def test_an_unknown_command_is_named(monkeypatch, capsys) -> None:
