@@ -252,6 +252,25 @@ def test_a_value_refused_after_parsing_names_its_option(
     assert refused(generate(tmp_path, *extra), capsys) == said.replace("{tmp}", str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--strength", "0.1", "--steps", "4"], "--strength 0.1 with --steps 4 runs no step: the init image is noised "
+         "to run the last int(steps x strength) = int(4 x 0.1) = 0 steps; give --strength 0.25 or more, or more"),
+        (["--strength", "0.2"], "--strength 0.2 with lcm's 4 steps (no --steps) runs no step: the init image is "
+         "noised to run the last int(steps x strength) = int(4 x 0.2) = 0 steps; give --strength 0.25 or more, or"),
+        (["--steps", "1"], "--strength 0.75 (its default) with --steps 1 runs no step: the init image is noised to run "
+         "the last int(steps x strength) = int(1 x 0.75) = 0 steps; give --strength 1 or more, or more --steps"),
+        (["--strength", "0.3", "--steps", "3"], "give --strength 0.34 or more"),  # int(3 x 0.34) = 1
+    ],
+)  # fmt: skip
+def test_a_strength_that_runs_no_step_names_strength_and_steps(
+    tmp_path: Path, nothing_loads, capsys, extra: list[str], said: str
+) -> None:
+    Image.new("RGB", (128, 128)).save(tmp_path / "start.png")
+    assert said in refused(generate(tmp_path, "--init-image", str(tmp_path / "start.png"), *extra), capsys)
+
+
 def test_a_size_is_checked_by_the_bins_of_the_transformer_header_the_run_reads(
     tmp_path: Path, nothing_loads, capsys, monkeypatch
 ) -> None:

@@ -8,6 +8,7 @@ strengths' bounds from ``models.strengths``, and the LoRA reading loads when a `
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +44,8 @@ def per_sampler(setting: str) -> str:
 
 def check_sampling(args: argparse.Namespace, default: str) -> None:
     """``generate``'s sampling options, checked before any model loads, each error naming the option: --lcm-timesteps
-    with another sampler, --steps beyond the sampler's, a control window that holds no step of the run. ``default``:
+    with another sampler, --steps beyond the sampler's, an init image's --strength that runs none of the --steps, a
+    control window that holds no step of the run. ``default``:
     the sampler that runs when no --sampler is given (the transformer's own), which --lcm-timesteps does not change."""
     from ..sampling.samplers import SamplingSettings, check_control_window  # torch: run time, not the parser's
 
@@ -57,12 +59,21 @@ def check_sampling(args: argparse.Namespace, default: str) -> None:
     most = SAMPLERS[Sampler(sampler)].max_steps
     if args.steps is not None and args.steps > most:
         raise InputError(f"--steps {args.steps}: --sampler {sampler} takes 1 to {most} steps")
-    if args.control_image is None:
-        return
     strength = (DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0
     given = {"steps": args.steps} if args.steps is not None else {}
-    run = SamplingSettings.defaults(sampler, strength=strength, **given).steps_run
-    check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
+    try:
+        run = SamplingSettings.defaults(sampler, strength=strength, **given).steps_run
+    except InputError:  # the steps (above) and the strength (its type) are each in range: together they run none
+        steps = SAMPLERS[Sampler(sampler)].steps if args.steps is None else args.steps
+        said = f"--strength {strength:g}" if args.strength is not None else f"--strength {strength:g} (its default)"
+        said += f" with --steps {steps}" if args.steps is not None else f" with {sampler}'s {steps} steps (no --steps)"
+        raise InputError(
+            f"{said} runs no step: the init image is noised to run the last int(steps x strength) = "
+            f"int({steps} x {strength:g}) = 0 steps; give --strength {math.ceil(100 / steps) / 100:g} or more, or "
+            f"more --steps"
+        ) from None
+    if args.control_image is not None:
+        check_control_window(args.control_start, args.control_end, run, ("--control-start", "--control-end"))
 
 
 def check_texts_and_seed(args: argparse.Namespace) -> None:
