@@ -217,7 +217,7 @@ def test_img2img_without_a_size_keeps_the_init_image_size(files, tmp_path: Path)
     ("changes", "said"),
     [
         ({"--device": "cuda:99"}, "--device: device 'cuda:99'"),
-        ({"--steps": "100"}, "--steps 100: --sampler lcm takes 1 to 50 steps"),
+        ({"--steps": "100"}, "--steps 100: lcm (this model's sampler when no --sampler is given) takes 1 to 50"),
         ({"--sampler": "euler", "--lcm-timesteps": "diffusers"}, "--lcm-timesteps diffusers is for --sampler lcm"),
         ({"--vae": "{t5}"}, "not a VAE: it looks like a T5 text encoder"),  # refused as the files are recognised
     ],
@@ -318,7 +318,7 @@ MULTIPLE = "width must be a multiple of 16 px, found 100 (nearest: 96 or 112)"
 @pytest.mark.parametrize(
     ("refused", "said"),
     [
-        (["--steps", "2000"], "--steps 2000: --sampler lcm takes 1 to 50 steps"),
+        (["--steps", "2000"], "--steps 2000: lcm (this model's sampler when no --sampler is given) takes 1 to 50"),
         (["--width", "100"], f"--width 100: {MULTIPLE}"),
         (["--no-binning", "--width", "100", "--height", "128"], f"--width 100 --height 128: {MULTIPLE}"),
         (["--init-image", "{wide}"], "--init-image {wide} is 4800x4800 px (width x height), the picture's size when"),

@@ -71,7 +71,8 @@ def test_the_note_comes_after_the_refusals(here, nothing_loads, capsys, caplog) 
     picture_named(here, "shapes-lcm")
     with caplog.at_level(logging.WARNING):
         assert main([*generate("--transformer", "shapes-lcm"), "--steps", "1000"]) == 1
-    assert capsys.readouterr().err == "error: --steps 1000: --sampler lcm takes 1 to 50 steps\n"
+    said = "error: --steps 1000: lcm (this model's sampler when no --sampler is given) takes 1 to 50 steps\n"
+    assert capsys.readouterr().err == said
     assert caplog.records == []
 
 

@@ -197,8 +197,8 @@ def test_lcm_timesteps_does_not_switch_the_default_sampler(tmp_path: Path, nothi
     """The teacher's own sampler is dpm_solver++: --lcm-timesteps alone is refused as with it given, not run as lcm."""
     err = refused(generate(tmp_path, "--transformer", "shapes-teacher", "--lcm-timesteps", "diffusers"), capsys)
     assert err == (
-        "error: --lcm-timesteps diffusers is for --sampler lcm only, found dpm_solver++, this model's sampler when no "
-        "--sampler is given: give --sampler lcm, or drop it"
+        "error: --lcm-timesteps diffusers is for --sampler lcm only, found dpm_solver++ (this model's sampler when no "
+        "--sampler is given): give --sampler lcm, or drop it"
     )
     with pytest.raises(AssertionError, match="a model was loaded"):
         main(generate(tmp_path, "--transformer", "shapes-teacher", "--sampler", "lcm", "--lcm-timesteps", "diffusers"))
@@ -239,7 +239,10 @@ def test_a_value_out_of_range_names_its_option(capsys, extra: list[str], said: s
 @pytest.mark.parametrize(
     ("extra", "said"),
     [
-        (["--steps", "100"], "error: --steps 100: --sampler lcm takes 1 to 50 steps"),
+        (
+            ["--steps", "100"],
+            "error: --steps 100: lcm (this model's sampler when no --sampler is given) takes 1 to 50 steps",
+        ),
         (["--sampler", "ddim", "--steps", "1001"], "error: --steps 1001: --sampler ddim takes 1 to 1000 steps"),
         (["--lora", "{tmp}/none.safetensors"], "error: --lora {tmp}/none.safetensors: no such file or folder"),
         (["--lora", "{tmp}/none.safetensors:0.5"], "error: --lora {tmp}/none.safetensors: no such file or folder"),

@@ -50,7 +50,7 @@ def check_sampling(args: argparse.Namespace, default: str) -> None:
     from ..sampling.samplers import SamplingSettings, check_control_window  # torch: run time, not the parser's
 
     sampler = args.sampler or default
-    found = f"--sampler {sampler}" if args.sampler else f"{sampler}, this model's sampler when no --sampler is given"
+    found = f"--sampler {sampler}" if args.sampler else f"{sampler} (this model's sampler when no --sampler is given)"
     if args.lcm_timesteps is not None and sampler != Sampler.LCM.value:
         raise InputError(
             f"--lcm-timesteps {args.lcm_timesteps} is for --sampler lcm only, found {found}: "
@@ -58,7 +58,7 @@ def check_sampling(args: argparse.Namespace, default: str) -> None:
         )
     most = SAMPLERS[Sampler(sampler)].max_steps
     if args.steps is not None and args.steps > most:
-        raise InputError(f"--steps {args.steps}: --sampler {sampler} takes 1 to {most} steps")
+        raise InputError(f"--steps {args.steps}: {found} takes 1 to {most} steps")
     strength = (DEFAULT_INIT_STRENGTH if args.strength is None else args.strength) if args.init_image else 1.0
     given = {"steps": args.steps} if args.steps is not None else {}
     try:
