@@ -96,6 +96,8 @@ def test_the_help_states_the_defaults_of_out_seed_batch_and_sampler(capsys, monk
     assert "(default: outputs/pixart.png, else the first free of pixart-1.png, pixart-2.png...: a run" in out
     assert "--seed SEED noise seed (default: 0)" in out
     assert "--batch BATCH images per prompt (default: 1)" in out
+    assert "where control starts, 0 to 1 (default 0: from the first step)" in out
+    assert "where control ends, 0 to 1 (default 1: to the last step)" in out
     assert "ddim} the denoising sampler (default: lcm, PixArt-δ's; dpm_solver++ for shapes-teacher, which" in out
 
 

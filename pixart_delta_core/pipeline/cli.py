@@ -330,10 +330,16 @@ def add_generate_parser(
     )
     fraction = number_in(0.0, 1.0)  # refused naming the option; start before end is checked with the others
     ctl.add_argument(
-        "--control-start", type=fraction, default=0.0, help="fraction of the steps where control starts, 0 to 1"
+        "--control-start",
+        type=fraction,
+        default=0.0,
+        help="fraction of the steps where control starts, 0 to 1 (default %(default)g: from the first step)",
     )
     ctl.add_argument(
-        "--control-end", type=fraction, default=1.0, help="fraction of the steps where control ends, 0 to 1"
+        "--control-end",
+        type=fraction,
+        default=1.0,
+        help="fraction of the steps where control ends, 0 to 1 (default %(default)g: to the last step)",
     )
     hint = gen.add_argument_group("detection hints (for files that do not say it; refused where a file says otherwise)")
     hint.add_argument(
