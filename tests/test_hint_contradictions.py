@@ -35,7 +35,8 @@ CONTRADICTIONS = [
     ),
     (
         {"sample_size": 128},
-        r"its pos_embed says sample_size 16 \(128 px\), but the hint gives 128 \(1024 px\) \(--training-resolution",
+        r"its pos_embed says sample_size 16 \(128 px\), but the hint gives 128 \(1024 px\) \(--training-resolution.*"
+        r"leave it out, or give 128 as a training resolution in px, or 16 as a sample size$",
     ),
 ]
 

@@ -24,12 +24,20 @@ def first_given(values: Mapping[str, Any], *names: str) -> Any:
 
 
 def settle(
-    origin: str, name: str, said: Any, where: str, hint: Any, given_as: str, shown: Callable[[Any], str] = repr
+    origin: str,
+    name: str,
+    said: Any,
+    where: str,
+    hint: Any,
+    given_as: str,
+    shown: Callable[[Any], str] = repr,
+    give: Callable[[Any], str] | None = None,
 ) -> Any:
     """What the checkpoint ``said`` (read from ``where``), else the ``hint``; None when neither gives ``name``.
 
-    Raises CheckpointError when both give it and differ, naming both values and ``given_as`` (how the hint is
-    given on each surface).
+    Raises CheckpointError when both give it and differ, naming both values (as ``shown``) and ``given_as`` (how the
+    hint is given on each surface), and the value to give (as ``give``, default ``shown``: in each unit the surfaces
+    take it in, where they differ).
     """
     if said is None:
         return hint
@@ -37,7 +45,7 @@ def settle(
         return said
     raise CheckpointError(
         f"{origin}: {where} says {name} {shown(said)}, but the hint gives {shown(hint)} ({given_as}): a hint is "
-        f"only for what a checkpoint does not say; leave it out, or give {shown(said)}"
+        f"only for what a checkpoint does not say; leave it out, or give {(give or shown)(said)}"
     )
 
 

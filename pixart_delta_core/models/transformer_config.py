@@ -220,14 +220,21 @@ def _interpolation(
 def _settle(source: TensorSource, name: str, said: Any, where: str, hints: Mapping[str, Any], *aliases: str) -> Any:
     """``settle`` for the transformer's hint ``name`` (also given as ``aliases``)."""
     hint = first_given(hints, name, *aliases)
-    shown = _pixels if name == "sample_size" else repr
-    return settle(source.origin, name, said, where, hint, GIVEN_AS[name], shown)
+    if name != "sample_size":
+        return settle(source.origin, name, said, where, hint, GIVEN_AS[name])
+    return settle(source.origin, name, said, where, hint, GIVEN_AS[name], _pixels, _both_units)
 
 
 def _pixels(size: Any) -> str:
     """A sample size with the training resolution it means, as --training-resolution gives it."""
     pixels = f" ({size * SD_VAE.downscale} px)" if isinstance(size, int) else ""
     return f"{size!r}{pixels}"
+
+
+def _both_units(size: int) -> str:
+    """A sample size to give, in both units the surfaces take: pixels (--training-resolution, the loader's
+    training_resolution) and latent pixels (--sample-size, ``hints={'sample_size': ...}``)."""
+    return f"{size * SD_VAE.downscale} as a training resolution in px, or {size} as a sample size"
 
 
 def _caption_length(source: TensorSource, hints: dict[str, Any], config: dict[str, Any], micro: bool) -> int:
