@@ -323,9 +323,10 @@ def _adapter(source: TensorSource, module: str, found: Mapping[str, str], part: 
             f"{source.origin}: the {kind.value} of {module!r} is incomplete: found {sorted(found)}, expected "
             f"{' or '.join(str(sorted(n)) for n in _NEEDED[kind])} (+ alpha)"
         )
+    keys = {_ROLES[suffix][1]: key for suffix, key in found.items()}  # the file's own names (lora_A, not down)
     for role, tensor in roles.items():
         if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{source.origin}: {role} of {module!r} holds NaN or infinite values")
+            raise CheckpointError(f"{source.origin}: {keys[role]!r} holds NaN or infinite values")
         if role != "alpha" and tensor.dim() < 2:
             raise CheckpointError(
                 f"{source.origin}: {role} of {module!r} should be a matrix, found shape {list(tensor.shape)}"
