@@ -23,13 +23,15 @@ from .demo.embedded_files import (
     shadowed,
     warn_not_distilled,
 )
-from .errors import InputError, PixArtDeltaError
+from .errors import InputError, PixArtDeltaError, given_as
 
 if TYPE_CHECKING:
     from .pipeline.resolution import Size
 
 log = logging.getLogger(__name__)
 
+# The pipeline's model files (its arguments) by the options that give them, leading their errors (check_files).
+FILE_OPTIONS = {"t5": "--t5", "loras": "--lora", "vae": "--vae", "controlnet": "--controlnet"}
 LONG_PROMPT, SHOWN_PROMPT = 80, 60  # a prompt of more characters is shown by its first SHOWN_PROMPT in a warning
 
 
@@ -234,11 +236,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         lora_controlnet=args.lora_controlnet,
         hints=detection_hints(args),
     )
-    check_size(args, init_size, pipeline.transformer_checkpoint.config)  # its training resolution sets the bins
+    with given_as("--transformer"):
+        config = pipeline.transformer_checkpoint.config
+    check_size(args, init_size, config)  # its training resolution sets the bins
     control = None
     if args.control_image is not None:  # its strength is checked here
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
-    pipeline.check_files(control is not None, args.init_image is not None or control is not None)  # from headers
+    encodes = args.init_image is not None or control is not None
+    pipeline.check_files(control is not None, encodes, FILE_OPTIONS)  # from headers
     for note in notes:  # an embedded model's name that a file here also has
         log.warning(note)
     warn_outside_the_world(args.transformer, args.prompt)

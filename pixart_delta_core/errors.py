@@ -1,5 +1,10 @@
 """The engine's own error types: each message says what was expected and what was found."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class PixArtDeltaError(Exception):
     """Base class for every error the engine raises on purpose."""
@@ -15,6 +20,18 @@ class InputError(PixArtDeltaError):
 
 class QuantizationError(PixArtDeltaError):
     """Quantization asked for but impossible here: bitsandbytes missing, too old, or unable to run on the device."""
+
+
+@contextmanager
+def given_as(what: str | None) -> Iterator[None]:
+    """Lead an error of ours raised inside with ``what`` (how the file it is about was given: a command line's
+    option), keeping its type; None leaves it as it is."""
+    try:
+        yield
+    except PixArtDeltaError as err:
+        if what is None:
+            raise
+        raise type(err)(f"{what} {err}") from None
 
 
 def first_line(err: BaseException) -> str:

@@ -1,5 +1,6 @@
 """``generate`` refuses before it warns: a bad model file (T5, VAE, LoRA, ControlNet) or a value the run would refuse
-(a prompt) is one error line, with no warning of a run that will not happen before it."""
+(a prompt) is one error line, with no warning of a run that will not happen before it; a file's error names the
+option it was given to."""
 
 from __future__ import annotations
 
@@ -26,9 +27,15 @@ def where(tmp_path: Path) -> dict[str, Path]:
     picture = tmp_path / "picture.png"
     Image.new("RGB", (64, 64)).save(picture)
     (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty.safetensors").touch()
+    _write_lora(tmp_path / "lora.safetensors")
+    _write_lora(tmp_path / "nan.safetensors", float("nan"))
     return {
         "picture": picture,
         "folder": tmp_path / "empty-folder",
+        "empty": tmp_path / "empty.safetensors",
+        "lora": tmp_path / "lora.safetensors",
+        "nan": tmp_path / "nan.safetensors",
         "taesd": embedded_path("shapes-taesd"),
         "t5": embedded_path("shapes-t5") / "model.safetensors",
         "lcm": embedded_path("shapes-lcm"),
@@ -42,24 +49,29 @@ CONTROL = ("--control-image", "{picture}")
 @pytest.mark.parametrize(
     ("extra", "said"),
     [
-        (("--t5", "{picture}"), "picture.png: " + NOT_A_CHECKPOINT),
-        (("--t5", "{folder}"), "empty-folder: a folder, but no T5 weights in it"),
-        (("--t5", "{taesd}"), "not a T5 text encoder: it looks like a TAESD autoencoder"),
-        (("--vae", "{picture}"), "picture.png: " + NOT_A_CHECKPOINT),
-        (("--vae", "{t5}"), "not a VAE: it looks like a T5 text encoder"),
+        (("--t5", "{picture}"), "--t5 {picture}: " + NOT_A_CHECKPOINT),
+        (("--t5", "{folder}"), "--t5 {folder}: a folder, but no T5 weights in it"),
+        (("--t5", "{taesd}"), "--t5 {taesd}: not a T5 text encoder: it looks like a TAESD autoencoder"),
+        (("--vae", "{picture}"), "--vae {picture}: " + NOT_A_CHECKPOINT),
+        (("--vae", "{t5}"), "--vae {t5}: not a VAE: it looks like a T5 text encoder"),
         (
             ("--vae", "{folder}"),  # in a VAE's terms, not a transformer's (it was "no model weights ... transformer/")
-            "empty-folder: a folder, but no VAE weights in it: expected diffusion_pytorch_model.safetensors (or a "
+            "--vae {folder}: a folder, but no VAE weights in it: expected diffusion_pytorch_model.safetensors (or a "
             "sharded index) in the folder or in its vae/ subfolder",
         ),
-        (("--lora", "{picture}"), "picture.png: " + NOT_A_CHECKPOINT),
+        (("--vae", "{lora}"), "--vae {lora}: not a VAE: it looks like a LoRA"),
+        (("--transformer", "{lora}"), "--transformer {lora}: not a PixArt transformer: it looks like a LoRA"),
+        (("--lora", "{picture}"), "--lora {picture}: " + NOT_A_CHECKPOINT),
         (("--lora", "{lcm}"), "shapes-lcm.safetensors"),
-        (("--controlnet", "{picture}", *CONTROL), "picture.png: " + NOT_A_CHECKPOINT),
-        (("--controlnet", "{taesd}", *CONTROL), "not a PixArt ControlNet: it looks like a TAESD"),
+        (("--lora", "{folder}"), "--lora {folder}: a folder without adapter_model.safetensors"),
+        (("--lora", "{empty}"), "--lora {empty}: not a checkpoint: the file is empty (0 bytes)"),
+        (("--lora", "{nan}"), "--lora {nan}: 'transformer.transformer_blocks.0.attn1.to_q.lora_A.weight' holds NaN"),
+        (("--controlnet", "{picture}", *CONTROL), "--controlnet {picture}: " + NOT_A_CHECKPOINT),
+        (("--controlnet", "{taesd}", *CONTROL), "--controlnet {taesd}: not a PixArt ControlNet: it looks like a TAESD"),
         (
             ("--controlnet", "{folder}", *CONTROL),  # a ControlNet's terms, not a transformer's
-            "empty-folder: a folder, but no ControlNet weights in it: expected diffusion_pytorch_model.safetensors (or "
-            "a sharded index) in the folder or in its controlnet/ subfolder",
+            "--controlnet {folder}: a folder, but no ControlNet weights in it: expected "
+            "diffusion_pytorch_model.safetensors (or a sharded index) in the folder or in its controlnet/ subfolder",
         ),
         (("--control-image", "{picture}"), "--control-image needs --controlnet"),
         (("--prompt", "\udcff"), "prompt 2 holds a lone surrogate"),
@@ -72,8 +84,13 @@ CONTROL = ("--control-image", "{picture}")
         "vae-picture",
         "vae-t5",
         "vae-empty-folder",
+        "vae-lora",
+        "transformer-lora",
         "lora-picture",
         "lora-transformer",
+        "lora-empty-folder",
+        "lora-empty-file",
+        "lora-nan",
         "controlnet-picture",
         "controlnet-taesd",
         "controlnet-empty-folder",
@@ -90,7 +107,7 @@ def test_a_bad_file_or_value_is_refused_before_any_warning(
         assert main(argv(tmp_path, *given)) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
-    assert said in err
+    assert said.format(**where) in err
     assert caplog.records == [], caplog.text
 
 
@@ -111,8 +128,8 @@ def test_a_run_past_the_checks_warns_then_reads_each_file_once(tmp_path: Path, n
     assert len([r for r in caplog.records if r.getMessage().startswith("shapes-lcm was trained only on")]) == 1
 
 
-def _write_lora(path: Path) -> None:
-    """A PEFT LoRA of rank 1 on the embedded transformer's first attention query."""
+def _write_lora(path: Path, value: float = 0.0) -> None:
+    """A PEFT LoRA of rank 1 on the embedded transformer's first attention query, every weight ``value``."""
     import torch
     from safetensors.torch import save_file
 
@@ -121,6 +138,6 @@ def _write_lora(path: Path) -> None:
     width = inspect_transformer(embedded_path("shapes-lcm")).config.hidden_size
     prefix = "transformer.transformer_blocks.0.attn1.to_q"
     save_file(
-        {f"{prefix}.lora_A.weight": torch.zeros(1, width), f"{prefix}.lora_B.weight": torch.zeros(width, 1)},
+        {f"{prefix}.lora_A.weight": torch.full((1, width), value), f"{prefix}.lora_B.weight": torch.zeros(width, 1)},
         str(path),
     )

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..checkpoints.detection import DetectedCheckpoint
 from ..devices import parse_dtype, pick_device, pick_dtype
-from ..errors import CheckpointError, InputError, first_line
+from ..errors import CheckpointError, InputError, first_line, given_as
 from ..memory import return_free_heap
 from ..models.controlnet import ControlNetTransformer, check_control_strength, inspect_controlnet, load_controlnet
 from ..models.lora import apply_loras
@@ -170,22 +170,29 @@ class PixArtPipeline:
                 f"Python); the transformer file {Path(self.transformer).name} holds none"
             ) from None
 
-    def check_files(self, control: bool = False, encodes: bool = False) -> None:
+    def check_files(self, control: bool = False, encodes: bool = False, given: Mapping[str, str] | None = None) -> None:
         """Refuse now, from the files (their headers and keys; no model is built), a T5 or tokenizer, LoRA, VAE or
         ControlNet of another kind or that does not fit the transformer: the ControlNet too where ``control``, and
-        a VAE that cannot encode images where ``encodes``. Raises InputError or CheckpointError.
+        a VAE that cannot encode images where ``encodes``. Raises InputError or CheckpointError, led by how the file
+        was given where ``given`` says it (by the pipeline's argument: "t5", "loras", "vae", "controlnet"; the
+        command line's options).
 
         Runs once per pipeline for the same ``control`` and ``encodes`` (a .pth file is read whole to be
         recognised): the command line calls it before its warnings, and the run finds it done."""
         if (control, encodes) in self._checked:
             return
-        t5 = inspect_t5(self.t5)  # its kind first, from its header; then its tokenizer, given or found beside it
-        check_tokenizer_fits(self.text_tokenizer, t5)
-        self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files
+        given = given or {}
+        with given_as(given.get("t5")):  # its kind first, from its header
+            t5 = inspect_t5(self.t5)
+        check_tokenizer_fits(self.text_tokenizer, t5)  # then its tokenizer, given or found beside it
+        with given_as(given.get("loras")):
+            self.lora_stack  # noqa: B018 - read (and refuse) the LoRA files
         base = self.transformer_checkpoint.config
-        vae = inspect_vae(self.vae, vae_defaults_for(base))  # the VAE's kind too, though it runs last
+        with given_as(given.get("vae")):
+            vae = inspect_vae(self.vae, vae_defaults_for(base))  # the VAE's kind too, though it runs last
         if control:  # a ControlNet that is missing or does not fit
-            self._check_controlnet(base)
+            with given_as(given.get("controlnet") if self.controlnet is not None else None):
+                self._check_controlnet(base)
         if encodes:  # a TAESD decoder alone cannot encode an init or control image
             check_encodes(vae)
         self._checked.add((control, encodes))
