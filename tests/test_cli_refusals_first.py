@@ -59,8 +59,8 @@ CONTROL = ("--control-image", "{picture}")
             "--vae {folder}: a folder, but no VAE weights in it: expected diffusion_pytorch_model.safetensors (or a "
             "sharded index) in the folder or in its vae/ subfolder",
         ),
-        (("--vae", "{lora}"), "--vae {lora}: not a VAE: it looks like a LoRA"),
-        (("--transformer", "{lora}"), "--transformer {lora}: not a PixArt transformer: it looks like a LoRA"),
+        (("--vae", "{lora}"), "--vae {lora}: not a VAE: it looks like a LoRA (give it as a LoRA)"),
+        (("--transformer", "{lora}"), "--transformer {lora}: not a PixArt transformer: it looks like a LoRA (give it"),
         (("--lora", "{picture}"), "--lora {picture}: " + NOT_A_CHECKPOINT),
         (("--lora", "{lcm}"), "shapes-lcm.safetensors"),
         (("--lora", "{folder}"), "--lora {folder}: a folder without adapter_model.safetensors"),

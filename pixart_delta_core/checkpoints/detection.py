@@ -185,7 +185,7 @@ _LOOKALIKES = (
     ("taesd_decoder.", "a TAESD autoencoder (give it as the VAE)"),
     ("decoder.layers.0.weight", "a TAESD autoencoder (give it as the VAE)"),
     ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet"),
-    ("lora_", "a LoRA"),
+    ("lora_", "a LoRA (give it as a LoRA)"),
     ("shared.weight", "a T5 text encoder (give it as the T5 encoder)"),
 )
 
