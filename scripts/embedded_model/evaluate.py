@@ -43,6 +43,9 @@ from pixart_delta_core.world.scenes import Scene
 RUNS = {
     "teacher, dpm_solver++ 20 steps, guidance 4.5": ("shapes-teacher", "dpm_solver++", 20, 4.5, {}),
     "teacher, dpm_solver++ 4 steps, guidance 4.5": ("shapes-teacher", "dpm_solver++", 4, 4.5, {}),
+    # the student's own sampler on the undistilled teacher: what the distillation adds beyond the sampler
+    "teacher, lcm sampler 4 steps, no guidance": ("shapes-teacher", "lcm", 4, 1.0, {}),
+    "teacher, lcm sampler 2 steps, no guidance": ("shapes-teacher", "lcm", 2, 1.0, {}),
     "lcm student, 4 steps": ("shapes-lcm", "lcm", 4, 1.0, {}),
     "lcm student, 2 steps": ("shapes-lcm", "lcm", 2, 1.0, {}),
     "lcm student, 1 step": ("shapes-lcm", "lcm", 1, 1.0, {}),
