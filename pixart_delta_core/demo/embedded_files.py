@@ -27,12 +27,12 @@ MODELS = {
 }
 
 # The sampler an embedded transformer draws with when none is given, where it is not the command line's default (lcm):
-# the teacher is not distilled; its model card measures it with DPM-Solver++ and guidance 4.5 (20 steps: colour 94.3%,
-# kind 79.7%, position 94.3% on 100 held-out prompts). The LCM sampler draws it well too (4 steps, guidance 1: 94.3%,
-# 73.4%, 95.8%), but a solver in FEW_STEPS steps or fewer does not.
+# the teacher is not distilled; its model card measures it with DPM-Solver++ and guidance 4.5 (20 steps: colour 93.2%,
+# kind 81.8%, position 93.8% on 100 held-out prompts). The LCM sampler draws it well too (4 steps, guidance 1: 94.3%,
+# 79.7%, 95.8%), but a solver in FEW_STEPS steps or fewer does not.
 SAMPLERS = {"shapes-teacher": "dpm_solver++"}
 # Steps in which a solver draws only noise from a transformer that is not distilled: the LCM's own count and fewer.
-# The model card measures the teacher with DPM-Solver++ at 4 steps: 0% whole pictures, against 61% at 20 steps.
+# The model card measures the teacher with DPM-Solver++ at 4 steps: 0% whole pictures, against 65% at 20 steps.
 FEW_STEPS = SAMPLER_SPECS[Sampler.LCM].steps
 
 # The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.

@@ -144,7 +144,7 @@ def introduction() -> list[str]:
         "The embedded model: a small PixArt-δ trained by this pack on its procedural shapes world",
         f"(model card: {from_here(FOLDER / 'MODEL_CARD.md')}). Held-out prompts, the LCM student in 4 steps, then",
         "the ControlNet on an edge map; the judge reads each picture back and says whether it follows its prompt.",
-        "A short training run: backgrounds, places and colours mostly right, kinds 3 in 4 (stars the worst).",
+        "A short training run: backgrounds, places and colours mostly right, kinds 4 in 5 (stars the worst).",
     ]
 
 
