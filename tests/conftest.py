@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.comfy_helpers import PACK, write_models
-from tests.helpers import TOKENIZER
+from tests.helpers import TOKENIZER, Encoded
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +49,14 @@ def nothing_loads(monkeypatch):
 
     for name in ("load_text_encoder", "load_transformer", "load_vae", "load_controlnet"):
         monkeypatch.setattr(generation, name, refuse)
+
+
+@pytest.fixture
+def stop_at_encoding(monkeypatch) -> None:
+    """A run raises ``Encoded`` where it would encode its prompts."""
+    from pixart_delta_core.pipeline.generation import PixArtPipeline
+
+    def encode(self, *args, **kwargs):
+        raise Encoded
+
+    monkeypatch.setattr(PixArtPipeline, "encode_prompts", encode)

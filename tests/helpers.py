@@ -159,3 +159,8 @@ def png_header(path: Path, width: int, height: int) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
     return path
+
+
+class Encoded(Exception):
+    """Raised where a run would encode its prompts (the ``stop_at_encoding`` fixture): its checks and warnings are
+    all behind."""

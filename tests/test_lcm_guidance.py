@@ -9,21 +9,9 @@ from pathlib import Path
 import pytest
 
 from pixart_delta_core.cli import build_parser, main
-from pixart_delta_core.pipeline.generation import PixArtPipeline
+from tests.helpers import Encoded
 
 EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
-
-
-class Encoded(Exception):
-    """Raised where the run would encode the prompts: the checks and warnings are all behind."""
-
-
-@pytest.fixture
-def stop_at_encoding(monkeypatch) -> None:
-    def encode(self, *args, **kwargs):
-        raise Encoded
-
-    monkeypatch.setattr(PixArtPipeline, "encode_prompts", encode)
 
 
 def lcm_warnings(caplog) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pixart_delta_core.cli import main
-from pixart_delta_core.pipeline.generation import PixArtPipeline
+from tests.helpers import Encoded
 
 FILES = ["--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
 NOT_DISTILLED = "shapes-teacher is not distilled: drawn with "
@@ -19,18 +19,6 @@ ITS_OWN = (
     ", it gives noise (its model card measures dpm_solver++ in 4 steps: no whole picture); its own settings are "
     "dpm_solver++, 14 steps, guidance 4.5; or use the LCM sampler (lcm) in 4 steps, or the distilled shapes-lcm"
 )
-
-
-class Encoded(Exception):
-    """Raised where the run would encode the prompts: the checks and warnings are all behind."""
-
-
-@pytest.fixture
-def stop_at_encoding(monkeypatch) -> None:
-    def encode(self, *args, **kwargs):
-        raise Encoded
-
-    monkeypatch.setattr(PixArtPipeline, "encode_prompts", encode)
 
 
 def not_distilled_warnings(caplog) -> list[str]:

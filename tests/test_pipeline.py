@@ -187,15 +187,24 @@ def test_img2img_and_control_change_the_result(setup, tmp_path: Path) -> None:
     assert torch.equal(unsteered, plain)
 
 
+class Stop(Exception):
+    """Raised where a run would start denoising: its checks and warnings are all behind."""
+
+
+def stop(name: str) -> None:
+    """An ``on_stage`` callback that stops a run before denoising."""
+    if name == "denoise":
+        raise Stop
+
+
+def fp32_pipeline(files) -> PixArtPipeline:
+    """The test models' pipeline, every model in fp32 on the CPU."""
+    pipeline = PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32")
+    return replace(pipeline, t5_dtype="fp32")
+
+
 def test_a_control_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, tmp_path: Path, caplog) -> None:
     """Compared with the asked size (the picture), not the bin it is generated at; the run stops before denoising."""
-
-    class Stop(Exception):
-        pass
-
-    def stop(name: str) -> None:
-        if name == "denoise":
-            raise Stop
 
     run = controlled(setup[0], tmp_path)
     pictures = {"wide": random_picture(300, 100), "same ratio": random_picture(150, 100)}
@@ -225,18 +234,7 @@ def test_an_init_image_of_another_aspect_ratio_is_cropped_with_a_warning(setup, 
     """As the control image: compared with the asked size, not the bin; without a size the init image's own is
     asked, and nothing is said. The run stops before denoising."""
 
-    class Stop(Exception):
-        pass
-
-    def stop(name: str) -> None:
-        if name == "denoise":
-            raise Stop
-
-    files = setup[0]
-    run = replace(
-        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32"),
-        t5_dtype="fp32",
-    )
+    run = fp32_pipeline(setup[0])
     cases = [
         (random_picture(300, 100), {"width": 192, "height": 128}, "init image is 300x100 px, the picture 192x128 px"),
         (torch.rand(3, 96, 64), {"width": 192, "height": 128}, "init image is 64x96 px, the picture 192x128 px"),
@@ -263,18 +261,7 @@ def test_an_init_image_that_sets_the_size_says_once_how_it_is_fitted_and_why(set
     """An init image of 200x120 px makes a picture of 192x128 px (each side to the nearest multiple of 16): one
     message says so and why, not a complaint about a crop the pack chose itself; one only scaled gets a note."""
 
-    class Stop(Exception):
-        pass
-
-    def stop(name: str) -> None:
-        if name == "denoise":
-            raise Stop
-
-    files = setup[0]
-    run = replace(
-        PixArtPipeline(files.transformer, files.t5, files.vae, files.tokenizer, device="cpu", dtype="fp32"),
-        t5_dtype="fp32",
-    )
+    run = fp32_pipeline(setup[0])
     random_picture(200, 120).save(tmp_path / "init.png")
     cropped = (
         f"init image {tmp_path / 'init.png'} is 200x120 px (width x height), a side not a multiple of 16 px, as a "
