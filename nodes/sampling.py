@@ -186,7 +186,7 @@ class PixArtSampler:
                     f"prompt works) or set guidance to 1 or below"
                 )
         warn_guided_lcm(settings)  # not refused: a model distilled otherwise may want it
-        warn_not_distilled(model.embedded, sampler, steps)  # a solver in few steps on the teacher draws noise
+        warn_not_distilled(model.embedded, sampler, steps)  # a solver in under 10 steps breaks the teacher up
         vae = vae_defaults_for(config)
         scale = vae.scaling_factor
         batch, latent_height, latent_width, init = _start(

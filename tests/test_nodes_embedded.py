@@ -106,15 +106,16 @@ def test_the_loaders_load_the_shipped_files_by_their_listed_names(shipped) -> No
 
 @needs_files
 def test_the_sampler_warns_when_the_teacher_runs_with_a_solver_in_few_steps(shipped, caplog) -> None:
-    """On the teacher, which is not distilled, a solver in 4 steps or fewer draws noise: it warns as generate does
-    (``warn_not_distilled``); the widget's lcm default on it, the teacher in more steps, or the LCM student, say
-    nothing."""
+    """On the teacher, which is not distilled, a solver in fewer than 10 steps breaks its pictures: it warns as
+    generate does (``warn_not_distilled``); the widget's lcm default on it, the teacher in more steps, or the LCM
+    student, say nothing."""
     teacher, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-teacher.safetensors")
     lcm, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-lcm.safetensors")
     (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="shapes-t5", device="cpu")
     (conditioning,) = call_node(NODES["PixArtDeltaT5TextEncode"], t5=t5, text="a red circle in the center")
     runs = [(teacher, "dpm_solver++", 1, "shapes-teacher is not distilled: drawn with dpm_solver++ in 1 step, it")]
-    runs += [(teacher, "lcm", 1, None), (teacher, "dpm_solver++", 5, None), (lcm, "euler", 1, None)]
+    runs += [(teacher, "dpm_solver++", 9, "shapes-teacher is not distilled: drawn with dpm_solver++ in 9 steps")]
+    runs += [(teacher, "lcm", 1, None), (teacher, "dpm_solver++", 10, None), (lcm, "euler", 1, None)]
     for model, sampler, steps, warned in runs:
         caplog.clear()
         with caplog.at_level(logging.WARNING):
