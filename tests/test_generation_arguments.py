@@ -196,7 +196,7 @@ def test_a_bad_device_option_is_refused_naming_the_option_in_generate_and_the_de
 @pytest.fixture
 def stand_in() -> dict:
     """A model socket and a caption the sampler reads before loading anything (no weights behind them)."""
-    model = SimpleNamespace(transformer=SimpleNamespace(config=TINY, dtype=torch.float32))
+    model = SimpleNamespace(transformer=SimpleNamespace(config=TINY, dtype=torch.float32), embedded=None)
     return {"model": model, "positive": [[torch.zeros(1, TINY.caption_length, TINY.caption_channels), {}]]}
 
 
