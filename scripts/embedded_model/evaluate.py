@@ -4,10 +4,11 @@
         [--autoencoder FILE] [--seed 0]
 
 Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling of
-every model on it; the teacher with DPM-Solver++ at 20 and 4 steps, the LCM student at 1, 2 and 4 steps, int8
-T5 and int8 transformer under the student, the ControlNet's overlap with its edge maps against the same
-prompts without it), its scores per attribute and per asked kind, and the time each took. The runs take the
-first ``--prompts`` held-out prompts, the ControlNet's the first ``--control-prompts``; 0 skips them.
+every model on it; the teacher with DPM-Solver++ at 20 and 4 steps and with the LCM sampler at 4 and 2, the LCM
+student at 1, 2 and 4 steps, int8 T5 and int8 transformer under the student, the ControlNet's overlap with its edge
+maps against the same prompts without it), its scores per attribute and per asked kind, and the time each took.
+The runs take the first ``--prompts`` held-out prompts, the ControlNet's the first ``--control-prompts``; 0 skips
+them.
 ``--teacher`` and ``--autoencoder`` measure other files (the model card's longer runs) in place of the shipped
 teacher and autoencoder. ``--seed`` draws from other starting noise (the model card's spread over seeds; its
 headline scores and the tests use 0).
