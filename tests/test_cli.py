@@ -30,7 +30,7 @@ def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: 
     grid = Image.open(out)  # 6 prompts, the edge map, the ControlNet's picture; captions (their own test) below
     assert grid.width == 256 * 8 and grid.height > 256 + 4 * 12
     printed = capsys.readouterr().out
-    assert printed.count("[LCM, 4 steps] ") == 6 and "[ControlNet] " in printed
+    assert printed.count("[LCM, 4 steps] ") == 6 and "[ControlNet, LCM 4 steps] " in printed
     assert printed.count("  judge: ") == 7 and "[edge map] " in printed  # the input is shown, not judged
     assert "  the ControlNet's input (not judged)" in printed
     assert printed.count("  judge: PASS (everything as asked)") + printed.count("  judge: FAIL (") == 7

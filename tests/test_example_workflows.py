@@ -363,7 +363,7 @@ def test_each_demo_shows_what_its_name_says() -> None:
     """The embedded model at its training size (128 px) with the settings each demo names."""
     assert sampler_settings("demo_lcm_text_to_image") == ("lcm", 4, 1.0, 1.0)  # guidance 1: none
     assert sampler_settings("demo_teacher_dpm_solver") == ("dpm_solver++", 20, 4.5, 1.0)  # as the model card scores it
-    assert sampler_settings("demo_controlnet") == ("dpm_solver++", 14, 4.5, 1.0)
+    assert sampler_settings("demo_controlnet") == ("lcm", 4, 1.0, 1.0)
     assert sampler_settings("demo_8bit_t5") == ("lcm", 4, 1.0, 1.0)
     assert sampler_settings("demo_upscale") == ("lcm", 4, 1.0, 1.0)
     kind, _, _, denoise = sampler_settings("demo_image_to_image")
@@ -373,7 +373,7 @@ def test_each_demo_shows_what_its_name_says() -> None:
         assert sampler["widgets_values"][:2] == [0, "fixed"]  # a thumbnail and its verdict are reproducible
         assert sampler["widgets_values"][6:8] == [128, 128]
     for name, model in (("demo_lcm_text_to_image", "shapes-lcm"), ("demo_teacher_dpm_solver", "shapes-teacher"),
-                        ("demo_controlnet", "shapes-teacher"), ("demo_image_to_image", "shapes-lcm")):  # fmt: skip
+                        ("demo_controlnet", "shapes-lcm"), ("demo_image_to_image", "shapes-lcm")):  # fmt: skip
         assert nodes_of(name, "PixArtDeltaCheckpointLoader")[0]["widgets_values"][0] == f"{model}.safetensors"
     assert linked("demo_controlnet", "PixArtDeltaShapesScene", 1) == [  # the edge map
         ("PixArtDeltaControlNetApply", "image"),
