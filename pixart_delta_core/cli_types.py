@@ -4,6 +4,7 @@ was expected and what was found (argparse's own message names the function: "inv
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from difflib import get_close_matches
@@ -12,10 +13,14 @@ from typing import Any, NoReturn
 
 from .errors import nearest_multiples
 
+WHOLE = re.compile("-?[0-9]+")  # a whole number as whole_number takes it: ASCII digits, an optional minus
+
 
 def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
     """A type for whole numbers (``of`` what, e.g. "pixels") from ``least`` to ``most`` (no upper bound: None), each
-    a multiple of ``multiple_of``."""
+    a multiple of ``multiple_of``, written in the digits 0-9 with an optional leading minus: ``int()`` alone takes
+    other scripts' digits (``٣``, ``３``), underscores (``1_000``), a plus sign and spaces, none of which a value
+    written back (a PNG's parameters, a log) would show as typed."""
     positive = least == 1 and most is None
     expected = ("a positive whole number" if positive else "a whole number") + (f" of {of}" if of else "")
     bounds = [] if positive else [f"{least} to {most}" if most is not None else f"{least} or more"]
@@ -24,18 +29,25 @@ def whole_number(of: str = "", least: int = 1, most: int | None = None, multiple
     expected += f" ({', '.join(bounds)})" if bounds else ""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
+        value = int(text) if WHOLE.fullmatch(text) else None
         if value is None or value < least or (most is not None and value > most):
-            raise argparse.ArgumentTypeError(f"expected {expected}, found {text or 'nothing'}")
+            spelled = "" if value is not None else _spelled_otherwise(text)
+            raise argparse.ArgumentTypeError(f"expected {expected}, found {text or 'nothing'}{spelled}")
         if value % multiple_of:
             nearest = nearest_multiples(value, multiple_of, least, most)
             raise argparse.ArgumentTypeError(f"expected {expected}, found {text} (nearest: {nearest})")
         return value
 
     return parse
+
+
+def _spelled_otherwise(text: str) -> str:
+    """What a refusal of ``text`` adds where ``int()`` reads it as a whole number that ``WHOLE`` does not take."""
+    try:
+        int(text)
+    except ValueError:
+        return ""
+    return " (written otherwise than in the digits 0-9 with an optional leading minus)"
 
 
 def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:

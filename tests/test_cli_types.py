@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from pixart_delta_core.cli import main
+from pixart_delta_core.cli import build_parser, main
 
 GENERATE = ["generate", "--transformer", "a", "--t5", "b", "--vae", "c", "--prompt", "x"]
 
@@ -119,3 +119,25 @@ def test_an_unknown_option_is_told_by_its_subcommand_with_the_nearest_name(capsy
     lines = usage_error(capsys, argv)
     assert lines[-1] == error, lines
     assert lines[0].startswith(f"usage: python -m pixart_delta_core {argv[0]} "), lines
+
+
+@pytest.mark.parametrize("seed", ["٣", "３", "1_000", "+2", " 7", "7 "])
+def test_a_whole_number_written_otherwise_than_in_ascii_digits_is_refused(capsys, seed: str) -> None:
+    """``int()`` reads other scripts' digits, underscores, a plus sign and spaces; the seed written back in a PNG's
+    parameters would then not be the one typed, so a whole-number option (here --seed) takes the digits 0-9 alone."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*GENERATE, "--seed", seed])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"argument --seed: expected a whole number (0 to {2**64 - 1}), found {seed} (written otherwise than in " in err
+    )
+    assert "the digits 0-9 with an optional leading minus)" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "value"), [("--seed", "0", 0), ("--seed", "0042", 42), ("--steps", "12", 12)]
+)
+def test_a_whole_number_in_ascii_digits_is_taken(option: str, text: str, value: int) -> None:
+    args = build_parser().parse_args([*GENERATE, option, text])
+    assert getattr(args, option[2:]) == value
