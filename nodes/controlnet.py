@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from ..pixart_delta_core.errors import InputError
+from ..pixart_delta_core.errors import InputError, given_as
 from ..pixart_delta_core.models.controlnet import controlnet_source, inspect_controlnet, load_controlnet
 from ..pixart_delta_core.models.lora import apply_loras
 from . import comfy_model, host
 from .conditioning import ControlImage, control_in, with_control
-from .model_choices import CONTROLNETS
+from .model_choices import CONTROLNETS, INSTEAD
 from .sockets import CONTROLNET_TYPE, MODEL_TYPE, PixArtControlNet, PixArtModel
 
 CATEGORY = "PixArt-δ/controlnet"
@@ -69,15 +69,16 @@ class ControlNetLoader:
     def load(
         self, model: PixArtModel, controlnet_name: str, apply_model_loras: bool = False
     ) -> tuple[PixArtControlNet]:
-        source = controlnet_source(CONTROLNETS.path(controlnet_name))
-        base, devices, mode = model.transformer, model.managed, model.quantization
-        device = host.placement(
-            mode,
-            devices.load_device,
-            devices.offload_device,
-            lambda: host.parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
-        )
-        network = load_controlnet(source, base.config, dtype=base.dtype, device=device, quantization=mode)
+        with given_as(None, INSTEAD):  # a file of another kind: the loader it goes in
+            source = controlnet_source(CONTROLNETS.path(controlnet_name))
+            base, devices, mode = model.transformer, model.managed, model.quantization
+            device = host.placement(
+                mode,
+                devices.load_device,
+                devices.offload_device,
+                lambda: host.parameter_count(inspect_controlnet(source, None, base.config).tensors.shapes.values()),
+            )
+            network = load_controlnet(source, base.config, dtype=base.dtype, device=device, quantization=mode)
         if apply_model_loras and model.loras:
             network = apply_loras(network, list(model.loras))
         managed = host.manage(network, devices.load_device, devices.offload_device)

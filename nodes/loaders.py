@@ -9,14 +9,14 @@ from pathlib import Path
 from ..pixart_delta_core.checkpoints.files import open_checkpoint
 from ..pixart_delta_core.demo.embedded_files import embedded_model
 from ..pixart_delta_core.devices import parse_dtype
-from ..pixart_delta_core.errors import CheckpointError, InputError
+from ..pixart_delta_core.errors import CheckpointError, InputError, given_as
 from ..pixart_delta_core.models.transformer import inspect_transformer, load_transformer
 from ..pixart_delta_core.models.transformer_config import sample_size_for
 from ..pixart_delta_core.quant.quantization import Quantization, parse_quantization
 from ..pixart_delta_core.text.encoder import find_tokenizer, load_text_encoder
 from ..pixart_delta_core.text.t5 import inspect_t5
 from . import comfy_model, host
-from .model_choices import TEXT_ENCODERS, TRANSFORMERS
+from .model_choices import INSTEAD, TEXT_ENCODERS, TRANSFORMERS
 from .sockets import CORE_MODEL_TOOLTIP, CORE_MODEL_TYPE, MODEL_TYPE, T5_TYPE, PixArtModel, PixArtT5
 
 CATEGORY = "PixArt-δ/loaders"
@@ -52,7 +52,8 @@ def load_model(
     mode = parse_quantization(quantization)
     path = TRANSFORMERS.path(ckpt_name)
     source = open_checkpoint(path)
-    detected = inspect_transformer(source, detection_hints(hint_widgets))
+    with given_as(None, INSTEAD):  # a file of another kind: the loader it goes in
+        detected = inspect_transformer(source, detection_hints(hint_widgets))
     load_device, offload_device = host.torch_device(), host.offload_device()
     parameters = host.parameter_count(detected.tensors.shapes.values())
     dtype = host.transformer_dtype(load_device, parameters) if weight_dtype == "auto" else parse_dtype(weight_dtype)
@@ -70,7 +71,8 @@ def load_t5(t5_name: str, dtype: str = "auto", device: str = "auto", quantizatio
     path = TEXT_ENCODERS.path(t5_name)
     load_device, offload_device = host.text_encoder_devices(cpu_only=device == "cpu")
     torch_dtype = host.text_encoder_dtype(load_device) if dtype == "auto" else parse_dtype(dtype)
-    found = inspect_t5(path)
+    with given_as(None, INSTEAD):  # a file of another kind: the loader it goes in
+        found = inspect_t5(path)
     target = host.placement(
         mode, load_device, offload_device, lambda: host.parameter_count(found.tensors.shapes.values())
     )

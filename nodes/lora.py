@@ -6,7 +6,7 @@ from ..pixart_delta_core.cli_kinds import check_is_lora
 from ..pixart_delta_core.models.lora import apply_loras
 from ..pixart_delta_core.models.lora_config import read_lora
 from . import comfy_model, host
-from .model_choices import ModelChoices
+from .model_choices import INSTEAD, ModelChoices
 from .sockets import CORE_MODEL_TOOLTIP, CORE_MODEL_TYPE, MODEL_TYPE, PixArtModel
 
 CATEGORY = "PixArt-δ/loaders"
@@ -14,13 +14,6 @@ CATEGORY = "PixArt-δ/loaders"
 # LoRAs are single files (a PEFT adapter folder's ``adapter_model.safetensors`` is listed as a file too).
 LORAS = ModelChoices(("loras",), is_folder=lambda folder: False)
 STRENGTH_LIMIT = 10.0
-# Where each kind of model file (as ``cli_kinds.inspectors_of_kinds`` names it) loads instead of here.
-INSTEAD = {
-    "PixArt transformer": "load it with PixArt-δ Checkpoint Loader",
-    "PixArt ControlNet": "load it with PixArt-δ ControlNet Loader",
-    "T5 text encoder": "load it with PixArt-δ T5 Loader",
-    "VAE": "load it with core Load VAE",
-}
 
 
 def load_lora(model: PixArtModel, lora_name: str, strength: float) -> PixArtModel:

@@ -16,6 +16,16 @@ from . import host
 
 FolderTest = Callable[[Path], bool]
 
+# Where each kind of model file loads, by the engine's pipeline argument that takes it (errors.GIVEN_AS's keys): what
+# a loader's error says of a file of another kind picked in it (a LoRA in the checkpoint loader).
+INSTEAD = {
+    "transformer": "load it with PixArt-δ Checkpoint Loader",
+    "controlnet": "load it with PixArt-δ ControlNet Loader",
+    "t5": "load it with PixArt-δ T5 Loader",
+    "vae": "load it with core Load VAE",
+    "loras": "load it with PixArt-δ LoRA Loader",
+}
+
 
 def _has(folder: Path, pattern: str) -> bool:
     return any(folder.glob(pattern))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_kinds import check_is_lora, first_that_reads, inspectors_of_kinds
+from .cli_kinds import INSTEAD, OPTIONS, check_is_lora, first_that_reads, inspectors_of_kinds
 from .cli_progress import progress, stages
 from .cli_types import Parser, nonempty
 from .demo.embedded_files import (
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The pipeline's model files (its arguments) by the options that give them, leading their errors (check_files).
-FILE_OPTIONS = {"t5": "--t5", "loras": "--lora", "vae": "--vae", "controlnet": "--controlnet"}
 LONG_PROMPT, SHOWN_PROMPT = 80, 60  # a prompt of more characters is shown by its first SHOWN_PROMPT in a warning
 
 
@@ -236,14 +234,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         lora_controlnet=args.lora_controlnet,
         hints=detection_hints(args),
     )
-    with given_as("--transformer"):
+    with given_as(OPTIONS["transformer"], INSTEAD):
         config = pipeline.transformer_checkpoint.config
     check_size(args, init_size, config)  # its training resolution sets the bins
     control = None
     if args.control_image is not None:  # its strength is checked here
         control = Control(args.control_image, args.control_strength, args.control_start, args.control_end)
     encodes = args.init_image is not None or control is not None
-    pipeline.check_files(control is not None, encodes, FILE_OPTIONS)  # from headers
+    with given_as(None, INSTEAD):
+        pipeline.check_files(control is not None, encodes, OPTIONS)  # from headers
     for note in notes:  # an embedded model's name that a file here also has
         log.warning(note)
     warn_outside_the_world(args.transformer, args.prompt)

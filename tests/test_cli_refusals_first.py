@@ -59,8 +59,15 @@ CONTROL = ("--control-image", "{picture}")
             "--vae {folder}: a folder, but no VAE weights in it: expected diffusion_pytorch_model.safetensors (or a "
             "sharded index) in the folder or in its vae/ subfolder",
         ),
-        (("--vae", "{lora}"), "--vae {lora}: not a VAE: it looks like a LoRA (give it as a LoRA)"),
-        (("--transformer", "{lora}"), "--transformer {lora}: not a PixArt transformer: it looks like a LoRA (give it"),
+        (("--vae", "{lora}"), "--vae {lora}: not a VAE: it looks like a LoRA (give it as --lora)"),  # the option
+        (
+            ("--transformer", "{lora}"),
+            "--transformer {lora}: not a PixArt transformer: it looks like a LoRA (give it as --lora)",
+        ),
+        (
+            ("--transformer", "{taesd}"),
+            "--transformer {taesd}: not a PixArt transformer: it looks like a TAESD autoencoder (give it as --vae)",
+        ),
         (("--lora", "{picture}"), "--lora {picture}: " + NOT_A_CHECKPOINT),
         (("--lora", "{lcm}"), "shapes-lcm.safetensors"),
         (("--lora", "{folder}"), "--lora {folder}: a folder without adapter_model.safetensors"),
@@ -86,6 +93,7 @@ CONTROL = ("--control-image", "{picture}")
         "vae-empty-folder",
         "vae-lora",
         "transformer-lora",
+        "transformer-taesd",
         "lora-picture",
         "lora-transformer",
         "lora-empty-folder",

@@ -92,9 +92,23 @@ def test_a_model_file_given_as_a_lora_is_refused_naming_its_kind_and_loader(in_m
     assert said.endswith("; load it with PixArt-δ Checkpoint Loader")
 
 
-def test_the_loader_names_a_node_for_every_kind_of_model_the_command_line_tells() -> None:
-    kinds = [kind for kind, *_ in ENGINE.cli_kinds.inspectors_of_kinds() if kind != "PixArt LoRA"]
-    assert sorted(PACK.nodes.lora.INSTEAD) == sorted(kinds)
+def test_the_loaders_name_a_node_for_every_kind_of_model_the_command_line_tells() -> None:
+    kinds = [kind for *_, kind in ENGINE.cli_kinds.inspectors_of_kinds()]
+    assert sorted(PACK.nodes.model_choices.INSTEAD) == sorted(kinds) == sorted(ENGINE.errors.GIVEN_AS)
+
+
+def test_a_lora_picked_in_the_checkpoint_loader_is_refused_naming_the_lora_loader(in_models: Path) -> None:
+    """The engine's words ("give it as a LoRA") are the Python API's; a node names the node that loads it."""
+    given = in_models / "checkpoints" / "a_lora.safetensors"
+    given.write_bytes((in_models / MODEL_FILES["lcm_lora"]).read_bytes())
+    try:
+        with pytest.raises(ENGINE.errors.CheckpointError) as caught:
+            call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name=given.name, weight_dtype="fp32")
+    finally:
+        given.unlink()
+    said = str(caught.value)
+    assert said.startswith(f"{given}: not a PixArt transformer: it looks like a LoRA"), said
+    assert said.endswith("(load it with PixArt-δ LoRA Loader)"), said
 
 
 def test_the_sampler_runs_the_lora_model_and_the_input_model_still_samples_as_before(in_models: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, OtherKindError, give_as
 from .sources import TensorSource
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,10 @@ def find_prefix(
                 break
     if not found:
         said = explain(source) if explain is not None else None
-        raise CheckpointError(f"{source.origin}: not {model}: {said or identify(source, expected)}")
+        what, kind = (said, None) if said else _identified(source, expected)
+        if kind is not None:  # a model of a kind the pack takes elsewhere: the error says where
+            raise OtherKindError(f"{source.origin}: not {model}: {what}", kind)
+        raise CheckpointError(f"{source.origin}: not {model}: {what}")
     if len(found) > 1:
         prefixes = sorted(prefix for prefix, _ in found)
         seen = f"under {prefixes}" if len(set(prefixes)) == len(found) else f"found {sorted(p + a for p, a in found)}"
@@ -167,26 +170,27 @@ _FAMILIES = (
     ("adaLN_modulation.", "a DiT-style transformer with adaLN-Zero per block (DiT, SiT...), not PixArt's adaLN-single"),
 )
 
-# (key fragment, what it is): checked in order by ``identify``, after ``_FAMILIES``.
+# (key fragment, what it is, the pipeline's argument that takes it: a key of errors.GIVEN_AS, None for no model the
+# pack runs): checked in order by ``identify``, after ``_FAMILIES``.
 _LOOKALIKES = (
-    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model (give it as the ControlNet)"),
-    ("copied_block.", "a PixArt ControlNet without its base model (give it as the ControlNet)"),
-    ("double_blocks.0.", "a Flux transformer"),
-    ("joint_blocks.0.", "an SD3 transformer"),
-    ("x_embedder.proj.weight", "a PixArt transformer (give it as the transformer)"),
-    ("adaln_single.linear.weight", "a PixArt transformer (give it as the transformer)"),
-    ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder (give it as the T5 encoder)"),
-    ("text_model.encoder.layers.", "a CLIP text encoder"),
-    ("label_emb.", "an SDXL UNet"),
-    ("time_embedding.linear_1.", "a diffusers UNet"),
-    ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)"),
-    ("decoder.up.0.block.0.conv1.weight", "a VAE (give it as the VAE)"),
-    ("post_quant_conv.weight", "a VAE (give it as the VAE)"),
-    ("taesd_decoder.", "a TAESD autoencoder (give it as the VAE)"),
-    ("decoder.layers.0.weight", "a TAESD autoencoder (give it as the VAE)"),
-    ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet"),
-    ("lora_", "a LoRA (give it as a LoRA)"),
-    ("shared.weight", "a T5 text encoder (give it as the T5 encoder)"),
+    ("controlnet_blocks.", "a PixArt ControlNet adapter without its base model", "controlnet"),
+    ("copied_block.", "a PixArt ControlNet without its base model", "controlnet"),
+    ("double_blocks.0.", "a Flux transformer", None),
+    ("joint_blocks.0.", "an SD3 transformer", None),
+    ("x_embedder.proj.weight", "a PixArt transformer", "transformer"),
+    ("adaln_single.linear.weight", "a PixArt transformer", "transformer"),
+    ("encoder.block.0.layer.0.SelfAttention", "a T5 text encoder", "t5"),
+    ("text_model.encoder.layers.", "a CLIP text encoder", None),
+    ("label_emb.", "an SDXL UNet", None),
+    ("time_embedding.linear_1.", "a diffusers UNet", None),
+    ("input_blocks.0.0.weight", "a Stable Diffusion UNet (SD 1.x/2.x)", None),
+    ("decoder.up.0.block.0.conv1.weight", "a VAE", "vae"),
+    ("post_quant_conv.weight", "a VAE", "vae"),
+    ("taesd_decoder.", "a TAESD autoencoder", "vae"),
+    ("decoder.layers.0.weight", "a TAESD autoencoder", "vae"),
+    ("down_blocks.0.resnets.0.conv1.weight", "a diffusers UNet", None),
+    ("lora_", "a LoRA", "loras"),
+    ("shared.weight", "a T5 text encoder", "t5"),
 )
 
 
@@ -206,14 +210,22 @@ def refuse_other_family(source: TensorSource, wanted: str) -> None:
 
 
 def identify(source: TensorSource, expected: str) -> str:
-    """A short phrase saying what a state dict looks like, for error messages; ``expected`` names what was wanted."""
+    """A short phrase saying what a state dict looks like, for error messages; ``expected`` names what was wanted.
+    For a model the pack takes as another of its files, it says which (``errors.give_as``)."""
+    what, kind = _identified(source, expected)
+    return what if kind is None else f"{what} ({give_as(kind)})"
+
+
+def _identified(source: TensorSource, expected: str) -> tuple[str, str | None]:
+    """``identify``'s phrase without where to give the model, and the pipeline's argument that takes it (a key of
+    ``errors.GIVEN_AS``; None: no model the pack runs, or none known)."""
     if not source.shapes:
-        return "the file holds no tensors (an empty state dict)"
+        return "the file holds no tensors (an empty state dict)", None
     family = other_family(source)
     if family is not None:
-        return f"it looks like {family}"
-    for fragment, what in _LOOKALIKES:
+        return f"it looks like {family}", None
+    for fragment, what, kind in _LOOKALIKES:
         if any(fragment in k for k in source.shapes):
-            return f"it looks like {what}"
+            return f"it looks like {what}", kind
     sample = ", ".join(sorted(source.shapes)[:3])
-    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected {expected}"
+    return f"unknown model ({len(source)} tensors, e.g. {sample}); expected {expected}", None
