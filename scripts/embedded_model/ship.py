@@ -4,6 +4,12 @@
 
 Each file keeps its layout and metadata (the transformers' head count); only the dtype changes (the
 autoencoder's vae_scale and vae_shift stay fp32: they are exact constants, not weights).
+
+    python scripts/embedded_model/ship.py --as-shipped FILE...
+
+rewrites each fp32 checkpoint FILE in place as its fp16 copy in the pack reads back upcast: every weight that
+``half`` halves rounded to fp16 and kept fp32, the rest as it was. Some runs started from such copies, their
+fp32 checkpoints lost (train.sh); rounding a file twice changes nothing, so a rerun may repeat it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ def half(source: Path, target: Path) -> None:
     print(f"{source} -> {target} ({target.stat().st_size / 2**20:.1f} MiB)")
 
 
+def as_shipped(path: Path) -> None:
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    rounded = {k: (v.half().to(v.dtype) if v.is_floating_point() and v.ndim else v) for k, v in tensors.items()}
+    part = path.with_name(path.name + ".part")  # written whole, then put in its place: an interruption spoils nothing
+    save_file({k: v.contiguous() for k, v in rounded.items()}, str(part), metadata=metadata)
+    part.replace(path)
+    print(f"{path}: its weights rounded to fp16, as shipped (kept fp32)")
+
+
 def main(teacher: str, lcm: str, controlnet: str, autoencoder: str, t5: str) -> None:
     for name, source in (("shapes-teacher", teacher), ("shapes-lcm", lcm), ("shapes-controlnet", controlnet),
                          ("shapes-taesd", autoencoder)):  # fmt: skip
@@ -43,4 +60,8 @@ def main(teacher: str, lcm: str, controlnet: str, autoencoder: str, t5: str) -> 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    if sys.argv[1:2] == ["--as-shipped"]:
+        for name in sys.argv[2:]:
+            as_shipped(Path(name))
+    else:
+        main(*sys.argv[1:6])
