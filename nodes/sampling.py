@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ..pixart_delta_core.demo.embedded_files import warn_not_distilled
 from ..pixart_delta_core.errors import InputError
 from ..pixart_delta_core.models.transformer_config import vae_defaults_for
 from ..pixart_delta_core.pipeline.arguments import (
@@ -21,8 +20,8 @@ from ..pixart_delta_core.pipeline.arguments import (
     check_seed,
     check_steps,
     check_tensor,
-    warn_guided_lcm,
 )
+from ..pixart_delta_core.pipeline.distillation import warn_unsuited_sampler
 from ..pixart_delta_core.pipeline.resolution import MAX_SIDE, check_image_size
 from ..pixart_delta_core.sampling.choices import LcmTimesteps, Sampler
 from ..pixart_delta_core.sampling.samplers import SAMPLERS, SamplingSettings, generate_latents, parse_sampler
@@ -185,8 +184,7 @@ class PixArtSampler:
                     f"caption (diffusers-layout weights do not carry one): connect a negative conditioning (an empty "
                     f"prompt works) or set guidance to 1 or below"
                 )
-        warn_guided_lcm(settings)  # not refused: a model distilled otherwise may want it
-        warn_not_distilled(model.embedded, sampler, steps)  # a solver in under 10 steps breaks the teacher up
+        warn_unsuited_sampler(settings, model.embedded)  # guidance on a distilled model, few steps on the teacher
         vae = vae_defaults_for(config)
         scale = vae.scaling_factor
         batch, latent_height, latent_width, init = _start(

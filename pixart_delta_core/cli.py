@@ -13,17 +13,9 @@ from typing import TYPE_CHECKING
 from .cli_kinds import INSTEAD, OPTIONS, check_is_lora, first_that_reads, inspectors_of_kinds
 from .cli_progress import progress, stages
 from .cli_types import Parser, nonempty
-from .demo.embedded_files import (
-    MODELS,
-    SAMPLERS,
-    by_name,
-    config_model,
-    embedded_model,
-    names_for,
-    shadowed,
-    warn_not_distilled,
-)
+from .demo.embedded_files import MODELS, by_name, config_model, embedded_model, names_for, shadowed
 from .errors import InputError, PixArtDeltaError, given_as
+from .pipeline.distillation import SAMPLERS
 
 if TYPE_CHECKING:
     from .pipeline.resolution import Size
@@ -251,7 +243,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (judged := [n for n in args.negative_prompt or [] if n]) and _guided(args):  # "": no text to judge
         warn_outside_the_world(args.transformer, judged, "negative prompt")  # unguided: the pipeline says unused
     warn_untrained_size(args.transformer, args.height, args.width, init_size)
-    warn_not_distilled(None if args.lora else embedded_model(args.transformer), args.sampler, args.steps)  # LCM-LoRA
     if args.control_image is not None and args.controlnet is None:
         log.info("no --controlnet given: its weights are read from --transformer (a reference ControlNet file)")
     with progress() as on_step, stages() as on_stage:

@@ -2,7 +2,7 @@
 run, with one warning (the reverse of the guided-LCM warning): its model card measures it at 4, 6 and 8 DPM-Solver++
 steps drawing 0, 5 and 21 whole pictures in 100 (65 at 20). Under the LCM sampler it draws well (4 steps, guidance 1:
 colour 94.3%, kind 79.7%, position 95.8%), so that says nothing, nor do other models: their weights do not tell
-whether they are distilled."""
+whether they are distilled. The Python API warns as the command line does."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
+from pixart_delta_core import PixArtPipeline
 from pixart_delta_core.cli import main
+from pixart_delta_core.demo.embedded_files import embedded_path
 from tests.helpers import Encoded
 
 FILES = ["--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
@@ -51,3 +55,31 @@ def test_the_teacher_with_a_solver_in_few_steps_warns_once_and_runs(
         main(argv)
     said = not_distilled_warnings(caplog)
     assert said == ([] if warned is None else [NOT_DISTILLED + warned + ITS_OWN]), said
+
+
+@pytest.mark.parametrize(
+    ("transformer", "lora", "warned"),
+    [
+        ("shapes-teacher", False, True),
+        ("shapes-teacher", True, False),  # a LoRA changed it (an LCM-LoRA distils it): its weights do not say
+        ("shapes-lcm", False, False),  # distilled
+    ],
+)
+def test_the_python_api_warns_as_the_command_line_does(
+    tmp_path: Path, caplog, stop_at_encoding, transformer: str, lora: bool, warned: bool
+) -> None:
+    """PixArtPipeline tells the embedded teacher by its file and gives the command line's warning, once."""
+    loras = ()
+    if lora:  # rank 1 on the first attention query, all zeros: it changes nothing but what the pipeline knows
+        loras = tmp_path / "zero.safetensors"
+        query = "transformer.transformer_blocks.0.attn1.to_q"
+        width = 192  # the embedded transformers' hidden size
+        save_file(
+            {f"{query}.lora_A.weight": torch.zeros(1, width), f"{query}.lora_B.weight": torch.zeros(width, 1)}, loras
+        )
+    files = [embedded_path(name) for name in (transformer, "shapes-t5", "shapes-taesd")]
+    pipeline = PixArtPipeline(*files, device="cpu", loras=loras)
+    with caplog.at_level(logging.WARNING), pytest.raises(Encoded):  # not refused: the run goes on to the encoder
+        pipeline("a blue square", sampler="euler", steps=4)
+    said = not_distilled_warnings(caplog)
+    assert said == ([NOT_DISTILLED + "euler in 4 steps" + ITS_OWN] if warned else []), said

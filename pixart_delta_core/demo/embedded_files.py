@@ -1,6 +1,7 @@
-"""The embedded model's files and the names a user gives them by (``shapes-lcm``...), both ways: a name to its
-file (``embedded_path``, ``by_name``, with ``shadowed`` for a file here of that name) and a file to its name
-(``embedded_model``).
+"""The names a user gives the embedded model's files by (``shapes-lcm``...) on the command line and in a training
+config: ``by_name``, with ``shadowed`` for a file here of that name, and ``config_model``. The table of names and
+files and the ways between them (``FOLDER``, ``embedded_path``, ``embedded_model``) are ``embedded_names``', given
+here too.
 
 Plain paths and names, no torch: the command line's parser lists the names in its help without loading the engine.
 """
@@ -10,77 +11,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..embedded_names import FOLDER as FOLDER
+from ..embedded_names import MODELS, embedded_path
+from ..embedded_names import embedded_model as embedded_model
 from ..errors import InputError
 from ..file_kinds import exists
-from ..sampling.choices import SAMPLERS as SAMPLER_SPECS
-from ..sampling.choices import Sampler
 
 log = logging.getLogger(__name__)
-
-FOLDER = Path(__file__).resolve().parent.parent / "embedded_model"
-MODELS = {
-    "shapes-teacher": "transformer/shapes-teacher.safetensors",
-    "shapes-lcm": "transformer/shapes-lcm.safetensors",
-    "shapes-controlnet": "controlnet/shapes-edges.safetensors",
-    "shapes-taesd": "vae/shapes-taesd.safetensors",
-    "shapes-t5": "text_encoders/shapes-t5",
-}
-
-# The sampler an embedded transformer draws with when none is given, where it is not the command line's default (lcm):
-# the teacher is not distilled; its model card measures it with DPM-Solver++ and guidance 4.5 (20 steps: colour 93.2%,
-# kind 81.8%, position 93.8% on 100 held-out prompts). The LCM sampler draws it well too (4 steps, guidance 1: 94.3%,
-# 79.7%, 95.8%), but a solver in fewer than SOLVER_STEPS steps does not.
-SAMPLERS = {"shapes-teacher": "dpm_solver++"}
-# Fewer solver steps than this break the pictures of a transformer that is not distilled: the model card measures the
-# teacher with DPM-Solver++ at 4, 6, 8, 10 and 20 steps: 0, 5, 21, 38 and 65 whole pictures in 100.
-SOLVER_STEPS = 10
 
 # The sub-folders of FOLDER: what each holds, in words, and the command line's option that takes it.
 KINDS = {"transformer": "transformer", "controlnet": "ControlNet", "vae": "VAE", "text_encoders": "T5 text encoder"}
 OPTIONS = {"transformer": "--transformer", "controlnet": "--controlnet", "vae": "--vae", "text_encoders": "--t5"}
 # The command line's options that take a kind of file the pack embeds none of, and that kind, in words.
 NOT_EMBEDDED = {"--lora": "LoRA"}
-
-
-def embedded_path(name: str | Path) -> Path:
-    """The file of an embedded model given by name (``shapes-lcm``...), or ``name`` itself as a path."""
-    relative = MODELS.get(str(name))
-    return FOLDER / relative if relative is not None else Path(name)
-
-
-def embedded_model(path: Path) -> str | None:
-    """The name of the embedded model whose file or folder ``path`` is, else None (``embedded_path``'s inverse)."""
-    return next((name for name in MODELS if embedded_path(name) == path.resolve()), None)
-
-
-def warn_not_distilled(name: str | None, sampler: str, steps: int | None) -> None:
-    """Log one warning when ``name``, an embedded transformer (None: another model, whose weights do not say whether
-    it is distilled, or one a LoRA changed), is not distilled (it has its own sampler in ``SAMPLERS``) and runs with
-    a ``sampler`` other than the LCM one in fewer than ``SOLVER_STEPS`` ``steps`` (None: the sampler's reference),
-    which breaks its pictures up; the LCM sampler draws it well in 4 steps. The reverse of
-    ``pipeline.arguments.warn_guided_lcm``; not refused."""
-    own = SAMPLERS.get(name or "")
-    steps = SAMPLER_SPECS[Sampler(sampler)].steps if steps is None else steps
-    if own is None or sampler == Sampler.LCM.value or steps >= SOLVER_STEPS:
-        return
-    spec = SAMPLER_SPECS[Sampler(own)]
-    students = [model for model in names_for("--transformer") if model not in SAMPLERS]
-    log.warning(
-        "%s is not distilled: drawn with %s in %d step%s, its pictures break up (in fewer than %d steps; its model "
-        "card measures %s in 8 steps: 21 whole pictures in 100, in 20: 65); its own settings are %s, %d steps, "
-        "guidance %g; or use the LCM sampler (lcm) in %d steps, or the distilled %s",
-        name,
-        sampler,
-        steps,
-        "s" * (steps != 1),
-        SOLVER_STEPS,
-        own,
-        own,
-        spec.steps,
-        spec.guidance,
-        SAMPLER_SPECS[Sampler.LCM].steps,
-        " or ".join(students),
-    )
 
 
 def names_for(option: str) -> list[str]:

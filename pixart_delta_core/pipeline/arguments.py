@@ -11,7 +11,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -19,11 +18,8 @@ from PIL import Image
 from ..errors import InputError
 from ..models.lora import check_strength
 from ..pictures import bomb_pixels, to_rgb, upright_size
-from ..sampling.choices import MAX_SEED, Sampler  # plain data: the command line's parser reads it too
+from ..sampling.choices import MAX_SEED  # plain data: the command line's parser reads it too
 from .resolution import MIN_SIDE, SIZE_MULTIPLE, Size, check_image_size, nearest_bin
-
-if TYPE_CHECKING:
-    from ..sampling.samplers import SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +240,6 @@ def check_size_to_draw(asked: Size, bins: tuple[Size, ...] | None, batch: int, s
             f"(--width and --height on the command line)"
         ) from None
     return size
-
-
-def warn_guided_lcm(settings: SamplingSettings) -> None:
-    """Log one warning when the LCM sampler runs with guidance above 1: a distilled LCM model has the guidance built
-    in (PixArt-δ runs it unguided), so classifier-free guidance on it garbles the picture. Not refused: a model
-    distilled otherwise may want it."""
-    if settings.guided and settings.sampler is Sampler.LCM:
-        log.warning(
-            "the LCM sampler with guidance %g: a distilled LCM model is run without guidance (0 or 1), which it has "
-            "built in, so expect a broken picture; a negative prompt needs a guided sampler (dpm_solver++...) and a "
-            "model that is not distilled (shapes-teacher)",
-            settings.guidance,
-        )
 
 
 def negatives_to_encode(negatives: list[str] | None, count: int, guided: bool, null_caption: bool) -> list[str] | None:

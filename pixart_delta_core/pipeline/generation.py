@@ -47,8 +47,8 @@ from .arguments import (
     named_image,
     negatives_to_encode,
     opened_image,
-    warn_guided_lcm,
 )
+from .distillation import embedded_transformer, warn_unsuited_sampler
 from .images import INIT_IMAGE_SIZE, asked_size, init_sets_size, prepare_image, resize_and_crop, to_pil, warn_if_cropped
 from .resolution import bins_for
 
@@ -302,7 +302,7 @@ class PixArtPipeline:
             raise InputError("strength (denoise) below 1 needs an init image to start from")
         self.check_files(control is not None, init_image is not None or control is not None)  # before T5 runs
         transformer_config = self.transformer_checkpoint.config
-        warn_guided_lcm(settings)
+        warn_unsuited_sampler(settings, embedded_transformer(self.transformer, bool(self.lora_stack)))
         negatives = negatives_to_encode(negatives, len(prompts), settings.guided, transformer_config.null_caption)
         resolution = transformer_config.resolution
         asked = asked_size(height, width, (resolution, resolution), init_size)
