@@ -39,21 +39,27 @@ def embedded_transformer(path: str | Path, changed: bool) -> str | None:
 def warn_unsuited_sampler(settings: SamplingSettings, name: str | None) -> None:
     """``warn_guided_lcm`` and ``warn_not_distilled`` for ``settings`` on ``name``, an embedded transformer (None:
     another model, or one a LoRA changed)."""
-    warn_guided_lcm(settings)
+    warn_guided_lcm(settings, name)
     warn_not_distilled(name, settings.sampler.value, settings.steps)
 
 
-def warn_guided_lcm(settings: SamplingSettings) -> None:
-    """Log one warning when the LCM sampler runs with guidance above 1: a distilled LCM model has the guidance built
-    in (PixArt-δ runs it unguided), so classifier-free guidance on it garbles the picture. Not refused: a model
-    distilled otherwise may want it."""
-    if settings.guided and settings.sampler is Sampler.LCM:
-        log.warning(
-            "the LCM sampler with guidance %g: a distilled LCM model is run without guidance (0 or 1), which it has "
-            "built in, so expect a broken picture; a negative prompt needs a guided sampler (dpm_solver++...) and a "
-            "model that is not distilled (shapes-teacher)",
-            settings.guidance,
-        )
+def warn_guided_lcm(settings: SamplingSettings, name: str | None = None) -> None:
+    """Log one warning when the LCM sampler runs with guidance above 1 on ``name``, an embedded transformer (None:
+    another model, whose weights do not say whether it is distilled): a distilled LCM model has the guidance built in
+    (PixArt-δ runs it unguided), so classifier-free guidance on it garbles the picture. Not refused: a model distilled
+    otherwise may want it. An embedded one that is not distilled (``SAMPLERS``: the teacher) is run guided, as any
+    undistilled model is, with no warning."""
+    if not settings.guided or settings.sampler is not Sampler.LCM:
+        return
+    if name in SAMPLERS:
+        log.info("%s is not distilled: the LCM sampler runs it guided, at guidance %g", name, settings.guidance)
+        return
+    log.warning(
+        "the LCM sampler with guidance %g: a distilled LCM model is run without guidance (0 or 1), which it has "
+        "built in, so expect a broken picture; a negative prompt needs a guided sampler (dpm_solver++...) and a "
+        "model that is not distilled (shapes-teacher)",
+        settings.guidance,
+    )
 
 
 def warn_not_distilled(name: str | None, sampler: str, steps: int | None) -> None:
