@@ -75,6 +75,10 @@ class Overlap:
     def mean(self) -> float:
         return float(np.mean(self.ious))
 
+    def closer_than(self, other: Overlap) -> int:
+        """In how many pictures the shapes overlap their scene's more than in ``other`` (the same scenes, in order)."""
+        return sum(ours > theirs for ours, theirs in zip(self.ious, other.ious, strict=True))
+
 
 def overlap(images: list[Image.Image], scenes: list[Scene]) -> Overlap:
     return Overlap(tuple(foreground_iou(image, scene) for image, scene in zip(images, scenes, strict=True)))

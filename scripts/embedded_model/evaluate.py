@@ -5,8 +5,9 @@
 
 Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling of
 every model on it; the teacher with DPM-Solver++ at 20 and 4 steps and with the LCM sampler at 4 and 2, the LCM
-student at 1, 2 and 4 steps, int8 T5 and int8 transformer under the student, the ControlNet's overlap with its edge
-maps against the same prompts without it), its scores per attribute and per asked kind, and the time each took.
+student at 1, 2 and 4 steps, int8 T5 and int8 transformer under the student; the overlap's bounds in the world's own
+pictures, then the ControlNet's overlap with its edge maps under the teacher guided and unguided and under the
+student, against the same prompts without it), its scores per attribute and per asked kind, and the time each took.
 The runs take the first ``--prompts`` held-out prompts, the ControlNet's the first ``--control-prompts``; 0 skips
 them.
 ``--teacher`` and ``--autoencoder`` measure other files (the model card's longer runs) in place of the shipped
@@ -20,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -39,7 +41,7 @@ from pixart_delta_core.pipeline.images import from_pil, to_pil
 from pixart_delta_core.vae.autoencoder import load_vae
 from pixart_delta_core.world.judge import Scores
 from pixart_delta_core.world.render import render
-from pixart_delta_core.world.scenes import Scene
+from pixart_delta_core.world.scenes import Scene, cell_centre
 
 RUNS = {
     "teacher, dpm_solver++ 20 steps, guidance 4.5": ("shapes-teacher", "dpm_solver++", 20, 4.5, {}),
@@ -92,6 +94,11 @@ def score_fields(scores: Scores) -> dict[str, object]:
     return {**{k: round(v, 3) for k, v in scores.fractions().items()}, "kinds": kinds}
 
 
+def measured(transformer: str, args: argparse.Namespace) -> str:
+    """The transformer a run measures: ``--teacher`` in place of the shipped teacher."""
+    return args.teacher if transformer == "shapes-teacher" else transformer
+
+
 def prompt_runs(scenes: list[Scene], args: argparse.Namespace) -> None:
     """The autoencoder's round trip, then each of ``RUNS``: one JSON line each."""
     scores = prompt_scores(round_trip(scenes, args.autoencoder), scenes)
@@ -99,7 +106,7 @@ def prompt_runs(scenes: list[Scene], args: argparse.Namespace) -> None:
                       **score_fields(scores)}), flush=True)  # fmt: skip
     for name, (transformer, sampler, steps, guidance, options) in RUNS.items():
         started = time.perf_counter()
-        transformer = args.teacher if transformer == "shapes-teacher" else transformer
+        transformer = measured(transformer, args)
         pipeline = embedded_pipeline(transformer, args.autoencoder, **options)
         images = draw(pipeline, scenes, args.seed, sampler=sampler, steps=steps, guidance=guidance)
         scores = prompt_scores(images, scenes)
@@ -107,18 +114,41 @@ def prompt_runs(scenes: list[Scene], args: argparse.Namespace) -> None:
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
 
 
+# The ControlNet under the reference's setting (guidance 4.5) and unguided: guidance scales the prompt's pull on
+# the layout by 4.5, while the ControlNet's residual, the same in both branches, is not scaled.
+CONTROL_RUNS = {
+    "teacher, dpm_solver++ 14 steps, guidance 4.5": ("shapes-teacher", "dpm_solver++", 14, 4.5),
+    "teacher, dpm_solver++ 14 steps, no guidance": ("shapes-teacher", "dpm_solver++", 14, 1.0),
+    "lcm student, 4 steps": ("shapes-lcm", "lcm", 4, 1.0),
+}
+
+
+def at_cell_centres(scene: Scene) -> Scene:
+    """``scene`` with each shape at its grid cell's centre: all its caption says of where the shapes are."""
+    return replace(
+        scene, shapes=tuple(replace(s, x=cell_centre(s.place)[0], y=cell_centre(s.place)[1]) for s in scene.shapes)
+    )
+
+
 def control_runs(control: list[Scene], args: argparse.Namespace) -> None:
-    """The teacher with the ControlNet, then alone on the same prompts and seeds: one JSON line each."""
-    settings = {"sampler": "dpm_solver++", "steps": 14, "guidance": 4.5}
-    controlled = embedded_pipeline(args.teacher, args.autoencoder, controlnet="shapes-controlnet")
-    for name, pipeline, with_control in (
-        ("teacher + controlnet, dpm_solver++ 14", controlled, True),
-        ("teacher alone, same prompts and seeds", embedded_pipeline(args.teacher, args.autoencoder), False),
-    ):
+    """The overlap's bounds in the world itself (its exact pictures; the same shapes at their cells' centres, the
+    most a model that follows the caption alone can reach), then each of ``CONTROL_RUNS`` with the ControlNet over
+    the edge maps and without it, on the same prompts and seeds: one JSON line each."""
+    exact = overlap([render(s) for s in control], control)
+    centred = overlap([render(at_cell_centres(s)) for s in control], control)
+    print(json.dumps({"run": "the world's own pictures", "prompts": len(control), "mean_iou": round(exact.mean, 3),
+                      "shapes_at_cell_centres": round(centred.mean, 3)}), flush=True)  # fmt: skip
+    for name, (transformer, sampler, steps, guidance) in CONTROL_RUNS.items():
         started = time.perf_counter()
-        images = draw(pipeline, control, args.seed, control=with_control, **settings)
-        print(json.dumps({"run": name, "prompts": len(control), "mean_iou": round(overlap(images, control).mean, 3),
-                          **score_fields(prompt_scores(images, control)),
+        transformer = measured(transformer, args)
+        settings = {"sampler": sampler, "steps": steps, "guidance": guidance}
+        controlled = embedded_pipeline(transformer, args.autoencoder, controlnet="shapes-controlnet")
+        images = draw(controlled, control, args.seed, control=True, **settings)
+        alone = overlap(draw(embedded_pipeline(transformer, args.autoencoder), control, args.seed, **settings), control)
+        with_it = overlap(images, control)
+        print(json.dumps({"run": f"{name}, with the controlnet", "prompts": len(control),
+                          "mean_iou": round(with_it.mean, 3), "without_it": round(alone.mean, 3),
+                          "pictures_closer": with_it.closer_than(alone), **score_fields(prompt_scores(images, control)),
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)  # fmt: skip
 
 
