@@ -50,12 +50,16 @@ def test_each_part_takes_the_first_held_out_prompts_of_its_count(evaluate) -> No
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["--control-prompts", "-1"], "argument --control-prompts: expected a whole number of prompts, 0 or more"),
+        (
+            ["--control-prompts", "-1"],
+            "argument --control-prompts: expected a whole number of prompts (0 or more), found -1",
+        ),
         (
             ["--prompts", "-3"],
-            "argument --prompts: expected a whole number of prompts, 0 or more (0: skip), found '-3'",
+            "argument --prompts: expected a whole number of prompts (0 or more), found -3",
         ),
-        (["--prompts", "1.5"], "argument --prompts: expected a whole number of prompts, 0 or more"),
+        (["--prompts", "1.5"], "argument --prompts: expected a whole number of prompts (0 or more), found 1.5"),
+        (["--prompts", "\u0663"], "argument --prompts: expected a whole number of prompts (0 or more), found \u0663"),
         (["--seed", "-1"], "argument --seed: expected a whole number (0 to 18446744073709551615), found -1"),
         (
             ["--prompts", "0", "--control-prompts", "0"],

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
+from pixart_delta_core.cli_types import whole_number
 from pixart_delta_core.demo.embedded_files import embedded_path
 from pixart_delta_core.demo.evaluation import (
     draw,
@@ -64,20 +65,17 @@ def round_trip(scenes: list, autoencoder: str) -> list:
         return to_pil(vae.decode(vae.encode(from_pil([render(scene) for scene in scenes]))))
 
 
-def prompt_count(text: str) -> int:
-    """A number of prompts for argparse: a whole number, 0 or more (0 skips the runs it counts for)."""
-    if not text.strip().isdecimal():
-        raise argparse.ArgumentTypeError(f"expected a whole number of prompts, 0 or more (0: skip), found {text!r}")
-    return int(text)
+# 0 skips the runs it counts for
+PROMPT_COUNT = whole_number("prompts", least=0)
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--prompts", type=prompt_count, default=100, help="held-out prompts; 0 skips all but the ControlNet"
+        "--prompts", type=PROMPT_COUNT, default=100, help="held-out prompts; 0 skips all but the ControlNet"
     )
     parser.add_argument(
-        "--control-prompts", type=prompt_count, default=100, help="prompts for the ControlNet; 0 skips it"
+        "--control-prompts", type=PROMPT_COUNT, default=100, help="prompts for the ControlNet; 0 skips it"
     )
     parser.add_argument("--teacher", default="shapes-teacher", help="a teacher file instead of the shipped one")
     parser.add_argument("--autoencoder", default="shapes-taesd", help="a TAESD file instead of the shipped one")
