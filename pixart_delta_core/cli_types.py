@@ -47,7 +47,7 @@ def _spelled_otherwise(text: str) -> str:
         int(text)
     except ValueError:
         return ""
-    return " (written otherwise than in the digits 0-9 with an optional leading minus)"
+    return " (written otherwise than in the digits 0-9)"
 
 
 def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:

@@ -191,7 +191,8 @@ def test_subcommand_help_describes_the_options(capsys) -> None:
     "said",
     [
         "--init-image INIT_IMAGE img2img: start from this image; one",
-        "--control-image CONTROL_IMAGE edge map (HED) steering the generation; one",
+        "--control-image CONTROL_IMAGE edge map steering the generation, of the kind the ControlNet was trained on "
+        "(HED edges for the reference's; white outlines on black, as `world` draws them, for shapes-controlnet); one",
     ],
     ids=["init-image", "control-image"],
 )

@@ -132,7 +132,7 @@ def test_a_whole_number_written_otherwise_than_in_ascii_digits_is_refused(capsys
     assert (
         f"argument --seed: expected a whole number (0 to {2**64 - 1}), found {seed} (written otherwise than in " in err
     )
-    assert "the digits 0-9 with an optional leading minus)" in err
+    assert "(written otherwise than in the digits 0-9)" in err
 
 
 @pytest.mark.parametrize(

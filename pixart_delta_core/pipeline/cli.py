@@ -316,9 +316,10 @@ def add_generate_parser(
     ctl.add_argument(
         "--control-image",
         type=IMAGE,
-        help="edge map (HED) steering the generation; one of another aspect ratio than the picture is scaled to "
-        "cover it and centre-cropped, with a warning. Transparency is black: an edge map drawn on a transparent "
-        "layer reads as edges on black",
+        help="edge map steering the generation, of the kind the ControlNet was trained on (HED edges for the "
+        "reference's; white outlines on black, as `world` draws them, for shapes-controlnet); one of another "
+        "aspect ratio than the picture is scaled to cover it and centre-cropped, with a warning. Transparency is "
+        "black: an edge map drawn on a transparent layer reads as edges on black",
     )
     ctl.add_argument(
         "--control-strength",
