@@ -4,8 +4,12 @@
 # world's scenes, the T5s and the other feature caches come on top, and many runs shared the cores with other work).
 # Training needs the pack's train extra (accelerate, and tomli before Python 3.11), once, from the repository root:
 #     .venv/bin/python -m pip install -e ".[train]"
-# Run it from the repository root (PYTHON=... for another interpreter than .venv/bin/python); everything is written
-# under outputs/embedded/.
+# Run it from the repository root (PYTHON=... for another interpreter than .venv/bin/python). Every run is written
+# under outputs/embedded/ (about 12 GB of checkpoints in all: a teacher run of 4,000 steps keeps 1.6 GB); the last
+# step writes the new models over the pack's shipped ones in pixart_delta_core/embedded_model/ (`git checkout --
+# pixart_delta_core/embedded_model` restores them). Run anew, it does not make the shipped files bit for bit: some
+# runs were stopped and continued with another step count or schedule (their comments say how; the script runs the
+# final config straight through), and the thread counts and what shared the cores differed.
 # After an interruption, run it again as it is: what is made already is kept (a line says so), a finished training
 # run is skipped (the trainer says "already at step N of N: nothing was trained"), and an interrupted one goes on
 # from its newest checkpoint with --resume (checkpoints come every train.checkpoint_every steps; a resumed run
@@ -40,7 +44,7 @@ if [ -f $W/data.jsonl ]; then
 else
     rm -rf $W $W-part
     "$PY" -m pixart_delta_core world --out $W-part --count 8000 --first-seed 0
-    mv -T $W-part $W
+    mv $W-part $W  # $W was removed above, so this renames the folder
 fi
 # 2. the T5 encoders, frozen, with T5's tokenizer (the copy the pack ships beside them): random (seed 0) for teacher.toml
 #    and teacher-more.toml, and the same weights with each head's attention kept within a window of
@@ -127,7 +131,8 @@ purple_data() {
 once $W/decoder-purple.jsonl purple_data
 train autoencoder decoder-purple
 train autoencoder decoder-gray-more
-# 8. into the pack, in fp16
+# 8. into the pack, in fp16, over the shipped files
+say "writing the new models over the shipped ones in pixart_delta_core/embedded_model/"
 "$PY" $M/ship.py outputs/embedded/teacher-windowed-long/checkpoints/step-0006000/transformer.safetensors \
     outputs/embedded/lcm-long-g45/checkpoints/step-0000600/transformer.safetensors \
     outputs/embedded/controlnet-long/checkpoints/step-0001200/controlnet.safetensors \
