@@ -9,10 +9,8 @@ from PIL import Image
 from ..pixart_delta_core.pipeline.images import from_pil
 from ..pixart_delta_core.world.judge import GRAMMAR, scene_for
 from ..pixart_delta_core.world.render import edge_map, render
-from ..pixart_delta_core.world.scenes import IMAGE_SIZE
+from ..pixart_delta_core.world.scenes import DEFAULT_CAPTION, DRAWN_SIDES, IMAGE_SIZE
 from . import host
-
-DEFAULT_CAPTION = "a large red circle in the center and a small yellow star at the top right, on a black background"
 
 
 def image_output(picture: Image.Image) -> torch.Tensor:
@@ -67,9 +65,9 @@ class ShapesScene:
                     "INT",
                     {
                         "default": IMAGE_SIZE,
-                        "min": 32,
-                        "max": 2048,
-                        "step": 8,
+                        "min": DRAWN_SIDES[0],
+                        "max": DRAWN_SIDES[1],
+                        "step": DRAWN_SIDES[2],
                         "tooltip": f"Pixels per side ({IMAGE_SIZE}: the size the embedded model makes).",
                     },
                 ),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pixart_delta_core {generate,info,demo,train} ...``."""
+"""Command line: ``python -m pixart_delta_core {generate,info,demo,train,world,scene,judge} ...``."""
 
 from __future__ import annotations
 
@@ -284,6 +284,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scene(args: argparse.Namespace) -> int:
+    """Draw ``scene``'s caption (or the world's scene of its seed): the picture at --out, its edge map beside it."""
+    from .pipeline.outputs import check_output, make_output_folder
+    from .world.judge import scene_for
+    from .world.render import edge_map, render
+
+    try:
+        scene = scene_for(args.caption, args.seed)
+    except InputError as err:
+        raise InputError(f"--caption: {err}") from None
+    edges = args.out.with_name(f"{args.out.stem}-edges{args.out.suffix}")
+    for path in (args.out, edges):
+        check_output(path)
+    pictures = {args.out: ("the scene", render), edges: ("its edge map", edge_map)}
+    make_output_folder(args.out)
+    for path, (what, draw) in pictures.items():
+        replaced = path.exists()
+        draw(scene, args.size).save(path)
+        print(f"wrote {path} ({what}, {args.size}x{args.size} px{'; replaced an earlier file' * replaced})")
+    print(f"caption: {scene.caption()}")
+    return 0
+
+
 def _common() -> argparse.ArgumentParser:
     """Options every subcommand takes after its name too (``generate -v``)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -333,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_parser(sub, _common(), names_for).set_defaults(run=cmd_generate)
     add_train_parser(sub, _common(), config_model)
-    add_world_parsers(sub, _common())
+    add_world_parsers(sub, _common(), cmd_scene)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,10 @@ from pixart_delta_core.cli import main
 from pixart_delta_core.demo import showcase
 from pixart_delta_core.demo.embedded_files import FOLDER
 from pixart_delta_core.demo.files import write_demo_models
-from pixart_delta_core.demo.showcase import from_here
+from pixart_delta_core.demo.showcase import from_here, next_steps
 from pixart_delta_core.world.render import render
 from pixart_delta_core.world.scenes import sample_scene
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,8 @@ def test_demo_draws_held_out_prompts_judges_them_and_says_what_to_try(tmp_path: 
     next_commands = printed.split("Next:")[1]
     assert "info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5" in next_commands
     assert f"judge {tmp_path / 'star.png'}" in next_commands  # beside the grid
+    assert f"--control-image {tmp_path / 'scene-edges.png'} " in next_commands
+    assert next_commands.rstrip().endswith(f"judge {tmp_path / 'steered.png'} --overlap")
 
 
 def test_the_demo_prints_paths_that_work_from_the_users_folder(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -96,6 +100,27 @@ def test_the_demos_next_generate_command_runs(capsys, tmp_path) -> None:
     ]  # fmt: skip
     assert main(command) == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "star.png").size == (128, 128)
+
+
+def _commands(lines: list[str]) -> list[list[str]]:
+    """The pack's commands in shell ``lines`` (a trailing backslash continues a line), each as its arguments after
+    ``-m pixart_delta_core``."""
+    joined = "\n".join(lines).replace("\\\n", " ").splitlines()
+    words = [shlex.split(line) for line in joined if "-m pixart_delta_core" in line]
+    return [argv[argv.index("pixart_delta_core") + 1 :] for argv in words]
+
+
+def test_the_controlnet_commands_of_the_readme_and_the_demo_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("# Its ControlNet:")[1].split("```")[0]
+    demo = next_steps(tmp_path / "demo.png")
+    scene = next(i for i, line in enumerate(demo) if " scene --caption " in line)  # the ControlNet's, after it
+    monkeypatch.chdir(tmp_path)  # the README's files are named from the current folder
+    for commands in (_commands(readme.splitlines()), _commands(demo[scene:])):
+        assert [argv[0] for argv in commands] == ["scene", "generate", "judge"]
+        for argv in commands:
+            assert main(argv) == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        assert "; overlap of the shapes with the scene's (IoU): " in printed
 
 
 def test_the_embedded_models_are_taken_by_name(capsys) -> None:

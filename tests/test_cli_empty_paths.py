@@ -31,6 +31,7 @@ MODELS = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes-t
         (["train", "--config", ""], "argument --config: expected a TOML file, found an empty path"),
         (["judge", ""], "argument images: expected a picture, found an empty path"),
         (["world", "--out", ""], "argument --out: expected a folder for the data set, found an empty path"),
+        (["scene", "--out", ""], "argument --out: expected an image file name, found an empty path"),
     ],
 )
 def test_an_empty_path_is_refused_naming_its_option(capsys, argv: list[str], said: str) -> None:

@@ -1,5 +1,6 @@
-"""The shapes world's commands: ``world`` writes a data set, ``judge`` reads pictures against their prompts
-(from --prompt, the PNG's parameters chunk generate writes, or the same-name .txt) and refuses bad input first."""
+"""The shapes world's commands: ``world`` writes a data set, ``scene`` draws a caption's scene and its edge map,
+``judge`` reads pictures against their prompts (from --prompt, the PNG's parameters chunk generate writes, or the
+same-name .txt) and says their overlap with a scene when asked; each refuses bad input first."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from PIL.PngImagePlugin import PngInfo
 from pixart_delta_core.cli import main
 from pixart_delta_core.pipeline.outputs import RunRecord
 from pixart_delta_core.sampling.choices import MAX_SEED
-from pixart_delta_core.world.render import render
+from pixart_delta_core.world.judge import foreground_iou, scene_for
+from pixart_delta_core.world.render import edge_map, render
+from pixart_delta_core.world.scenes import DEFAULT_CAPTION, sample_scene
 from pixart_delta_core.world.scenes import MAX_SEED as WORLD_MAX_SEED
-from pixart_delta_core.world.scenes import sample_scene
 from tests.helpers import png_header
 
 
@@ -254,3 +256,87 @@ def test_a_picture_past_pillows_warning_size_is_refused_without_pillows_warning(
         warnings.simplefilter("error")  # any warning that leaks fails the run
         assert main(["judge", str(big), "--prompt", "a large red circle in the center, on a black background"]) == 1
     assert "expected a picture of at most 4096 x 4096 px" in capsys.readouterr().err
+
+
+def test_scene_draws_a_captions_picture_and_edge_map_as_the_shapes_scene_node(tmp_path: Path, capsys) -> None:
+    caption = "a small blue square at the top left, on a white background"
+    out = tmp_path / "new" / "scene.png"
+    assert main(["scene", "--caption", f"  {caption.upper()}. ", "--out", str(out), "--size", "256"]) == 0
+    scene = scene_for(caption)
+    assert capsys.readouterr().out == (
+        f"wrote {out} (the scene, 256x256 px)\nwrote {tmp_path / 'new' / 'scene-edges.png'} (its edge map, "
+        f"256x256 px)\ncaption: {caption}\n"
+    )
+    assert Image.open(out).tobytes() == render(scene, 256).tobytes()
+    assert Image.open(tmp_path / "new" / "scene-edges.png").tobytes() == edge_map(scene, 256).tobytes()
+    assert main(["scene", "--caption", "", "--seed", "7", "--out", str(out)]) == 0  # the world's scene of the seed
+    printed = capsys.readouterr().out
+    assert printed.count("; replaced an earlier file)") == 2 and f"caption: {sample_scene(7).caption()}\n" in printed
+    assert Image.open(out).tobytes() == render(sample_scene(7)).tobytes()
+
+
+def test_scene_draws_the_nodes_default_caption_in_outputs(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["scene"]) == 0
+    assert f"caption: {DEFAULT_CAPTION}\n" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["scene-edges.png", "scene.png"]
+    assert Image.open(tmp_path / "outputs" / "scene.png").size == (128, 128)
+
+
+def test_scene_refuses_a_caption_outside_the_world_and_an_output_first(tmp_path: Path, capsys) -> None:
+    cases = [
+        (["--caption", "a red fox"], "error: --caption: expected a prompt of the shapes world, "),
+        (["--caption", "a large red circle in the middle, on a black background"], "expected PLACE (at the top"),
+        (["--out", str(tmp_path / "scene.txt")], f"error: output {tmp_path / 'scene.txt'}: .txt is not an image"),
+        (["--out", str(tmp_path)], f"error: output {tmp_path} is a folder"),
+    ]
+    for argv, says in cases:
+        assert main(["scene", "--out", str(tmp_path / "s.png"), *argv]) == 1
+        captured = capsys.readouterr()
+        assert says in captured.err and captured.out == ""
+    (tmp_path / "s-edges.png").mkdir()  # the edge map's name is checked too, before the picture is written
+    assert main(["scene", "--out", str(tmp_path / "s.png")]) == 1
+    assert f"error: output {tmp_path / 's-edges.png'} is a folder" in capsys.readouterr().err
+    for argv, says in [
+        (["--size", "33"], "--size: expected a whole number of pixels (32 to 2048, a multiple of 8), found 33"),
+        (["--size", "4096"], "--size: expected a whole number of pixels (32 to 2048, a multiple of 8), found 4096"),
+        (["--seed", "-1"], f"--seed: expected a whole number (0 to {2**64 - 1}), found -1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["scene", "--out", str(tmp_path / "s.png"), *argv])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-edges.png"]
+
+
+def test_judge_says_the_overlap_with_the_prompts_scene_or_a_seeds(tmp_path: Path, capsys) -> None:
+    caption = "a large red circle in the center, on a black background"
+    assert main(["scene", "--caption", caption, "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["scene", "--caption", "", "--seed", "3", "--out", str(tmp_path / "s.png")]) == 0
+    capsys.readouterr()
+    picture = Image.open(tmp_path / "c.png")
+    iou = foreground_iou(picture, scene_for(caption))
+    assert 0.9 < iou < 1
+    assert main(["judge", str(tmp_path / "c.png"), "--prompt", caption, "--overlap"]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"{tmp_path / 'c.png'}: ok; overlap of the shapes with the scene's (IoU): "
+    )
+    assert main(["judge", str(tmp_path / "c.png"), "--prompt", caption, "--json"]) == 0  # not asked: not said
+    assert "overlap" not in json.loads(capsys.readouterr().out)["images"][0]
+    assert main(["judge", str(tmp_path / "c.png"), "--prompt", caption, "--overlap", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"][0]["overlap"] == iou
+    # --scene-seed: the world's scene of that seed, the one `scene --caption '' --seed 3` drew, whatever the prompt
+    assert main(["judge", str(tmp_path / "c.png"), "--prompt", caption, "--scene-seed", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"][0]["overlap"] == foreground_iou(picture, sample_scene(3))
+    assert main(["judge", str(tmp_path / "s.png"), "--prompt", caption, "--scene-seed", "3", "--json"]) == 0
+    seeded = Image.open(tmp_path / "s.png")
+    assert json.loads(capsys.readouterr().out)["images"][0]["overlap"] == foreground_iou(seeded, sample_scene(3))
+
+
+def test_judge_refuses_a_bad_scene_seed_and_names_a_picture_it_cannot_overlap(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "x.png", "--scene-seed", "-1"])
+    assert exit_info.value.code == 2
+    assert f"--scene-seed: expected a whole number (0 to {2**64 - 1}), found -1" in capsys.readouterr().err
+    Image.new("RGB", (256, 128)).save(tmp_path / "wide.png")
+    assert main(["judge", str(tmp_path / "wide.png"), "--prompt", sample_scene(5).caption(), "--overlap"]) == 1
+    assert f"error: {tmp_path / 'wide.png'}: expected a square" in capsys.readouterr().err

@@ -149,19 +149,30 @@ def introduction() -> list[str]:
 
 def next_steps(out: Path, replaced: bool = False) -> list[str]:
     """What the demo prints after its verdicts: where it wrote its grid ``out`` (and whether it ``replaced`` an
-    earlier file), where the models are, and commands to try next with the interpreter that has the pack; every
-    path as it works from the current folder."""
+    earlier file), where the models are, and commands to try next with the interpreter that has the pack (the
+    teacher, then the ControlNet over a scene's edge map); every path as it works from the current folder."""
     python = from_here(sys.executable)
     python = python if os.sep in python else os.path.join(".", python)  # a bare name would be looked up in PATH
-    run, star = f"  {shlex.quote(python)} -m pixart_delta_core", shlex.quote(from_here(out.parent / "star.png"))
+    run = f"  {shlex.quote(python)} -m pixart_delta_core"
+    star, scene, edges, steered = (
+        shlex.quote(from_here(out.parent / name))
+        for name in ("star.png", "scene.png", "scene-edges.png", "steered.png")
+    )
+    prompt = '"a large red star in the center, on a white background"'
     wrote = f"wrote {from_here(out)}{' (replaced an earlier file)' if replaced else ''}"
     return [
         f"{wrote}. The models are in {from_here(FOLDER)}; the command line takes them by name. Next:",
         f"{run} info shapes-teacher shapes-lcm shapes-controlnet shapes-taesd shapes-t5",
         f"{run} generate --transformer shapes-teacher --t5 shapes-t5 --vae shapes-taesd \\",
-        '      --prompt "a large red star in the center, on a white background" --sampler dpm_solver++ \\',
+        f"      --prompt {prompt} --sampler dpm_solver++ \\",
         f"      --out {star}",
         f"{run} judge {star}",
+        f"{run} scene --caption {prompt} \\",
+        f"      --out {scene}",
+        f"{run} generate --transformer shapes-lcm --t5 shapes-t5 --vae shapes-taesd \\",
+        f"      --controlnet shapes-controlnet --control-image {edges} --sampler lcm --steps 4 \\",
+        f"      --prompt {prompt} --out {steered}",
+        f"{run} judge {steered} --overlap",
     ]
 
 

@@ -1,4 +1,5 @@
-"""The shapes world's subcommands: ``world`` writes a data set of it, ``judge`` reads pictures against their prompts."""
+"""The shapes world's subcommands: ``world`` writes a data set of it, ``scene`` draws one scene and its edge map,
+``judge`` reads pictures against their prompts."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cli_types import nonempty, whole_number
 from ..errors import InputError
-from .scenes import MAX_SEED
+from .scenes import DEFAULT_CAPTION, DRAWN_SIDES, GRAMMAR, IMAGE_SIZE, MAX_SEED
 
 MAX_SIDE = 4096  # px: judge refuses larger pictures (a 12000 px one took ~10 GB and ~50 s to read)
 
 
-def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_world_parsers(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, draw_scene: Callable[[argparse.Namespace], int]
+) -> None:
+    """Add ``world``, ``scene`` and ``judge``; ``draw_scene`` runs ``scene`` (the command line's own: it checks
+    its outputs with generate's checks, which sit a layer above the world)."""
     world = sub.add_parser(
         "world",
         parents=[common],
@@ -46,6 +52,38 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         help="at most this many shapes a scene (1 to 9: one a grid cell)",
     )
     world.set_defaults(run=cmd_world)
+    scene = sub.add_parser(
+        "scene",
+        parents=[common],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="draw the scene a caption asks for: its picture and its edge map (the embedded ControlNet's input)",
+        description="Draw the scene a caption of the shapes world asks for, as the PixArt-δ Shapes Scene node "
+        "does: its picture at --out and the outlines of its shapes, white on black, beside it as NAME-edges.EXT "
+        "(the control image of the embedded ControlNet, shapes-controlnet). Shapes sit at their places' centres; "
+        "an empty caption draws the world's scene of --seed. Prints the scene's caption: the prompt to give "
+        "generate. A file already at either name is replaced, and the run says so.",
+    )
+    scene.add_argument("--caption", default=DEFAULT_CAPTION, help=f"the scene, in the world's grammar: {GRAMMAR}")
+    scene.add_argument(
+        "--seed",
+        type=whole_number(least=0, most=MAX_SEED),
+        default=0,
+        help="with an empty --caption: which scene of the world to draw (0 to 2^64 - 1, as world's --first-seed)",
+    )
+    scene.add_argument(
+        "--size",
+        type=whole_number("pixels", *DRAWN_SIDES),
+        default=IMAGE_SIZE,
+        help=f"pixels per side, {DRAWN_SIDES[0]} to {DRAWN_SIDES[1]} in steps of {DRAWN_SIDES[2]} ({IMAGE_SIZE}: the "
+        "size the embedded model makes)",
+    )
+    scene.add_argument(
+        "--out",
+        type=nonempty("an image file name", Path),
+        default=Path("outputs/scene.png"),
+        help="the picture; its edge map is written beside it, NAME-edges.EXT",
+    )
+    scene.set_defaults(run=draw_scene)
     judge = sub.add_parser(
         "judge",
         parents=[common],
@@ -60,6 +98,21 @@ def add_world_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
     judge.add_argument("images", nargs="+", type=nonempty("a picture", Path), help="pictures (PNG, JPEG, ...)")
     judge.add_argument("--prompt", help="the prompt every picture was made for")
     judge.add_argument("--json", action="store_true", help="print one JSON object: each verdict and the scores")
+    judge.add_argument(
+        "--overlap",
+        action="store_true",
+        help="also say how well each picture's shapes cover the scene its prompt asks: the IoU (0 to 1) of its "
+        "foreground with the scene's filled shapes, those whose outlines `scene --caption PROMPT` draws in its "
+        "edge map",
+    )
+    judge.add_argument(
+        "--scene-seed",
+        type=whole_number(least=0, most=MAX_SEED),
+        metavar="N",
+        help="the overlap (as --overlap) with the world's scene of seed N instead: the scene an edge map made "
+        "from a seed shows (`scene --caption '' --seed N`; world's control/NNNNNN.png too, at its default "
+        "--max-shapes 2)",
+    )
     judge.set_defaults(run=cmd_judge)
 
 
@@ -122,8 +175,12 @@ def prompt_of(path: Path) -> str | None:
 def cmd_judge(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .judge import Scores, judge, parse_caption
+    from .judge import Scores, foreground_iou, judge, parse_caption
     from .reading import read_picture
+    from .scenes import sample_scene
+
+    overlap = args.overlap or args.scene_seed is not None
+    seeded = None if args.scene_seed is None else sample_scene(args.scene_seed)  # what scene_for draws for ""
 
     asked, failed = [], []
     for path in args.images:  # every picture is judged; the bad ones are named at the end, with a failing exit
@@ -136,18 +193,23 @@ def cmd_judge(args: argparse.Namespace) -> int:
             try:  # with several pictures, the error names the one it is about
                 scene = parse_caption(prompt)
                 with Image.open(path) as image:
-                    asked.append((path, prompt, scene, read_picture(image)))
+                    reading = read_picture(image)  # refuses a picture that is not square first
+                    iou = foreground_iou(image, scene if seeded is None else seeded) if overlap else None
+                    asked.append((path, prompt, scene, reading, iou))
             except InputError as err:
                 raise InputError(f"{path}: {err}") from None
         except InputError as err:
             failed.append({"image": str(path), "error": str(err)})
     scores, records = Scores(), []
-    for path, prompt, scene, reading in asked:
+    for path, prompt, scene, reading, iou in asked:
         verdict = judge(scene, reading)
         scores.add(verdict)
         records.append({"image": str(path), "prompt": prompt, **verdict.as_dict()})
+        if iou is not None:
+            records[-1]["overlap"] = iou
         if not args.json:
-            print(f"{path}: {verdict.line()}")
+            said = "" if iou is None else f"; overlap of the shapes with the scene's (IoU): {iou:.2f}"
+            print(f"{path}: {verdict.line()}{said}")
     if args.json:
         print(json.dumps({"images": records, "scores": scores.as_dict(), "errors": failed}, indent=2))
     elif records:

@@ -18,15 +18,22 @@ from PIL import Image
 from ..errors import InputError
 from .reading import FoundShape, Reading, picture_pixels, read_background
 from .render import filled_mask
-from .scenes import BACKGROUNDS, COLOURS, IMAGE_SIZE, KINDS, PLACES, SIZES, Scene, Shape, cell_centre, sample_scene
+from .scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    GRAMMAR,
+    IMAGE_SIZE,
+    KINDS,
+    PLACES,
+    SIZES,
+    Scene,
+    Shape,
+    cell_centre,
+    sample_scene,
+)
 
 SHAPE_ATTRIBUTES = ("colour", "kind", "position", "size")  # judged per prompted shape
 PICTURE_ATTRIBUTES = ("background", "count")  # judged per picture
-GRAMMAR = (
-    '"a SIZE COLOUR KIND PLACE" joined by " and ", then ", on a BACKGROUND background" (SIZE: '
-    f"{', '.join(SIZES)}; COLOUR: {', '.join(COLOURS)}; KIND: {', '.join(KINDS)}; PLACE: "
-    f"{', '.join(p[1] for p in PLACES)}; BACKGROUND: {', '.join(BACKGROUNDS)})"
-)
 
 
 def _parse_phrase(phrase: str, number: int) -> Shape:

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 IMAGE_SIZE = 128  # px per side of every picture of the world
+DRAWN_SIDES = (32, 2048, 8)  # px a side the Shapes Scene node and `scene` draw: the least, the most, their step
 
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
@@ -39,6 +40,13 @@ PLACES = (
     ("bottom", "at the bottom"),
     ("bottom right", "at the bottom right"),
 )  # row by row: place i is in row i // 3, column i % 3
+GRAMMAR = (
+    '"a SIZE COLOUR KIND PLACE" joined by " and ", then ", on a BACKGROUND background" (SIZE: '
+    f"{', '.join(SIZES)}; COLOUR: {', '.join(COLOURS)}; KIND: {', '.join(KINDS)}; PLACE: "
+    f"{', '.join(p[1] for p in PLACES)}; BACKGROUND: {', '.join(BACKGROUNDS)})"
+)  # of captions: what Scene.caption() writes and judge.parse_caption reads
+# The caption the Shapes Scene node and `scene` draw unless given another
+DEFAULT_CAPTION = "a large red circle in the center and a small yellow star at the top right, on a black background"
 MARGIN = 2.0  # px kept free between a shape and the edge of its grid cell
 
 
