@@ -17,6 +17,9 @@ from .scenes import DEFAULT_CAPTION, DRAWN_SIDES, GRAMMAR, IMAGE_SIZE, MAX_SEED
 MAX_SIDE = 4096  # px: judge refuses larger pictures (a 12000 px one took ~10 GB and ~50 s to read)
 
 
+SCENE_SEED = whole_number(least=0, most=MAX_SEED)  # a scene's seed: 0 to 2^64 - 1, as generate's --seed
+
+
 def add_world_parsers(
     sub: argparse._SubParsersAction, common: argparse.ArgumentParser, draw_scene: Callable[[argparse.Namespace], int]
 ) -> None:
@@ -41,7 +44,7 @@ def add_world_parsers(
     world.add_argument("--count", type=whole_number("scenes"), default=1000, help="how many scenes")
     world.add_argument(
         "--first-seed",
-        type=whole_number(least=0, most=MAX_SEED),
+        type=SCENE_SEED,
         default=0,
         help="the seed of the first scene (0 to 2^64 - 1, as generate's --seed)",
     )
@@ -66,7 +69,7 @@ def add_world_parsers(
     scene.add_argument("--caption", default=DEFAULT_CAPTION, help=f"the scene, in the world's grammar: {GRAMMAR}")
     scene.add_argument(
         "--seed",
-        type=whole_number(least=0, most=MAX_SEED),
+        type=SCENE_SEED,
         default=0,
         help="with an empty --caption: which scene of the world to draw (0 to 2^64 - 1, as world's --first-seed)",
     )
@@ -107,7 +110,7 @@ def add_world_parsers(
     )
     judge.add_argument(
         "--scene-seed",
-        type=whole_number(least=0, most=MAX_SEED),
+        type=SCENE_SEED,
         metavar="N",
         help="the overlap (as --overlap) with the world's scene of seed N instead: the scene an edge map made "
         "from a seed shows (`scene --caption '' --seed N`; world's control/NNNNNN.png too, at its default "
