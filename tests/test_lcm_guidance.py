@@ -1,6 +1,6 @@
 """The LCM sampler with guidance above 1 is run, with one warning: a distilled LCM model has the guidance built in
-(PixArt-δ runs it unguided), so guidance on it garbles the picture; a negative prompt needs a guided sampler. The
-embedded teacher, known not to be distilled, is run guided with no warning."""
+(PixArt-δ runs it unguided), so guidance on it garbles the picture, as it does an undistilled model's under this
+sampler; a negative prompt needs a guided sampler."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ EMBEDDED = ["--transformer", "shapes-lcm", "--t5", "shapes-t5", "--vae", "shapes
 
 
 def lcm_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "LCM sampler" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return [message for message in said if message.startswith("the LCM sampler with guidance")]
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,8 @@ def lcm_warnings(caplog) -> list[str]:
         (["--guidance", "1"], False),  # 1 and 0 both run unguided
         ([], False),  # lcm's own: 0
         (["--sampler", "dpm_solver++", "--steps", "2", "--guidance", "4.5"], False),
-        (["--transformer", "shapes-teacher", "--sampler", "lcm", "--guidance", "4.5"], False),  # not distilled
+        # the undistilled teacher breaks under it too: 1 whole picture in 100 at guidance 4.5 (65 unguided)
+        (["--transformer", "shapes-teacher", "--sampler", "lcm", "--guidance", "4.5"], True),
     ],
 )
 def test_the_lcm_sampler_with_guidance_warns_once_and_runs(
@@ -39,21 +41,8 @@ def test_the_lcm_sampler_with_guidance_warns_once_and_runs(
     said = lcm_warnings(caplog)
     assert len(said) == int(warned), said
     if warned:
-        assert said[0].startswith("the LCM sampler with guidance 4.5: a distilled LCM model is run without guidance")
+        assert said[0].startswith("the LCM sampler with guidance 4.5: it runs a model unguided (guidance 0 or 1)")
         assert "a negative prompt needs a guided sampler" in said[0]
-
-
-def test_the_teacher_under_the_lcm_sampler_with_guidance_is_run_guided_with_no_warning(
-    tmp_path: Path, caplog, stop_at_encoding
-) -> None:
-    """The teacher is not distilled: guidance is its own (its settings: guidance 4.5), so the LCM sampler runs it
-    guided, as asked, and the distilled model's warning (expect a broken picture) would be wrong: it is said at info."""
-    argv = ["generate", *EMBEDDED, "--transformer", "shapes-teacher", "--sampler", "lcm", "--guidance", "4.5"]
-    with caplog.at_level(logging.INFO), pytest.raises(Encoded):
-        main([*argv, "--prompt", "a blue square", "--out", str(tmp_path / "x.png")])
-    said = [r.getMessage() for r in caplog.records if "LCM sampler" in r.getMessage()]
-    assert said == ["shapes-teacher is not distilled: the LCM sampler runs it guided, at guidance 4.5"], said
-    assert all(r.levelno == logging.INFO for r in caplog.records if "LCM sampler" in r.getMessage())
 
 
 def test_the_negative_prompt_help_says_it_needs_guidance_and_a_guided_sampler(capsys) -> None:

@@ -127,25 +127,6 @@ def test_the_sampler_warns_when_the_teacher_runs_with_a_solver_in_few_steps(ship
         assert [m[: len(warned)] for m in said] == ([] if warned is None else [warned]), said
 
 
-@needs_files
-def test_the_sampler_warns_of_guidance_under_the_lcm_sampler_on_the_student_only(shipped, caplog) -> None:
-    """The LCM student has its guidance built in: guidance on it is warned of; the teacher, not distilled, is run
-    guided with no warning (generate's ``warn_guided_lcm``)."""
-    teacher, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-teacher.safetensors")
-    lcm, _ = call_node(NODES["PixArtDeltaCheckpointLoader"], ckpt_name="shapes-lcm.safetensors")
-    (t5,) = call_node(NODES["PixArtDeltaT5Loader"], t5_name="shapes-t5", device="cpu")
-    (conditioning,) = call_node(NODES["PixArtDeltaT5TextEncode"], t5=t5, text="a red circle in the center")
-    for model, warned in [(lcm, True), (teacher, False)]:
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            call_node(
-                NODES["PixArtDeltaSampler"], model=model, positive=conditioning, sampler="lcm", steps=1,
-                guidance=4.5, width=128, height=128,
-            )  # fmt: skip
-        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the LCM sampler with guidance")]
-        assert len(said) == int(warned), said
-
-
 # --- the Shapes Scene node -------------------------------------------------------------------------
 
 CAPTION = "a large red circle in the center and a small yellow star at the top right, on a black background"

@@ -141,7 +141,7 @@ def test_the_lcm_sampler_with_guidance_warns_and_runs(loaded, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         run(loaded["lcm"], positive, negative=negative, **widgets)
     said = [r.getMessage() for r in caplog.records if "LCM sampler with guidance 4.5" in r.getMessage()]
-    assert len(said) == 1 and "is run without guidance (0 or 1)" in said[0]
+    assert len(said) == 1 and "it runs a model unguided (guidance 0 or 1)" in said[0]
 
 
 def test_img2img_from_a_raw_latent(loaded) -> None:

@@ -21,9 +21,9 @@ from tests.helpers import Encoded
 FILES = ["--t5", "shapes-t5", "--vae", "shapes-taesd", "--device", "cpu"]
 NOT_DISTILLED = "shapes-teacher is not distilled: drawn with "
 ITS_OWN = (
-    ", its pictures break up (in fewer than 10 steps; its model card measures dpm_solver++ in 8 steps: 21 whole "
-    "pictures in 100, in 20: 65); its own settings are dpm_solver++, 14 steps, guidance 4.5; or use the LCM sampler "
-    "(lcm) in 4 steps, or the distilled shapes-lcm"
+    ", its pictures break up (in fewer than 10 steps; its model card measures dpm_solver++ in 4, 6, 8, 10 and 20 "
+    "steps: 0, 5, 21, 38 and 65 whole pictures in 100); its own settings are dpm_solver++, 14 steps, guidance 4.5; or "
+    "use the LCM sampler (lcm) in 4 steps without guidance, or the distilled shapes-lcm"
 )
 
 
@@ -83,3 +83,25 @@ def test_the_python_api_warns_as_the_command_line_does(
         pipeline("a blue square", sampler="euler", steps=4)
     said = not_distilled_warnings(caplog)
     assert said == ([NOT_DISTILLED + "euler in 4 steps" + ITS_OWN] if warned else []), said
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--sampler", "dpm_solver++"], True),  # 14 steps at guidance 4.5: 36 whole pictures in 100, 66 by lcm
+        (["--sampler", "euler", "--steps", "2"], True),
+        ([], False),  # its own: lcm, 4 steps
+        (["--steps", "2"], False),
+    ],
+)
+def test_the_student_with_another_sampler_than_lcm_warns_once_and_runs(
+    tmp_path: Path, caplog, stop_at_encoding, extra: list[str], warned: bool
+) -> None:
+    argv = ["generate", *FILES, "--transformer", "shapes-lcm", *extra, "--prompt", "a blue square"]
+    with caplog.at_level(logging.WARNING), pytest.raises(Encoded):  # not refused: the run goes on to the encoder
+        main([*argv, "--out", str(tmp_path / "x.png")])
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "LCM student" in r.getMessage()]
+    assert len(said) == int(warned), said
+    if warned:
+        assert said[0].startswith(f"shapes-lcm is an LCM student, distilled for the LCM sampler: drawn with {extra[1]}")
+        assert said[0].endswith("its own settings are lcm, 4 steps, no guidance")
