@@ -289,9 +289,16 @@ def cmd_scene(args: argparse.Namespace) -> int:
     from .pipeline.outputs import check_output, make_output_folder
     from .world.judge import scene_for
     from .world.render import edge_map, render
+    from .world.scenes import DEFAULT_CAPTION
 
+    if args.caption and args.seed is not None:
+        raise InputError(
+            f"--seed draws the world's scene of a seed in place of a caption, found both --seed {args.seed} and "
+            f"--caption {args.caption!r}: give one (a caption's shapes sit at their places' centres, with no seed)"
+        )
+    caption = DEFAULT_CAPTION if args.caption is None and args.seed is None else args.caption or ""
     try:
-        scene = scene_for(args.caption, args.seed)
+        scene = scene_for(caption, args.seed or 0)
     except InputError as err:
         raise InputError(f"--caption: {err}") from None
     edges = args.out.with_name(f"{args.out.stem}-edges{args.out.suffix}")

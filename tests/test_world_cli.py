@@ -269,10 +269,13 @@ def test_scene_draws_a_captions_picture_and_edge_map_as_the_shapes_scene_node(tm
     )
     assert Image.open(out).tobytes() == render(scene, 256).tobytes()
     assert Image.open(tmp_path / "new" / "scene-edges.png").tobytes() == edge_map(scene, 256).tobytes()
-    assert main(["scene", "--caption", "", "--seed", "7", "--out", str(out)]) == 0  # the world's scene of the seed
-    printed = capsys.readouterr().out
-    assert printed.count("; replaced an earlier file)") == 2 and f"caption: {sample_scene(7).caption()}\n" in printed
-    assert Image.open(out).tobytes() == render(sample_scene(7)).tobytes()
+    for seed in (["--caption", "", "--seed", "7"], ["--seed", "7"]):  # the world's scene of the seed
+        assert main(["scene", *seed, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert (
+            printed.count("; replaced an earlier file)") == 2 and f"caption: {sample_scene(7).caption()}\n" in printed
+        )
+        assert Image.open(out).tobytes() == render(sample_scene(7)).tobytes()
 
 
 def test_scene_draws_the_nodes_default_caption_in_outputs(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -287,6 +290,10 @@ def test_scene_refuses_a_caption_outside_the_world_and_an_output_first(tmp_path:
     cases = [
         (["--caption", "a red fox"], "error: --caption: expected a prompt of the shapes world, "),
         (["--caption", "a large red circle in the middle, on a black background"], "expected PLACE (at the top"),
+        (
+            ["--caption", "a red circle", "--seed", "5"],
+            "error: --seed draws the world's scene of a seed in place of a ",
+        ),
         (["--out", str(tmp_path / "scene.txt")], f"error: output {tmp_path / 'scene.txt'}: .txt is not an image"),
         (["--out", str(tmp_path)], f"error: output {tmp_path} is a folder"),
     ]

@@ -62,16 +62,19 @@ def add_world_parsers(
         help="draw the scene a caption asks for: its picture and its edge map (the embedded ControlNet's input)",
         description="Draw the scene a caption of the shapes world asks for, as the PixArt-δ Shapes Scene node "
         "does: its picture at --out and the outlines of its shapes, white on black, beside it as NAME-edges.EXT "
-        "(the control image of the embedded ControlNet, shapes-controlnet). Shapes sit at their places' centres; "
-        "an empty caption draws the world's scene of --seed. Prints the scene's caption: the prompt to give "
-        "generate. A file already at either name is replaced, and the run says so.",
+        "(the control image of the embedded ControlNet, shapes-controlnet). A caption's shapes sit at their places' "
+        "centres; --seed instead draws the world's scene of that seed, as world does (its shapes moved within their "
+        "cells). Prints the scene's caption: the prompt to give generate. A file already at either name is replaced, "
+        "and the run says so.",
     )
-    scene.add_argument("--caption", default=DEFAULT_CAPTION, help=f"the scene, in the world's grammar: {GRAMMAR}")
+    scene.add_argument(
+        "--caption",
+        help=f"the scene, in the world's grammar: {GRAMMAR} (default without --seed: {DEFAULT_CAPTION!r})",
+    )
     scene.add_argument(
         "--seed",
         type=SCENE_SEED,
-        default=0,
-        help="with an empty --caption: which scene of the world to draw (0 to 2^64 - 1, as world's --first-seed)",
+        help="instead of a caption: which scene of the world to draw (0 to 2^64 - 1, as world's --first-seed)",
     )
     scene.add_argument(
         "--size",
