@@ -4,10 +4,11 @@
         [--autoencoder FILE] [--seed 0]
 
 Prints one JSON line per measurement (the autoencoder's round trip of the world's own pictures, the ceiling of
-every model on it; the teacher with DPM-Solver++ at 20 and 4 steps and with the LCM sampler at 4 and 2, the LCM
-student at 1, 2 and 4 steps, int8 T5 and int8 transformer under the student; the overlap's bounds in the world's own
-pictures, then the ControlNet's overlap with its edge maps under the teacher guided and unguided and under the
-student, against the same prompts without it), its scores per attribute and per asked kind, and the time each took.
+every model on it; the teacher with DPM-Solver++ at 20 and 4 steps and with the LCM sampler at 4 and 2 (and at 4
+with guidance), the LCM student at 1, 2 and 4 steps (and by DPM-Solver++ with guidance), int8 T5 and int8
+transformer under the student; the overlap's bounds in the world's own pictures, then the ControlNet's overlap
+with its edge maps under the teacher guided and unguided and under the student, against the same prompts without
+it), its scores per attribute and per asked kind, and the time each took.
 The runs take the first ``--prompts`` held-out prompts, the ControlNet's the first ``--control-prompts``; 0 skips
 them.
 ``--teacher`` and ``--autoencoder`` measure other files (the model card's longer runs) in place of the shipped
@@ -50,6 +51,9 @@ RUNS = {
     # the student's own sampler on the undistilled teacher: what the distillation adds beyond the sampler
     "teacher, lcm sampler 4 steps, no guidance": ("shapes-teacher", "lcm", 4, 1.0, {}),
     "teacher, lcm sampler 2 steps, no guidance": ("shapes-teacher", "lcm", 2, 1.0, {}),
+    # each model under the other's sampler, with guidance: what the command line's warnings quote
+    "teacher, lcm sampler 4 steps, guidance 4.5": ("shapes-teacher", "lcm", 4, 4.5, {}),
+    "lcm student, dpm_solver++ 14 steps, guidance 4.5": ("shapes-lcm", "dpm_solver++", 14, 4.5, {}),
     "lcm student, 4 steps": ("shapes-lcm", "lcm", 4, 1.0, {}),
     "lcm student, 2 steps": ("shapes-lcm", "lcm", 2, 1.0, {}),
     "lcm student, 1 step": ("shapes-lcm", "lcm", 1, 1.0, {}),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the embedded model (pixart_delta_core/embedded_model/) was made, step by step, on a 2-core CPU: about 12 hours
-# in all (the run times in MODEL_CARD.md's files table sum to 11.6 h, with the two feature caches it times; the
+# in all (the run times in MODEL_CARD.md's files table sum to over 11 h, with the two feature caches it times; the
 # world's scenes, the T5s and the other feature caches come on top, and many runs shared the cores with other work).
 # Training needs the pack's train extra (accelerate, and tomli before Python 3.11), once, from the repository root:
 #     .venv/bin/python -m pip install -e ".[train]"
