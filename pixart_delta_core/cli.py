@@ -286,6 +286,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_scene(args: argparse.Namespace) -> int:
     """Draw ``scene``'s caption (or the world's scene of its seed): the picture at --out, its edge map beside it."""
+    from PIL.PngImagePlugin import PngInfo
+
     from .pipeline.outputs import check_output, make_output_folder
     from .world.judge import scene_for
     from .world.render import edge_map, render
@@ -308,7 +310,10 @@ def cmd_scene(args: argparse.Namespace) -> int:
     make_output_folder(args.out)
     for path, (what, draw) in pictures.items():
         replaced = path.exists()
-        draw(scene, args.size).save(path)
+        info = PngInfo()
+        if path == args.out:
+            info.add_text("parameters", scene.caption())  # the prompt judge reads, as from generate's pictures
+        draw(scene, args.size).save(path, pnginfo=info)
         print(f"wrote {path} ({what}, {args.size}x{args.size} px{'; replaced an earlier file' * replaced})")
     print(f"caption: {scene.caption()}")
     return 0

@@ -107,3 +107,6 @@ def test_a_lora_is_told_with_its_rank_and_the_layers_it_adapts(tmp_path: Path, c
         "attn.qkv (2 of 3 parts) of blocks 0-2, 5; cross_attn.q_linear of block 7"
     )
     assert lines[2].startswith(f"  {len(state)} tensors, ")
+    save_file(pair("transformer.transformer_blocks.7.attn2.to_q", 8), str(tmp_path / "one.safetensors"))
+    assert main(["info", str(tmp_path / "one.safetensors")]) == 0
+    assert "layout on 1 module, rank 8: cross_attn.q_linear of block 7" in capsys.readouterr().out

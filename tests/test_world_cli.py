@@ -269,6 +269,8 @@ def test_scene_draws_a_captions_picture_and_edge_map_as_the_shapes_scene_node(tm
     )
     assert Image.open(out).tobytes() == render(scene, 256).tobytes()
     assert Image.open(tmp_path / "new" / "scene-edges.png").tobytes() == edge_map(scene, 256).tobytes()
+    assert Image.open(out).info["parameters"] == caption  # its prompt, for judge
+    assert main(["judge", str(out)]) == 0 and capsys.readouterr().out.startswith(f"{out}: ok")
     for seed in (["--caption", "", "--seed", "7"], ["--seed", "7"]):  # the world's scene of the seed
         assert main(["scene", *seed, "--out", str(out)]) == 0
         printed = capsys.readouterr().out

@@ -142,7 +142,8 @@ class Lora:
         """One line for logs and node outputs: kinds, layout, number of adapted modules and the rank range."""
         ranks = sorted({p.rank for parts in self.targets.values() for p in parts if p.rank})
         rank = f", rank {ranks[0]}" + (f" to {ranks[-1]}" if len(ranks) > 1 else "") if ranks else ""
-        return f"{'/'.join(self.kinds)} in the {self.naming.value} layout on {len(self.targets)} modules{rank}"
+        modules = f"{len(self.targets)} module{'s' * (len(self.targets) != 1)}"
+        return f"{'/'.join(self.kinds)} in the {self.naming.value} layout on {modules}{rank}"
 
 
 # Our module names (reference layout) as rules onto themselves, for files that use them.

@@ -64,7 +64,8 @@ def add_world_parsers(
         "does: its picture at --out and the outlines of its shapes, white on black, beside it as NAME-edges.EXT "
         "(the control image of the embedded ControlNet, shapes-controlnet). A caption's shapes sit at their places' "
         "centres; --seed instead draws the world's scene of that seed, as world does (its shapes moved within their "
-        "cells). Prints the scene's caption: the prompt to give generate. A file already at either name is replaced, "
+        "cells). Prints the scene's caption: the prompt to give generate (a PNG picture also holds it, for judge). A "
+        "file already at either name is replaced, "
         "and the run says so.",
     )
     scene.add_argument(
