@@ -138,9 +138,10 @@ def test_judge_judges_the_good_pictures_and_names_each_bad_one(data_set: Path, t
         captured = capsys.readouterr()
         assert says in captured.err and "1 of 2 pictures could not be judged" in captured.err
         assert captured.out.startswith(f"{good}: ok\n")  # the good picture is still judged
-    assert main(["judge", good, "--prompt", "a red fox"]) == 1  # nothing judged: no table
+    assert main(["judge", good, good, "--prompt", "a red fox"]) == 1  # refused once, before any picture is read
     captured = capsys.readouterr()
-    assert "000005.png: expected a prompt of the shapes world" in captured.err and captured.out == ""
+    assert captured.err.startswith("error: --prompt: expected a prompt of the shapes world") and captured.out == ""
+    assert captured.err.count("error: ") == 1
     bad = [str(tmp_path / "notes.png"), str(tmp_path / "missing.png")]
     assert main(["judge", bad[0], good, bad[1], "--json"]) == 1
     captured = capsys.readouterr()

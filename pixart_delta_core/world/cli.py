@@ -117,7 +117,7 @@ def add_world_parsers(
         type=SCENE_SEED,
         metavar="N",
         help="the overlap (as --overlap) with the world's scene of seed N instead: the scene an edge map made "
-        "from a seed shows (`scene --caption '' --seed N`; world's control/NNNNNN.png too, at its default "
+        "from a seed shows (`scene --seed N`; world's control/NNNNNN.png too, at its default "
         "--max-shapes 2)",
     )
     judge.set_defaults(run=cmd_judge)
@@ -186,6 +186,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from .reading import read_picture
     from .scenes import sample_scene
 
+    if args.prompt is not None:  # one prompt for every picture: refused once, before any picture is read
+        try:
+            parse_caption(args.prompt)
+        except InputError as err:
+            raise InputError(f"--prompt: {err}") from None
     overlap = args.overlap or args.scene_seed is not None
     seeded = None if args.scene_seed is None else sample_scene(args.scene_seed)  # what scene_for draws for ""
 
