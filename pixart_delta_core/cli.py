@@ -286,9 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_scene(args: argparse.Namespace) -> int:
     """Draw ``scene``'s caption (or the world's scene of its seed): the picture at --out, its edge map beside it."""
-    from PIL.PngImagePlugin import PngInfo
-
-    from .pipeline.outputs import check_output, make_output_folder
+    from .pipeline.outputs import check_output, make_output_folder, save_picture
     from .world.judge import scene_for
     from .world.render import edge_map, render
     from .world.scenes import DEFAULT_CAPTION
@@ -306,14 +304,12 @@ def cmd_scene(args: argparse.Namespace) -> int:
     edges = args.out.with_name(f"{args.out.stem}-edges{args.out.suffix}")
     for path in (args.out, edges):
         check_output(path)
-    pictures = {args.out: ("the scene", render), edges: ("its edge map", edge_map)}
+    # the picture keeps its caption, the prompt judge reads, as generate's pictures do
+    pictures = {args.out: ("the scene", render, scene.caption()), edges: ("its edge map", edge_map, None)}
     make_output_folder(args.out)
-    for path, (what, draw) in pictures.items():
+    for path, (what, draw, parameters) in pictures.items():
         replaced = path.exists()
-        info = PngInfo()
-        if path == args.out:
-            info.add_text("parameters", scene.caption())  # the prompt judge reads, as from generate's pictures
-        draw(scene, args.size).save(path, pnginfo=info)
+        save_picture(draw(scene, args.size), path, parameters)
         print(f"wrote {path} ({what}, {args.size}x{args.size} px{'; replaced an earlier file' * replaced})")
     print(f"caption: {scene.caption()}")
     return 0

@@ -288,15 +288,21 @@ def save_images(
     written: list[Written] = []
     try:
         for index, (path, image) in enumerate(zip(paths, images, strict=True)):
-            options = {}
-            if path.suffix.lower() == ".png":
-                info = PngInfo()
-                info.add_text("parameters", record.parameters(index // per_prompt, index % per_prompt))
-                options["pnginfo"] = info
             replaced = not keep_earlier and os.path.lexists(path)  # a claimed name is this run's own
-            image.save(path, **options)
+            save_picture(image, path, record.parameters(index // per_prompt, index % per_prompt))
             written.append(Written(path, replaced))
     finally:
         if keep_earlier and len(written) < len(paths):
             _remove(paths[len(written) :])
     return written
+
+
+def save_picture(image: Image.Image, path: Path, parameters: str | None = None) -> None:
+    """Save ``image`` at ``path``, its format by the name's extension; a PNG keeps ``parameters`` (the prompt's
+    lines, then the settings) in its ``parameters`` text chunk, where judge and other tools read them."""
+    options = {}
+    if parameters is not None and path.suffix.lower() == ".png":
+        info = PngInfo()
+        info.add_text("parameters", parameters)
+        options["pnginfo"] = info
+    image.save(path, **options)
