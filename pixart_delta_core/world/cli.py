@@ -65,8 +65,7 @@ def add_world_parsers(
         "(the control image of the embedded ControlNet, shapes-controlnet). A caption's shapes sit at their places' "
         "centres; --seed instead draws the world's scene of that seed, as world does (its shapes moved within their "
         "cells). Prints the scene's caption: the prompt to give generate (a PNG picture also holds it, for judge). A "
-        "file already at either name is replaced, "
-        "and the run says so.",
+        "file already at either name is replaced, and the run says so.",
     )
     scene.add_argument(
         "--caption",
@@ -186,9 +185,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from .reading import read_picture
     from .scenes import sample_scene
 
-    if args.prompt is not None:  # one prompt for every picture: refused once, before any picture is read
+    given = None  # --prompt's scene: one prompt for every picture, refused once, before any picture is read
+    if args.prompt is not None:
         try:
-            parse_caption(args.prompt)
+            given = parse_caption(args.prompt)
         except InputError as err:
             raise InputError(f"--prompt: {err}") from None
     overlap = args.overlap or args.scene_seed is not None
@@ -203,7 +203,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
                 where = path.with_suffix(".txt")
                 raise InputError(f"{path}: no prompt found (expected --prompt, a PNG parameters chunk or {where})")
             try:  # with several pictures, the error names the one it is about
-                scene = parse_caption(prompt)
+                scene = given or parse_caption(prompt)
                 with Image.open(path) as image:
                     reading = read_picture(image)  # refuses a picture that is not square first
                     iou = foreground_iou(image, scene if seeded is None else seeded) if overlap else None
